@@ -1,0 +1,23 @@
+"""txgate: a Twisted TLS API gateway with a small C core."""
+from setuptools import find_packages, setup
+
+setup(
+    name="txgate",
+    version="0.1.0",
+    description="A Twisted-based TLS API gateway",
+    packages=find_packages(include=["txgate", "txgate.*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/txgate_plugin.py"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "twisted>=26.10",
+        "pyopenssl>=26.4",
+        "service-identity>=26.1",
+        "h2>=4.4",
+        "cffi>=1.17",
+        "cryptography>=50.0",
+        "httptools>=0.9",
+        "idna>=3.4",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]},
+    entry_points={"console_scripts": ["txgate=txgate.cli:main"]},
+)
