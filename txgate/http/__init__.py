@@ -1,0 +1,1 @@
+"""Downstream HTTP/1.1 and HTTP/2 protocols, the router, header rules, error responses."""

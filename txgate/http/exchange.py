@@ -1,0 +1,193 @@
+"""The contract between downstream protocols (HTTP/1.1, HTTP/2) and request handlers.
+
+A downstream protocol parses one request head, builds a `RequestHead`, and asks the
+dispatcher for a handler: ``handler = dispatcher.dispatch(stream, head)``.  From then on:
+
+* the protocol feeds the request body to the handler: ``handler.body_received(data)``
+  and finally ``handler.body_finished()``; if the client goes away or resets the stream,
+  ``handler.stream_lost(reason)`` (after which the handler must not touch the stream);
+* the handler answers through the `Stream`: ``start_response`` once, ``write`` any number
+  of times, then ``finish`` (or ``abort`` when the response cannot be completed);
+* backpressure, both ways: the handler calls ``stream.pause_reading()`` /
+  ``resume_reading()`` when it cannot take more request body; the protocol calls
+  ``handler.pause_producing()`` / ``resume_producing()`` when the client cannot take more
+  response body.
+
+Header names are lower-case bytes everywhere; hop-by-hop headers are removed by whoever
+crosses a hop (see `txgate.http.headers`).
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ConnectionInfo:
+    """Per-connection facts, computed once when the connection (or its handshake) is up."""
+
+    __slots__ = (
+        "listener",
+        "client_host",
+        "client_port",
+        "local_port",
+        "tls",
+        "sni",
+        "tls_version",
+        "cipher",
+        "alpn",
+        "peer_certificate",
+        "extra",
+    )
+
+    def __init__(
+        self,
+        listener: str,
+        client_host: str,
+        client_port: int,
+        local_port: int = 0,
+        tls: bool = False,
+    ) -> None:
+        self.listener = listener
+        self.client_host = client_host
+        self.client_port = client_port
+        self.local_port = local_port
+        self.tls = tls
+        self.sni: str | None = None
+        self.tls_version: str | None = None
+        self.cipher: str | None = None
+        self.alpn: str | None = None
+        # DER bytes of the client's certificate (mTLS), when there is one.
+        self.peer_certificate: bytes | None = None
+        # Room for later per-connection decisions (allowlists), keyed by API name.
+        self.extra: dict = {}
+
+    @property
+    def scheme(self) -> bytes:
+        return b"https" if self.tls else b"http"
+
+
+class RequestHead:
+    """One parsed request head, the same shape for HTTP/1.1 and HTTP/2."""
+
+    __slots__ = (
+        "method",
+        "target",
+        "path",
+        "query",
+        "authority",
+        "headers",
+        "content_length",
+        "has_body",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        authority: bytes,
+        headers: list[tuple[bytes, bytes]],
+        content_length: int | None,
+        has_body: bool,
+        version: bytes,
+    ) -> None:
+        self.method = method
+        self.target = target
+        path, sep, query = target.partition(b"?")
+        self.path = path
+        self.query = query
+        self.authority = authority
+        self.headers = headers
+        self.content_length = content_length
+        self.has_body = has_body
+        # b"1.1", b"1.0" or b"2"
+        self.version = version
+
+    @property
+    def host(self) -> str:
+        """The authority without its port, lower-cased, as text (for routing)."""
+        a = self.authority
+        if a.startswith(b"["):
+            end = a.find(b"]")
+            return a[1:end].decode("latin-1").lower() if end > 0 else ""
+        return a.partition(b":")[0].decode("latin-1").lower()
+
+
+class Stream(Protocol):
+    """The downstream side of one request, implemented by the h1 and h2 protocols."""
+
+    info: ConnectionInfo
+
+    def start_response(
+        self, status: int, headers: list[tuple[bytes, bytes]], content_length: int | None
+    ) -> None:
+        """Send the status and headers; ``content_length`` None means 'until finish()'."""
+
+    def write(self, data: bytes) -> None:
+        """Send part of the response body."""
+
+    def finish(self) -> None:
+        """End the response normally."""
+
+    def abort(self) -> None:
+        """End the response abnormally (h1: close the connection; h2: RST_STREAM)."""
+
+    def pause_reading(self) -> None:
+        """Stop delivering request body to the handler until resume_reading()."""
+
+    def resume_reading(self) -> None:
+        """Deliver request body again."""
+
+
+class Handler(Protocol):
+    """The request-processing side of one request (proxy, echo, error responder)."""
+
+    def body_received(self, data: bytes) -> None: ...
+
+    def body_finished(self) -> None: ...
+
+    def stream_lost(self, reason: object) -> None: ...
+
+    def pause_producing(self) -> None: ...
+
+    def resume_producing(self) -> None: ...
+
+
+class Dispatcher(Protocol):
+    """Chooses and creates the handler of each request (routing, policy, errors)."""
+
+    def dispatch(self, stream: Stream, head: RequestHead) -> Handler: ...
+
+    def log_request(
+        self,
+        info: ConnectionInfo,
+        head: RequestHead | None,
+        status: int,
+        bytes_in: int,
+        bytes_out: int,
+        handler: Handler | None,
+        started: float,
+        ended: float,
+    ) -> None:
+        """Called once per request by the protocol when it is over (finished, aborted, lost).
+
+        ``handler`` may carry ``api`` and ``upstream_label`` attributes (str or None).
+        ``status`` is 0 when no response was started.  Times come from the injected clock.
+        """
+
+
+class Limits:
+    """Per-listener protocol limits (from `[listener:NAME]`)."""
+
+    __slots__ = ("max_header_bytes", "header_timeout", "idle_timeout", "max_concurrent_streams")
+
+    def __init__(
+        self,
+        max_header_bytes: int = 65536,
+        header_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
+        max_concurrent_streams: int = 100,
+    ) -> None:
+        self.max_header_bytes = max_header_bytes
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.max_concurrent_streams = max_concurrent_streams

@@ -1,0 +1,1 @@
+"""Server and upstream TLS: contexts, certificate loading, the local CA."""
