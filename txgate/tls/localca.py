@@ -1,0 +1,278 @@
+"""The embedded local CA: a persistent P-256 root that issues short-lived server certificates."""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.logger import Logger
+
+from txgate.tls.certs import (
+    CertificateError,
+    CertifiedKey,
+    cert_names,
+    format_time,
+    load_certified_key,
+)
+
+log = Logger()
+
+CA_NAME = "txgate local CA"
+CA_VALIDITY = timedelta(days=3650)
+LEAF_VALIDITY = timedelta(days=90)
+LEAF_RENEW_BEFORE = timedelta(days=30)
+# Issue slightly in the past so clients with a skewed clock accept fresh certificates.
+BACKDATE = timedelta(hours=1)
+
+
+def _write_file(path: str, data: bytes, mode: int) -> None:
+    """Write ``data`` atomically to ``path`` with ``mode`` from the first byte on."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # umask may have removed bits we want (0644)
+        with os.fdopen(fd, "wb") as f:
+            fd = -1
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    os.replace(tmp, path)
+
+
+def _mkdir_private(path: str) -> None:
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _normalize_names(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        n = n.strip()
+        try:
+            n = str(ipaddress.ip_address(n.strip("[]")))
+        except ValueError:
+            n = n.rstrip(".").lower()
+        if n and n not in out:
+            out.append(n)
+    if not out:
+        raise ValueError("issue_server needs at least one name")
+    return out
+
+
+class LocalCA:
+    """A local certificate authority stored in ``state_dir`` (``ca.pem``, ``ca-key.pem``, ``local/``)."""
+
+    def __init__(self, state_dir: str, ca: CertifiedKey) -> None:
+        self.state_dir = state_dir
+        self._ca = ca
+
+    @property
+    def ca_path(self) -> str:
+        """Path of the CA certificate (PEM) that clients should trust."""
+        return os.path.join(self.state_dir, "ca.pem")
+
+    @property
+    def ca_key_path(self) -> str:
+        """Path of the CA private key (mode 0600)."""
+        return os.path.join(self.state_dir, "ca-key.pem")
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The CA certificate."""
+        return self._ca.leaf
+
+    @classmethod
+    def ensure(cls, state_dir: str, *, now: datetime) -> LocalCA:
+        """Load the CA from ``state_dir``, creating the directory and a new CA on first use."""
+        _mkdir_private(state_dir)
+        cert_path = os.path.join(state_dir, "ca.pem")
+        key_path = os.path.join(state_dir, "ca-key.pem")
+        have_cert, have_key = os.path.exists(cert_path), os.path.exists(key_path)
+        if have_cert and have_key:
+            try:
+                ca = load_certified_key(cert_path, key_path, now=now)
+            except CertificateError as e:
+                raise CertificateError(e.path, f"local CA is unusable: {e.reason}") from None
+            if not _is_ca(ca.leaf):
+                raise CertificateError(cert_path, "local CA is unusable: not a CA certificate")
+            return cls(state_dir, ca)
+        if have_cert != have_key:
+            # Never silently replace a CA that clients may already trust.
+            missing = key_path if have_cert else cert_path
+            raise CertificateError(
+                missing, "file not found while its pair exists; restore it or remove both to create a new local CA"
+            )
+        ca = _new_ca(now)
+        _write_file(key_path, _key_pem(ca.key), 0o600)  # type: ignore[arg-type]
+        _write_file(cert_path, ca.leaf.public_bytes(serialization.Encoding.PEM), 0o644)
+        log.info(
+            "created local CA {ca_path} (sha256 {fingerprint}, valid until {not_after})",
+            ca_path=cert_path,
+            fingerprint=ca.fingerprint_sha256,
+            not_after=format_time(ca.not_after),
+        )
+        return cls(state_dir, CertifiedKey(chain=ca.chain, key=ca.key, cert_path=cert_path, key_path=key_path))
+
+    def _leaf_paths(self, names: list[str]) -> tuple[str, str]:
+        digest = hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:12]
+        # Name order must not matter: the same set of names maps to the same files.
+        dns = sorted(n for n in names if not _is_ip(n)) or sorted(names)
+        stem = re.sub(r"[^a-z0-9.-]", "_", dns[0].replace("*", "wildcard"))[:48]
+        base = os.path.join(self.state_dir, "local", f"{stem}-{digest}")
+        return base + ".pem", base + "-key.pem"
+
+    def issue_server(self, names: list[str], *, now: datetime) -> CertifiedKey:
+        """A server certificate for ``names``, reused from disk while it has > 30 days left."""
+        wanted = _normalize_names(names)
+        cert_path, key_path = self._leaf_paths(wanted)
+        reused = self._try_reuse(wanted, cert_path, key_path, now)
+        if reused is not None:
+            return reused
+        _mkdir_private(os.path.join(self.state_dir, "local"))
+        leaf = self._issue(wanted, now)
+        _write_file(key_path, _key_pem(leaf.key), 0o600)  # type: ignore[arg-type]
+        _write_file(
+            cert_path, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in leaf.chain), 0o644
+        )
+        log.info(
+            "local CA issued {names} ({cert_path}, valid until {not_after})",
+            names=", ".join(wanted),
+            cert_path=cert_path,
+            not_after=format_time(leaf.not_after),
+        )
+        return CertifiedKey(chain=leaf.chain, key=leaf.key, cert_path=cert_path, key_path=key_path)
+
+    def _try_reuse(self, wanted: list[str], cert_path: str, key_path: str, now: datetime) -> CertifiedKey | None:
+        if not (os.path.exists(cert_path) and os.path.exists(key_path)):
+            return None
+        try:
+            ck = load_certified_key(cert_path, key_path, now=now)
+        except CertificateError as e:
+            log.warn("local certificate {path} not reused: {reason}", path=e.path, reason=e.reason)
+            return None
+        if sorted(cert_names(ck.leaf)) != sorted(wanted):
+            return None
+        if ck.not_after - now <= LEAF_RENEW_BEFORE:
+            return None
+        try:
+            ck.leaf.verify_directly_issued_by(self._ca.leaf)
+        except (ValueError, TypeError, Exception):
+            # Issued by an earlier CA (e.g. ca.pem was replaced): reissue.
+            return None
+        if len(ck.chain) < 2 or ck.chain[1] != self._ca.leaf:
+            ck = CertifiedKey(chain=(ck.leaf, self._ca.leaf), key=ck.key, cert_path=cert_path, key_path=key_path)
+        return ck
+
+    def _issue(self, names: list[str], now: datetime) -> CertifiedKey:
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = []
+        for n in names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+            except ValueError:
+                sans.append(x509.DNSName(n))
+        not_after = min(now + LEAF_VALIDITY, self._ca.not_after)
+        ca_cert = self._ca.leaf
+        try:
+            aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            )
+        except x509.ExtensionNotFound:
+            aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self._ca.key.public_key())  # type: ignore[arg-type]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(aki, critical=False)
+            .sign(self._ca.key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        return CertifiedKey(chain=(cert, ca_cert), key=key)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _new_ca(now: datetime) -> CertifiedKey:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "txgate"),
+            x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME),
+        ]
+    )
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CertifiedKey(chain=(cert,), key=key)

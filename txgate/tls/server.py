@@ -1,0 +1,194 @@
+"""Server-side TLS: pre-built contexts per certificate, SNI, versions, ciphers, ALPN, sessions."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txgate.tls.certs import CertifiedKey
+
+log = Logger()
+
+#: TLS <= 1.2 default: forward secrecy and AEAD only, ECDSA first, then RSA.
+DEFAULT_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+
+TLS_VERSIONS: dict[str, int] = {
+    "1.0": SSL.TLS1_VERSION,
+    "1.1": SSL.TLS1_1_VERSION,
+    "1.2": SSL.TLS1_2_VERSION,
+    "1.3": SSL.TLS1_3_VERSION,
+}
+
+# pyOpenSSL 26.4 does not export these names; the values are OpenSSL's and stable.
+OP_CIPHER_SERVER_PREFERENCE: int = getattr(SSL, "OP_CIPHER_SERVER_PREFERENCE", 0x00400000)
+OP_NO_RENEGOTIATION: int = getattr(SSL, "OP_NO_RENEGOTIATION", 0x40000000)
+# Only OpenSSL 1.1.0h..1.1.1 had it; 3.x refuses client renegotiation by default.
+OP_NO_CLIENT_RENEGOTIATION: int = getattr(SSL, "OP_NO_CLIENT_RENEGOTIATION", 0)
+
+VerifyCallback = Callable[[SSL.Connection, Any, int, int, int], bool]
+
+
+def tls_version(value: str) -> int:
+    """Map '1.0'..'1.3' to the OpenSSL protocol version constant."""
+    try:
+        return TLS_VERSIONS[value]
+    except KeyError:
+        raise ValueError(f"unknown TLS version {value!r} (expected one of {', '.join(TLS_VERSIONS)})") from None
+
+
+def _norm_name(name: str) -> str:
+    return name.strip().rstrip(".").lower()
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """Creates server TLS connections from contexts built once, one per certificate."""
+
+    def __init__(
+        self,
+        *,
+        default: CertifiedKey,
+        sni: Sequence[tuple[str, CertifiedKey]] = (),
+        min_tls: str = "1.2",
+        max_tls: str = "1.3",
+        ciphers: str | None = None,
+        tls13_ciphersuites: str | None = None,
+        alpn: tuple[str, ...] = ("h2", "http/1.1"),
+        session_tickets: bool = True,
+        verify: tuple[int, VerifyCallback | None] | None = None,
+        session_id_context: bytes | None = None,
+    ) -> None:
+        self._min = tls_version(min_tls)
+        self._max = tls_version(max_tls)
+        if self._min > self._max:
+            raise ValueError(f"min_tls {min_tls} is above max_tls {max_tls}")
+        cipher_list = ciphers if ciphers is not None else DEFAULT_CIPHERS
+        if self._min < SSL.TLS1_2_VERSION and "@SECLEVEL" not in cipher_list:
+            # OpenSSL 3+ refuses TLS 1.0/1.1 (MD5-SHA1 signatures) above security level 0.
+            cipher_list += ":@SECLEVEL=0"
+        self._cipher_list = cipher_list.encode("ascii")
+        self._tls13 = tls13_ciphersuites.encode("ascii") if tls13_ciphersuites else None
+        self._alpn = tuple(p.encode("ascii") for p in alpn)
+        self._tickets = session_tickets
+        self._verify = verify
+        # Shared by every context so a session resumes whichever SNI context it was made under.
+        self._sid_ctx = session_id_context or os.urandom(16)
+        self.default_context = self._build(default)
+        self._exact: dict[str, SSL.Context] = {}
+        self._wildcard: dict[str, SSL.Context] = {}
+        for name, ck in sni:
+            n = _norm_name(name)
+            ctx = self._build(ck)
+            if n.startswith("*."):
+                self._wildcard.setdefault(n[2:], ctx)
+            else:
+                self._exact.setdefault(n, ctx)
+
+    def _build(self, ck: CertifiedKey) -> SSL.Context:
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(self._min)
+        ctx.set_max_proto_version(self._max)
+        try:
+            ctx.set_cipher_list(self._cipher_list)
+        except SSL.Error as e:
+            raise ValueError(f"invalid cipher list {self._cipher_list.decode()!r}: {e}") from None
+        if self._tls13 is not None:
+            try:
+                ctx.set_tls13_ciphersuites(self._tls13)
+            except SSL.Error as e:
+                raise ValueError(f"invalid TLS 1.3 ciphersuites {self._tls13.decode()!r}: {e}") from None
+        options = (
+            SSL.OP_NO_COMPRESSION
+            | OP_NO_RENEGOTIATION
+            | OP_NO_CLIENT_RENEGOTIATION
+            | OP_CIPHER_SERVER_PREFERENCE
+        )
+        if not self._tickets:
+            options |= SSL.OP_NO_TICKET
+        ctx.set_options(options)
+        # OpenSSL >= 1.1 negotiates ECDH groups automatically; P-256 stays the TLS 1.2 fallback.
+        ctx.set_tmp_ecdh(ec.SECP256R1())
+        ctx.use_certificate(ck.leaf)
+        for extra in ck.chain[1:]:
+            ctx.add_extra_chain_cert(extra)
+        ctx.use_privatekey(ck.key)  # type: ignore[arg-type]
+        ctx.check_privatekey()
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        ctx.set_session_id(self._sid_ctx)
+        if self._alpn:
+            ctx.set_alpn_select_callback(self._select_alpn)
+        if self._verify is not None:
+            mode, callback = self._verify
+            ctx.set_verify(mode, callback)
+        # Set on every context: OpenSSL may consult the current context on a second ClientHello.
+        ctx.set_tlsext_servername_callback(self._servername)
+        return ctx
+
+    def _select_alpn(self, conn: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+        for proto in self._alpn:
+            if proto in offered:
+                return proto
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    def context_for(self, server_name: str | None) -> SSL.Context:
+        """The context for an SNI name: exact match, then one-label wildcard, then the default."""
+        if not server_name:
+            return self.default_context
+        name = _norm_name(server_name)
+        ctx = self._exact.get(name)
+        if ctx is None and "." in name:
+            ctx = self._wildcard.get(name.split(".", 1)[1])
+        return ctx if ctx is not None else self.default_context
+
+    def _servername(self, conn: SSL.Connection) -> None:
+        try:
+            raw = conn.get_servername()
+            if raw is None:
+                return
+            ctx = self.context_for(raw.decode("ascii", "replace"))
+            if ctx is conn.get_context():
+                return
+            conn.set_context(ctx)
+            # set_context swaps certificate and store but not the verify mode: re-apply it.
+            if self._verify is not None:
+                mode, callback = self._verify
+                conn.set_verify(mode, callback)
+        except Exception:
+            log.failure("SNI context selection failed")
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """Create the server-side connection for one accepted TLS connection."""
+        return SSL.Connection(self.default_context, None)
+
+
+def connection_facts(tls_transport: Any) -> tuple[str | None, str | None, str | None, str | None]:
+    """(sni, version, cipher, alpn) of a TLS transport after its handshake; None where unknown."""
+    try:
+        conn = tls_transport.getHandle()
+    except AttributeError:
+        return (None, None, None, None)
+    if not isinstance(conn, SSL.Connection):
+        return (None, None, None, None)
+    raw_sni = conn.get_servername()
+    sni = raw_sni.decode("ascii", "replace") if raw_sni else None
+    version = conn.get_protocol_version_name()
+    if not version or version == "Unknown":
+        version = None
+    cipher = conn.get_cipher_name()
+    alpn_raw = conn.get_alpn_proto_negotiated()
+    alpn = alpn_raw.decode("ascii", "replace") if alpn_raw else None
+    return (sni, version, cipher, alpn)
