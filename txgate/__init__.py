@@ -1,0 +1,17 @@
+"""txgate: a Twisted TLS API gateway with a small C core."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def makeService(config, reactor=None):
+    """Build the gateway service (a MultiService) from a Config or a gw.ini path."""
+    from txgate import config as _config
+    from txgate.service import makeService as _make
+
+    if isinstance(config, str):
+        config = _config.load(config)
+    return _make(config, reactor)
+
+
+__all__ = ["makeService", "__version__"]

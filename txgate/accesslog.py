@@ -1,0 +1,100 @@
+"""The access log: one line per request, text or JSON, written without the logging machinery."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class AccessLog:
+    """Buffered line writer; flush() runs on a timer and at shutdown."""
+
+    def __init__(self, target: str, fmt: str = "text") -> None:
+        self.fmt = fmt
+        self.enabled = target != "off"
+        self.lines: list[str] = []
+        self._sec = -1
+        self._stamp = ""
+        if not self.enabled:
+            self.file = None
+        elif target == "-":
+            # fd 1 directly: twistd replaces sys.stdout with a log redirector.
+            self.file = open(os.dup(sys.__stdout__.fileno() if sys.__stdout__ else 1), "a", encoding="utf-8")
+        else:
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self.file = open(fd, "a", encoding="utf-8")
+
+    def _time(self, t: float) -> str:
+        sec = int(t)
+        if sec != self._sec:
+            self._sec = sec
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return "%s.%03dZ" % (self._stamp, int((t - sec) * 1000))
+
+    def record(self, info, head, status, bytes_in, bytes_out, handler, started, ended) -> None:
+        """Queue one request's line."""
+        if not self.enabled:
+            return
+        api = getattr(handler, "api", None) if handler is not None else None
+        upstream = getattr(handler, "upstream_label", None) if handler is not None else None
+        if head is not None:
+            method = head.method.decode("latin-1")
+            authority = head.authority.decode("latin-1")
+            path = head.target.decode("latin-1")
+            proto = "HTTP/" + head.version.decode()
+        else:
+            method = authority = path = proto = "-"
+        if self.fmt == "json":
+            line = json.dumps(
+                {
+                    "time": self._time(ended),
+                    "listener": info.listener,
+                    "client": f"{info.client_host}:{info.client_port}",
+                    "sni": info.sni,
+                    "tls_version": info.tls_version,
+                    "cipher": info.cipher,
+                    "alpn": info.alpn,
+                    "method": method,
+                    "authority": authority,
+                    "path": path,
+                    "protocol": proto,
+                    "status": status,
+                    "bytes_in": bytes_in,
+                    "bytes_out": bytes_out,
+                    "api": api,
+                    "upstream": upstream,
+                    "duration_ms": round((ended - started) * 1000, 3),
+                },
+                separators=(",", ":"),
+            )
+        else:
+            line = '%s %s %s:%s sni=%s tls=%s cipher=%s alpn=%s "%s %s %s %s" %d in=%d out=%d api=%s upstream=%s %.3fms' % (
+                self._time(ended), info.listener, info.client_host, info.client_port,
+                info.sni or "-", info.tls_version or "-", info.cipher or "-", info.alpn or "-",
+                method, authority or "-", path, proto, status, bytes_in, bytes_out,
+                api or "-", upstream or "-", (ended - started) * 1000,
+            )
+        self.lines.append(line)
+        if len(self.lines) >= 256:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write queued lines."""
+        if self.lines and self.file is not None:
+            lines, self.lines = self.lines, []
+            try:
+                self.file.write("\n".join(lines) + "\n")
+                self.file.flush()
+            except OSError as e:
+                log.error("access log write failed: {error}", error=str(e))
+
+    def close(self) -> None:
+        self.flush()
+        if self.file is not None:
+            self.file.close()
+            self.file = None

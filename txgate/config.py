@@ -1,0 +1,486 @@
+"""gw.ini -> frozen, typed configuration objects; every error names file, section and key."""
+from __future__ import annotations
+
+import configparser
+import difflib
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+
+
+class ConfigError(Exception):
+    """A configuration mistake: one line naming the file, section and key."""
+
+    def __init__(self, path: str, section: str | None, key: str | None, message: str) -> None:
+        self.path, self.section, self.key, self.message = path, section, key, message
+        where = path
+        if section:
+            where += f": [{section}]"
+        if key:
+            where += f" {key}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class CertSpec:
+    """Where a certificate comes from: `local` (the embedded CA) or a CERT.pem KEY.pem pair."""
+
+    local: bool = True
+    cert_path: str | None = None
+    key_path: str | None = None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    state_dir: str = "./txgate-state"
+    access_log: str = "-"
+    log_format: str = "text"
+    shutdown_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str
+    host: str
+    port: int
+    tls: bool = True
+    certificate: CertSpec = CertSpec()
+    sni: tuple[tuple[str, CertSpec], ...] = ()
+    min_tls: str = "1.2"
+    max_tls: str = "1.3"
+    ciphers: str | None = None
+    tls13_ciphersuites: str | None = None
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
+    session_tickets: bool = True
+    max_header_bytes: int = 65536
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 10000
+
+
+@dataclass(frozen=True)
+class Target:
+    """One upstream URL: scheme, host, port and base path."""
+
+    scheme: str
+    host: str
+    port: int
+    base_path: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def label(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    name: str
+    upstreams: tuple[Target, ...] = ()
+    echo: bool = False
+    listeners: tuple[str, ...] | None = None
+    hosts: tuple[str, ...] = ()
+    path: str = "/"
+    strip_path: bool = False
+    upstream_ca: str | None = None
+    upstream_server_name: str | None = None
+    upstream_verify: bool = True
+    preserve_host: bool = False
+    connect_timeout: float = 5.0
+    timeout: float = 30.0
+    max_body_bytes: int = 0
+    max_connections: int = 64
+    max_pending: int = 256
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    gateway: GatewayConfig = GatewayConfig()
+    listeners: tuple[ListenerConfig, ...] = ()
+    apis: tuple[ApiConfig, ...] = ()
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def apis_for(self, listener: str) -> tuple[ApiConfig, ...]:
+        """The APIs served on the named listener."""
+        return tuple(a for a in self.apis if a.listeners is None or listener in a.listeners)
+
+
+DEFAULT_CONFIG = """\
+# txgate's embedded defaults: a TLS listener on localhost with a certificate from the
+# local CA (txgate-state/ca.pem) and the built-in echo backend under /echo.
+[gateway]
+state_dir = ./txgate-state
+
+[listener:main]
+bind = 127.0.0.1:8443
+certificate = local
+
+[api:echo]
+path = /echo
+upstream = builtin:echo
+"""
+
+GATEWAY_KEYS = {"state_dir", "access_log", "log_format", "shutdown_timeout"}
+LISTENER_KEYS = {
+    "bind", "tls", "certificate", "sni", "min_tls", "max_tls", "ciphers", "tls13_ciphersuites",
+    "alpn", "session_tickets", "max_header_bytes", "header_timeout", "idle_timeout",
+    "max_connections",
+}
+API_KEYS = {
+    "listeners", "hosts", "path", "strip_path", "upstream", "upstream_ca", "upstream_server_name",
+    "upstream_verify", "preserve_host", "connect_timeout", "timeout", "max_body_bytes",
+    "max_connections", "max_pending",
+}
+SECTION_KINDS = ("gateway", "listener:NAME", "api:NAME")
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class _Section:
+    """Typed accessors over one INI section that raise ConfigError with file/section/key."""
+
+    def __init__(self, path: str, name: str, values: dict[str, str], allowed: set[str]) -> None:
+        self.path, self.name, self.values = path, name, values
+        for key in values:
+            if key not in allowed:
+                self.fail(key, "unknown key" + _suggest(key, allowed))
+
+    def fail(self, key: str | None, message: str):
+        raise ConfigError(self.path, self.name, key, message)
+
+    def has(self, key: str) -> bool:
+        return key in self.values
+
+    def str(self, key: str, default: str | None = None) -> str | None:
+        v = self.values.get(key)
+        if v is None:
+            return default
+        v = v.strip()
+        if not v:
+            self.fail(key, "empty value")
+        return v
+
+    def bool(self, key: str, default: bool) -> bool:
+        v = self.values.get(key)
+        if v is None:
+            return default
+        low = v.strip().lower()
+        if low in ("on", "yes", "true", "1"):
+            return True
+        if low in ("off", "no", "false", "0"):
+            return False
+        self.fail(key, f"expected on/off, got '{v.strip()}'")
+
+    def number(self, key: str, default: float, *, integer: bool = False, minimum: float = 0):
+        v = self.values.get(key)
+        if v is None:
+            return default
+        try:
+            n = int(v.strip()) if integer else float(v.strip())
+        except ValueError:
+            kind = "an integer" if integer else "a number"
+            self.fail(key, f"expected {kind}, got '{v.strip()}'")
+        if n < minimum:
+            self.fail(key, f"must be at least {minimum}, got {v.strip()}")
+        return n
+
+    def choice(self, key: str, default: str, choices) -> str:
+        v = self.str(key, default)
+        if v not in choices:
+            self.fail(key, f"expected one of {', '.join(choices)}, got '{v}'" + _suggest(v, choices))
+        return v
+
+    def words(self, key: str) -> list[str] | None:
+        v = self.values.get(key)
+        if v is None:
+            return None
+        words = v.split()
+        if not words:
+            self.fail(key, "empty value")
+        return words
+
+    def lines(self, key: str) -> list[str]:
+        v = self.values.get(key)
+        if v is None:
+            return []
+        return [line.strip() for line in v.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+    def readable_file(self, key: str, value: str) -> str:
+        if not os.path.exists(value):
+            self.fail(key, f"{value}: file not found")
+        if not os.path.isfile(value):
+            self.fail(key, f"{value}: not a regular file")
+        if not os.access(value, os.R_OK):
+            self.fail(key, f"{value}: permission denied")
+        return value
+
+
+def parse_bind(section: _Section, key: str) -> tuple[str, int]:
+    """Parse `HOST:PORT` or `[V6]:PORT`."""
+    v = section.str(key)
+    if v is None:
+        section.fail(key, "missing (expected HOST:PORT)")
+    host, sep, port = v.rpartition(":")
+    if not sep or not host:
+        section.fail(key, f"expected HOST:PORT, got '{v}'")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            section.fail(key, f"expected [IPv6]:PORT, got '{v}'")
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            section.fail(key, f"'{host}' is not an IPv6 address")
+    elif ":" in host:
+        section.fail(key, f"IPv6 addresses need brackets: '[{host}]:{port}'")
+    try:
+        n = int(port)
+    except ValueError:
+        section.fail(key, f"port '{port}' is not a number")
+    if not 0 <= n <= 65535:
+        section.fail(key, f"port {n} is out of range")
+    return host, n
+
+
+def parse_cert_spec(section: _Section, key: str, value: str) -> CertSpec:
+    """`local` or `CERT.pem KEY.pem`; files must exist and be readable."""
+    words = value.split()
+    if words == ["local"]:
+        return CertSpec(local=True)
+    if len(words) != 2:
+        section.fail(key, f"expected 'local' or 'CERT.pem KEY.pem', got '{value}'")
+    cert, key_path = (section.readable_file(key, w) for w in words)
+    return CertSpec(local=False, cert_path=cert, key_path=key_path)
+
+
+def _tls_version(section: _Section, key: str, default: str, warnings: list[str]) -> str:
+    v = section.choice(key, default, TLS_VERSIONS)
+    if v in ("1.0", "1.1") and key == "min_tls":
+        warnings.append(
+            f"{section.path}: [{section.name}] {key}: TLS {v} is deprecated and insecure; 1.2 is the minimum recommended"
+        )
+    return v
+
+
+def parse_listener(section: _Section, name: str, warnings: list[str]) -> ListenerConfig:
+    """Validate one `[listener:NAME]` section."""
+    host, port = parse_bind(section, "bind")
+    tls = section.bool("tls", True)
+    cert = parse_cert_spec(section, "certificate", section.str("certificate", "local"))
+    sni = []
+    for line in section.lines("sni"):
+        sname, sep, rest = line.partition("=")
+        sname = sname.strip().lower()
+        if not sep or not sname or not rest.strip():
+            section.fail("sni", f"expected 'NAME = CERT.pem KEY.pem', got '{line}'")
+        if "*" in sname and not (sname.startswith("*.") and "*" not in sname[2:]):
+            section.fail("sni", f"'{sname}': wildcards are only allowed as the first label ('*.example.com')")
+        sni.append((sname, parse_cert_spec(section, "sni", rest.strip())))
+    min_tls = _tls_version(section, "min_tls", "1.2", warnings)
+    max_tls = _tls_version(section, "max_tls", "1.3", warnings)
+    if TLS_VERSIONS.index(min_tls) > TLS_VERSIONS.index(max_tls):
+        section.fail("max_tls", f"max_tls {max_tls} is below min_tls {min_tls}")
+    alpn = tuple(section.words("alpn") or ("h2", "http/1.1"))
+    for proto in alpn:
+        if proto not in ("h2", "http/1.1"):
+            section.fail("alpn", f"unsupported protocol '{proto}' (expected h2 and/or http/1.1)")
+    return ListenerConfig(
+        name=name,
+        host=host,
+        port=port,
+        tls=tls,
+        certificate=cert,
+        sni=tuple(sni),
+        min_tls=min_tls,
+        max_tls=max_tls,
+        ciphers=section.str("ciphers"),
+        tls13_ciphersuites=section.str("tls13_ciphersuites"),
+        alpn=alpn,
+        session_tickets=section.bool("session_tickets", True),
+        max_header_bytes=section.number("max_header_bytes", 65536, integer=True, minimum=1024),
+        header_timeout=section.number("header_timeout", 10.0, minimum=0.001),
+        idle_timeout=section.number("idle_timeout", 60.0, minimum=0.001),
+        max_connections=section.number("max_connections", 10000, integer=True, minimum=1),
+    )
+
+
+def parse_target(section: _Section, url: str) -> Target:
+    """One `http://` or `https://` upstream URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        section.fail("upstream", f"'{url}': {e}")
+    if parts.scheme not in ("http", "https"):
+        section.fail("upstream", f"'{url}': expected an http:// or https:// URL, or builtin:echo")
+    if not parts.hostname:
+        section.fail("upstream", f"'{url}': no host")
+    if parts.query or parts.fragment or parts.username:
+        section.fail("upstream", f"'{url}': query, fragment and credentials are not allowed")
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    return Target(parts.scheme, parts.hostname.lower(), port, parts.path.rstrip("/"))
+
+
+def parse_api(section: _Section, name: str, listener_names: list[str]) -> ApiConfig:
+    """Validate one `[api:NAME]` section."""
+    words = section.words("upstream")
+    if words is None:
+        section.fail("upstream", "missing (one or more http(s):// URLs, or builtin:echo)")
+    echo = words == ["builtin:echo"]
+    targets: tuple[Target, ...] = ()
+    if not echo:
+        if "builtin:echo" in words:
+            section.fail("upstream", "builtin:echo cannot be mixed with URLs")
+        targets = tuple(parse_target(section, w) for w in words)
+    listeners = section.words("listeners")
+    if listeners is not None:
+        for ln in listeners:
+            if ln not in listener_names:
+                section.fail("listeners", f"no listener named '{ln}'" + _suggest(ln, listener_names))
+    hosts = []
+    for h in section.words("hosts") or ():
+        h = h.lower()
+        if "*" in h and not (h.startswith("*.") and "*" not in h[2:]):
+            section.fail("hosts", f"'{h}': wildcards are only allowed as the first label ('*.example.com')")
+        hosts.append(h)
+    path = section.str("path", "/")
+    if not path.startswith("/"):
+        section.fail("path", f"must start with '/', got '{path}'")
+    if len(path) > 1:
+        path = path.rstrip("/") or "/"
+    upstream_ca = section.str("upstream_ca")
+    if upstream_ca is not None:
+        section.readable_file("upstream_ca", upstream_ca)
+    return ApiConfig(
+        name=name,
+        upstreams=targets,
+        echo=echo,
+        listeners=tuple(listeners) if listeners is not None else None,
+        hosts=tuple(hosts),
+        path=path,
+        strip_path=section.bool("strip_path", False),
+        upstream_ca=upstream_ca,
+        upstream_server_name=section.str("upstream_server_name"),
+        upstream_verify=section.bool("upstream_verify", True),
+        preserve_host=section.bool("preserve_host", False),
+        connect_timeout=section.number("connect_timeout", 5.0, minimum=0.001),
+        timeout=section.number("timeout", 30.0, minimum=0.001),
+        max_body_bytes=section.number("max_body_bytes", 0, integer=True),
+        max_connections=section.number("max_connections", 64, integer=True, minimum=1),
+        max_pending=section.number("max_pending", 256, integer=True),
+    )
+
+
+def parse_text(text: str, path: str) -> Config:
+    """Parse and validate gw.ini text (structure and values; certificates come later)."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True, empty_lines_in_values=False)
+    parser.optionxform = str  # keys are case-sensitive: 'Bind' is a mistake, not 'bind'
+    try:
+        parser.read_string(text, source=path)
+    except configparser.DuplicateSectionError as e:
+        raise ConfigError(path, e.section, None, f"duplicate section (line {e.lineno})") from None
+    except configparser.DuplicateOptionError as e:
+        raise ConfigError(path, e.section, e.option, f"duplicate key (line {e.lineno})") from None
+    except configparser.MissingSectionHeaderError as e:
+        raise ConfigError(path, None, None, f"line {e.lineno}: text before the first [section]") from None
+    except configparser.ParsingError as e:
+        line = e.errors[0][0] if e.errors else "?"
+        raise ConfigError(path, None, None, f"line {line}: cannot parse this line") from None
+    except configparser.Error as e:
+        raise ConfigError(path, None, None, str(e).splitlines()[0]) from None
+
+    warnings: list[str] = []
+    gateway = GatewayConfig()
+    listener_sections: list[tuple[str, dict]] = []
+    api_sections: list[tuple[str, dict]] = []
+    for name in parser.sections():
+        values = dict(parser.items(name))
+        kind, sep, rest = name.partition(":")
+        if name == "gateway":
+            s = _Section(path, name, values, GATEWAY_KEYS)
+            log_format = s.choice("log_format", "text", ("text", "json"))
+            gateway = GatewayConfig(
+                state_dir=s.str("state_dir", "./txgate-state"),
+                access_log=s.str("access_log", "-"),
+                log_format=log_format,
+                shutdown_timeout=s.number("shutdown_timeout", 30.0),
+            )
+        elif kind == "listener" and sep and rest.strip():
+            listener_sections.append((rest.strip(), values))
+        elif kind == "api" and sep and rest.strip():
+            api_sections.append((rest.strip(), values))
+        else:
+            known = ["gateway"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
+            hint = _suggest(name, known) or f" (expected one of {', '.join(SECTION_KINDS)})"
+            raise ConfigError(path, name, None, "unknown section" + hint)
+
+    listeners = []
+    for lname, values in listener_sections:
+        s = _Section(path, f"listener:{lname}", values, LISTENER_KEYS)
+        listeners.append(parse_listener(s, lname, warnings))
+    if not listeners:
+        raise ConfigError(path, None, None, "no [listener:NAME] section: nothing to serve")
+    seen_binds: dict[tuple[str, int], str] = {}
+    for ln in listeners:
+        if ln.port and (ln.host, ln.port) in seen_binds:
+            raise ConfigError(
+                path, f"listener:{ln.name}", "bind",
+                f"{ln.host}:{ln.port} is already used by [listener:{seen_binds[(ln.host, ln.port)]}]",
+            )
+        seen_binds[(ln.host, ln.port)] = ln.name
+
+    names = [ln.name for ln in listeners]
+    apis = []
+    for aname, values in api_sections:
+        s = _Section(path, f"api:{aname}", values, API_KEYS)
+        apis.append(parse_api(s, aname, names))
+    _check_overlaps(path, apis, names)
+    return Config(path=path, gateway=gateway, listeners=tuple(listeners), apis=tuple(apis), warnings=tuple(warnings))
+
+
+def _check_overlaps(path: str, apis: list[ApiConfig], listener_names: list[str]) -> None:
+    """Two APIs on a shared listener with the same host and path prefix are ambiguous."""
+    claimed: dict[tuple[str, str, str], str] = {}
+    for api in apis:
+        for listener in api.listeners or listener_names:
+            for host in api.hosts or ("*",):
+                key = (listener, host, api.path)
+                if key in claimed:
+                    raise ConfigError(
+                        path, f"api:{api.name}", "path",
+                        f"host '{host}' and path '{api.path}' are already served by [api:{claimed[key]}]",
+                    )
+                claimed[key] = api.name
+
+
+def load(path: str) -> Config:
+    """Read and validate a gw.ini file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(path, None, None, "file not found") from None
+    except PermissionError:
+        raise ConfigError(path, None, None, "permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(path, None, None, "is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, None, "not UTF-8 text") from None
+    return parse_text(text, path)
+
+
+def default_config() -> Config:
+    """The embedded defaults used when no --config is given."""
+    return parse_text(DEFAULT_CONFIG, "<embedded defaults>")

@@ -1,0 +1,137 @@
+"""Per-listener request dispatch: route, check, rewrite headers, hand to echo or the proxy."""
+from __future__ import annotations
+
+from txgate.config import ApiConfig
+from txgate.errors import BadRequest, NoRoute, RequestTooLarge
+from txgate.http.echo import EchoHandler
+from txgate.http.errors import send_gateway_error
+from txgate.http.headers import upstream_request_headers
+from txgate.http.router import Router, strip_prefix
+from txgate.upstream.proxy import ProxyHandler, Upstream
+
+VIA_H1 = b"1.1 txgate"
+VIA_H2 = b"2 txgate"
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 on a path: '/a/./b/../c' -> '/a/c' (so prefixes cannot be escaped)."""
+    out: list[str] = []
+    segments = path.split("/")
+    for i, seg in enumerate(segments[1:], 1):
+        if seg == "..":
+            if out:
+                out.pop()
+            if i == len(segments) - 1:
+                out.append("")
+        elif seg == ".":
+            if i == len(segments) - 1:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/" + "/".join(out)
+
+
+class ApiRuntime:
+    """What one API needs per request, built once per config."""
+
+    __slots__ = ("config", "name", "upstream", "prefix")
+
+    def __init__(self, config: ApiConfig, upstream: Upstream | None) -> None:
+        self.config = config
+        self.name = config.name
+        self.upstream = upstream
+        self.prefix = config.path
+
+
+class _Finished:
+    """The handler of a request answered at once (errors): ignores the rest of the body."""
+
+    __slots__ = ("api", "upstream_label")
+
+    def __init__(self, api: str | None = None) -> None:
+        self.api = api
+        self.upstream_label = None
+
+    def body_received(self, data):
+        pass
+
+    def body_finished(self):
+        pass
+
+    def stream_lost(self, reason):
+        pass
+
+    def pause_producing(self):
+        pass
+
+    def resume_producing(self):
+        pass
+
+
+class ListenerDispatcher:
+    """The `Dispatcher` of one listener."""
+
+    def __init__(self, listener: str, apis: list[ApiRuntime], clock, access_log, metrics=None) -> None:
+        self.listener = listener
+        self.router: Router[ApiRuntime] = Router((a.config.hosts, a.prefix, a) for a in apis)
+        self.clock = clock
+        self.access_log = access_log
+        self.metrics = metrics
+
+    def dispatch(self, stream, head):
+        """Route one request and return its handler (the response may already be sent)."""
+        path = head.path.decode("latin-1")
+        if "." in path:
+            path = remove_dot_segments(path)
+        if not path.startswith("/"):
+            send_gateway_error(stream, BadRequest("request target must be an absolute path"))
+            return _Finished()
+        found = self.router.match(head.host, path)
+        if found is None:
+            send_gateway_error(stream, NoRoute(f"no API for host '{head.host}' and path '{path}'"))
+            return _Finished()
+        prefix, api = found
+        cfg = api.config
+        if cfg.max_body_bytes and head.content_length is not None and head.content_length > cfg.max_body_bytes:
+            send_gateway_error(stream, RequestTooLarge(f"request body exceeds {cfg.max_body_bytes} bytes"))
+            return _Finished(api.name)
+        if cfg.strip_path:
+            path = strip_prefix(prefix, path)
+        info = stream.info
+        original_host = head.authority
+        headers = upstream_request_headers(
+            head.headers,
+            client_ip=info.client_host,
+            proto=info.scheme,
+            original_host=original_host,
+            via=VIA_H2 if head.version == b"2" else VIA_H1,
+        )
+        if api.upstream is None:
+            # Answered at body_finished, which both protocols call (also for bodyless requests).
+            return EchoHandler(stream, head, path.encode("latin-1"), [(b"host", original_host)] + headers, api.name)
+        target = path
+        query = head.query
+        request_line = b"%s %s%s%s HTTP/1.1\r\n" % (
+            head.method,
+            api.upstream.pools[0].target.base_path.encode("latin-1"),
+            target.encode("latin-1"),
+            b"?" + query if query or head.target.endswith(b"?") else b"",
+        )
+        parts = [k + b": " + v + b"\r\n" for k, v in headers]
+        if head.content_length is not None:
+            parts.append(b"content-length: %d\r\n" % head.content_length)
+        elif head.has_body:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        handler = ProxyHandler(
+            api.upstream, stream, head, request_line, b"".join(parts),
+            original_host if cfg.preserve_host and original_host else None, self.clock,
+        )
+        handler.start()
+        return handler
+
+    def log_request(self, info, head, status, bytes_in, bytes_out, handler, started, ended) -> None:
+        """Access log and metrics for one finished request."""
+        self.access_log.record(info, head, status, bytes_in, bytes_out, handler, started, ended)
+        if self.metrics is not None:
+            self.metrics.request_done(handler, status)

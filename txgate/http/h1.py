@@ -1,0 +1,437 @@
+"""Downstream HTTP/1.1 server protocol: httptools parsing, streaming both ways, keep-alive."""
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import httptools
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from txgate.http.errors import error_body
+from txgate.http.exchange import ConnectionInfo, Limits, RequestHead
+
+log = Logger()
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_LINES: dict[int, bytes] = {}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+IDLE, HEADERS, ACTIVE, CLOSING = range(4)
+
+
+def status_line(status: int) -> bytes:
+    """b'HTTP/1.1 200 OK\\r\\n', cached per status."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))
+        _STATUS_LINES[status] = line
+    return line
+
+
+class _Exchange:
+    """One request on the connection: the `Stream` the handler answers through."""
+
+    __slots__ = (
+        "conn", "info", "head", "handler", "status", "bytes_in", "bytes_out", "started",
+        "chunked", "pending", "done", "request_complete", "keep_alive", "head_only", "queued_body",
+    )
+
+    def __init__(self, conn: H1Connection, head: RequestHead, keep_alive: bool, started: float) -> None:
+        self.conn = conn
+        self.info = conn.info
+        self.head = head
+        self.handler = None
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = started
+        self.chunked = False
+        self.pending: bytes | None = None
+        self.done = False
+        self.request_complete = False
+        self.keep_alive = keep_alive
+        self.head_only = head.method == b"HEAD"
+        self.queued_body: list[bytes] | None = None
+
+    # -- Stream ---------------------------------------------------------------
+    def start_response(self, status: int, headers, content_length) -> None:
+        if self.done or self.status:
+            return
+        self.status = status
+        conn = self.conn
+        if not self.request_complete:
+            # The body was not read: we cannot find the next request's start safely.
+            self.keep_alive = False
+        if conn.shutting_down:
+            self.keep_alive = False
+        parts = [status_line(status)]
+        for k, v in headers:
+            parts.append(k + b": " + v + b"\r\n")
+        if self.head_only or status in (204, 304):
+            if content_length is not None and status != 204:
+                parts.append(b"content-length: %d\r\n" % content_length)
+        elif content_length is not None:
+            parts.append(b"content-length: %d\r\n" % content_length)
+        elif self.head.version == b"1.1":
+            self.chunked = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+        else:
+            self.keep_alive = False
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        elif self.head.version == b"1.0":
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self.pending = b"".join(parts)
+
+    def write(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        if self.head_only:
+            return
+        self.bytes_out += len(data)
+        if self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            self.conn.transport.writeSequence((pending, data))
+        else:
+            self.conn.transport.write(data)
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        if not self.status:
+            self.start_response(502, [], 0)
+        tail = b"0\r\n\r\n" if self.chunked else b""
+        pending = self.pending
+        self.pending = None
+        if pending is not None:
+            tail = pending + tail
+        if tail:
+            self.conn.transport.write(tail)
+        self.done = True
+        self.conn.exchange_done(self, clean=True)
+
+    def abort(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.keep_alive = False
+        self.conn.exchange_done(self, clean=False)
+
+    def pause_reading(self) -> None:
+        if not self.done and self.conn.current is self:
+            self.conn.pause_body()
+
+    def resume_reading(self) -> None:
+        if self.conn.current is self:
+            self.conn.resume_body()
+
+
+class H1Connection(Protocol):
+    """HTTP/1.1 on one downstream connection (after TLS, when ALPN chose http/1.1 or nothing)."""
+
+    def __init__(self, dispatcher, info: ConnectionInfo, limits: Limits, clock) -> None:
+        self.dispatcher = dispatcher
+        self.info = info
+        self.limits = limits
+        self.clock = clock
+        self.parser = httptools.HttpRequestParser(self)
+        self.current: _Exchange | None = None
+        self.queue: list[_Exchange] = []
+        self.phase = IDLE
+        self.mark = 0.0
+        self.timer = None
+        self.shutting_down = False
+        self.body_paused = False
+        self.read_paused = False
+        self.lost = False
+        # Parser scratch state for the head being read.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._parsing: _Exchange | None = None
+        self._expect_continue = False
+
+    # -- connection lifetime -------------------------------------------------
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.mark = self.clock.seconds()
+        self.timer = self.clock.callLater(self.limits.idle_timeout, self._check_timeout)
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost = True
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        exchanges = ([self.current] if self.current else []) + self.queue
+        if self._parsing is not None and self._parsing not in exchanges:
+            exchanges.append(self._parsing)
+        self.current = None
+        self.queue = []
+        for ex in exchanges:
+            if not ex.done:
+                ex.done = True
+                if ex.handler is not None:
+                    try:
+                        ex.handler.stream_lost(reason)
+                    except Exception:
+                        log.failure("handler.stream_lost failed")
+                self._log(ex)
+
+    def _check_timeout(self) -> None:
+        self.timer = None
+        if self.lost:
+            return
+        now = self.clock.seconds()
+        if self.phase == ACTIVE:
+            wait = self.limits.idle_timeout
+        else:
+            limit = self.limits.header_timeout if self.phase == HEADERS else self.limits.idle_timeout
+            wait = self.mark + limit - now
+            if wait <= 0:
+                if self.phase == HEADERS:
+                    log.info(
+                        "client {client} did not send request headers within {timeout}s; closing",
+                        client=self.info.client_host, timeout=self.limits.header_timeout,
+                    )
+                self.transport.loseConnection()
+                if self.phase == HEADERS:
+                    self.clock.callLater(1.0, self._force_close)
+                return
+        self.timer = self.clock.callLater(wait, self._check_timeout)
+
+    def _force_close(self) -> None:
+        if not self.lost:
+            abort = getattr(self.transport, "abortConnection", None)
+            (abort or self.transport.loseConnection)()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: finish the request in flight, then close; close now if idle."""
+        self.shutting_down = True
+        if self.current is None and self.phase != HEADERS:
+            self.transport.loseConnection()
+
+    # -- producer (response backpressure) -------------------------------------
+    def pauseProducing(self) -> None:
+        cur = self.current
+        if cur is not None and cur.handler is not None:
+            cur.handler.pause_producing()
+
+    def resumeProducing(self) -> None:
+        cur = self.current
+        if cur is not None and cur.handler is not None:
+            cur.handler.resume_producing()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- request body backpressure --------------------------------------------
+    def pause_body(self) -> None:
+        if not self.body_paused:
+            self.body_paused = True
+            self._update_reading()
+
+    def resume_body(self) -> None:
+        if self.body_paused:
+            self.body_paused = False
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        want_paused = self.body_paused or bool(self.queue)
+        if want_paused and not self.read_paused:
+            self.read_paused = True
+            self.transport.pauseProducing()
+        elif not want_paused and self.read_paused:
+            self.read_paused = False
+            self.transport.resumeProducing()
+
+    # -- parsing --------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        if self.lost:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrades are not supported: the request was handled without the Upgrade header;
+            # whatever follows is not HTTP/1.1, so the connection ends after the response.
+            if self._parsing is not None:
+                self._parsing.keep_alive = False
+        except httptools.HttpParserError as e:
+            self._protocol_error(400, "bad_request", f"malformed HTTP/1.1 request: {e}")
+        except _HeadersTooLarge:
+            self._protocol_error(431, "headers_too_large", "request headers are too large")
+
+    def _protocol_error(self, status: int, code: str, message: str) -> None:
+        """Answer a broken request directly and close: the byte stream cannot be trusted."""
+        body = error_body(code, message)
+        if self.current is None or self.current.done:
+            self.transport.write(
+                status_line(status)
+                + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+                + body
+            )
+            ex = self._parsing
+            if ex is None:
+                ex = _Exchange(self, RequestHead(b"-", b"-", b"", [], None, False, b"1.1"), False, self.clock.seconds())
+            ex.status = status
+            ex.bytes_out = len(body)
+            if not ex.done:
+                ex.done = True
+                self._log(ex)
+            self._parsing = None
+        self.phase = CLOSING
+        self.transport.loseConnection()
+
+    def on_message_begin(self) -> None:
+        if self.phase != ACTIVE:
+            self.phase = HEADERS
+            self.mark = self.clock.seconds()
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._expect_continue = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise _HeadersTooLarge()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise _HeadersTooLarge()
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        version = parser.get_http_version().encode()
+        method = parser.get_method()
+        headers = self._headers
+        authority = b""
+        content_length = None
+        chunked = False
+        for k, v in headers:
+            if k == b"host":
+                if authority:
+                    raise httptools.HttpParserError("more than one Host header")
+                authority = v.strip()
+            elif k == b"content-length":
+                content_length = int(v)
+            elif k == b"transfer-encoding":
+                chunked = True
+            elif k == b"expect" and v.lower() == b"100-continue":
+                self._expect_continue = True
+        target = self._url
+        if not target.startswith(b"/"):
+            if target.startswith((b"http://", b"https://")):
+                rest = target.split(b"://", 1)[1]
+                auth, slash, path = rest.partition(b"/")
+                authority = auth or authority
+                target = b"/" + path
+            elif method == b"OPTIONS" and target == b"*":
+                pass
+            else:
+                raise httptools.HttpParserError("unsupported request target")
+        if not authority and version == b"1.1":
+            raise httptools.HttpParserError("HTTP/1.1 request without a Host header")
+        has_body = chunked or bool(content_length)
+        head = RequestHead(method, target, authority, headers, None if chunked else content_length, has_body, version)
+        keep_alive = parser.should_keep_alive() and not self.shutting_down
+        ex = _Exchange(self, head, keep_alive, self.mark if self.phase == HEADERS else self.clock.seconds())
+        self._parsing = ex
+        if self.current is None:
+            self._start(ex)
+        else:
+            # Pipelined: hold it (and stop reading) until the current response is done.
+            ex.queued_body = []
+            self.queue.append(ex)
+            self._update_reading()
+
+    def _start(self, ex: _Exchange) -> None:
+        self.current = ex
+        self.phase = ACTIVE
+        expect = self._expect_continue and ex.queued_body is None
+        ex.handler = self.dispatcher.dispatch(ex, ex.head)
+        if expect and not ex.status and not ex.done:
+            self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self._parsing
+        if ex is None:
+            return
+        ex.bytes_in += len(body)
+        if ex.queued_body is not None and ex is not self.current:
+            ex.queued_body.append(body)
+        elif not ex.done and ex.handler is not None:
+            ex.handler.body_received(body)
+
+    def on_message_complete(self) -> None:
+        ex = self._parsing
+        self._parsing = None
+        if ex is None:
+            return
+        ex.request_complete = True
+        if ex is self.current and not ex.done and ex.handler is not None:
+            ex.handler.body_finished()
+        if ex.done and ex is self.current:
+            # The response finished before the request body did: now the next one can start.
+            self._next()
+
+    # -- completion -------------------------------------------------------------
+    def exchange_done(self, ex: _Exchange, clean: bool) -> None:
+        """Called by the exchange when its response is over."""
+        self._log(ex)
+        if ex is not self.current:
+            return
+        if not clean or not ex.keep_alive:
+            self.current = None
+            self.phase = CLOSING
+            if clean:
+                self.transport.loseConnection()
+            else:
+                abort = getattr(self.transport, "abortConnection", None)
+                (abort or self.transport.loseConnection)()
+            return
+        if ex.request_complete:
+            self._next()
+        # else: wait for on_message_complete to drain the rest of the body.
+
+    def _next(self) -> None:
+        self.current = None
+        self.phase = IDLE
+        self.mark = self.clock.seconds()
+        if self.shutting_down:
+            self.transport.loseConnection()
+            return
+        if self.queue:
+            ex = self.queue.pop(0)
+            body = ex.queued_body or []
+            ex.queued_body = None
+            self._start(ex)
+            for chunk in body:
+                if ex.done:
+                    break
+                ex.handler.body_received(chunk)
+            if ex.request_complete and not ex.done:
+                ex.handler.body_finished()
+            if ex.done and ex.request_complete and self.current is ex:
+                self._next()
+                return
+        self._update_reading()
+
+    def _log(self, ex: _Exchange) -> None:
+        try:
+            self.dispatcher.log_request(
+                self.info, ex.head, ex.status, ex.bytes_in, ex.bytes_out, ex.handler,
+                ex.started, self.clock.seconds(),
+            )
+        except Exception:
+            log.failure("access log failed")
+
+
+class _HeadersTooLarge(Exception):
+    pass

@@ -1,0 +1,130 @@
+"""Downstream connections: TLS wrapping, ALPN choice of HTTP/1.1 or HTTP/2, connection limits."""
+from __future__ import annotations
+
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from txgate.http.exchange import ConnectionInfo, Limits
+from txgate.http.h1 import H1Connection
+
+log = Logger()
+
+
+def _handshake_error(reason) -> str:
+    value = getattr(reason, "value", reason)
+    args = getattr(value, "args", None)
+    if args and isinstance(args[0], list) and args[0]:
+        parts = []
+        for item in args[0]:
+            if isinstance(item, tuple) and len(item) >= 3:
+                parts.append(str(item[2]))
+        if parts:
+            return "; ".join(parts)
+    return f"{value.__class__.__name__}: {value}" if str(value) else value.__class__.__name__
+
+
+@implementer(IHandshakeListener)
+class Negotiator(Protocol):
+    """Waits for the TLS handshake, then hands the connection to the h1 or h2 protocol."""
+
+    def __init__(self, factory: ListenerFactory, info: ConnectionInfo, tls: bool) -> None:
+        self.factory = factory
+        self.info = info
+        self.tls = tls
+        self.inner: Protocol | None = None
+        self.timer = None
+
+    def connectionMade(self) -> None:
+        self.factory.connections.add(self)
+        if self.tls:
+            # A client that never completes the handshake is a slowloris too.
+            self.timer = self.factory.clock.callLater(self.factory.limits.header_timeout, self._handshake_timeout)
+        else:
+            self._start(None)
+
+    def _handshake_timeout(self) -> None:
+        self.timer = None
+        if self.inner is None:
+            log.info("TLS handshake from {client} not completed within {t}s; closing",
+                     client=self.info.client_host, t=self.factory.limits.header_timeout)
+            self.transport.abortConnection()
+
+    def handshakeCompleted(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        from txgate.tls.server import connection_facts
+
+        info = self.info
+        info.sni, info.tls_version, info.cipher, info.alpn = connection_facts(self.transport)
+        self._start(info.alpn)
+
+    def _start(self, alpn: str | None) -> None:
+        f = self.factory
+        if alpn == "h2":
+            from txgate.http.h2 import H2Connection
+
+            inner = H2Connection(f.dispatcher, self.info, f.limits, f.clock)
+        else:
+            inner = H1Connection(f.dispatcher, self.info, f.limits, f.clock)
+        self.inner = inner
+        inner.makeConnection(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        inner = self.inner
+        if inner is not None:
+            inner.dataReceived(data)
+
+    def connectionLost(self, reason=None) -> None:
+        self.factory.connections.discard(self)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+        elif self.tls:
+            why = _handshake_error(reason)
+            if "ConnectionDone" not in why and "ConnectionLost" not in why:
+                log.info("TLS handshake with {client} on {listener} failed: {why}",
+                         client=self.info.client_host, listener=self.info.listener, why=why)
+
+    def shutdown(self) -> None:
+        """Graceful shutdown of this connection."""
+        if self.inner is not None and hasattr(self.inner, "shutdown"):
+            self.inner.shutdown()
+        else:
+            self.transport.loseConnection()
+
+
+class ListenerFactory(Factory):
+    """Builds one Negotiator per accepted connection; refuses connections above the limit."""
+
+    def __init__(self, name: str, dispatcher, limits: Limits, clock, *, tls: bool, max_connections: int) -> None:
+        self.name = name
+        self.dispatcher = dispatcher
+        self.limits = limits
+        self.clock = clock
+        self.tls = tls
+        self.max_connections = max_connections
+        self.connections: set[Negotiator] = set()
+        self.refused = 0
+
+    def buildProtocol(self, addr):
+        if len(self.connections) >= self.max_connections:
+            self.refused += 1
+            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+                log.warn("listener {name}: {n} connections open (max_connections); refusing new ones",
+                         name=self.name, n=len(self.connections))
+            return None
+        host = getattr(addr, "host", "?")
+        port = getattr(addr, "port", 0)
+        info = ConnectionInfo(self.name, host, port, tls=self.tls)
+        return Negotiator(self, info, self.tls)
+
+
+def wrap_tls(factory: ListenerFactory, server_tls, clock):
+    """Put TLS under a listener factory."""
+    return TLSMemoryBIOFactory(server_tls, False, factory, clock=clock)

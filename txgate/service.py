@@ -1,0 +1,278 @@
+"""makeService(config) -> MultiService: builds the runtime objects and owns their lifetime."""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from txgate.accesslog import AccessLog
+from txgate.config import ApiConfig, CertSpec, Config, ConfigError, ListenerConfig
+from txgate.dispatch import ApiRuntime, ListenerDispatcher
+from txgate.http.exchange import Limits
+from txgate.listener import ListenerFactory, wrap_tls
+
+log = Logger()
+
+
+@dataclass
+class Prepared:
+    """Everything validated and loaded from a Config, before anything binds."""
+
+    config: Config
+    server_tls: dict = field(default_factory=dict)  # listener name -> ServerTLS
+    upstream_tls: dict = field(default_factory=dict)  # (api name, target label) -> UpstreamTLS
+    warnings: list = field(default_factory=list)
+    local_ca_path: str | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _load_pair(config: Config, section: str, key: str, spec: CertSpec, now: datetime):
+    from txgate.tls.certs import CertificateError, load_certified_key
+
+    try:
+        return load_certified_key(spec.cert_path, spec.key_path, now=now)
+    except CertificateError as e:
+        raise ConfigError(config.path, section, key, str(e)) from None
+
+
+def _local_names(config: Config, listener: ListenerConfig) -> list[str]:
+    names = ["localhost", "127.0.0.1", "::1"]
+    if listener.host not in ("", "0.0.0.0", "::") and listener.host not in names:
+        names.append(listener.host)
+    for api in config.apis_for(listener.name):
+        for h in api.hosts:
+            if h not in names:
+                names.append(h)
+    return names
+
+
+def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = True, create_state: bool = True) -> Prepared:
+    """Load and check every certificate and TLS setting; raise ConfigError naming file, section, key."""
+    from txgate.tls.certs import CertificateError, expiry_warning, load_ca_bundle, names_cover
+    from txgate.tls.client import UpstreamTLS
+    from txgate.tls.localca import LocalCA
+    from txgate.tls.server import ServerTLS
+
+    now = now or _now()
+    prepared = Prepared(config=config, warnings=list(config.warnings))
+    local_ca = None
+    for ln in config.listeners:
+        section = f"listener:{ln.name}"
+        if check_ports:
+            _check_port(config, ln)
+        if not ln.tls:
+            continue
+        if ln.certificate.local:
+            if not create_state:
+                continue
+            if local_ca is None:
+                try:
+                    local_ca = LocalCA.ensure(config.gateway.state_dir, now=now)
+                except (CertificateError, OSError) as e:
+                    raise ConfigError(config.path, "gateway", "state_dir", str(e)) from None
+                prepared.local_ca_path = local_ca.ca_path
+            try:
+                default = local_ca.issue_server(_local_names(config, ln), now=now)
+            except (CertificateError, OSError) as e:
+                raise ConfigError(config.path, "gateway", "state_dir", str(e)) from None
+        else:
+            default = _load_pair(config, section, "certificate", ln.certificate, now)
+        _warn_expiry(prepared, section, "certificate", default, now, expiry_warning)
+        sni = []
+        for name, spec in ln.sni:
+            if spec.local:
+                if local_ca is None:
+                    local_ca = LocalCA.ensure(config.gateway.state_dir, now=now)
+                    prepared.local_ca_path = local_ca.ca_path
+                ck = local_ca.issue_server([name.removeprefix("*.") if False else name], now=now)
+            else:
+                ck = _load_pair(config, section, "sni", spec, now)
+                if not names_cover(ck.leaf, name):
+                    prepared.warnings.append(
+                        f"{config.path}: [{section}] sni: certificate {spec.cert_path} does not cover '{name}' "
+                        f"(its names: {', '.join(ck.dns_names + [str(i) for i in ck.ip_addresses]) or 'none'})"
+                    )
+            _warn_expiry(prepared, section, "sni", ck, now, expiry_warning)
+            sni.append((name, ck))
+        try:
+            prepared.server_tls[ln.name] = ServerTLS(
+                default=default, sni=sni, min_tls=ln.min_tls, max_tls=ln.max_tls, ciphers=ln.ciphers,
+                tls13_ciphersuites=ln.tls13_ciphersuites, alpn=ln.alpn, session_tickets=ln.session_tickets,
+            )
+        except Exception as e:  # OpenSSL rejects the cipher strings here
+            key = "tls13_ciphersuites" if ln.tls13_ciphersuites and "13" in str(e) else "ciphers"
+            raise ConfigError(config.path, section, key, f"rejected by OpenSSL: {_openssl_message(e)}") from None
+
+    for api in config.apis:
+        section = f"api:{api.name}"
+        if api.upstream_ca:
+            try:
+                load_ca_bundle(api.upstream_ca)
+            except CertificateError as e:
+                raise ConfigError(config.path, section, "upstream_ca", str(e)) from None
+        for target in api.upstreams:
+            if not target.tls:
+                continue
+            try:
+                prepared.upstream_tls[(api.name, target.label)] = UpstreamTLS(
+                    api.upstream_server_name or target.host,
+                    ca_path=api.upstream_ca,
+                    verify=api.upstream_verify,
+                )
+            except Exception as e:
+                raise ConfigError(config.path, section, "upstream", f"{target.label}: {e}") from None
+        if not api.upstream_verify and any(t.tls for t in api.upstreams):
+            prepared.warnings.append(
+                f"{config.path}: [{section}] upstream_verify: off - upstream certificates are NOT verified"
+            )
+    return prepared
+
+
+def _openssl_message(e: Exception) -> str:
+    text = str(e)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+def _warn_expiry(prepared: Prepared, section: str, key: str, ck, now, expiry_warning) -> None:
+    w = expiry_warning(ck, now)
+    if w:
+        prepared.warnings.append(f"{prepared.config.path}: [{section}] {key}: {w}")
+
+
+def _check_port(config: Config, ln: ListenerConfig) -> None:
+    """Fail early, with the section and key, if the address cannot be bound."""
+    if ln.port == 0:
+        return
+    family = socket.AF_INET6 if ":" in ln.host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((ln.host, ln.port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            msg = f"{ln.host}:{ln.port}: address already in use"
+        elif e.errno == errno.EACCES:
+            msg = f"{ln.host}:{ln.port}: permission denied (ports below 1024 need privileges)"
+        elif e.errno == errno.EADDRNOTAVAIL:
+            msg = f"{ln.host}:{ln.port}: address not available on this machine"
+        else:
+            msg = f"{ln.host}:{ln.port}: {e.strerror}"
+        raise ConfigError(config.path, f"listener:{ln.name}", "bind", msg) from None
+    finally:
+        s.close()
+
+
+class GatewayService(Service):
+    """Listeners, dispatchers and upstream pools built from one Prepared config."""
+
+    name = "txgate"
+
+    def __init__(self, prepared: Prepared, reactor=None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self.prepared = prepared
+        self.config = prepared.config
+        self.ports: dict[str, object] = {}
+        self.factories: dict[str, ListenerFactory] = {}
+        self.upstreams: dict[str, object] = {}
+        self.access_log: AccessLog | None = None
+        self._flusher = None
+
+    def _build_upstream(self, api: ApiConfig):
+        from txgate.upstream.pool import TargetPool
+        from txgate.upstream.proxy import Upstream
+
+        pools = [
+            TargetPool(
+                self.reactor, t,
+                tls_creator=self.prepared.upstream_tls.get((api.name, t.label)),
+                max_connections=api.max_connections, max_pending=api.max_pending,
+                connect_timeout=api.connect_timeout,
+            )
+            for t in api.upstreams
+        ]
+        return Upstream(api.name, pools, timeout=api.timeout, max_body_bytes=api.max_body_bytes)
+
+    def startService(self) -> None:
+        super().startService()
+        cfg = self.config
+        for w in self.prepared.warnings:
+            log.warn("{warning}", warning=w)
+        self.access_log = AccessLog(cfg.gateway.access_log, cfg.gateway.log_format)
+        self._flusher = task.LoopingCall(self.access_log.flush)
+        self._flusher.clock = self.reactor
+        self._flusher.start(0.5, now=False)
+        runtimes = {}
+        for api in cfg.apis:
+            up = None if api.echo else self._build_upstream(api)
+            self.upstreams[api.name] = up
+            runtimes[api.name] = ApiRuntime(api, up)
+        if self.prepared.local_ca_path:
+            log.info("local CA certificate: {path} (clients can trust it with: curl --cacert {path})",
+                     path=self.prepared.local_ca_path)
+        for ln in cfg.listeners:
+            apis = [runtimes[a.name] for a in cfg.apis_for(ln.name)]
+            dispatcher = ListenerDispatcher(ln.name, apis, self.reactor, self.access_log)
+            limits = Limits(ln.max_header_bytes, ln.header_timeout, ln.idle_timeout)
+            factory = ListenerFactory(ln.name, dispatcher, limits, self.reactor, tls=ln.tls,
+                                      max_connections=ln.max_connections)
+            self.factories[ln.name] = factory
+            top = wrap_tls(factory, self.prepared.server_tls[ln.name], self.reactor) if ln.tls else factory
+            port = self.reactor.listenTCP(ln.port, top, backlog=1024, interface=ln.host)
+            self.ports[ln.name] = port
+            addr = port.getHost()
+            host = f"[{addr.host}]" if ":" in addr.host else addr.host
+            log.info("listener {name} on {scheme}://{host}:{port} ({apis})", name=ln.name,
+                     scheme="https" if ln.tls else "http", host=host, port=addr.port,
+                     apis=", ".join(a.name for a in apis) or "no APIs")
+
+    def port_of(self, name: str) -> int:
+        """The bound port of a listener (useful with port 0)."""
+        return self.ports[name].getHost().port
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        """Stop accepting, let in-flight requests finish (up to shutdown_timeout), then close."""
+        super().stopService()
+        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports.values()])
+        self.ports.clear()
+        for f in self.factories.values():
+            for conn in list(f.connections):
+                conn.shutdown()
+        deadline = self.reactor.seconds() + self.config.gateway.shutdown_timeout
+        while any(f.connections for f in self.factories.values()) and self.reactor.seconds() < deadline:
+            yield task.deferLater(self.reactor, 0.05, lambda: None)
+        left = sum(len(f.connections) for f in self.factories.values())
+        if left:
+            log.warn("shutdown_timeout reached: closing {n} connections", n=left)
+            for f in self.factories.values():
+                for conn in list(f.connections):
+                    conn.transport.abortConnection()
+        for up in self.upstreams.values():
+            if up is not None:
+                up.close()
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
+        if self.access_log is not None:
+            self.access_log.close()
+        log.info("txgate stopped")
+
+
+def makeService(config: Config, reactor=None) -> MultiService:
+    """Build the gateway as a MultiService (validates first; raises ConfigError)."""
+    prepared = prepare(config)
+    top = MultiService()
+    GatewayService(prepared, reactor).setServiceParent(top)
+    return top

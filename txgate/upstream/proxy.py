@@ -1,0 +1,249 @@
+"""The proxy handler: one downstream request forwarded over a pooled upstream connection."""
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from txgate.errors import GatewayError, RequestTooLarge, UpstreamBusy, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from txgate.http.errors import send_gateway_error
+from txgate.http.headers import downstream_response_headers
+
+log = Logger()
+
+VIA = b"1.1 txgate"
+BUFFER_LIMIT = 65536  # request body held while no upstream connection is ready
+
+
+class Upstream:
+    """The targets of one API: round robin, next target when a connection cannot be made."""
+
+    def __init__(self, api: str, pools: list, *, timeout: float, max_body_bytes: int) -> None:
+        self.api = api
+        self.pools = pools
+        self.timeout = timeout
+        self.max_body_bytes = max_body_bytes
+        self.rr = 0
+
+    def first_pool(self) -> int:
+        i = self.rr
+        self.rr = (i + 1) % len(self.pools)
+        return i
+
+    def close(self) -> None:
+        for p in self.pools:
+            p.close()
+
+
+class ProxyHandler:
+    """Streams one request to an upstream and its response back, with backpressure both ways."""
+
+    __slots__ = (
+        "upstream", "stream", "clock", "request_line", "header_block", "host_override", "head_only", "chunked", "api", "upstream_label",
+        "conn", "pool", "tried", "buffer", "buffered", "body_done", "done", "started", "sent_body",
+        "timer", "last_error", "reused", "body_bytes", "paused_downstream", "retryable",
+    )
+
+    def __init__(self, upstream: Upstream, stream, head, request_line: bytes, header_block: bytes,
+                 host_override: bytes | None, clock) -> None:
+        # request_line: b"GET /x HTTP/1.1\r\n"; header_block: every header but Host, ending in a
+        # blank line; the Host is the chosen target's unless host_override (preserve_host).
+        self.upstream = upstream
+        self.stream = stream
+        self.clock = clock
+        self.request_line = request_line
+        self.header_block = header_block
+        self.host_override = host_override
+        self.head_only = head.method == b"HEAD"
+        self.chunked = head.has_body and head.content_length is None
+        self.api = upstream.api
+        self.upstream_label = None
+        self.conn = None
+        self.pool = None
+        self.tried = 0
+        self.buffer: list[bytes] = []
+        self.buffered = 0
+        self.body_done = not head.has_body
+        self.done = False
+        self.started = False  # response head sent downstream
+        self.sent_body = False
+        self.timer = None
+        self.last_error: GatewayError | None = None
+        self.reused = False
+        self.body_bytes = 0
+        self.paused_downstream = False
+        self.retryable = not head.has_body
+
+    # -- start -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.timer = self.clock.callLater(self.upstream.timeout, self._timed_out)
+        self._try(self.upstream.first_pool())
+
+    def _try(self, index: int) -> None:
+        pools = self.upstream.pools
+        pool = pools[index % len(pools)]
+        self.pool = pool
+        self.upstream_label = pool.label
+        self.tried += 1
+        try:
+            pool.acquire(self)
+        except UpstreamBusy as e:
+            self._fail(e)
+
+    def upstream_ready(self, conn, reused: bool) -> None:
+        if self.done:
+            self.pool.checkin(conn)
+            return
+        self.conn = conn
+        self.reused = reused
+        host = self.host_override or self.pool.host_value
+        conn.start(self, self.request_line + b"host: " + host + b"\r\n" + self.header_block, self.head_only)
+        if self.buffer:
+            for chunk in self.buffer:
+                self._send_body(chunk)
+            self.buffer = []
+            self.buffered = 0
+            if self.paused_downstream:
+                self.paused_downstream = False
+                self.stream.resume_reading()
+        if self.body_done:
+            conn.end_body(b"0\r\n\r\n" if self.chunked else b"")
+
+    def upstream_failed(self, pool, err: GatewayError) -> None:
+        if self.done:
+            return
+        self.last_error = err
+        # Next target when a connection could not be made; a TLS failure is not retried
+        # elsewhere (it is a trust problem, not an availability one).
+        if self.tried < len(self.upstream.pools) and err.code != "upstream_tls_error":
+            self._try(self.upstream.pools.index(pool) + 1)
+            return
+        self._fail(err)
+
+    # -- request body ------------------------------------------------------------------
+    def body_received(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.body_bytes += len(data)
+        limit = self.upstream.max_body_bytes
+        if limit and self.body_bytes > limit:
+            self._fail(RequestTooLarge(f"request body exceeds {limit} bytes"))
+            return
+        if self.conn is None:
+            self.buffer.append(data)
+            self.buffered += len(data)
+            if self.buffered > BUFFER_LIMIT and not self.paused_downstream:
+                self.paused_downstream = True
+                self.stream.pause_reading()
+            return
+        self._send_body(data)
+
+    def _send_body(self, data: bytes) -> None:
+        self.sent_body = True
+        if self.chunked:
+            self.conn.write_body(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.conn.write_body(data)
+
+    def body_finished(self) -> None:
+        if self.done:
+            return
+        self.body_done = True
+        if self.conn is not None:
+            self.conn.end_body(b"0\r\n\r\n" if self.chunked else b"")
+
+    def upstream_write_paused(self) -> None:
+        self.stream.pause_reading()
+
+    def upstream_write_resumed(self) -> None:
+        self.stream.resume_reading()
+
+    # -- response ------------------------------------------------------------------------
+    def response_head(self, status: int, headers, content_length) -> None:
+        if self.done:
+            return
+        self.started = True
+        self._touch()
+        self.stream.start_response(status, downstream_response_headers(headers, VIA), content_length)
+
+    def response_body(self, data: bytes) -> None:
+        if not self.done:
+            self._touch()
+            self.stream.write(data)
+
+    def response_finished(self) -> None:
+        if self.done:
+            return
+        self._end()
+        self.stream.finish()
+
+    def pause_producing(self) -> None:
+        if self.conn is not None:
+            self.conn.pause_reading()
+
+    def resume_producing(self) -> None:
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+    # -- failures ------------------------------------------------------------------------
+    def upstream_lost(self, conn, reason, response_started: bool) -> None:
+        if self.done:
+            return
+        if not response_started and self.reused and self.retryable and not self.sent_body:
+            # A pooled connection the upstream had already closed: retry once on a new one.
+            self.conn = None
+            self.reused = False
+            self.retryable = False
+            try:
+                self.pool.acquire(self)
+            except UpstreamBusy as e:
+                self._fail(e)
+            return
+        why = reason.getErrorMessage() if hasattr(reason, "getErrorMessage") else str(reason)
+        self._fail(UpstreamUnavailable(f"{self.upstream_label}: connection lost: {why}"))
+
+    def upstream_protocol_error(self, conn, message: str, response_started: bool) -> None:
+        self._fail(UpstreamProtocolError(f"{self.upstream_label}: {message}"))
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        self._fail(UpstreamTimeout(f"{self.upstream_label or self.api}: no response within {self.upstream.timeout:g}s"))
+
+    def _touch(self) -> None:
+        timer = self.timer
+        if timer is not None:
+            timer.reset(self.upstream.timeout)
+
+    def _fail(self, err: GatewayError) -> None:
+        if self.done:
+            return
+        started = self.started
+        self._end()
+        log.info(
+            "api {api} upstream {target} {code}: {why}",
+            api=self.api, target=self.upstream_label, code=err.code, why=err.message,
+        )
+        if started:
+            self.stream.abort()
+        else:
+            send_gateway_error(self.stream, err)
+
+    def _end(self) -> None:
+        self.done = True
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+        conn = self.conn
+        self.conn = None
+        if conn is not None and conn.exchange is self:
+            conn.close()
+        elif conn is None and self.pool is not None:
+            self.pool.cancel(self)
+        if self.paused_downstream:
+            self.paused_downstream = False
+
+    def stream_lost(self, reason) -> None:
+        if self.done:
+            return
+        self._end()
