@@ -358,7 +358,18 @@ def test_invalid_configuration_raises_value_error(pki: dict[str, Any]) -> None:
         ServerTLS(default=pki["default"], min_tls="1.4")
 
 
-def test_verify_mode_survives_sni_switch(pki: dict[str, Any]) -> None:
+def test_key_exchange_groups_are_not_pinned_to_p256(pki: dict[str, Any], sni_server: ServerTLS) -> None:
+    for sni, max_tls in (("api.example.com", None), (None, SSL.TLS1_2_VERSION)):
+        sp, cp = handshake(sni_server, RawClient(sni=sni, max_tls=max_tls))
+        assert cp.getHandle().get_group_name() != "secp256r1"
+
+
+def test_duplicate_sni_name_is_rejected(pki: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="duplicate SNI name"):
+        ServerTLS(default=pki["default"], sni=[("a.test", pki["exact"]), ("A.test.", pki["wild"])])
+
+
+def test_client_verification_applies_on_sni_context(pki: dict[str, Any]) -> None:
     seen: list[int] = []
 
     def cb(conn: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Sequence
 
-from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
@@ -92,11 +91,10 @@ class ServerTLS:
         self._wildcard: dict[str, SSL.Context] = {}
         for name, ck in sni:
             n = _norm_name(name)
-            ctx = self._build(ck)
-            if n.startswith("*."):
-                self._wildcard.setdefault(n[2:], ctx)
-            else:
-                self._exact.setdefault(n, ctx)
+            table, key = (self._wildcard, n[2:]) if n.startswith("*.") else (self._exact, n)
+            if key in table:
+                raise ValueError(f"duplicate SNI name {name!r}")
+            table[key] = self._build(ck)
 
     def _build(self, ck: CertifiedKey) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -120,8 +118,8 @@ class ServerTLS:
         if not self._tickets:
             options |= SSL.OP_NO_TICKET
         ctx.set_options(options)
-        # OpenSSL >= 1.1 negotiates ECDH groups automatically; P-256 stays the TLS 1.2 fallback.
-        ctx.set_tmp_ecdh(ec.SECP256R1())
+        # ECDH "auto" is built in since OpenSSL 1.1.0. Do NOT call set_tmp_ecdh: on OpenSSL 3+/4 it
+        # replaces the whole groups list with that one curve (no X25519, no hybrid ML-KEM).
         ctx.use_certificate(ck.leaf)
         for extra in ck.chain[1:]:
             ctx.add_extra_chain_cert(extra)
