@@ -404,6 +404,11 @@ def _reason(cp: Any) -> str:
     return tls_failure_reason(lost)
 
 
+def test_upstream_missing_ca_bundle_raises(tmp_path: Any) -> None:
+    with pytest.raises(CertificateError, match="cannot load CA bundle"):
+        UpstreamTLS(server_name="x.test", ca_path=str(tmp_path / "nope.pem"))
+
+
 def test_upstream_accepts_good_certificate(tmp_path: Any, pki: dict[str, Any]) -> None:
     sp, cp = handshake(ServerTLS(default=pki["exact"]), _upstream(tmp_path, pki, "api.example.com"))
     assert cp.rec.handshook and cp.rec.lost is None

@@ -162,7 +162,7 @@ def parse_private_key(data: bytes, path: str) -> PrivateKey:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
         raise CertificateError(path, "private key is encrypted (a passphrase is not supported)") from None
-    except (ValueError, Exception):
+    except Exception:
         raise CertificateError(path, "not a PEM private key") from None
     if not isinstance(
         key,

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txgate.errors import GatewayError, UpstreamTLSError
-from txgate.tls.certs import CertifiedKey, cert_names, format_time, subject_label
+from txgate.tls.certs import CertificateError, CertifiedKey, cert_names, format_time, subject_label
 from txgate.tls.server import DEFAULT_CIPHERS, OP_NO_RENEGOTIATION, tls_version
 
 log = Logger()
@@ -114,7 +114,10 @@ class UpstreamTLS:
         ctx.set_options(SSL.OP_NO_COMPRESSION | OP_NO_RENEGOTIATION)
         ctx.set_alpn_protos([b"http/1.1"])
         if ca_path is not None:
-            ctx.load_verify_locations(ca_path)
+            try:
+                ctx.load_verify_locations(ca_path)
+            except SSL.Error:
+                raise CertificateError(ca_path, "cannot load CA bundle (missing or not PEM)") from None
         else:
             # pyOpenSSL falls back to the usual system bundle paths under cryptography's wheels.
             ctx.set_default_verify_paths()

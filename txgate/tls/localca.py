@@ -118,6 +118,8 @@ class LocalCA:
                 ca = load_certified_key(cert_path, key_path, now=now)
             except CertificateError as e:
                 raise CertificateError(e.path, f"local CA is unusable: {e.reason}") from None
+            if os.stat(key_path).st_mode & 0o077:
+                log.warn("local CA key {path} is readable by group or others; chmod 600 it", path=key_path)
             if not _is_ca(ca.leaf):
                 raise CertificateError(cert_path, "local CA is unusable: not a CA certificate")
             return cls(state_dir, ca)
