@@ -87,8 +87,8 @@ class UpstreamTLS:
 
     def __init__(
         self,
-        *,
         server_name: str,
+        *,
         ca_path: str | None = None,
         verify: bool = True,
         client_certificate: CertifiedKey | None = None,
