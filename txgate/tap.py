@@ -1,8 +1,10 @@
 """twistd glue: `twistd txgate --config gw.ini`."""
 from __future__ import annotations
 
+import signal
 import sys
 
+from twisted.application.service import Service
 from twisted.python import usage
 
 
@@ -20,8 +22,32 @@ def makeService(options):
 
     try:
         cfg = _config.load(options["config"]) if options["config"] else _config.default_config()
-        return _make(cfg)
+        top = _make(cfg)
     except _config.ConfigError as e:
         sys.stderr.write(f"txgate: configuration error: {e}\n")
         sys.stderr.flush()
         raise SystemExit(1)
+    CleanExitOnSignals().setServiceParent(top)
+    return top
+
+
+class CleanExitOnSignals(Service):
+    """SIGTERM/SIGINT stop the reactor gracefully and twistd exits 0.
+
+    twistd re-raises the terminating signal after shutdown (exit status 143); a gateway that
+    drained cleanly is a success, so these handlers stop the reactor themselves.
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet import reactor
+
+        def handler(signum, frame):
+            reactor.callFromThread(reactor.stop)
+
+        def install():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, handler)
+
+        # After the reactor has installed its own handlers (it does so while starting up).
+        reactor.callLater(0, install)

@@ -1,0 +1,288 @@
+"""Shared fixtures: certificates (built once per session), a real gateway process, real backends."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from certs_helpers import make_ca, make_intermediate, make_leaf, write_ca, write_pair  # noqa: E402
+
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+LISTEN_RE = re.compile(r"listener (\S+) on (https?)://(\S+):(\d+) ")
+
+
+def poll(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Wait for predicate() to be truthy, with a deadline (never a bare sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def gateway_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Gateway:
+    """A real `twistd -n txgate --config gw.ini` process on ephemeral ports."""
+
+    def __init__(self, workdir: Path, config_text: str, extra_args: tuple = ()) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "gw.ini"
+        self.config_path.write_text(config_text)
+        self.out_path = self.workdir / "gateway.out"
+        self.err_path = self.workdir / "gateway.err"
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+        self.ports: dict[str, int] = {}
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "txgate", "--config", str(self.config_path),
+                *self.extra_args]
+
+    def start(self, expect_listeners: int | None = None) -> Gateway:
+        self.proc = subprocess.Popen(
+            self.command(), cwd=self.workdir, env=gateway_env(), stdin=subprocess.DEVNULL,
+            stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"),
+        )
+        n = expect_listeners or self.config_path.read_text().count("[listener:")
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.output()}\n{self.errors()}")
+            found = LISTEN_RE.findall(self.output())
+            return len(found) >= n and found
+
+        for name, _scheme, _host, port in poll(ready, 20, what="gateway listeners"):
+            self.ports[name] = int(port)
+        return self
+
+    @property
+    def port(self) -> int:
+        return next(iter(self.ports.values()))
+
+    def url(self, path: str = "/", listener: str | None = None, host: str = "localhost") -> str:
+        port = self.ports[listener] if listener else self.port
+        return f"https://{host}:{port}{path}"
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace") if self.out_path.exists() else ""
+
+    def errors(self) -> str:
+        return self.err_path.read_text(errors="replace") if self.err_path.exists() else ""
+
+    def wait_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
+        rx = re.compile(pattern)
+        return poll(lambda: rx.search(self.output()), timeout, what=f"log line /{pattern}/")
+
+    @property
+    def ca(self) -> str:
+        return str(self.workdir / "txgate-state" / "ca.pem")
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("gateway did not stop on SIGTERM")
+
+
+@pytest.fixture
+def gateway_factory(tmp_path):
+    """Start gateways from config text; all are stopped at the end of the test."""
+    started: list[Gateway] = []
+
+    def start(config_text: str, name: str = "gw", **kw) -> Gateway:
+        gw = Gateway(tmp_path / name, config_text, **kw)
+        started.append(gw)
+        return gw.start()
+
+    yield start
+    for gw in started:
+        try:
+            gw.stop()
+        except AssertionError:
+            pass
+
+
+def run_gateway_once(tmp_path: Path, config_text: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run twistd txgate expecting it to exit (config errors)."""
+    gw = Gateway(tmp_path, config_text)
+    return subprocess.run(gw.command(), cwd=tmp_path, env=gateway_env(), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def txgate_cli(*args, cwd=None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the `txgate` command (as `python -m txgate.cli`)."""
+    return subprocess.run([sys.executable, "-m", "txgate.cli", *args], cwd=cwd, env=gateway_env(),
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def curl(*args, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run curl; -sS always; returns the CompletedProcess (stdout is the body)."""
+    return subprocess.run(["curl", "-sS", *args], capture_output=True, timeout=timeout)
+
+
+# -- certificates -------------------------------------------------------------------------
+
+
+class CertSet:
+    """Certificates for a test session, written to one directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.root = make_ca("txgate test root")
+        self.intermediate = make_intermediate(self.root, "txgate test intermediate")
+        self.root_pem = write_ca(directory, "root-ca", self.root)
+        self.other_root = make_ca("unrelated root")
+        self.other_root_pem = write_ca(directory, "other-root-ca", self.other_root)
+
+    def leaf(self, name: str, names, **kw) -> tuple[str, str]:
+        """Write a leaf (signed by the intermediate unless ca= is given) and return (cert, key) paths."""
+        ca = kw.pop("ca", self.intermediate)
+        return write_pair(self.dir, name, make_leaf(ca, names, **kw))
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory) -> CertSet:
+    return CertSet(tmp_path_factory.mktemp("certs"))
+
+
+# -- backends -----------------------------------------------------------------------------
+
+
+class _BackendHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "testbackend"
+
+    def log_message(self, *args):
+        pass
+
+    def _body(self) -> bytes:
+        n = 0
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _handle(self):
+        server = self.server
+        body = self._body()
+        server.requests.append(
+            {"method": self.command, "path": self.path, "headers": list(self.headers.items()), "body": body,
+             "client_port": self.client_address[1]}
+        )
+        path = self.path
+        if path.startswith("/status/"):
+            code = int(path.split("/")[2].split("?")[0])
+            payload = b'{"status": %d}' % code
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        if path.startswith("/sleep/"):
+            time.sleep(float(path.split("/")[2]))
+        if path.startswith("/close"):
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        payload = (
+            b'{"method": "%s", "path": "%s", "body_bytes": %d}'
+            % (self.command.encode(), self.path.encode(), len(body))
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Connection", "keep-alive, X-Hop")
+        self.send_header("X-Hop", "must-be-removed")
+        self.send_header("Keep-Alive", "timeout=5")
+        self.send_header("Set-Cookie", "a=1")
+        self.send_header("Set-Cookie", "b=2")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle
+
+
+class Backend:
+    """A real HTTP/1.1 backend on loopback (threaded), optionally TLS; records what it received."""
+
+    def __init__(self, tls: tuple[str, str] | None = None, handler=_BackendHandler) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.server.requests = []
+        self.server.connections = 0
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def requests(self) -> list:
+        return self.server.requests
+
+    def url(self, scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def backend():
+    b = Backend()
+    yield b
+    b.close()
+
+
+def free_port() -> int:
+    """A port nothing listens on (for 'connection refused')."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

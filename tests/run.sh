@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the suite needs when missing, then runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v nghttp >/dev/null || missing+=(nghttp2-client)
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v gcc >/dev/null || missing+=(gcc)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "tests/run.sh: please install: ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+PY="${PYTHON:-python3}"
+# compat mode exposes twisted/plugins/ and builds native code in place.
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat
+exec "$PY" -m pytest -q -p no:cacheprovider "$@"
