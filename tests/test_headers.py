@@ -1,0 +1,113 @@
+"""Header rules without sockets: hop-by-hop, Proxy-*, forwarding headers replaced, Via, multi-values."""
+from __future__ import annotations
+
+from txgate.http.headers import connection_named, downstream_response_headers, upstream_request_headers
+
+
+def up(headers, client_ip="192.0.2.1", proto=b"https", host=b"api.test", via=b"1.1 txgate"):
+    return upstream_request_headers(headers, client_ip=client_ip, proto=proto, original_host=host, via=via)
+
+
+def names(headers):
+    return [k for k, _ in headers]
+
+
+def values(headers, name):
+    return [v for k, v in headers if k == name]
+
+
+def test_hop_by_hop_removed_upstream():
+    out = up([
+        (b"host", b"api.test"),
+        (b"connection", b"keep-alive, X-Secret, x-other"),
+        (b"keep-alive", b"timeout=5"),
+        (b"te", b"trailers"),
+        (b"trailer", b"x-t"),
+        (b"transfer-encoding", b"chunked"),
+        (b"upgrade", b"websocket"),
+        (b"proxy-authorization", b"Basic abc"),
+        (b"proxy-connection", b"keep-alive"),
+        (b"proxy-foo", b"bar"),
+        (b"x-secret", b"s"),
+        (b"x-other", b"o"),
+        (b"content-length", b"5"),
+        (b"expect", b"100-continue"),
+        (b"accept", b"*/*"),
+    ])
+    n = names(out)
+    for gone in (b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+                 b"proxy-authorization", b"proxy-connection", b"proxy-foo", b"x-secret", b"x-other",
+                 b"host", b"content-length", b"expect"):
+        assert gone not in n, gone
+    assert (b"accept", b"*/*") in out
+
+
+def test_connection_named_tokens():
+    assert connection_named([(b"connection", b" Close , X-A,,x-b "), (b"connection", b"X-C")]) == {
+        b"close", b"x-a", b"x-b", b"x-c"}
+    assert connection_named([(b"accept", b"x")]) == frozenset()
+
+
+def test_forwarding_headers_replaced_not_trusted():
+    out = up([
+        (b"x-forwarded-for", b"6.6.6.6"),
+        (b"x-forwarded-proto", b"http"),
+        (b"x-forwarded-host", b"evil.test"),
+        (b"x-forwarded-port", b"1"),
+        (b"forwarded", b"for=6.6.6.6;proto=http"),
+        (b"x-real-ip", b"6.6.6.6"),
+        (b"x-forwarded-client-cert", b"Hash=forged"),
+    ], client_ip="192.0.2.1", host=b"api.test:8443")
+    assert values(out, b"x-forwarded-for") == [b"192.0.2.1"]
+    assert values(out, b"x-forwarded-proto") == [b"https"]
+    assert values(out, b"x-forwarded-host") == [b"api.test:8443"]
+    assert values(out, b"forwarded") == [b'for=192.0.2.1;proto=https;host="api.test:8443"']
+    for gone in (b"x-forwarded-port", b"x-real-ip", b"x-forwarded-client-cert"):
+        assert gone not in names(out)
+    assert b"6.6.6.6" not in b"".join(v for _, v in out)
+
+
+def test_forwarded_ipv6_is_quoted_and_bracketed():
+    out = up([], client_ip="::1", host=b"api.test")
+    assert values(out, b"forwarded") == [b'for="[::1]";proto=https;host=api.test']
+    assert values(out, b"x-forwarded-for") == [b"::1"]
+
+
+def test_forwarded_host_with_unsafe_bytes_is_omitted():
+    out = up([], host=b'a"b')
+    assert values(out, b"forwarded") == [b"for=192.0.2.1;proto=https"]
+
+
+def test_via_appended_to_existing():
+    out = up([(b"via", b"1.0 fred"), (b"via", b"1.1 p.example")])
+    assert values(out, b"via") == [b"1.0 fred, 1.1 p.example, 1.1 txgate"]
+    out = up([], via=b"2 txgate")
+    assert values(out, b"via") == [b"2 txgate"]
+
+
+def test_multi_valued_headers_kept_in_order():
+    out = up([(b"accept", b"a"), (b"x-multi", b"1"), (b"x-multi", b"2"), (b"cookie", b"a=1; b=2")])
+    assert values(out, b"x-multi") == [b"1", b"2"]
+    assert values(out, b"cookie") == [b"a=1; b=2"]
+
+
+def test_response_headers_hop_by_hop_removed_and_set_cookie_kept():
+    out = downstream_response_headers([
+        (b"content-type", b"text/plain"),
+        (b"connection", b"keep-alive, X-Hop"),
+        (b"x-hop", b"secret"),
+        (b"keep-alive", b"timeout=5"),
+        (b"transfer-encoding", b"chunked"),
+        (b"content-length", b"10"),
+        (b"proxy-authenticate", b"Basic"),
+        (b"upgrade", b"h2c"),
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+        (b"via", b"1.1 backend"),
+    ], b"1.1 txgate")
+    assert values(out, b"set-cookie") == [b"a=1", b"b=2"]
+    assert values(out, b"via") == [b"1.1 backend, 1.1 txgate"]
+    for gone in (b"connection", b"x-hop", b"keep-alive", b"transfer-encoding", b"content-length",
+                 b"proxy-authenticate", b"upgrade"):
+        assert gone not in names(out)
+    assert (b"content-type", b"text/plain") in out
