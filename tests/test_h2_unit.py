@@ -533,16 +533,60 @@ def test_oversized_header_list_gets_431():
     assert p.replies[p.request(b"/ok")].status == 200
 
 
-def test_missing_method_is_a_protocol_error_goaway_not_a_crash():
-    # h2 4.4.1 validates the pseudo-headers itself and treats a malformed block as a
-    # connection error: GOAWAY(PROTOCOL_ERROR), before our code sees the request.
-    p = Pair(Dispatcher(Silent), client_config=_lax_client())
-    p.client.send_headers(1, [(b":scheme", b"https"), (b":path", b"/"), (b":authority", b"a")],
-                          end_stream=True)
+def _raw_request(p, headers, end=True):
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_headers(sid, headers, end_stream=end)
     p.pump()
-    assert p.goaway is not None and p.goaway.error_code == ErrorCodes.PROTOCOL_ERROR
-    assert p.transport.disconnecting
+    return sid
+
+
+BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"/")]
+
+
+def test_malformed_requests_get_400_json_on_their_stream_only():
+    # h2's own validation (validate_inbound_headers=True) would turn each of these into a
+    # connection-wide GOAWAY(PROTOCOL_ERROR); we validate ourselves and answer 400.
+    cases = [
+        [(b":scheme", b"https"), (b":path", b"/"), (b":authority", b"a")],   # no :method
+        [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a")],  # no :path
+        [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"")],
+        [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"x")],
+        BASE + [(b"X-Upper", b"1")],
+        BASE + [(b"bad name", b"1")],
+        BASE + [(b"x-colon:", b"1")],
+        BASE + [(b"x-crlf", b"a\r\nInjected: 1")],
+        BASE + [(b"x-nul", b"a\x00b")],
+        BASE + [(b"x-ws", b" padded")],
+        BASE + [(b"connection", b"keep-alive")],
+        BASE + [(b"transfer-encoding", b"chunked")],
+        BASE + [(b"te", b"gzip")],
+        BASE + [(b"host", b"other")],
+        [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/")],  # no authority
+        BASE + [(b":method", b"POST")],
+        [(b":method", b"GET"), (b"x-a", b"1"), (b":scheme", b"https"), (b":authority", b"a"),
+         (b":path", b"/")],
+        BASE + [(b":protocol", b"websocket")],
+    ]
+    p = Pair(Dispatcher(Hello), client_config=_lax_client())
+    for headers in cases:
+        sid = _raw_request(p, headers)
+        r = p.replies[sid]
+        assert r.status == 400, headers
+        assert json.loads(r.body)["error"] == "bad_request"
     assert p.dispatcher.handlers == []
+    assert [x["status"] for x in p.dispatcher.logs] == [400] * len(cases)
+    assert p.goaway is None and not p.transport.disconnecting
+    # te: trailers is fine, and the connection still serves requests.
+    sid = _raw_request(p, BASE + [(b"te", b"trailers")])
+    assert p.replies[sid].status == 200
+
+
+def test_bad_request_with_a_body_in_flight_resets_the_upload():
+    p = Pair(Dispatcher(Hello), client_config=_lax_client())
+    sid = _raw_request(p, BASE[:3] + [(b":path", b"/"), (b"X-Upper", b"1")], end=False)
+    assert p.replies[sid].status == 400 and p.replies[sid].ended
+    assert p.replies[sid].reset == ErrorCodes.NO_ERROR
+    assert p.server.open_streams == 0 and len(p.dispatcher.logs) == 1
 
 
 def test_garbage_bytes_get_goaway_and_close():
