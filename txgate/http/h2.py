@@ -382,7 +382,7 @@ class H2Connection(Protocol):
     # -- public ---------------------------------------------------------------------
     def shutdown(self) -> None:
         """Graceful shutdown: GOAWAY(last stream id), refuse new streams, close when idle."""
-        if self._shutting_down or self._closing:
+        if self._shutting_down or self._closing or self.conn is None:
             return
         self._shutting_down = True
         conn = self.conn
