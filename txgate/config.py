@@ -4,6 +4,7 @@ from __future__ import annotations
 import configparser
 import difflib
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -191,6 +192,8 @@ class _Section:
         except ValueError:
             kind = "an integer" if integer else "a number"
             self.fail(key, f"expected {kind}, got '{v.strip()}'")
+        if not math.isfinite(n):
+            self.fail(key, f"expected a finite number, got '{v.strip()}'")
         if n < minimum:
             self.fail(key, f"must be at least {minimum}, got {v.strip()}")
         return n
@@ -315,13 +318,27 @@ def parse_listener(section: _Section, name: str, warnings: list[str]) -> Listene
     )
 
 
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._*:")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_target(section: _Section, url: str) -> Target:
     """One `http://` or `https://` upstream URL."""
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError as e:
         section.fail("upstream", f"'{url}': {e}")
+    try:
+        port = parts.port
+    except ValueError:
+        section.fail("upstream", f"'{url}': invalid port (expected a number from 1 to 65535)")
     if parts.scheme not in ("http", "https"):
         section.fail("upstream", f"'{url}': expected an http:// or https:// URL, or builtin:echo")
     if not parts.hostname:
@@ -330,6 +347,8 @@ def parse_target(section: _Section, url: str) -> Target:
         section.fail("upstream", f"'{url}': query, fragment and credentials are not allowed")
     if port is None:
         port = 443 if parts.scheme == "https" else 80
+    if port == 0:
+        section.fail("upstream", f"'{url}': invalid port (expected a number from 1 to 65535)")
     return Target(parts.scheme, parts.hostname.lower(), port, parts.path.rstrip("/"))
 
 
@@ -351,10 +370,15 @@ def parse_api(section: _Section, name: str, listener_names: list[str]) -> ApiCon
                 section.fail("listeners", f"no listener named '{ln}'" + _suggest(ln, listener_names))
     hosts = []
     for h in section.words("hosts") or ():
-        h = h.lower()
+        h = h.lower().rstrip(".")
         if "*" in h and not (h.startswith("*.") and "*" not in h[2:]):
             section.fail("hosts", f"'{h}': wildcards are only allowed as the first label ('*.example.com')")
-        hosts.append(h)
+        if ":" in h and not _is_ip(h.strip("[]")):
+            section.fail("hosts", f"'{h}': a host name without a port is expected")
+        if not h or not _HOST_CHARS.issuperset(h.strip("[]")):
+            section.fail("hosts", f"'{h}': not a valid host name")
+        if h not in hosts:
+            hosts.append(h)
     path = section.str("path", "/")
     if not path.startswith("/"):
         section.fail("path", f"must start with '/', got '{path}'")
@@ -385,7 +409,10 @@ def parse_api(section: _Section, name: str, listener_names: list[str]) -> ApiCon
 
 def parse_text(text: str, path: str) -> Config:
     """Parse and validate gw.ini text (structure and values; certificates come later)."""
-    parser = configparser.ConfigParser(interpolation=None, strict=True, empty_lines_in_values=False)
+    # No DEFAULT section: its keys would silently leak into every section.
+    parser = configparser.ConfigParser(
+        interpolation=None, strict=True, empty_lines_in_values=False, default_section="\x00no-default"
+    )
     parser.optionxform = str  # keys are case-sensitive: 'Bind' is a mistake, not 'bind'
     try:
         parser.read_string(text, source=path)

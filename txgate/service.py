@@ -56,44 +56,48 @@ def _local_names(config: Config, listener: ListenerConfig) -> list[str]:
 
 
 def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = True, create_state: bool = True) -> Prepared:
-    """Load and check every certificate and TLS setting; raise ConfigError naming file, section, key."""
+    """Load and check every certificate and TLS setting; raise ConfigError naming file, section, key.
+
+    With ``create_state=False`` (``txgate check``) nothing is written: listeners on the local CA
+    get every check except issuing their certificate.
+    """
     from txgate.tls.certs import CertificateError, expiry_warning, load_ca_bundle, names_cover
     from txgate.tls.client import UpstreamTLS
-    from txgate.tls.localca import LocalCA
-    from txgate.tls.server import ServerTLS
+    from txgate.tls.server import ServerTLS, TLSSettingError, check_tls_settings
 
     now = now or _now()
     prepared = Prepared(config=config, warnings=list(config.warnings))
-    local_ca = None
+    _check_access_log(config)
+    local = _LocalIssuer(config, prepared, now)
+    held: list[socket.socket] = []
+    try:
+        for ln in config.listeners:
+            if check_ports:
+                held.append(_check_port(config, ln, held))
+    finally:
+        for s in held:
+            s.close()
     for ln in config.listeners:
         section = f"listener:{ln.name}"
-        if check_ports:
-            _check_port(config, ln)
         if not ln.tls:
             continue
+        try:
+            check_tls_settings(min_tls=ln.min_tls, max_tls=ln.max_tls, ciphers=ln.ciphers,
+                               tls13_ciphersuites=ln.tls13_ciphersuites)
+        except TLSSettingError as e:
+            raise ConfigError(config.path, section, e.key, f"rejected by OpenSSL: {e}") from None
         if ln.certificate.local:
-            if not create_state:
-                continue
-            if local_ca is None:
-                try:
-                    local_ca = LocalCA.ensure(config.gateway.state_dir, now=now)
-                except (CertificateError, OSError) as e:
-                    raise ConfigError(config.path, "gateway", "state_dir", str(e)) from None
-                prepared.local_ca_path = local_ca.ca_path
-            try:
-                default = local_ca.issue_server(_local_names(config, ln), now=now)
-            except (CertificateError, OSError) as e:
-                raise ConfigError(config.path, "gateway", "state_dir", str(e)) from None
+            default = local.issue(_local_names(config, ln)) if create_state else None
         else:
             default = _load_pair(config, section, "certificate", ln.certificate, now)
-        _warn_expiry(prepared, section, "certificate", default, now, expiry_warning)
+        if default is not None:
+            _warn_expiry(prepared, section, "certificate", default, now, expiry_warning)
         sni = []
         for name, spec in ln.sni:
             if spec.local:
-                if local_ca is None:
-                    local_ca = LocalCA.ensure(config.gateway.state_dir, now=now)
-                    prepared.local_ca_path = local_ca.ca_path
-                ck = local_ca.issue_server([name.removeprefix("*.") if False else name], now=now)
+                if not create_state:
+                    continue
+                ck = local.issue([name])
             else:
                 ck = _load_pair(config, section, "sni", spec, now)
                 if not names_cover(ck.leaf, name):
@@ -103,14 +107,18 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
                     )
             _warn_expiry(prepared, section, "sni", ck, now, expiry_warning)
             sni.append((name, ck))
+        if default is None:
+            continue
         try:
             prepared.server_tls[ln.name] = ServerTLS(
                 default=default, sni=sni, min_tls=ln.min_tls, max_tls=ln.max_tls, ciphers=ln.ciphers,
                 tls13_ciphersuites=ln.tls13_ciphersuites, alpn=ln.alpn, session_tickets=ln.session_tickets,
             )
-        except Exception as e:  # OpenSSL rejects the cipher strings here
-            key = "tls13_ciphersuites" if ln.tls13_ciphersuites and "13" in str(e) else "ciphers"
-            raise ConfigError(config.path, section, key, f"rejected by OpenSSL: {_openssl_message(e)}") from None
+        except TLSSettingError as e:
+            raise ConfigError(config.path, section, e.key, f"rejected by OpenSSL: {e}") from None
+        except Exception as e:  # e.g. a duplicate SNI name after normalisation
+            key = "sni" if "SNI" in str(e) else "certificate"
+            raise ConfigError(config.path, section, key, _openssl_message(e)) from None
 
     for api in config.apis:
         section = f"api:{api.name}"
@@ -137,6 +145,50 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
     return prepared
 
 
+class _LocalIssuer:
+    """The local CA, opened on first use; its errors name [gateway] state_dir."""
+
+    def __init__(self, config: Config, prepared: Prepared, now: datetime) -> None:
+        self.config, self.prepared, self.now = config, prepared, now
+        self.ca = None
+
+    def issue(self, names: list[str]):
+        from txgate.tls.certs import CertificateError
+        from txgate.tls.localca import LocalCA
+
+        try:
+            if self.ca is None:
+                self.ca = LocalCA.ensure(self.config.gateway.state_dir, now=self.now)
+                self.prepared.local_ca_path = self.ca.ca_path
+            return self.ca.issue_server(names, now=self.now)
+        except (CertificateError, OSError) as e:
+            raise ConfigError(self.config.path, "gateway", "state_dir", _os_message(e)) from None
+
+
+def _os_message(e: Exception) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e)
+
+
+def _check_access_log(config: Config) -> None:
+    """An access_log file must be creatable (its directory exists and is writable) or writable."""
+    target = config.gateway.access_log
+    if target in ("-", "off"):
+        return
+    if os.path.isdir(target):
+        raise ConfigError(config.path, "gateway", "access_log", f"{target}: is a directory, not a file")
+    if os.path.exists(target):
+        if not os.access(target, os.W_OK):
+            raise ConfigError(config.path, "gateway", "access_log", f"{target}: permission denied")
+        return
+    parent = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(parent):
+        raise ConfigError(config.path, "gateway", "access_log", f"{target}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(config.path, "gateway", "access_log", f"{target}: cannot create a file in {parent} (permission denied)")
+
+
 def _openssl_message(e: Exception) -> str:
     text = str(e)
     return text if len(text) < 200 else text[:200] + "..."
@@ -148,27 +200,38 @@ def _warn_expiry(prepared: Prepared, section: str, key: str, ck, now, expiry_war
         prepared.warnings.append(f"{prepared.config.path}: [{section}] {key}: {w}")
 
 
-def _check_port(config: Config, ln: ListenerConfig) -> None:
-    """Fail early, with the section and key, if the address cannot be bound."""
-    if ln.port == 0:
-        return
-    family = socket.AF_INET6 if ":" in ln.host else socket.AF_INET
+def _check_port(config: Config, ln: ListenerConfig, held: list) -> socket.socket:
+    """Fail early, with the section and key, if the address cannot be bound.
+
+    The probe socket listens and is returned so the caller can hold it while checking the other
+    listeners: two listeners that would collide (0.0.0.0:P and 127.0.0.1:P) are caught too.
+    """
+    try:
+        # The family Twisted's listenTCP uses: IPv6 for a v6 literal, else IPv4.
+        family = socket.AF_INET6 if ":" in ln.host else socket.AF_INET
+        infos = socket.getaddrinfo(ln.host or None, ln.port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(config.path, f"listener:{ln.name}", "bind", f"{ln.host}: {e.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((ln.host, ln.port))
+        s.bind(sockaddr)
+        if ln.port:
+            s.listen(1)
     except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            msg = f"{ln.host}:{ln.port}: address already in use"
-        elif e.errno == errno.EACCES:
-            msg = f"{ln.host}:{ln.port}: permission denied (ports below 1024 need privileges)"
-        elif e.errno == errno.EADDRNOTAVAIL:
-            msg = f"{ln.host}:{ln.port}: address not available on this machine"
-        else:
-            msg = f"{ln.host}:{ln.port}: {e.strerror}"
-        raise ConfigError(config.path, f"listener:{ln.name}", "bind", msg) from None
-    finally:
         s.close()
+        where = f"[{ln.host}]:{ln.port}" if ":" in ln.host else f"{ln.host}:{ln.port}"
+        if e.errno == errno.EADDRINUSE:
+            msg = f"{where}: address already in use"
+        elif e.errno == errno.EACCES:
+            msg = f"{where}: permission denied (ports below 1024 need privileges)"
+        elif e.errno == errno.EADDRNOTAVAIL:
+            msg = f"{where}: address not available on this machine"
+        else:
+            msg = f"{where}: {e.strerror or e}"
+        raise ConfigError(config.path, f"listener:{ln.name}", "bind", msg) from None
+    return s
 
 
 class GatewayService(Service):

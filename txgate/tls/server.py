@@ -49,6 +49,69 @@ def tls_version(value: str) -> int:
         raise ValueError(f"unknown TLS version {value!r} (expected one of {', '.join(TLS_VERSIONS)})") from None
 
 
+class TLSSettingError(ValueError):
+    """A TLS setting OpenSSL refuses; ``key`` is the gw.ini key it came from."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _openssl_reason(e: Exception) -> str:
+    """The reason strings of an OpenSSL error, without the tuple noise."""
+    args = getattr(e, "args", None)
+    if args and isinstance(args[0], list):
+        reasons = [str(item[2]) for item in args[0] if isinstance(item, tuple) and len(item) >= 3 and item[2]]
+        if reasons:
+            return "; ".join(reasons)
+    return str(e) or e.__class__.__name__
+
+
+def _cipher_list_for(min_version: int, ciphers: str | None) -> str:
+    cipher_list = ciphers if ciphers is not None else DEFAULT_CIPHERS
+    if min_version < SSL.TLS1_2_VERSION and "@SECLEVEL" not in cipher_list:
+        # OpenSSL 3+ refuses TLS 1.0/1.1 (MD5-SHA1 signatures) above security level 0.
+        cipher_list += ":@SECLEVEL=0"
+    return cipher_list
+
+
+def _apply_ciphers(ctx: SSL.Context, cipher_list: bytes, tls13: bytes | None) -> None:
+    try:
+        ctx.set_cipher_list(cipher_list)
+    except SSL.Error as e:
+        raise TLSSettingError(
+            "ciphers", f"invalid cipher list {cipher_list.decode()!r}: {_openssl_reason(e)}"
+        ) from None
+    if tls13 is not None:
+        try:
+            ctx.set_tls13_ciphersuites(tls13)
+        except SSL.Error as e:
+            raise TLSSettingError(
+                "tls13_ciphersuites", f"invalid TLS 1.3 ciphersuites {tls13.decode()!r}: {_openssl_reason(e)}"
+            ) from None
+
+
+def check_tls_settings(
+    *, min_tls: str = "1.2", max_tls: str = "1.3", ciphers: str | None = None, tls13_ciphersuites: str | None = None
+) -> None:
+    """Raise TLSSettingError if OpenSSL refuses these settings (no certificate needed)."""
+    lo, hi = tls_version(min_tls), tls_version(max_tls)
+    if lo > hi:
+        raise TLSSettingError("max_tls", f"min_tls {min_tls} is above max_tls {max_tls}")
+    for key, value in (("ciphers", ciphers), ("tls13_ciphersuites", tls13_ciphersuites)):
+        if value is not None:
+            try:
+                value.encode("ascii")
+            except UnicodeEncodeError:
+                raise TLSSettingError(key, f"{value!r} is not ASCII") from None
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    _apply_ciphers(
+        ctx,
+        _cipher_list_for(lo, ciphers).encode("ascii"),
+        tls13_ciphersuites.encode("ascii") if tls13_ciphersuites else None,
+    )
+
+
 def _norm_name(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
@@ -75,11 +138,7 @@ class ServerTLS:
         self._max = tls_version(max_tls)
         if self._min > self._max:
             raise ValueError(f"min_tls {min_tls} is above max_tls {max_tls}")
-        cipher_list = ciphers if ciphers is not None else DEFAULT_CIPHERS
-        if self._min < SSL.TLS1_2_VERSION and "@SECLEVEL" not in cipher_list:
-            # OpenSSL 3+ refuses TLS 1.0/1.1 (MD5-SHA1 signatures) above security level 0.
-            cipher_list += ":@SECLEVEL=0"
-        self._cipher_list = cipher_list.encode("ascii")
+        self._cipher_list = _cipher_list_for(self._min, ciphers).encode("ascii")
         self._tls13 = tls13_ciphersuites.encode("ascii") if tls13_ciphersuites else None
         self._alpn = tuple(p.encode("ascii") for p in alpn)
         self._tickets = session_tickets
@@ -100,15 +159,7 @@ class ServerTLS:
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(self._min)
         ctx.set_max_proto_version(self._max)
-        try:
-            ctx.set_cipher_list(self._cipher_list)
-        except SSL.Error as e:
-            raise ValueError(f"invalid cipher list {self._cipher_list.decode()!r}: {e}") from None
-        if self._tls13 is not None:
-            try:
-                ctx.set_tls13_ciphersuites(self._tls13)
-            except SSL.Error as e:
-                raise ValueError(f"invalid TLS 1.3 ciphersuites {self._tls13.decode()!r}: {e}") from None
+        _apply_ciphers(ctx, self._cipher_list, self._tls13)
         options = (
             SSL.OP_NO_COMPRESSION
             | OP_NO_RENEGOTIATION
