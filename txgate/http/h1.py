@@ -6,6 +6,7 @@ from http import HTTPStatus
 import httptools
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txgate.http.errors import error_body
 from txgate.http.exchange import ConnectionInfo, Limits, RequestHead
@@ -154,6 +155,7 @@ class H1Connection(Protocol):
         self._header_bytes = 0
         self._parsing: _Exchange | None = None
         self._expect_continue = False
+        self._raw_head_bytes = 0
 
     # -- connection lifetime -------------------------------------------------
     def connectionMade(self) -> None:
@@ -203,6 +205,18 @@ class H1Connection(Protocol):
                 return
         self.timer = self.clock.callLater(wait, self._check_timeout)
 
+    def _arm_header_timer(self) -> None:
+        """The head must be complete within header_timeout (the idle timer may be due later)."""
+        due = self.mark + self.limits.header_timeout
+        timer = self.timer
+        if timer is not None:
+            if timer.active() and timer.getTime() <= due:
+                return
+            if timer.active():
+                timer.cancel()
+        if not self.lost:
+            self.timer = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._check_timeout)
+
     def _force_close(self) -> None:
         if not self.lost:
             abort = getattr(self.transport, "abortConnection", None)
@@ -250,8 +264,10 @@ class H1Connection(Protocol):
 
     # -- parsing --------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
-        if self.lost:
+        if self.lost or self.phase == CLOSING:
+            # After an error or the last response the byte stream is ignored.
             return
+        in_head = self.phase != ACTIVE
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -259,10 +275,27 @@ class H1Connection(Protocol):
             # whatever follows is not HTTP/1.1, so the connection ends after the response.
             if self._parsing is not None:
                 self._parsing.keep_alive = False
-        except httptools.HttpParserError as e:
-            self._protocol_error(400, "bad_request", f"malformed HTTP/1.1 request: {e}")
+            return
         except _HeadersTooLarge:
             self._protocol_error(431, "headers_too_large", "request headers are too large")
+            return
+        except httptools.HttpParserError as e:
+            # Exceptions raised in parser callbacks arrive wrapped, with the original as context.
+            cause = e.__context__
+            if isinstance(cause, _HeadersTooLarge):
+                self._protocol_error(431, "headers_too_large", "request headers are too large")
+            elif cause is None or isinstance(cause, httptools.HttpParserError):
+                self._protocol_error(400, "bad_request", f"malformed HTTP/1.1 request: {cause or e}")
+            else:
+                log.failure("request handling failed", failure=Failure(cause))
+                self._protocol_error(500, "internal_error", "internal error")
+            return
+        if in_head and self.phase == HEADERS:
+            # A head still incomplete: httptools buffers a partial header line itself, so
+            # count raw bytes too, or one endless header line would never hit the limit.
+            self._raw_head_bytes += len(data)
+            if self._raw_head_bytes > self.limits.max_header_bytes + 1024:
+                self._protocol_error(431, "headers_too_large", "request headers are too large")
 
     def _protocol_error(self, status: int, code: str, message: str) -> None:
         """Answer a broken request directly and close: the byte stream cannot be trusted."""
@@ -289,6 +322,8 @@ class H1Connection(Protocol):
         if self.phase != ACTIVE:
             self.phase = HEADERS
             self.mark = self.clock.seconds()
+            self._raw_head_bytes = 0
+            self._arm_header_timer()
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -325,6 +360,7 @@ class H1Connection(Protocol):
                 chunked = True
             elif k == b"expect" and v.lower() == b"100-continue":
                 self._expect_continue = True
+        self._raw_head_bytes = 0
         target = self._url
         if not target.startswith(b"/"):
             if target.startswith((b"http://", b"https://")):
