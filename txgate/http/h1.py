@@ -8,7 +8,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txgate.http.errors import error_body
+from txgate.http.errors import error_body, send_error
 from txgate.http.exchange import ConnectionInfo, Limits, RequestHead
 
 log = Logger()
@@ -391,7 +391,17 @@ class H1Connection(Protocol):
         self.current = ex
         self.phase = ACTIVE
         expect = self._expect_continue and ex.queued_body is None
-        ex.handler = self.dispatcher.dispatch(ex, ex.head)
+        try:
+            ex.handler = self.dispatcher.dispatch(ex, ex.head)
+        except Exception:
+            log.failure("dispatch failed")
+            ex.handler = _NULL_HANDLER
+            if not ex.status:
+                ex.keep_alive = False
+                send_error(ex, 500, "internal_error", "internal error")
+            else:
+                ex.abort()
+            return
         if expect and not ex.status and not ex.done:
             self.transport.write(_CONTINUE)
 
@@ -471,3 +481,25 @@ class H1Connection(Protocol):
 
 class _HeadersTooLarge(Exception):
     pass
+
+
+class _NullHandler:
+    """Stands in for a handler that could not be created."""
+
+    def body_received(self, data):
+        pass
+
+    def body_finished(self):
+        pass
+
+    def stream_lost(self, reason):
+        pass
+
+    def pause_producing(self):
+        pass
+
+    def resume_producing(self):
+        pass
+
+
+_NULL_HANDLER = _NullHandler()
