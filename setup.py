@@ -20,4 +20,7 @@ setup(
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["txgate=txgate.cli:main"]},
+    # txgate._spki: the native SPKI core (native/), linked against the system libcrypto.
+    setup_requires=["cffi>=1.17"],
+    cffi_modules=["native/spki_build.py:ffibuilder"],
 )
