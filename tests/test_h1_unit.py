@@ -306,6 +306,8 @@ def test_connection_close_request_closes_after_response():
     proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert b"connection: close" in t.value()
     assert t.disconnecting
+    # TLS transports only close once no producer is registered.
+    assert t.producer is None
 
 
 def test_backpressure_both_ways():

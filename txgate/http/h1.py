@@ -199,7 +199,7 @@ class H1Connection(Protocol):
                         "client {client} did not send request headers within {timeout}s; closing",
                         client=self.info.client_host, timeout=self.limits.header_timeout,
                     )
-                self.transport.loseConnection()
+                self._close()
                 if self.phase == HEADERS:
                     self.clock.callLater(1.0, self._force_close)
                 return
@@ -217,16 +217,23 @@ class H1Connection(Protocol):
         if not self.lost:
             self.timer = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._check_timeout)
 
+    def _close(self) -> None:
+        """Close after what is written: TLS waits for a registered producer, so unregister it first."""
+        t = self.transport
+        if getattr(t, "producer", None) is not None or getattr(t, "_producer", None) is not None:
+            t.unregisterProducer()
+        t.loseConnection()
+
     def _force_close(self) -> None:
         if not self.lost:
             abort = getattr(self.transport, "abortConnection", None)
-            (abort or self.transport.loseConnection)()
+            (abort or self._close)()
 
     def shutdown(self) -> None:
         """Graceful shutdown: finish the request in flight, then close; close now if idle."""
         self.shutting_down = True
         if self.current is None and self.phase != HEADERS:
-            self.transport.loseConnection()
+            self._close()
 
     # -- producer (response backpressure) -------------------------------------
     def pauseProducing(self) -> None:
@@ -316,7 +323,7 @@ class H1Connection(Protocol):
                 self._log(ex)
             self._parsing = None
         self.phase = CLOSING
-        self.transport.loseConnection()
+        self._close()
 
     def on_message_begin(self) -> None:
         if self.phase != ACTIVE:
@@ -437,10 +444,10 @@ class H1Connection(Protocol):
             self.current = None
             self.phase = CLOSING
             if clean:
-                self.transport.loseConnection()
+                self._close()
             else:
                 abort = getattr(self.transport, "abortConnection", None)
-                (abort or self.transport.loseConnection)()
+                (abort or self._close)()
             return
         if ex.request_complete:
             self._next()
@@ -451,7 +458,7 @@ class H1Connection(Protocol):
         self.phase = IDLE
         self.mark = self.clock.seconds()
         if self.shutting_down:
-            self.transport.loseConnection()
+            self._close()
             return
         if self.queue:
             ex = self.queue.pop(0)

@@ -121,8 +121,10 @@ class TargetPool:
 
     def connection_failed(self, conn: UpstreamConnection, reason) -> None:
         """The connection closed before it was ready (TLS failure, reset during handshake)."""
-        if self.pending_connections.pop(conn, None) is None:
+        # (The dict's values are all None: test membership, not the popped value.)
+        if conn not in self.pending_connections:
             return
+        del self.pending_connections[conn]
         self.connect_failed(reason, timed_out=conn.handshake_timed_out)
 
     def connect_failed(self, reason, timed_out: bool = False) -> None:
