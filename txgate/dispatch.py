@@ -31,6 +31,21 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out)
 
 
+def normalize_path(path: str) -> str:
+    """Remove dot segments, also percent-encoded ones ('%2e%2e'), which upstreams may decode."""
+    if "%" in path and ("%2e" in path or "%2E" in path):
+        segs = path.split("/")
+        for i, seg in enumerate(segs):
+            if "%" in seg:
+                plain = seg.replace("%2e", ".").replace("%2E", ".")
+                if plain in (".", ".."):
+                    segs[i] = plain
+        path = "/".join(segs)
+    if "." in path:
+        path = remove_dot_segments(path)
+    return path
+
+
 class ApiRuntime:
     """What one API needs per request, built once per config."""
 
@@ -80,9 +95,7 @@ class ListenerDispatcher:
 
     def dispatch(self, stream, head):
         """Route one request and return its handler (the response may already be sent)."""
-        path = head.path.decode("latin-1")
-        if "." in path:
-            path = remove_dot_segments(path)
+        path = normalize_path(head.path.decode("latin-1"))
         if not path.startswith("/"):
             send_gateway_error(stream, BadRequest("request target must be an absolute path"))
             return _Finished()
@@ -109,14 +122,9 @@ class ListenerDispatcher:
         if api.upstream is None:
             # Answered at body_finished, which both protocols call (also for bodyless requests).
             return EchoHandler(stream, head, path.encode("latin-1"), [(b"host", original_host)] + headers, api.name)
-        target = path
         query = head.query
-        request_line = b"%s %s%s%s HTTP/1.1\r\n" % (
-            head.method,
-            api.upstream.pools[0].target.base_path.encode("latin-1"),
-            target.encode("latin-1"),
-            b"?" + query if query or head.target.endswith(b"?") else b"",
-        )
+        # The target's base path is added per pool (round robin may pick any target).
+        target = path.encode("latin-1") + (b"?" + query if query or head.target.endswith(b"?") else b"")
         parts = [k + b": " + v + b"\r\n" for k, v in headers]
         if head.content_length is not None:
             parts.append(b"content-length: %d\r\n" % head.content_length)
@@ -124,7 +132,7 @@ class ListenerDispatcher:
             parts.append(b"transfer-encoding: chunked\r\n")
         parts.append(b"\r\n")
         handler = ProxyHandler(
-            api.upstream, stream, head, request_line, b"".join(parts),
+            api.upstream, stream, head, target, b"".join(parts),
             original_host if cfg.preserve_host and original_host else None, self.clock,
         )
         handler.start()

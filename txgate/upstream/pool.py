@@ -41,6 +41,7 @@ class TargetPool:
         default_port = 443 if target.tls else 80
         host = f"[{target.host}]" if ":" in target.host else target.host
         self.host_value = (host if target.port == default_port else f"{host}:{target.port}").encode("ascii", "replace")
+        self.base_path = target.base_path.encode("latin-1")
         self.tls_creator = tls_creator
         self.max_connections = max_connections
         self.max_pending = max_pending

@@ -10,6 +10,7 @@ from txgate.http.headers import downstream_response_headers
 log = Logger()
 
 VIA = b"1.1 txgate"
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 BUFFER_LIMIT = 65536  # request body held while no upstream connection is ready
 
 
@@ -37,19 +38,20 @@ class ProxyHandler:
     """Streams one request to an upstream and its response back, with backpressure both ways."""
 
     __slots__ = (
-        "upstream", "stream", "clock", "request_line", "header_block", "host_override", "head_only", "chunked", "api", "upstream_label",
+        "upstream", "stream", "clock", "method", "target", "header_block", "host_override", "head_only", "chunked", "api", "upstream_label",
         "conn", "pool", "tried", "buffer", "buffered", "body_done", "done", "started", "sent_body",
         "timer", "last_error", "reused", "body_bytes", "paused_downstream", "retryable",
     )
 
-    def __init__(self, upstream: Upstream, stream, head, request_line: bytes, header_block: bytes,
+    def __init__(self, upstream: Upstream, stream, head, target: bytes, header_block: bytes,
                  host_override: bytes | None, clock) -> None:
-        # request_line: b"GET /x HTTP/1.1\r\n"; header_block: every header but Host, ending in a
-        # blank line; the Host is the chosen target's unless host_override (preserve_host).
+        # target: path and query (the pool's base path goes in front); header_block: every header
+        # but Host, ending in a blank line; the Host is the chosen target's unless host_override.
         self.upstream = upstream
         self.stream = stream
         self.clock = clock
-        self.request_line = request_line
+        self.method = head.method
+        self.target = target
         self.header_block = header_block
         self.host_override = host_override
         self.head_only = head.method == b"HEAD"
@@ -70,7 +72,7 @@ class ProxyHandler:
         self.reused = False
         self.body_bytes = 0
         self.paused_downstream = False
-        self.retryable = not head.has_body
+        self.retryable = not head.has_body and head.method in IDEMPOTENT
 
     # -- start -------------------------------------------------------------------------
     def start(self) -> None:
@@ -95,7 +97,9 @@ class ProxyHandler:
         self.conn = conn
         self.reused = reused
         host = self.host_override or self.pool.host_value
-        conn.start(self, self.request_line + b"host: " + host + b"\r\n" + self.header_block, self.head_only)
+        line = b"%s %s%s HTTP/1.1\r\nhost: %s\r\n" % (
+            self.method, self.pool.base_path, self.target, host)
+        conn.start(self, line + self.header_block, self.head_only)
         if self.buffer:
             for chunk in self.buffer:
                 self._send_body(chunk)
