@@ -297,7 +297,7 @@ def test_access_log_off(gateway_factory):
     assert "/echo/quiet" not in gwo.output()
 
 
-# -- the server closes its side (known bug over TLS) -----------------------------------------
+# -- the server closes its side (TLS too: close_notify, then FIN) ----------------------------
 
 
 def _open(port: int, tls: bool) -> socket.socket:
@@ -326,13 +326,7 @@ def _closed_by_server(sock: socket.socket, deadline: float) -> bool:
     return False
 
 
-CLOSE_BUG = ("h1.py:162 registers the H1Connection as the transport's producer and never unregisters it; "
-             "TLSMemoryBIOProtocol.loseConnection() only starts the TLS shutdown when no producer is registered, "
-             "so over TLS the gateway never sends close_notify nor closes the socket (Connection: close, "
-             "idle_timeout, graceful shutdown). Plain listeners are fine.")
-
-
-@pytest.mark.parametrize("listener", ["plain", pytest.param("main", marks=pytest.mark.xfail(strict=True, reason=CLOSE_BUG))])
+@pytest.mark.parametrize("listener", ["plain", "main"])
 def test_connection_close_response_closes_the_connection(gw, listener):
     sock = _open(gw.ports[listener], tls=listener != "plain")
     try:
@@ -342,8 +336,7 @@ def test_connection_close_response_closes_the_connection(gw, listener):
         sock.close()
 
 
-@pytest.mark.parametrize("listener", ["shortplain",
-                                      pytest.param("short", marks=pytest.mark.xfail(strict=True, reason=CLOSE_BUG))])
+@pytest.mark.parametrize("listener", ["shortplain", "short"])
 def test_idle_timeout_closes_keepalive_connection(gw, listener):
     sock = _open(gw.ports[listener], tls=listener == "short")
     try:
