@@ -344,3 +344,30 @@ def test_idle_timeout_closes_keepalive_connection(gw, listener):
         assert _closed_by_server(sock, 3.0)  # idle_timeout = 0.5
     finally:
         sock.close()
+
+
+H2_CLOSE_BUG = ("h2.py:302 registers H2Connection as the TLS transport's producer and h2.py:880 calls "
+                "loseConnection() without unregisterProducer(); TLSMemoryBIOProtocol only starts its shutdown "
+                "once no producer is registered, so the GOAWAY goes out but the connection stays open "
+                "(the same bug h1 had before d47b5b9).")
+
+
+@pytest.mark.xfail(strict=True, reason=H2_CLOSE_BUG)
+def test_h2_idle_timeout_closes_the_connection(gw):
+    import h2.config
+    import h2.connection
+
+    sock = socket.create_connection(("127.0.0.1", gw.ports["short"]), timeout=5)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(sock, server_hostname="localhost")
+    try:
+        assert sock.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        assert _closed_by_server(sock, 3.0)  # idle_timeout = 0.5
+    finally:
+        sock.close()
