@@ -346,13 +346,6 @@ def test_idle_timeout_closes_keepalive_connection(gw, listener):
         sock.close()
 
 
-H2_CLOSE_BUG = ("h2.py:302 registers H2Connection as the TLS transport's producer and h2.py:880 calls "
-                "loseConnection() without unregisterProducer(); TLSMemoryBIOProtocol only starts its shutdown "
-                "once no producer is registered, so the GOAWAY goes out but the connection stays open "
-                "(the same bug h1 had before d47b5b9).")
-
-
-@pytest.mark.xfail(strict=True, reason=H2_CLOSE_BUG)
 def test_h2_idle_timeout_closes_the_connection(gw):
     import h2.config
     import h2.connection

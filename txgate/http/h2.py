@@ -877,4 +877,9 @@ class H2Connection(Protocol):
             data = self.conn.data_to_send()
             if data:
                 self.transport.write(data)
+            # TLS waits for a registered producer before closing: unregister it first.
+            try:
+                self.transport.unregisterProducer()
+            except Exception:
+                pass
             self.transport.loseConnection()
