@@ -54,6 +54,12 @@ int txg_pinset_contains(const txg_pinset *set, const unsigned char *digest);
 int txg_chain_first_match(const txg_pinset *set, const unsigned char *buf, size_t buf_len,
                           const size_t *lens, size_t count, size_t *bad_index);
 
+/* The same for chains of at most 4 certificates with the lengths as scalars (cheaper to call from
+ * Python than building an array); lenN for N >= count are ignored. Reports no bad index: on a
+ * malformed result, call txg_chain_first_match for it. */
+int txg_chain_first_match4(const txg_pinset *set, const unsigned char *buf, size_t buf_len,
+                           size_t count, size_t len0, size_t len1, size_t len2, size_t len3);
+
 /* The libcrypto this module runs on, e.g. "OpenSSL 3.0.22 25 Aug 2026". */
 const char *txg_openssl_version(void);
 

@@ -32,6 +32,8 @@ size_t txg_pinset_len(const txg_pinset *set);
 int txg_pinset_contains(const txg_pinset *set, const unsigned char *digest);
 int txg_chain_first_match(const txg_pinset *set, const unsigned char *buf, size_t buf_len,
                           const size_t *lens, size_t count, size_t *bad_index);
+int txg_chain_first_match4(const txg_pinset *set, const unsigned char *buf, size_t buf_len,
+                           size_t count, size_t len0, size_t len1, size_t len2, size_t len3);
 const char *txg_openssl_version(void);
 """
 

@@ -466,6 +466,17 @@ def test_pinset_edge_cases(backend):
     assert s.first_match([bytearray(chain[0])]) == 0
     assert s.first_match([memoryview(chain[0])]) == 0
     assert b"x" not in s and "text" not in s and chain_pins[1] not in s
+    assert isinstance(s, pins.PinSet) and s.backend == backend and backend in repr(s)
+    assert s.first_match(iter(chain)) == 0
+    assert s.first_match(tuple(chain)) == 0
+    # Longer chains take the general path (the native fast path covers 1-3 certificates).
+    for extra in (1, 2, 10, 40):
+        long_chain = chain[1:] * extra + chain[:1]
+        assert s.first_match(long_chain) == len(long_chain) - 1
+        assert pins.PinSet(chain_pins[1:2], backend=backend).first_match(long_chain) == 0
+    with pytest.raises(pins.MalformedCertificate) as e:
+        s.first_match(chain[1:] * 3 + [b"\x30\x00"])
+    assert (e.value.index, e.value.reason) == (6, "der_truncated")
     empty = pins.PinSet([], backend=backend)
     assert len(empty) == 0 and empty.first_match(chain) is None
     with pytest.raises(ValueError, match="32 bytes"):

@@ -183,48 +183,6 @@ class _PythonBackend:
         off, length = self.spki_location(der)
         return hashlib.sha256(memoryview(der)[off : off + length]).digest()
 
-    def new_set(self, digests: list[bytes]) -> "_PythonSet":
-        return _PythonSet(digests)
-
-
-class _PythonSet:
-    """Keyed like the C table (first 8 digest bytes); whole digests compared with compare_digest."""
-
-    __slots__ = ("_buckets", "_count")
-
-    def __init__(self, digests: list[bytes]) -> None:
-        buckets: dict[bytes, list[bytes]] = {}
-        count = 0
-        for d in digests:
-            bucket = buckets.setdefault(d[:8], [])
-            if d not in bucket:
-                bucket.append(d)
-                count += 1
-        self._buckets = buckets
-        self._count = count
-
-    def __len__(self) -> int:
-        return self._count
-
-    def contains(self, digest: bytes) -> bool:
-        found = False
-        for candidate in self._buckets.get(digest[:8], ()):
-            found |= hmac.compare_digest(candidate, digest)
-        return found
-
-    def first_match(self, chain: Sequence[bytes]) -> int:
-        ders = [_as_bytes(c) for c in chain]
-        spans = []
-        for i, der in enumerate(ders):  # walk everything first, like the C side
-            try:
-                spans.append(_py_locate(der))
-            except _Malformed as e:
-                raise MalformedCertificate(_REASONS[e.code], i) from None
-        for i, (der, (off, length)) in enumerate(zip(ders, spans)):
-            if self.contains(hashlib.sha256(memoryview(der)[off : off + length]).digest()):
-                return i
-        return -1
-
 
 class _NativeBackend:
     name = "native"
@@ -257,43 +215,6 @@ class _NativeBackend:
         if rc:
             self._raise(rc)
         return bytes(self.ffi.buffer(out, DIGEST_LEN))
-
-    def new_set(self, digests: list[bytes]) -> "_NativeSet":
-        return _NativeSet(self, digests)
-
-
-class _NativeSet:
-    __slots__ = ("_b", "_ptr", "_lib", "_ffi", "_len")
-
-    def __init__(self, backend: _NativeBackend, digests: list[bytes]) -> None:
-        ffi, lib = backend.ffi, backend.lib
-        err = ffi.new("int *")
-        ptr = lib.txg_pinset_new(b"".join(digests), len(digests), err)
-        if ptr == ffi.NULL:
-            backend._raise(err[0])
-        self._b = backend
-        self._ffi = ffi
-        self._lib = lib
-        self._ptr = ffi.gc(ptr, lib.txg_pinset_free)
-        self._len = int(lib.txg_pinset_len(ptr))
-
-    def __len__(self) -> int:
-        return self._len
-
-    def contains(self, digest: bytes) -> bool:
-        return bool(self._lib.txg_pinset_contains(self._ptr, digest))
-
-    def first_match(self, chain: Sequence[bytes]) -> int:
-        if not all(type(c) is bytes for c in chain):
-            chain = [_as_bytes(c) for c in chain]
-        buf = b"".join(chain)
-        lens = self._ffi.new("size_t[]", [len(c) for c in chain])
-        bad = self._ffi.new("size_t *")
-        rc = self._lib.txg_chain_first_match(self._ptr, buf, len(buf), lens, len(chain), bad)
-        if rc >= -1:
-            return rc
-        self._b._raise(rc, int(bad[0]))
-        return -1  # not reached
 
 
 def _load_backends() -> tuple[dict[str, object], object]:
@@ -475,27 +396,137 @@ def pins_from_file(path: str | os.PathLike) -> list[bytes]:
 
 
 class PinSet:
-    """A set of SPKI SHA-256 pins, built once; ``first_match`` checks a DER chain against it."""
+    """A set of SPKI SHA-256 pins, built once; ``first_match`` checks a DER chain against it.
 
-    __slots__ = ("_impl", "backend")
+    ``PinSet(digests)`` uses the active backend; ``backend="native"|"python"`` picks one (tests,
+    benchmarks). Instances are of a backend-specific subclass, so the hot call is one Python frame.
+    """
 
-    def __init__(self, digests: Iterable[bytes], *, backend: str | None = None) -> None:
-        impl = _backend(backend)
-        self.backend: str = impl.name  # type: ignore[attr-defined]
-        self._impl = impl.new_set([_check_digest(d) for d in digests])  # type: ignore[attr-defined]
+    __slots__ = ("_count",)
+    backend = "?"
+
+    def __new__(cls, digests: Iterable[bytes] = (), *, backend: str | None = None) -> "PinSet":
+        if cls is PinSet:
+            cls = _NativePinSet if _backend(backend).name == "native" else _PythonPinSet  # type: ignore[attr-defined]
+        return object.__new__(cls)
+
+    def __init__(self, digests: Iterable[bytes] = (), *, backend: str | None = None) -> None:
+        self._build([_check_digest(d) for d in digests])
+
+    def _build(self, digests: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _contains(self, digest: bytes) -> bool:
+        raise NotImplementedError
 
     def __len__(self) -> int:
-        return len(self._impl)
+        return self._count
 
     def __contains__(self, digest: object) -> bool:
         if not isinstance(digest, (bytes, bytearray, memoryview)) or len(digest) != DIGEST_LEN:
             return False
-        return self._impl.contains(bytes(digest))
+        return self._contains(bytes(digest))
 
     def __repr__(self) -> str:
         return f"<PinSet {len(self)} pins, {self.backend}>"
 
     def first_match(self, chain_der: Sequence[bytes]) -> int | None:
         """Index of the first certificate whose SPKI is pinned, or None; MalformedCertificate if any is malformed."""
-        i = self._impl.first_match(chain_der)
-        return None if i < 0 else i
+        raise NotImplementedError
+
+
+class _PythonPinSet(PinSet):
+    """Keyed like the C table (first 8 digest bytes); whole digests compared with compare_digest."""
+
+    __slots__ = ("_buckets",)
+    backend = "python"
+
+    def _build(self, digests: list[bytes]) -> None:
+        buckets: dict[bytes, list[bytes]] = {}
+        count = 0
+        for d in digests:
+            bucket = buckets.setdefault(d[:8], [])
+            if d not in bucket:
+                bucket.append(d)
+                count += 1
+        self._buckets = buckets
+        self._count = count
+
+    def _contains(self, digest: bytes) -> bool:
+        found = False
+        for candidate in self._buckets.get(digest[:8], ()):
+            found |= hmac.compare_digest(candidate, digest)
+        return found
+
+    def first_match(self, chain_der: Sequence[bytes]) -> int | None:
+        ders = [_as_bytes(c) for c in chain_der]
+        spans = []
+        for i, der in enumerate(ders):  # walk everything first, like the C side
+            try:
+                spans.append(_py_locate(der))
+            except _Malformed as e:
+                raise MalformedCertificate(_REASONS[e.code], i) from None
+        sha256, contains = hashlib.sha256, self._contains
+        for i, (der, (off, length)) in enumerate(zip(ders, spans)):
+            if contains(sha256(memoryview(der)[off : off + length]).digest()):
+                return i
+        return None
+
+
+class _NativePinSet(PinSet):
+    __slots__ = ("_ptr",)
+    backend = "native"
+
+    def _build(self, digests: list[bytes]) -> None:
+        nb = _BACKENDS["native"]
+        ffi, lib = nb.ffi, nb.lib  # type: ignore[attr-defined]
+        err = ffi.new("int *")
+        ptr = lib.txg_pinset_new(b"".join(digests), len(digests), err)
+        if ptr == ffi.NULL:
+            nb._raise(err[0])  # type: ignore[attr-defined]
+        self._ptr = ffi.gc(ptr, lib.txg_pinset_free)
+        self._count = int(lib.txg_pinset_len(ptr))
+
+    def _contains(self, digest: bytes) -> bool:
+        return bool(_BACKENDS["native"].lib.txg_pinset_contains(self._ptr, digest))  # type: ignore[attr-defined]
+
+    def first_match(self, chain_der: Sequence[bytes]) -> int | None:
+        # The hot path: scalar lengths for the usual 1-3 certificates (an ffi array costs more
+        # than the C work); anything unusual, including every error, goes the general way.
+        if type(chain_der) is not list and type(chain_der) is not tuple:
+            chain_der = list(chain_der)
+        n = len(chain_der)
+        buf = b"".join(chain_der)
+        if n == 3:
+            rc = _match4(self._ptr, buf, len(buf), 3, len(chain_der[0]), len(chain_der[1]), len(chain_der[2]), 0)
+        elif n == 2:
+            rc = _match4(self._ptr, buf, len(buf), 2, len(chain_der[0]), len(chain_der[1]), 0, 0)
+        elif n == 1:
+            rc = _match4(self._ptr, buf, len(buf), 1, len(buf), 0, 0, 0)
+        else:
+            rc = -2
+        if rc >= 0:
+            return rc
+        if rc == -1:
+            return None
+        return self._general(chain_der, buf)
+
+    def _general(self, chain_der: Sequence[bytes], buf: bytes) -> int | None:
+        nb = _BACKENDS["native"]
+        ffi, lib = nb.ffi, nb.lib  # type: ignore[attr-defined]
+        lens = ffi.new("size_t[]", [len(c) for c in chain_der])
+        bad = ffi.new("size_t *")
+        rc = lib.txg_chain_first_match(self._ptr, buf, len(buf), lens, len(chain_der), bad)
+        if rc >= 0:
+            return rc
+        if rc == -1:
+            return None
+        if rc == _E_ARG:  # lengths did not tile the buffer: an item was not a plain byte string
+            for c in chain_der:
+                _as_bytes(c)
+            raise TypeError("certificate DER items must be byte strings")
+        nb._raise(rc, int(bad[0]))  # type: ignore[attr-defined]
+        return None  # not reached
+
+
+_match4 = _BACKENDS["native"].lib.txg_chain_first_match4 if "native" in _BACKENDS else None  # type: ignore[attr-defined]
