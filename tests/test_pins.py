@@ -83,7 +83,7 @@ def build_cert(
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer " + cn)]) if signer is not key else name)
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer " + cn[:57])]) if signer is not key else name)
         .public_key(key.public_key())
         .serial_number(serial)
         .not_valid_before(not_before)
