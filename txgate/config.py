@@ -99,6 +99,22 @@ class ApiConfig:
     max_body_bytes: int = 0
     max_connections: int = 64
     max_pending: int = 256
+    # Upstream trust (pinning issue). None means "not set here: use [security]".
+    pinned_public_keys: tuple[str, ...] | None = None
+    pin_mode: str | None = None
+    upstream_certificate: CertSpec | None = None
+    upstream_min_tls: str = "1.2"
+    upstream_ciphers: str | None = None
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """`[security]`: gateway-wide upstream trust rules, keyed by host pattern."""
+
+    # (pattern, pin tokens): pattern is host, host:port, *.example.com or *.
+    pinned_public_keys: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    pin_mode: str = "enforce"
+    upstream_certificates: tuple[tuple[str, CertSpec], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,6 +123,7 @@ class Config:
     gateway: GatewayConfig = GatewayConfig()
     listeners: tuple[ListenerConfig, ...] = ()
     apis: tuple[ApiConfig, ...] = ()
+    security: SecurityConfig = SecurityConfig()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def apis_for(self, listener: str) -> tuple[ApiConfig, ...]:
@@ -138,9 +155,93 @@ LISTENER_KEYS = {
 API_KEYS = {
     "listeners", "hosts", "path", "strip_path", "upstream", "upstream_ca", "upstream_server_name",
     "upstream_verify", "preserve_host", "connect_timeout", "timeout", "max_body_bytes",
-    "max_connections", "max_pending",
+    "max_connections", "max_pending", "pinned_public_keys", "pin_mode", "upstream_certificate",
+    "upstream_min_tls", "upstream_ciphers",
 }
-SECTION_KINDS = ("gateway", "listener:NAME", "api:NAME")
+SECURITY_KEYS = {"pinned_public_keys", "pin_mode", "upstream_certificates"}
+PIN_MODES = ("enforce", "report")
+SECTION_KINDS = ("gateway", "security", "listener:NAME", "api:NAME")
+
+
+def host_pattern_rank(pattern: str, host: str, port: int) -> int:
+    """How specifically a `[security]` host pattern matches host:port: 0 = not at all, 4 = host:port."""
+    if pattern == "*":
+        return 1
+    pat_host, sep, pat_port = pattern.rpartition(":") if pattern.count(":") == 1 or pattern.startswith("[") else ("", "", "")
+    if sep:
+        pat_host = pat_host.strip("[]")
+        return 4 if pat_port == str(port) and _host_matches(pat_host, host) else 0
+    if pattern == host:
+        return 3
+    if _host_matches(pattern, host):
+        return 2
+    return 0
+
+
+def _host_matches(pattern: str, host: str) -> bool:
+    if pattern.startswith("*."):
+        dot = host.find(".")
+        return dot > 0 and host[dot + 1:] == pattern[2:]
+    return pattern == host
+
+
+def select_by_host(rules, host: str, port: int):
+    """The value of the most specific rule matching host:port (host:port, host, *.wildcard, *), or None."""
+    best, best_rank = None, 0
+    for pattern, value in rules:
+        rank = host_pattern_rank(pattern, host, port)
+        if rank > best_rank:
+            best, best_rank = value, rank
+    return best
+
+
+def _pin_tokens(section: _Section, key: str, words: list[str]) -> tuple[str, ...]:
+    """Pins as written: sha256/BASE64, 64 hex digits, or a PEM file (decoded at startup)."""
+    out = []
+    for w in words:
+        if w.startswith("sha256/") or (len(w) == 64 and all(c in "0123456789abcdefABCDEF" for c in w)):
+            out.append(w)
+        else:
+            section.readable_file(key, w)
+            out.append(w)
+    return tuple(out)
+
+
+def _host_pattern(section: _Section, key: str, pattern: str) -> str:
+    p = pattern.strip().lower()
+    host = p
+    if p.count(":") == 1:
+        host, _, port = p.partition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            section.fail(key, f"'{pattern}': invalid port")
+    if host != "*" and ("*" in host and not (host.startswith("*.") and "*" not in host[2:]) or not host):
+        section.fail(key, f"'{pattern}': expected a host, host:port, *.example.com or *")
+    return p
+
+
+def parse_security(section: _Section) -> SecurityConfig:
+    """Validate `[security]`."""
+    pins = []
+    for line in section.lines("pinned_public_keys"):
+        pattern, sep, rest = line.partition("=")
+        if not sep or not pattern.strip() or not rest.split():
+            section.fail("pinned_public_keys", f"expected 'HOST_PATTERN = PIN [PIN ...]', got '{line}'")
+        pins.append((_host_pattern(section, "pinned_public_keys", pattern),
+                     _pin_tokens(section, "pinned_public_keys", rest.split())))
+    certs = []
+    for line in section.lines("upstream_certificates"):
+        pattern, sep, rest = line.partition("=")
+        if not sep or not pattern.strip():
+            section.fail("upstream_certificates", f"expected 'HOST_PATTERN = CERT.pem KEY.pem', got '{line}'")
+        spec = parse_cert_spec(section, "upstream_certificates", rest.strip())
+        if spec.local:
+            section.fail("upstream_certificates", "expected 'CERT.pem KEY.pem' ('local' is for listeners)")
+        certs.append((_host_pattern(section, "upstream_certificates", pattern), spec))
+    return SecurityConfig(
+        pinned_public_keys=tuple(pins),
+        pin_mode=section.choice("pin_mode", "enforce", PIN_MODES),
+        upstream_certificates=tuple(certs),
+    )
 
 
 def _suggest(word: str, choices) -> str:
@@ -404,6 +505,26 @@ def parse_api(section: _Section, name: str, listener_names: list[str]) -> ApiCon
         max_body_bytes=section.number("max_body_bytes", 0, integer=True),
         max_connections=section.number("max_connections", 64, integer=True, minimum=1),
         max_pending=section.number("max_pending", 256, integer=True),
+        **_api_trust(section),
+    )
+
+
+def _api_trust(section: _Section) -> dict:
+    """The upstream-trust keys of an `[api:NAME]` section."""
+    pins = section.words("pinned_public_keys")
+    cert = section.str("upstream_certificate")
+    spec = None
+    if cert is not None:
+        spec = parse_cert_spec(section, "upstream_certificate", cert)
+        if spec.local:
+            section.fail("upstream_certificate", "expected 'CERT.pem KEY.pem' ('local' is for listeners)")
+    min_tls = section.choice("upstream_min_tls", "1.2", TLS_VERSIONS)
+    return dict(
+        pinned_public_keys=_pin_tokens(section, "pinned_public_keys", pins) if pins is not None else None,
+        pin_mode=section.choice("pin_mode", "enforce", PIN_MODES) if section.has("pin_mode") else None,
+        upstream_certificate=spec,
+        upstream_min_tls=min_tls,
+        upstream_ciphers=section.str("upstream_ciphers"),
     )
 
 
@@ -430,6 +551,7 @@ def parse_text(text: str, path: str) -> Config:
 
     warnings: list[str] = []
     gateway = GatewayConfig()
+    security = SecurityConfig()
     listener_sections: list[tuple[str, dict]] = []
     api_sections: list[tuple[str, dict]] = []
     for name in parser.sections():
@@ -444,12 +566,14 @@ def parse_text(text: str, path: str) -> Config:
                 log_format=log_format,
                 shutdown_timeout=s.number("shutdown_timeout", 30.0),
             )
+        elif name == "security":
+            security = parse_security(_Section(path, name, values, SECURITY_KEYS))
         elif kind == "listener" and sep and rest.strip():
             listener_sections.append((rest.strip(), values))
         elif kind == "api" and sep and rest.strip():
             api_sections.append((rest.strip(), values))
         else:
-            known = ["gateway"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
+            known = ["gateway", "security"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
             hint = _suggest(name, known) or f" (expected one of {', '.join(SECTION_KINDS)})"
             raise ConfigError(path, name, None, "unknown section" + hint)
 
@@ -474,7 +598,8 @@ def parse_text(text: str, path: str) -> Config:
         s = _Section(path, f"api:{aname}", values, API_KEYS)
         apis.append(parse_api(s, aname, names))
     _check_overlaps(path, apis, names)
-    return Config(path=path, gateway=gateway, listeners=tuple(listeners), apis=tuple(apis), warnings=tuple(warnings))
+    return Config(path=path, gateway=gateway, listeners=tuple(listeners), apis=tuple(apis), security=security,
+                  warnings=tuple(warnings))
 
 
 def _check_overlaps(path: str, apis: list[ApiConfig], listener_names: list[str]) -> None:
