@@ -83,7 +83,7 @@ def build_cert(
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer " + cn[:57])]) if signer is not key else name)
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer " + cn[:20])]) if signer is not key else name)
         .public_key(key.public_key())
         .serial_number(serial)
         .not_valid_before(not_before)
@@ -182,7 +182,7 @@ def certificates(draw):
     key = draw(st.sampled_from(pool[kind]))
     signer_kind = draw(st.sampled_from(["self"] + KEY_KINDS))
     signer = key if signer_kind == "self" else pool[signer_kind][0]
-    cn = draw(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_categories=("Cs",)), min_size=1, max_size=64))
+    cn = draw(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_categories=("Cs",)), min_size=1, max_size=30))
     org = draw(st.none() | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=40))
     serial = draw(st.integers(min_value=1, max_value=2**159 - 1))
     not_before = draw(
