@@ -1,0 +1,138 @@
+"""The gateway under test: a real ``twistd -n txgate`` process with a generated gw.ini."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+
+from . import procs as _procs
+
+RUN = "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()"
+
+# Used with --profile: cProfile switched on by SIGUSR1 and dumped by SIGUSR2, so that each profile
+# covers one measured scenario only (not start-up, the local CA or the warm-up).
+PROFILE_LAUNCHER = '''\
+import cProfile, os, signal, sys
+_prof = None
+_n = [0]
+_dir = os.environ["TXGATE_BENCH_PROFILE_DIR"]
+
+def _start(signum, frame):
+    global _prof
+    _prof = cProfile.Profile()
+    _prof.enable()
+
+def _stop(signum, frame):
+    global _prof
+    if _prof is not None:
+        _prof.disable()
+        _n[0] += 1
+        path = os.path.join(_dir, "profile-%d.prof" % _n[0])
+        _prof.dump_stats(path + ".tmp")
+        os.rename(path + ".tmp", path)
+        _prof = None
+
+signal.signal(signal.SIGUSR1, _start)
+signal.signal(signal.SIGUSR2, _stop)
+from twisted.scripts.twistd import run
+sys.argv[0] = "twistd"
+run()
+'''
+
+GW_INI = """\
+[gateway]
+state_dir = {state}
+access_log = {access_log}
+
+[listener:main]
+bind = 127.0.0.1:0
+certificate = local
+
+[api:bench]
+path = /
+upstream = http://127.0.0.1:{upstream_port}
+"""
+
+LISTENING = re.compile(r"listener main on https://127\.0\.0\.1:(\d+) ")
+
+
+class Gateway:
+    def __init__(self, proc, port: int, tmp: str, profile_dir) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.port = port
+        self.tmp = tmp
+        self.profile_dir = profile_dir
+        self._profiles = 0
+
+    def cpu(self) -> float:
+        return _procs.cpu_seconds(self.pid)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 20) -> str:
+        with open(os.path.join(self.tmp, "gateway.out"), errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+
+    # --profile
+    def profile_start(self) -> None:
+        if self.profile_dir:
+            os.kill(self.pid, signal.SIGUSR1)
+
+    def profile_stop(self):
+        """Dump the profile of the window since profile_start(); returns its path."""
+        if not self.profile_dir:
+            return None
+        self._profiles += 1
+        path = os.path.join(self.profile_dir, f"profile-{self._profiles}.prof")
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path):
+            if time.monotonic() > deadline or not self.alive():
+                return None
+            time.sleep(0.05)
+        return path
+
+
+def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access_log: bool = False,
+          profile: bool = False, timeout: float = 30.0) -> Gateway:
+    d = os.path.join(tmp, "gateway")
+    os.makedirs(d)
+    ini = os.path.join(d, "gw.ini")
+    with open(ini, "w") as f:
+        f.write(GW_INI.format(state=os.path.join(d, "state"), upstream_port=upstream_port,
+                              access_log=os.path.join(d, "access.log") if access_log else "off"))
+    env = dict(os.environ, PYTHONPATH=repo + (os.pathsep + os.environ["PYTHONPATH"]
+                                              if os.environ.get("PYTHONPATH") else ""))
+    profile_dir = None
+    if profile:
+        profile_dir = os.path.join(d, "profiles")
+        os.makedirs(profile_dir)
+        launcher = os.path.join(d, "launch_profiled.py")
+        with open(launcher, "w") as f:
+            f.write(PROFILE_LAUNCHER)
+        env["TXGATE_BENCH_PROFILE_DIR"] = profile_dir
+        head = [sys.executable, launcher]
+    else:
+        head = [sys.executable, "-c", RUN]
+    args = head + ["-n", "--pidfile=", "txgate", "--config", ini]
+    out_path = os.path.join(tmp, "gateway.out")
+    out = open(out_path, "wb")
+    p = pm.popen(args, cwd=d, env=env, stdout=out, stderr=out, preexec_fn=_procs.pin(cpu))
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(out_path, errors="replace") as f:
+            m = LISTENING.search(f.read())
+        if m:
+            break
+        if p.poll() is not None or time.monotonic() > deadline:
+            with open(out_path, errors="replace") as f:
+                tail = "".join(f.readlines()[-15:])
+            raise RuntimeError(f"the gateway did not start (status {p.poll()}):\n{tail}")
+        time.sleep(0.05)
+    port = int(m.group(1))
+    _procs.wait_port(port, proc=p)
+    return Gateway(p, port, tmp, profile_dir)

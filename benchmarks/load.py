@@ -1,0 +1,155 @@
+"""Load generators: h2load (scenarios 1 and 2) and a one-TLS-connection-per-request client (3).
+
+Why not ``h2load --h1 -H 'Connection: close'`` for scenario 3: h2load 1.52 does not handle servers
+closing HTTP/1.1 connections in timing mode. Against nginx over plain HTTP it never finishes (it keeps
+spinning past -D), over TLS it reconnects but its timings and traffic counters are wrong. So scenario 3
+uses processes of blocking Python ``ssl`` clients pinned to the load CPU (see new_connections()).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import resource
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+
+from . import procs as _procs
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def percentile(sorted_vals, q: float):
+    if not sorted_vals:
+        return None
+    k = min(len(sorted_vals) - 1, max(0, int(round(q / 100.0 * len(sorted_vals) + 0.5)) - 1))
+    return sorted_vals[k]
+
+
+def h2load_path() -> str:
+    p = shutil.which("h2load")
+    if not p:
+        raise RuntimeError("h2load is not installed (apt-get install nghttp2-client)")
+    return p
+
+
+def run_h2load(pm: _procs.Procs, url: str, *, h1: bool, clients: int, streams: int, duration: float,
+               cpu, log_file=None, extra=()) -> dict:
+    args = [h2load_path(), "-c", str(clients), "-m", str(streams), "-t", "1", "-D", f"{int(duration * 1000)}ms"]
+    if h1:
+        args.append("--h1")
+    if log_file:
+        args.append(f"--log-file={log_file}")
+    args += list(extra) + [url]
+    p = pm.popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_procs.pin(cpu))
+    try:
+        out, _ = p.communicate(timeout=duration + 60)
+    finally:
+        pm.stop(p)
+    text = out.decode(errors="replace")
+    res = {"cmd": " ".join(args), "output": text}
+    m = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", text)
+    if not m:
+        raise RuntimeError(f"h2load failed (status {p.returncode}):\n{text[-2000:]}")
+    res["elapsed"] = float(m.group(1))
+    res["rps"] = float(m.group(2))
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", text)
+    res["done"], res["succeeded"], res["failed"], res["errored"], res["timeout"] = (
+        int(m.group(i)) for i in (3, 4, 5, 6, 7))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    res["2xx"] = int(m.group(1))
+    res["non_2xx"] = sum(int(m.group(i)) for i in (2, 3, 4))
+    m = re.search(r"Application protocol: (\S+)", text)
+    res["alpn"] = m.group(1) if m else None
+    res["lat_us"] = []
+    if log_file and os.path.exists(log_file):
+        lat = []
+        with open(log_file) as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) >= 3:
+                    lat.append(int(parts[2]))
+        lat.sort()
+        res["lat_us"] = lat
+    return res
+
+
+# -- scenario 3: one new TLS connection per request ------------------------------------------------
+
+def _tls_worker(port: int, deadline: float, cpu, q) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE   # as h2load: no verification cost on the client
+    ctx.set_alpn_protocols(["http/1.1"])
+    req = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: txgate-bench\r\n"
+           f"Connection: close\r\n\r\n").encode()
+    lat, errors, non2xx = [], 0, 0
+    perf = time.perf_counter
+    while time.monotonic() < deadline:
+        t0 = perf()
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s = ctx.wrap_socket(raw)      # full handshake: no session is reused
+            s.sendall(req)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed before the response head")
+                buf += chunk
+            head, body = buf.split(b"\r\n\r\n", 1)
+            m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.I)
+            if m:
+                need = int(m.group(1))
+                while len(body) < need:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    body += chunk
+            else:
+                while s.recv(65536):
+                    pass
+            s.close()
+            if head[9:10] != b"2":
+                non2xx += 1
+            else:
+                lat.append(int((perf() - t0) * 1e6))
+        except (OSError, ssl.SSLError, ConnectionError):
+            errors += 1
+    q.put((lat, errors, non2xx))
+
+
+def new_connections(pm: _procs.Procs, port: int, *, workers: int, duration: float, cpu) -> dict:
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    start = time.monotonic()
+    deadline = start + duration
+    ps = [ctx.Process(target=_tls_worker, args=(port, deadline, cpu, q), daemon=True) for _ in range(workers)]
+    pm.mp.extend(ps)
+    for w in ps:
+        w.start()
+    lat, errors, non2xx = [], 0, 0
+    for _ in ps:
+        l, e, n = q.get(timeout=duration + 60)
+        lat += l
+        errors += e
+        non2xx += n
+    elapsed = time.monotonic() - start
+    for w in ps:
+        w.join()
+        pm.mp.remove(w)
+    lat.sort()
+    return {"cmd": f"{workers} Python ssl client processes, full TLS handshake + GET + close per request",
+            "elapsed": elapsed, "rps": len(lat) / elapsed, "done": len(lat) + errors + non2xx,
+            "succeeded": len(lat), "failed": non2xx, "errored": errors, "timeout": 0, "2xx": len(lat),
+            "non_2xx": non2xx, "alpn": "http/1.1", "lat_us": lat}

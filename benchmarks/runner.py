@@ -1,0 +1,285 @@
+"""Scenarios, the results table and the command line of ``python -m benchmarks``."""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pstats
+import shutil
+import signal
+import ssl
+import sys
+import tempfile
+import time
+import urllib.request
+
+from . import backend as _backend
+from . import gateway as _gateway
+from . import load as _load
+from . import procs as _procs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Issue 2: one gateway process on one core.
+TARGETS = {"1": 12000.0, "2": 8000.0, "3": 900.0}
+UNITS = {"1": "req/s", "2": "req/s", "3": "conn/s", "baseline": "req/s"}
+TITLES = {
+    "1": "(1) HTTP/1.1 keep-alive over TLS",
+    "2": "(2) HTTP/2 over TLS, {streams} streams/conn",
+    "3": "(3) new TLS connection per request",
+    "baseline": "nginx direct (no gateway), h1 plain",
+}
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[bench] {msg}\n")
+    sys.stderr.flush()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="txgate speed harness: backend (nginx or built-in) + gateway (twistd, pinned to one "
+                    "core) + h2load on another core. Prints req/s, p50/p99 latency and gateway CPU "
+                    "seconds beside the issue-2 targets. A harness, not a test: it never fails on a miss.")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (default 10)")
+    p.add_argument("--warmup", type=float, default=2.0,
+                   help="seconds of warm-up load before each scenario, 0 to skip (default 2)")
+    p.add_argument("--scenario", default="1,2,3",
+                   help="comma-separated scenarios: 1 = HTTP/1.1 keep-alive over TLS, 2 = HTTP/2 over "
+                        "TLS with --streams streams per connection, 3 = a new TLS connection per "
+                        "request (default 1,2,3)")
+    p.add_argument("--connections", type=int, default=None,
+                   help="concurrent connections for scenarios 1 and 2 and the baseline "
+                        "(default 20 for 1 and the baseline, 10 for 2)")
+    p.add_argument("--streams", type=int, default=10, help="concurrent streams per h2 connection in 2 (default 10)")
+    p.add_argument("--tls-clients", type=int, default=8,
+                   help="client processes for scenario 3, each doing connect + handshake + request + close "
+                        "in a loop (default 8)")
+    p.add_argument("--baseline", dest="baseline", action="store_true", default=True,
+                   help="also measure the backend directly: scenario 1's load over plain HTTP, with "
+                        "the backend moved to the gateway's core for that run (default on)")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline row")
+    p.add_argument("--backend", choices=("auto", "nginx", "builtin"), default="auto",
+                   help="auto = nginx when installed, else the built-in asyncio server (default auto)")
+    p.add_argument("--access-log", action="store_true",
+                   help="keep the gateway's access log on (a file in the temp dir); default access_log = off")
+    p.add_argument("--profile", action="store_true",
+                   help="run the gateway under cProfile (switched on only during each measured run) and "
+                        "print its top functions by tottime per scenario; numbers are then slower")
+    p.add_argument("--profile-top", type=int, default=25, help="functions to list per profile (default 25)")
+    p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (default 0)")
+    p.add_argument("--load-cpu", type=int, default=1,
+                   help="CPU for h2load, the scenario-3 clients and the backend (default 1)")
+    p.add_argument("--json", action="store_true",
+                   help="print the results as JSON on stdout (the table then goes to stderr)")
+    p.add_argument("--keep-temp", action="store_true", help="keep the temp dir (configs, logs, profiles)")
+    a = p.parse_args(argv)
+    a.scenarios = [s.strip() for s in a.scenario.split(",") if s.strip()]
+    bad = [s for s in a.scenarios if s not in TARGETS]
+    if bad:
+        p.error(f"--scenario: unknown {','.join(bad)} (choose from 1,2,3)")
+    if a.duration <= 0:
+        p.error("--duration must be > 0")
+    return a
+
+
+def _fmt_ms(us):
+    return "-" if us is None else f"{us / 1000:.2f}"
+
+
+def _row(key, res, gw_cpu, load_cpu, args, note=""):
+    lat = res["lat_us"]
+    n = res["succeeded"]
+    errors = res["failed"] + res["errored"] + res["timeout"] + res["non_2xx"]
+    row = {
+        "scenario": key,
+        "title": TITLES[key].format(streams=args.streams),
+        "command": res["cmd"],
+        "alpn": res.get("alpn"),
+        "rate": round(res["rps"], 1),
+        "unit": UNITS[key],
+        "requests": n,
+        "errors": errors,
+        "elapsed_s": round(res["elapsed"], 3),
+        "p50_ms": None if not lat else round(_load.percentile(lat, 50) / 1000, 3),
+        "p99_ms": None if not lat else round(_load.percentile(lat, 99) / 1000, 3),
+        "server_cpu_s": round(gw_cpu, 2),
+        "server_cpu_us_per_req": round(gw_cpu / n * 1e6, 1) if n else None,
+        "server_core_pct": round(gw_cpu / res["elapsed"] * 100, 1) if res["elapsed"] else None,
+        "load_cpu_s": round(load_cpu, 2),
+        "target": TARGETS.get(key),
+        "note": note,
+    }
+    if row["target"] is not None:
+        row["result"] = "pass" if row["rate"] >= row["target"] else "MISS"
+    else:
+        row["result"] = ""
+    return row
+
+
+def render(rows, meta) -> str:
+    head = ["scenario", "rate", "p50 ms", "p99 ms", "srv CPU s", "CPU us/req", "core %", "load CPU s",
+            "errors", "target", "result"]
+    lines = []
+    for r in rows:
+        lines.append([
+            r["title"] + (f" [{r['note']}]" if r["note"] else ""),
+            f"{r['rate']:,.0f} {r['unit']}",
+            "-" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}",
+            "-" if r["p99_ms"] is None else f"{r['p99_ms']:.2f}",
+            f"{r['server_cpu_s']:.2f}",
+            "-" if r["server_cpu_us_per_req"] is None else f"{r['server_cpu_us_per_req']:.0f}",
+            "-" if r["server_core_pct"] is None else f"{r['server_core_pct']:.0f}",
+            f"{r['load_cpu_s']:.2f}",
+            str(r["errors"]),
+            "-" if r["target"] is None else f">= {r['target']:,.0f}",
+            r["result"] or "-",
+        ])
+    widths = [max(len(head[i]), *(len(l[i]) for l in lines)) for i in range(len(head))]
+
+    def fmt(cols):
+        return "| " + " | ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
+                                 for i, c in enumerate(cols)) + " |"
+
+    out = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(l) for l in lines]
+    out.append("")
+    out.append(meta)
+    out.append("srv CPU s = utime+stime of the gateway process over the run (the backend's worker for the "
+               "baseline); core % = that / wall time; load CPU s = h2load or the scenario-3 clients. "
+               "Targets: issue 2, one gateway process on one core; result never fails the harness.")
+    return "\n".join(out)
+
+
+def _profile_text(path, top):
+    s = io.StringIO()
+    st = pstats.Stats(path, stream=s)
+    st.strip_dirs().sort_stats("tottime").print_stats(top)
+    text = s.getvalue()
+    # Drop pstats' preamble up to the totals line.
+    i = text.find("function calls")
+    return text[text.rfind("\n", 0, i) + 1:] if i >= 0 else text
+
+
+def _sanity(port):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/", context=ctx, timeout=10) as r:
+        body = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"sanity request through the gateway: status {r.status}")
+    return body
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    cpus = sorted(os.sched_getaffinity(0))
+    gw_cpu, load_cpu = args.gateway_cpu, args.load_cpu
+    if gw_cpu not in cpus or load_cpu not in cpus or gw_cpu == load_cpu:
+        log(f"CPUs available {cpus}: cannot pin the gateway to {gw_cpu} and the load to {load_cpu}; "
+            "running unpinned (numbers are not comparable)")
+        gw_cpu = load_cpu = None
+    _load.h2load_path()
+    tmp = tempfile.mkdtemp(prefix="txgate-bench-")
+    pm = _procs.Procs()
+    rows, profiles = [], []
+    interrupted = False
+    try:
+        be = _backend.start(pm, tmp, args.backend, load_cpu)
+        log(f"backend: {be.kind} on 127.0.0.1:{be.port} (pid {be.worker_pid})")
+        gw = _gateway.start(pm, tmp, REPO, be.port, gw_cpu, access_log=args.access_log, profile=args.profile)
+        log(f"gateway: pid {gw.pid} on https://127.0.0.1:{gw.port}, CPU {gw_cpu}, "
+            f"access_log {'on' if args.access_log else 'off'}{', cProfile' if args.profile else ''}")
+        _sanity(gw.port)
+        url = f"https://127.0.0.1:{gw.port}/"
+
+        def measure(key):
+            h1 = key in ("1", "baseline")
+            conns = args.connections or (10 if key == "2" else 20)
+            streams = args.streams if key == "2" else 1
+            target_url = f"http://127.0.0.1:{be.port}/" if key == "baseline" else url
+            name = TITLES[key].format(streams=args.streams)
+
+            def run(duration, log_file=None):
+                if key == "3":
+                    return _load.new_connections(pm, gw.port, workers=args.tls_clients, duration=duration,
+                                                 cpu=load_cpu)
+                return _load.run_h2load(pm, target_url, h1=h1, clients=conns, streams=streams,
+                                        duration=duration, cpu=load_cpu, log_file=log_file)
+
+            if args.warmup > 0:
+                log(f"{name}: warm-up {args.warmup:g}s")
+                run(args.warmup)
+            log(f"{name}: measuring {args.duration:g}s")
+            pid = be.worker_pid if key == "baseline" else gw.pid
+            if key != "baseline":
+                gw.profile_start()
+            c0, l0 = _procs.cpu_seconds(pid), _load.children_cpu()
+            res = run(args.duration, os.path.join(tmp, f"h2load-{key}.log"))
+            c1, l1 = _procs.cpu_seconds(pid), _load.children_cpu()
+            if key != "baseline":
+                prof = gw.profile_stop()
+                if prof:
+                    profiles.append((name, prof))
+                if not gw.alive():
+                    raise RuntimeError("the gateway died:\n" + gw.log_tail())
+            note = "profiled" if args.profile and key != "baseline" else ""
+            if res.get("alpn") and key in ("1", "2") and res["alpn"] != ("http/1.1" if h1 else "h2"):
+                note = (note + ", " if note else "") + f"ALPN {res['alpn']}"
+            row = _row(key, res, c1 - c0, l1 - l0, args, note)
+            log(f"{name}: {row['rate']:,.0f} {row['unit']}, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+                f"gateway CPU {row['server_cpu_s']} s, errors {row['errors']}")
+            rows.append(row)
+
+        for key in args.scenarios:
+            measure(key)
+        if args.baseline:
+            # The backend alone on the gateway's core, the load on the other one, as for scenario 1.
+            wpid = be.worker_pid
+            if gw_cpu is not None:
+                os.sched_setaffinity(wpid, {gw_cpu})
+            try:
+                measure("baseline")
+            finally:
+                if load_cpu is not None:
+                    os.sched_setaffinity(wpid, {load_cpu})
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: stopping the gateway, the backend and the load")
+    finally:
+        pm.stop_all()
+        if args.keep_temp:
+            log(f"temp dir kept: {tmp}")
+    if rows:
+        meta = (f"backend {be.kind}; gateway pinned to CPU {gw_cpu}, load and backend on CPU {load_cpu}; "
+                f"{args.duration:g}s per run after {args.warmup:g}s warm-up; "
+                f"connections: 1 = {args.connections or 20}, 2 = {args.connections or 10} x {args.streams} "
+                f"streams, 3 = {args.tls_clients} client processes; access_log "
+                f"{'on' if args.access_log else 'off'}; {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        table = render(rows, meta)
+        prof_texts = []
+        for name, path in profiles:
+            try:
+                prof_texts.append((name, _profile_text(path, args.profile_top)))
+            except Exception as e:  # a harness: report, do not crash
+                prof_texts.append((name, f"(cannot read {path}: {e})"))
+        if args.json:
+            sys.stderr.write(table + "\n")
+            json.dump({"meta": meta, "results": rows,
+                       "profiles": {n: t for n, t in prof_texts}}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(table)
+            for name, text in prof_texts:
+                print(f"\n== gateway profile, {name}: top {args.profile_top} by tottime ==")
+                print(text.rstrip())
+    if not args.keep_temp:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 130 if interrupted else 0
