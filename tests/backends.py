@@ -158,7 +158,9 @@ class H2Client:
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.conn.initiate_connection()
         if window is not None:
+            # A larger stream window, and a connection window that never limits.
             self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+            self.conn.increment_flow_control_window(64 * 1024 * 1024)
         self.flush()
         self.authority = f"{host}:{port}"
         self.responses: dict[int, dict] = {}
