@@ -639,7 +639,7 @@ def test_txgate_no_native_selects_the_fallback_and_logs_it_once():
 
 @needs_native
 def test_native_backend_is_active_when_built():
-    out = _run_python(PROBE).splitlines()
+    out = _run_python(PROBE, TXGATE_NO_NATIVE="").splitlines()
     assert out[0] == "native"
     assert out[1].startswith("native (txgate._spki, OpenSSL ")
     assert out[3] == "1 native"
