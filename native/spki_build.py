@@ -1,11 +1,11 @@
-"""cffi builder (out-of-line, API mode) for ``txgate._spki``: setup.py runs it via ``cffi_modules``."""
+"""cffi builder (out-of-line, API mode) for ``txgate._spki``: setup.py runs it via ``cffi_modules``.
+
+Build in place with ``pip install -e . --config-settings editable_mode=compat`` (tests/run.sh does);
+``pip install .`` builds it into the installed package.
+"""
 from __future__ import annotations
 
-import os
-
 from cffi import FFI
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 CDEF = """
 #define TXG_DIGEST_LEN 32
@@ -48,8 +48,3 @@ ffibuilder.set_source(
     libraries=["crypto"],
     extra_compile_args=["-O2", "-std=c99", "-Wall", "-Wextra"],
 )
-
-if __name__ == "__main__":
-    # Manual build for development: python native/spki_build.py (writes txgate/_spki*.so).
-    os.chdir(os.path.dirname(HERE))
-    ffibuilder.compile(tmpdir=".", verbose=True)
