@@ -244,17 +244,32 @@ class _BackendHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle
 
 
+class _TrackingServer(ThreadingHTTPServer):
+    """Remembers accepted sockets so close() ends keep-alive connections too (a real restart)."""
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        self.accepted.append(sock)
+        return sock, addr
+
+
 class Backend:
     """A real HTTP/1.1 backend on loopback (threaded), optionally TLS; records what it received."""
 
-    def __init__(self, tls: tuple[str, str] | None = None, handler=_BackendHandler) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    def __init__(self, tls: tuple[str, str] | None = None, handler=_BackendHandler, *, port: int = 0,
+                 client_ca: str | None = None) -> None:
+        # client_ca: require a client certificate issued under this bundle (upstream mTLS).
+        self.server = _TrackingServer(("127.0.0.1", port), handler)
+        self.server.accepted = []
         self.server.daemon_threads = True
         self.server.requests = []
         self.server.connections = 0
         if tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(*tls)
+            if client_ca:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(client_ca)
             self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -270,6 +285,12 @@ class Backend:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        for sock in self.server.accepted:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
 
 
 @pytest.fixture

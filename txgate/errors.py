@@ -51,3 +51,7 @@ class UpstreamBusy(GatewayError):
 
 class UpstreamProtocolError(GatewayError):
     code, status = "upstream_protocol_error", 502
+
+
+class UpstreamPinMismatch(UpstreamTLSError):
+    code, status = "upstream_pin_mismatch", 502

@@ -67,6 +67,7 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
 
     now = now or _now()
     prepared = Prepared(config=config, warnings=list(config.warnings))
+    pin_cache: dict = {}
     _check_access_log(config)
     local = _LocalIssuer(config, prepared, now)
     held: list[socket.socket] = []
@@ -129,20 +130,83 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
                 raise ConfigError(config.path, section, "upstream_ca", str(e)) from None
         for target in api.upstreams:
             if not target.tls:
+                if api.pinned_public_keys or api.upstream_certificate:
+                    prepared.warnings.append(
+                        f"{config.path}: [{section}] upstream: {target.label} is plain HTTP: pins and the "
+                        "upstream client certificate apply to https:// targets only"
+                    )
                 continue
+            trust = _upstream_trust(config, api, target, now, pin_cache)
             try:
                 prepared.upstream_tls[(api.name, target.label)] = UpstreamTLS(
                     api.upstream_server_name or target.host,
                     ca_path=api.upstream_ca,
                     verify=api.upstream_verify,
+                    client_certificate=trust["client_certificate"],
+                    min_tls=api.upstream_min_tls,
+                    ciphers=api.upstream_ciphers,
+                    chain_check=trust["chain_check"],
                 )
             except Exception as e:
-                raise ConfigError(config.path, section, "upstream", f"{target.label}: {e}") from None
+                key = "upstream_ciphers" if api.upstream_ciphers and "cipher" in str(e).lower() else "upstream"
+                raise ConfigError(config.path, section, key, f"{target.label}: {e}") from None
+            if trust["chain_check"] is not None and not api.upstream_verify:
+                prepared.warnings.append(
+                    f"{config.path}: [{section}] upstream_verify: off with pins: {target.label} is checked "
+                    "against its pins ONLY (no chain, expiry or host name verification)"
+                )
         if not api.upstream_verify and any(t.tls for t in api.upstreams):
             prepared.warnings.append(
                 f"{config.path}: [{section}] upstream_verify: off - upstream certificates are NOT verified"
             )
     return prepared
+
+
+def _resolve_pins(config: Config, section: str, tokens: tuple[str, ...], cache: dict):
+    """Pin tokens -> (PinSet, printable pins); errors name the section and key."""
+    from txgate import pins as _pins
+
+    if tokens in cache:
+        return cache[tokens]
+    digests: list[bytes] = []
+    for token in tokens:
+        try:
+            if token.startswith("sha256/") or len(token) == 64:
+                digests.append(_pins.parse_pin(token))
+            else:
+                found = _pins.pins_from_file(token)
+                if not found:
+                    raise ValueError(f"{token}: no certificate, public key or CSR found")
+                digests.extend(found)
+        except (ValueError, OSError) as e:
+            raise ConfigError(config.path, section, "pinned_public_keys", str(e)) from None
+    result = (_pins.PinSet(digests), [_pins.format_pin(d) for d in dict.fromkeys(digests)])
+    cache[tokens] = result
+    return result
+
+
+def _upstream_trust(config: Config, api: ApiConfig, target, now, pin_cache: dict) -> dict:
+    """Pins (API's own replace [security]'s), pin mode and client certificate for one target."""
+    from txgate.config import select_by_host
+    from txgate.tls.pinning import PinCheck
+
+    sec = config.security
+    if api.pinned_public_keys is not None:
+        tokens, pin_section = api.pinned_public_keys, f"api:{api.name}"
+    else:
+        tokens, pin_section = select_by_host(sec.pinned_public_keys, target.host, target.port), "security"
+    chain_check = None
+    if tokens:
+        pinset, printable = _resolve_pins(config, pin_section, tokens, pin_cache)
+        chain_check = PinCheck(pinset, printable, api.pin_mode or sec.pin_mode, api.name, target.label)
+    client = None
+    if api.upstream_certificate is not None:
+        client = _load_pair(config, f"api:{api.name}", "upstream_certificate", api.upstream_certificate, now)
+    else:
+        spec = select_by_host(sec.upstream_certificates, target.host, target.port)
+        if spec is not None:
+            client = _load_pair(config, "security", "upstream_certificates", spec, now)
+    return {"chain_check": chain_check, "client_certificate": client}
 
 
 class _LocalIssuer:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from txgate.errors import GatewayError, RequestTooLarge, UpstreamBusy, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from txgate.errors import UpstreamTLSError, GatewayError, RequestTooLarge, UpstreamBusy, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from txgate.http.errors import send_gateway_error
 from txgate.http.headers import downstream_response_headers
 
@@ -200,6 +200,15 @@ class ProxyHandler:
                 self.pool.acquire(self)
             except UpstreamBusy as e:
                 self._fail(e)
+            return
+        from OpenSSL.SSL import Error as SSLError
+
+        if isinstance(getattr(reason, "value", None), SSLError):
+            # TLS 1.3: the server checks our client certificate after our side finished the
+            # handshake, so its alert arrives in place of the response.
+            from txgate.tls.client import tls_failure_reason
+
+            self._fail(UpstreamTLSError(f"{self.upstream_label}: TLS failure: {tls_failure_reason(reason)}"))
             return
         why = reason.getErrorMessage() if hasattr(reason, "getErrorMessage") else str(reason)
         self._fail(UpstreamUnavailable(f"{self.upstream_label}: connection lost: {why}"))
