@@ -326,3 +326,17 @@ def test_access_log_line_for_proxied_request(env):
     env["gw"].wait_log(r'main 127\.0\.0\.1:\d+ sni=localhost tls=TLSv1\.3 cipher=\S+ alpn=http/1\.1 '
                        r'"GET localhost:\d+ /plain/logged\?z=9 HTTP/1\.1" 200 in=0 out=\d+ api=plain '
                        r'upstream=http://127\.0\.0\.1:\d+ [\d.]+ms')
+
+
+@pytest.mark.parametrize("mode,args,max_conns", [("h1", ["--h1", "-c", "6"], 8), ("h2", ["-c", "2", "-m", "8"], 18)])
+def test_busy_route_reuses_a_bounded_set_of_upstream_connections(env, mode, args, max_conns):
+    a = env["a"]
+    n = len(a.requests)
+    r = subprocess.run(["h2load", "-n", "300", *args, env["gw"].url(f"/plain/load-{mode}")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"status codes: 300 2xx", r.stdout), r.stdout
+    reqs = [x for x in a.requests[n:] if x["path"] == f"/plain/load-{mode}"]
+    assert len(reqs) == 300
+    ports = {x["client_port"] for x in reqs}
+    assert len(ports) <= max_conns, f"{len(ports)} upstream connections for 300 requests"
