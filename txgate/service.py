@@ -400,6 +400,9 @@ class GatewayService(Service):
 def makeService(config: Config, reactor=None) -> MultiService:
     """Build the gateway as a MultiService (validates first; raises ConfigError)."""
     prepared = prepare(config)
+    from txgate import pins as _pins
+
+    log.info("SPKI pin backend: {backend}", backend=_pins.describe_backend())
     top = MultiService()
     GatewayService(prepared, reactor).setServiceParent(top)
     return top
