@@ -77,6 +77,8 @@ static void check_one(const uint8_t *data, size_t size)
         memcpy(two, data, size);
         memcpy(two + size, data, size);
         CHECK(txg_chain_first_match(mine, two, 2 * size, lens, 2, &bad) == 0);
+        CHECK(txg_chain_first_match4(mine, two, 2 * size, 2, size, size, 0, 0) == 0);
+        CHECK(txg_chain_first_match4(mine, two, 2 * size, 5, size, size, 0, 0) == TXG_E_ARG);
         /* Lengths that do not tile the buffer are a caller error, never a read past it. */
         lens[1] = size + 1;
         CHECK(txg_chain_first_match(mine, two, 2 * size, lens, 2, &bad) == TXG_E_ARG);
@@ -119,6 +121,8 @@ static void check_chain(const uint8_t *data, size_t size)
     }
     rc = txg_chain_first_match(decoys, body, rest, lens, n, &bad);
     CHECK(rc == expect);
+    CHECK(txg_chain_first_match4(decoys, body, rest, n, lens[0], n > 1 ? lens[1] : 0,
+                                 n > 2 ? lens[2] : 0, n > 3 ? lens[3] : 0) == expect);
     if (expect != TXG_NO_MATCH)
         CHECK(bad == expect_bad);
     if (expect == TXG_NO_MATCH) {
@@ -138,6 +142,8 @@ static void check_chain(const uint8_t *data, size_t size)
         s = txg_pinset_new(last, 1, &err);
         CHECK(s != NULL);
         CHECK(txg_chain_first_match(s, body, rest, lens, n, &bad) == (int)first);
+        CHECK(txg_chain_first_match4(s, body, rest, n, lens[0], n > 1 ? lens[1] : 0,
+                                     n > 2 ? lens[2] : 0, n > 3 ? lens[3] : 0) == (int)first);
         txg_pinset_free(s);
     }
 }
