@@ -31,7 +31,7 @@ UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
     "$WORK/corpus" tests/fuzz/corpus > "$WORK/fuzz.log" 2>&1
 rc=$?
 set -e
-grep -E "^(#[0-9]+ +DONE|INFO: Loaded|INFO: seed corpus|stat::number_of_executed_units|stat::peak_rss_mb|stat::new_units_added)" "$WORK/fuzz.log" || true
+grep -E "^(#[0-9]+[[:space:]]+DONE|INFO: Loaded|INFO: seed corpus|stat::number_of_executed_units|stat::peak_rss_mb|stat::new_units_added)" "$WORK/fuzz.log" || true
 if [ "$rc" -ne 0 ] || ls "$WORK/artifacts/"* >/dev/null 2>&1; then
     echo "fuzz_spki: FINDING (exit $rc); log tail:" >&2
     tail -n 60 "$WORK/fuzz.log" >&2
