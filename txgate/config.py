@@ -201,6 +201,8 @@ def _pin_tokens(section: _Section, key: str, words: list[str]) -> tuple[str, ...
     for w in words:
         if w.startswith("sha256/") or (len(w) == 64 and all(c in "0123456789abcdefABCDEF" for c in w)):
             out.append(w)
+        elif not os.path.exists(w) and "/" not in w and "." not in w:
+            section.fail(key, f"'{w}' is not a pin (expected sha256/BASE64, 64 hex digits, or a PEM file)")
         else:
             section.readable_file(key, w)
             out.append(w)
@@ -208,7 +210,8 @@ def _pin_tokens(section: _Section, key: str, words: list[str]) -> tuple[str, ...
 
 
 def _host_pattern(section: _Section, key: str, pattern: str) -> str:
-    p = pattern.strip().lower()
+    pattern = pattern.strip()
+    p = pattern.lower()
     host = p
     if p.count(":") == 1:
         host, _, port = p.partition(":")
