@@ -4,6 +4,10 @@ A pin is the SHA-256 of a certificate's DER SubjectPublicKeyInfo (as in HPKP, Ok
 ``--pinnedpubkey``). Both backends walk the certificate DER themselves, strictly, and reject the same
 malformed inputs with the same reason; the fallback is used when the native module is not built or
 ``TXGATE_NO_NATIVE=1`` is set.
+
+API: BACKEND, describe_backend(), spki_sha256(der), spki_location(der), parse_pin(text),
+format_pin(digest), pins_from_file(path), PinSet(digests).first_match(chain_der) -> int | None,
+MalformedCertificate (a ValueError with .reason and .index), available_backends() for tests.
 """
 from __future__ import annotations
 
@@ -163,7 +167,7 @@ def _check_digest(d) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
-# Backends. Each offers spki_location, spki_sha256 and a pin-set type with first_match/contains.
+# Backends: spki_location and spki_sha256 per backend; the pin sets are PinSet subclasses below.
 
 class _PythonBackend:
     name = "python"
