@@ -54,9 +54,9 @@ def parse_args(argv=None):
                    help="concurrent connections for scenarios 1 and 2 and the baseline "
                         "(default 20 for 1 and the baseline, 10 for 2)")
     p.add_argument("--streams", type=int, default=10, help="concurrent streams per h2 connection in 2 (default 10)")
-    p.add_argument("--tls-clients", type=int, default=8,
+    p.add_argument("--tls-clients", type=int, default=32,
                    help="client processes for scenario 3, each doing connect + handshake + request + close "
-                        "in a loop (default 8)")
+                        "in a loop (default 32)")
     p.add_argument("--baseline", dest="baseline", action="store_true", default=True,
                    help="also measure the backend directly: scenario 1's load over plain HTTP, with "
                         "the backend moved to the gateway's core for that run (default on)")
@@ -120,7 +120,7 @@ def _row(key, res, gw_cpu, load_cpu, args, note=""):
 
 
 def render(rows, meta) -> str:
-    head = ["scenario", "rate", "p50 ms", "p99 ms", "srv CPU s", "CPU us/req", "core %", "load CPU s",
+    head = ["scenario", "rate", "p50 ms", "p99 ms", "srv CPU s", "CPU us/req", "core %", "at 100%", "load CPU s",
             "errors", "target", "result"]
     lines = []
     for r in rows:
@@ -132,6 +132,7 @@ def render(rows, meta) -> str:
             f"{r['server_cpu_s']:.2f}",
             "-" if r["server_cpu_us_per_req"] is None else f"{r['server_cpu_us_per_req']:.0f}",
             "-" if r["server_core_pct"] is None else f"{r['server_core_pct']:.0f}",
+            "-" if not r["server_cpu_us_per_req"] else f"{1e6 / r['server_cpu_us_per_req']:,.0f}",
             f"{r['load_cpu_s']:.2f}",
             str(r["errors"]),
             "-" if r["target"] is None else f">= {r['target']:,.0f}",
@@ -147,7 +148,8 @@ def render(rows, meta) -> str:
     out.append("")
     out.append(meta)
     out.append("srv CPU s = utime+stime of the gateway process over the run (the backend's worker for the "
-               "baseline); core % = that / wall time; load CPU s = h2load or the scenario-3 clients. "
+               "baseline); core % = that / wall time; at 100% = 1e6 / CPU us/req, the rate if the server had its core "
+               "to itself and saturated it (an estimate); load CPU s = h2load or the scenario-3 clients. "
                "Targets: issue 2, one gateway process on one core; result never fails the harness.")
     return "\n".join(out)
 
