@@ -487,6 +487,8 @@ class _NativePinSet(PinSet):
         err = ffi.new("int *")
         ptr = lib.txg_pinset_new(b"".join(digests), len(digests), err)
         if ptr == ffi.NULL:
+            if err[0] == _E_ARG:
+                raise ValueError(f"too many pins ({len(digests):,}): the native pin set holds at most {1 << 26:,}")
             nb._raise(err[0])  # type: ignore[attr-defined]
         self._ptr = ffi.gc(ptr, lib.txg_pinset_free)
         self._count = int(lib.txg_pinset_len(ptr))
