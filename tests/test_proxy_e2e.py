@@ -33,7 +33,7 @@ def env(tmp_path_factory, certs):
     tls_good = Backend(tls=good_cert)
     dead = f"http://127.0.0.1:{free_port()}"
     config = (
-        "[gateway]\nshutdown_timeout = 2\n\n[listener:main]\nbind = 127.0.0.1:0\n\n"
+        "[gateway]\nshutdown_timeout = 2\n\n[listener:main]\nbind = 127.0.0.1:0\nheader_timeout = 1\n\n"
         + api("plain", "/plain", a.url())
         + api("strip", "/strip", a.url() + "/base", strip_path="yes")
         + api("rr", "/rr", f"{a.url()} {b.url()}")
@@ -340,3 +340,28 @@ def test_busy_route_reuses_a_bounded_set_of_upstream_connections(env, mode, args
     assert len(reqs) == 300
     ports = {x["client_port"] for x in reqs}
     assert len(ports) <= max_conns, f"{len(ports)} upstream connections for 300 requests"
+
+
+def test_slowloris_client_disconnected_after_header_timeout(env):
+    gw = env["gw"]
+    ctx = ssl.create_default_context(cafile=gw.ca)
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.port)), server_hostname="localhost")
+    s.settimeout(10)
+    t0 = time.monotonic()
+    s.sendall(b"GET /plain/x HTTP/1.1\r\nHost: localhost\r\n")
+    try:
+        assert s.recv(65536) == b""
+    except ConnectionResetError:
+        pass
+    assert time.monotonic() - t0 < 3
+    s.close()
+    gw.wait_log(r"did not send request headers within 1(\.0)?s; closing")
+
+
+def test_head_through_the_proxy_then_reuse(env):
+    gw = env["gw"]
+    r = curl("--http1.1", "--cacert", gw.ca, "-I", gw.url("/plain/head"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"HTTP/1.1 200") and b"content-length: " in r.stdout.lower()
+    assert get(env, "/plain/after-head")[0] == 200
+    assert last_request(env["a"], "/plain/head")["method"] == "HEAD"
