@@ -12,6 +12,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -84,6 +85,9 @@ def run_h2load(pm: _procs.Procs, url: str, *, h1: bool, clients: int, streams: i
 # -- scenario 3: one new TLS connection per request ------------------------------------------------
 
 def _tls_worker(port: int, deadline: float, cpu, q) -> None:
+    # The parent handles Ctrl-C and terminates us (SIGTERM): die quietly, without its handlers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

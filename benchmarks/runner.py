@@ -182,6 +182,8 @@ def _on_sigterm(signum, frame):
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Also when started with SIGINT ignored (a background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cpus = sorted(os.sched_getaffinity(0))
     gw_cpu, load_cpu = args.gateway_cpu, args.load_cpu
     if gw_cpu not in cpus or load_cpu not in cpus or gw_cpu == load_cpu:
