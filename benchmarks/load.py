@@ -55,11 +55,11 @@ def run_h2load(pm: _procs.Procs, url: str, *, h1: bool, clients: int, streams: i
         pm.stop(p)
     text = out.decode(errors="replace")
     res = {"cmd": " ".join(args), "output": text}
-    m = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", text)
+    m = re.search(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", text)
     if not m:
         raise RuntimeError(f"h2load failed (status {p.returncode}):\n{text[-2000:]}")
-    res["elapsed"] = float(m.group(1))
-    res["rps"] = float(m.group(2))
+    res["elapsed"] = float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
+    res["rps"] = float(m.group(3))
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                   r"(\d+) errored, (\d+) timeout", text)
     res["done"], res["succeeded"], res["failed"], res["errored"], res["timeout"] = (

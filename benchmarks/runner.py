@@ -194,7 +194,8 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="txgate-bench-")
     pm = _procs.Procs()
     rows, profiles = [], []
-    interrupted = False
+    interrupted = failed = False
+    be = None
     try:
         be = _backend.start(pm, tmp, args.backend, load_cpu)
         log(f"backend: {be.kind} on 127.0.0.1:{be.port} (pid {be.worker_pid})")
@@ -257,12 +258,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: stopping the gateway, the backend and the load")
+    except Exception as e:  # a harness: say what broke, still print what was measured
+        failed = True
+        log(f"error: {type(e).__name__}: {e}")
     finally:
         pm.stop_all()
         if args.keep_temp:
             log(f"temp dir kept: {tmp}")
     if rows:
-        meta = (f"backend {be.kind}; gateway pinned to CPU {gw_cpu}, load and backend on CPU {load_cpu}; "
+        meta = (f"backend {be.kind if be else '?'}; gateway pinned to CPU {gw_cpu}, load and backend on CPU {load_cpu}; "
                 f"{args.duration:g}s per run after {args.warmup:g}s warm-up; "
                 f"connections: 1 = {args.connections or 20}, 2 = {args.connections or 10} x {args.streams} "
                 f"streams, 3 = {args.tls_clients} client processes; access_log "
@@ -286,4 +290,4 @@ def main(argv=None) -> int:
                 print(text.rstrip())
     if not args.keep_temp:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 130 if interrupted else 0
+    return 130 if interrupted else (1 if failed else 0)
