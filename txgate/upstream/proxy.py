@@ -40,7 +40,7 @@ class ProxyHandler:
     __slots__ = (
         "upstream", "stream", "clock", "method", "target", "header_block", "host_override", "head_only", "chunked", "api", "upstream_label",
         "conn", "pool", "tried", "buffer", "buffered", "body_done", "done", "started", "sent_body",
-        "timer", "last_error", "reused", "body_bytes", "paused_downstream", "retryable",
+        "timer", "last_error", "reused", "body_bytes", "paused_downstream", "retryable", "client_paused",
     )
 
     def __init__(self, upstream: Upstream, stream, head, target: bytes, header_block: bytes,
@@ -72,6 +72,7 @@ class ProxyHandler:
         self.reused = False
         self.body_bytes = 0
         self.paused_downstream = False
+        self.client_paused = False
         self.retryable = not head.has_body and head.method in IDEMPOTENT
 
     # -- start -------------------------------------------------------------------------
@@ -96,6 +97,8 @@ class ProxyHandler:
             return
         self.conn = conn
         self.reused = reused
+        if self.client_paused:
+            conn.pause_reading()
         host = self.host_override or self.pool.host_value
         line = b"%s %s%s HTTP/1.1\r\nhost: %s\r\n" % (
             self.method, self.pool.base_path, self.target, host)
@@ -117,7 +120,7 @@ class ProxyHandler:
         self.last_error = err
         # Next target when a connection could not be made; a TLS failure is not retried
         # elsewhere (it is a trust problem, not an availability one).
-        if self.tried < len(self.upstream.pools) and err.code != "upstream_tls_error":
+        if self.tried < len(self.upstream.pools) and not isinstance(err, UpstreamTLSError):
             self._try(self.upstream.pools.index(pool) + 1)
             return
         self._fail(err)
@@ -180,10 +183,12 @@ class ProxyHandler:
         self.stream.finish()
 
     def pause_producing(self) -> None:
+        self.client_paused = True
         if self.conn is not None:
             self.conn.pause_reading()
 
     def resume_producing(self) -> None:
+        self.client_paused = False
         if self.conn is not None:
             self.conn.resume_reading()
 
