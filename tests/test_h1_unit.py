@@ -364,3 +364,15 @@ def test_dispatch_crash_is_500_not_400():
     proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert t.value().startswith(b"HTTP/1.1 500")
     assert t.disconnecting
+
+
+def test_body_pause_does_not_outlive_its_exchange():
+    proto, t, d, _ = connect(auto=False)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+    h = d.handlers[0]
+    # The upstream's write buffer filled with the last bytes; then the response came back.
+    h.stream.pause_reading()
+    h.respond()
+    assert t.producerState == "producing", "the next request on this connection would never be read"
+    proto.dataReceived(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert len(d.handlers) == 2

@@ -455,6 +455,8 @@ class H1Connection(Protocol):
 
     def _next(self) -> None:
         self.current = None
+        # A body pause belongs to the exchange that asked for it (its upstream may never resume).
+        self.body_paused = False
         self.phase = IDLE
         self.mark = self.clock.seconds()
         if self.shutting_down:

@@ -31,6 +31,7 @@ class UpstreamConnection(Protocol):
         self.checked_out = False
         self.handshake_timed_out = False
         self.handshake_timer = None
+        self.read_paused = False
 
     # -- lifetime -----------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -114,6 +115,9 @@ class UpstreamConnection(Protocol):
 
     def _release(self) -> None:
         self.exchange = None
+        if self.read_paused:
+            # Paused by the downstream of the exchange that just ended: it will not resume us.
+            self.resume_reading()
         self.pool.checkin(self)
 
     # -- backpressure ---------------------------------------------------------------
@@ -131,11 +135,13 @@ class UpstreamConnection(Protocol):
         pass
 
     def pause_reading(self) -> None:
-        if not self.lost:
+        if not self.lost and not self.read_paused:
+            self.read_paused = True
             self.transport.pauseProducing()
 
     def resume_reading(self) -> None:
-        if not self.lost:
+        if not self.lost and self.read_paused:
+            self.read_paused = False
             self.transport.resumeProducing()
 
     # -- parsing ------------------------------------------------------------------------

@@ -1,0 +1,171 @@
+"""The upstream connection and proxy handler in memory (StringTransport, Clock), no sockets."""
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from txgate.upstream.connection import UpstreamConnection
+
+
+class FakePool:
+    def __init__(self):
+        self.reactor = Clock()
+        self.connect_timeout = 5.0
+        self.ready = []
+        self.checked_in = []
+        self.closed = []
+
+    def connection_ready(self, conn):
+        self.ready.append(conn)
+
+    def checkin(self, conn):
+        self.checked_in.append(conn)
+
+    def connection_closed(self, conn):
+        self.closed.append(conn)
+
+    def connection_failed(self, conn, reason):
+        pass
+
+
+class SlowReaderExchange:
+    """Pauses the upstream on the first body bytes, like a downstream whose buffer is full."""
+
+    head_only = False
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.body = b""
+        self.finished = False
+
+    def response_head(self, status, headers, content_length):
+        self.status = status
+
+    def response_body(self, data):
+        self.body += data
+        self.conn.pause_reading()
+
+    def response_finished(self):
+        self.finished = True
+
+    def upstream_write_paused(self):
+        pass
+
+    def upstream_write_resumed(self):
+        pass
+
+
+def test_connection_returned_to_pool_is_not_left_paused():
+    pool = FakePool()
+    conn = UpstreamConnection(pool, tls=False)
+    t = StringTransport()
+    conn.makeConnection(t)
+    ex = SlowReaderExchange(conn)
+    conn.start(ex, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", False)
+    conn.end_body(b"")
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+    assert ex.finished and pool.checked_in == [conn]
+    # The downstream that paused it has finished and will never resume it: the pool's next
+    # user would wait forever for a response on a connection that does not read.
+    assert t.producerState == "producing"
+
+
+def test_second_exchange_reads_after_a_paused_first():
+    pool = FakePool()
+    conn = UpstreamConnection(pool, tls=False)
+    t = StringTransport()
+    conn.makeConnection(t)
+    ex = SlowReaderExchange(conn)
+    conn.start(ex, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", False)
+    conn.end_body(b"")
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+    ex2 = SlowReaderExchange(conn)
+    conn.start(ex2, b"GET /2 HTTP/1.1\r\nhost: x\r\n\r\n", False)
+    assert t.producerState == "producing"
+
+
+class ParkingPool:
+    """A pool that hands out connections when the test says so."""
+
+    label = "http://up:80"
+    host_value = b"up"
+    base_path = b""
+
+    def __init__(self):
+        self.requesters = []
+
+    def acquire(self, requester):
+        self.requesters.append(requester)
+
+    def cancel(self, requester):
+        pass
+
+    def checkin(self, conn):
+        pass
+
+
+class RecordingConn:
+    def __init__(self):
+        self.exchange = None
+        self.sent = b""
+        self.paused = False
+
+    def start(self, ex, head, head_only):
+        self.exchange = ex
+        self.sent += head
+
+    def write_body(self, data):
+        self.sent += data
+
+    def end_body(self, tail):
+        self.sent += tail
+
+    def pause_reading(self):
+        self.paused = True
+
+    def resume_reading(self):
+        self.paused = False
+
+    def close(self):
+        pass
+
+
+class NullStream:
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+def make_handler(method=b"GET", has_body=False, content_length=None):
+    from txgate.http.exchange import RequestHead
+    from txgate.upstream.proxy import ProxyHandler, Upstream
+
+    pool = ParkingPool()
+    up = Upstream("api", [pool], timeout=30, max_body_bytes=0)
+    head = RequestHead(method, b"/x?y=1", b"gw", [], content_length, has_body, b"1.1")
+    h = ProxyHandler(up, NullStream(), head, b"/x?y=1", b"\r\n", None, Clock())
+    h.start()
+    return h, pool
+
+
+def test_client_pause_before_the_upstream_is_ready_is_applied_when_it_is():
+    h, pool = make_handler()
+    h.pause_producing()
+    conn = RecordingConn()
+    pool.requesters[0].upstream_ready(conn, False)
+    assert conn.paused
+    h.resume_producing()
+    assert not conn.paused
+    assert conn.sent.startswith(b"GET /x?y=1 HTTP/1.1\r\nhost: up\r\n")
+
+
+def test_body_received_before_the_upstream_is_ready_is_sent_in_order_chunked():
+    h, pool = make_handler(b"POST", has_body=True)
+    h.body_received(b"abc")
+    h.body_received(b"de")
+    h.body_finished()
+    conn = RecordingConn()
+    pool.requesters[0].upstream_ready(conn, False)
+    assert conn.sent.endswith(b"\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
