@@ -131,7 +131,7 @@ class TargetPool:
     def connect_failed(self, reason, timed_out: bool = False) -> None:
         self.connecting -= 1
         err = self._classify(reason, timed_out)
-        log.info("upstream {target} connect failed: {code}: {why}", target=self.label, code=err.code, why=err.message)
+        # Not logged here: the request that waited for this connection logs it (one line per rejection).
         # One failure fails one waiter; the others get their own attempt.
         if self.waiters:
             requester = self.waiters.popleft()

@@ -121,6 +121,10 @@ class ProxyHandler:
         # Next target when a connection could not be made; a TLS failure is not retried
         # elsewhere (it is a trust problem, not an availability one).
         if self.tried < len(self.upstream.pools) and not isinstance(err, UpstreamTLSError):
+            log.info(
+                "api {api} upstream {target} {code}: {why}; trying the next target",
+                api=self.api, target=self.upstream_label, code=err.code, why=err.message,
+            )
             self._try(self.upstream.pools.index(pool) + 1)
             return
         self._fail(err)
