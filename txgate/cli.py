@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_pin.set_defaults(func=cmd_pin)
     v = sub.add_parser("version", help="print versions")
     v.set_defaults(func=cmd_version)
+    from txgate.cli_certs import register_cert_commands; register_cert_commands(sub)  # noqa: E702
     return p
 
 
