@@ -160,6 +160,7 @@ class H1Connection(Protocol):
     # -- connection lifetime -------------------------------------------------
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
+        _no_delay(self.transport)
         self.mark = self.clock.seconds()
         self.timer = self.clock.callLater(self.limits.idle_timeout, self._check_timeout)
 
@@ -297,6 +298,10 @@ class H1Connection(Protocol):
                 log.failure("request handling failed", failure=Failure(cause))
                 self._protocol_error(500, "internal_error", "internal error")
             return
+        if self.phase == HEADERS:
+            # A head that did not arrive whole: it must be complete within header_timeout.
+            # (Checked here, not per request, so a head in one packet costs no timer.)
+            self._arm_header_timer()
         if in_head and self.phase == HEADERS:
             # A head still incomplete: httptools buffers a partial header line itself, so
             # count raw bytes too, or one endless header line would never hit the limit.
@@ -330,7 +335,6 @@ class H1Connection(Protocol):
             self.phase = HEADERS
             self.mark = self.clock.seconds()
             self._raw_head_bytes = 0
-            self._arm_header_timer()
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -486,6 +490,16 @@ class H1Connection(Protocol):
             )
         except Exception:
             log.failure("access log failed")
+
+
+def _no_delay(transport) -> None:
+    """Responses go out at once (Nagle would hold one behind unacknowledged TLS tickets)."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except (OSError, AttributeError):
+            pass
 
 
 class _HeadersTooLarge(Exception):

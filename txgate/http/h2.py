@@ -265,6 +265,9 @@ class H2Connection(Protocol):
 
     # -- Twisted protocol ---------------------------------------------------------------
     def connectionMade(self) -> None:
+        from txgate.http.h1 import _no_delay
+
+        _no_delay(self.transport)
         limits = self.limits
         config = h2.config.H2Configuration(
             client_side=False,

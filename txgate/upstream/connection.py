@@ -27,7 +27,7 @@ class UpstreamConnection(Protocol):
         self.response_done = False
         self.no_reuse = False
         self._headers: list[tuple[bytes, bytes]] = []
-        self.idle_timer = None
+        self.idle_since = 0.0
         self.checked_out = False
         self.handshake_timed_out = False
         self.handshake_timer = None
@@ -36,6 +36,9 @@ class UpstreamConnection(Protocol):
     # -- lifetime -----------------------------------------------------------------
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
+        from txgate.http.h1 import _no_delay
+
+        _no_delay(self.transport)
         if not self.tls:
             self.ready = True
             self.pool.connection_ready(self)
@@ -60,10 +63,10 @@ class UpstreamConnection(Protocol):
         self.lost = True
         ready = self.ready
         self.ready = False
-        for timer in (self.idle_timer, self.handshake_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self.idle_timer = self.handshake_timer = None
+        timer = self.handshake_timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.handshake_timer = None
         ex = self.exchange
         self.exchange = None
         if not ready:

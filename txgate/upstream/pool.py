@@ -58,6 +58,7 @@ class TargetPool:
         self.factory = factory
         self.connects = 0
         self.closed = False
+        self._sweep_call = None
 
     @property
     def open_connections(self) -> int:
@@ -70,9 +71,6 @@ class TargetPool:
             conn = self.idle.pop()
             if conn.lost:
                 continue
-            if conn.idle_timer is not None:
-                conn.idle_timer.cancel()
-                conn.idle_timer = None
             self._checkout(conn)
             requester.upstream_ready(conn, True)
             return
@@ -188,20 +186,30 @@ class TargetPool:
             self._connect()
 
     def _park(self, conn: UpstreamConnection) -> None:
+        # Idle expiry by timestamp and one sweep per pool, not a timer per parked connection
+        # (a connection is parked after every request on a busy route).
+        conn.idle_since = self.reactor.seconds()
         self.idle.append(conn)
-        conn.idle_timer = self.reactor.callLater(IDLE_TIMEOUT, self._idle_expired, conn)
+        if self._sweep_call is None:
+            self._sweep_call = self.reactor.callLater(IDLE_TIMEOUT / 2, self._sweep_idle)
 
-    def _idle_expired(self, conn: UpstreamConnection) -> None:
-        conn.idle_timer = None
-        try:
-            self.idle.remove(conn)
-        except ValueError:
-            return
-        conn.close()
+    def _sweep_idle(self) -> None:
+        self._sweep_call = None
+        cutoff = self.reactor.seconds() - IDLE_TIMEOUT
+        expired = [c for c in self.idle if c.idle_since <= cutoff]
+        if expired:
+            self.idle = [c for c in self.idle if c.idle_since > cutoff]
+            for conn in expired:
+                conn.close()
+        if self.idle and not self.closed:
+            self._sweep_call = self.reactor.callLater(IDLE_TIMEOUT / 2, self._sweep_idle)
 
     def close(self) -> None:
         """Close idle connections and stop reusing busy ones (shutdown or reload)."""
         self.closed = True
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
         for conn in list(self.idle):
             conn.close()
         self.idle.clear()

@@ -23,6 +23,25 @@ class Upstream:
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
         self.rr = 0
+        # Timeouts: handlers in flight are swept every `tick` seconds (one timer per API while
+        # busy, instead of a timer per request); precision is timeout + at most one tick.
+        self.active: dict = {}
+        self.tick = min(0.25, timeout / 4)
+        self._tick_call = None
+
+    def track(self, handler, clock) -> None:
+        """Watch a handler in flight for `timeout`."""
+        self.active[handler] = None
+        if self._tick_call is None:
+            self._tick_call = clock.callLater(self.tick, self._sweep, clock)
+
+    def _sweep(self, clock) -> None:
+        self._tick_call = None
+        cutoff = clock.seconds() - self.timeout + 1e-9
+        for handler in [h for h in self.active if h.last <= cutoff]:
+            handler._timed_out()
+        if self.active:
+            self._tick_call = clock.callLater(self.tick, self._sweep, clock)
 
     def first_pool(self) -> int:
         i = self.rr
@@ -30,6 +49,9 @@ class Upstream:
         return i
 
     def close(self) -> None:
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()
+        self._tick_call = None
         for p in self.pools:
             p.close()
 
@@ -40,7 +62,7 @@ class ProxyHandler:
     __slots__ = (
         "upstream", "stream", "clock", "method", "target", "header_block", "host_override", "head_only", "chunked", "api", "upstream_label",
         "conn", "pool", "tried", "buffer", "buffered", "body_done", "done", "started", "sent_body",
-        "timer", "last_error", "reused", "body_bytes", "paused_downstream", "retryable", "client_paused",
+        "last", "last_error", "reused", "body_bytes", "paused_downstream", "retryable", "client_paused",
     )
 
     def __init__(self, upstream: Upstream, stream, head, target: bytes, header_block: bytes,
@@ -67,7 +89,7 @@ class ProxyHandler:
         self.done = False
         self.started = False  # response head sent downstream
         self.sent_body = False
-        self.timer = None
+        self.last = 0.0
         self.last_error: GatewayError | None = None
         self.reused = False
         self.body_bytes = 0
@@ -77,7 +99,8 @@ class ProxyHandler:
 
     # -- start -------------------------------------------------------------------------
     def start(self) -> None:
-        self.timer = self.clock.callLater(self.upstream.timeout, self._timed_out)
+        self.last = self.clock.seconds()
+        self.upstream.track(self, self.clock)
         self._try(self.upstream.first_pool())
 
     def _try(self, index: int) -> None:
@@ -226,15 +249,12 @@ class ProxyHandler:
         self._fail(UpstreamProtocolError(f"{self.upstream_label}: {message}"))
 
     def _timed_out(self) -> None:
-        self.timer = None
         if self.done:
             return
         self._fail(UpstreamTimeout(f"{self.upstream_label or self.api}: no response within {self.upstream.timeout:g}s"))
 
     def _touch(self) -> None:
-        timer = self.timer
-        if timer is not None:
-            timer.reset(self.upstream.timeout)
+        self.last = self.clock.seconds()
 
     def _fail(self, err: GatewayError) -> None:
         if self.done:
@@ -252,10 +272,7 @@ class ProxyHandler:
 
     def _end(self) -> None:
         self.done = True
-        if self.timer is not None:
-            if self.timer.active():
-                self.timer.cancel()
-            self.timer = None
+        self.upstream.active.pop(self, None)
         conn = self.conn
         self.conn = None
         if conn is not None and conn.exchange is self:
