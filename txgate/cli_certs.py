@@ -49,13 +49,23 @@ def _pem_chain(certs: Any) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
+def _write(path: str, data: bytes, mode: int) -> None:
+    """Write an output file atomically (keys 0600 from the first byte); errors name ``path``."""
+    from txgate.fileio import write_private_file
+    from txgate.lifecycle import LifecycleError
+
+    try:
+        write_private_file(path, data, mode)
+    except OSError as e:
+        raise LifecycleError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
 def _write_pair(prefix: str, ck: Any) -> tuple[str, str]:
-    from txgate.fileio import write_private_file, write_public_file
     from txgate.lifecycle import private_key_pem
 
     cert_path, key_path = f"{prefix}.pem", f"{prefix}-key.pem"
-    write_private_file(key_path, private_key_pem(ck.key), 0o600)
-    write_public_file(cert_path, _pem_chain(ck.chain))
+    _write(key_path, private_key_pem(ck.key), 0o600)
+    _write(cert_path, _pem_chain(ck.chain), 0o644)
     return cert_path, key_path
 
 
@@ -98,7 +108,6 @@ def cmd_cert_issue(args: Any) -> int:
 @_one_line_errors
 def cmd_cert_sign(args: Any) -> int:
     """Sign a CSR with the CA in --ca."""
-    from txgate.fileio import write_public_file
     from txgate.lifecycle import load_ca, load_csr, sign_csr
     from txgate.tls.certs import _read
 
@@ -106,7 +115,7 @@ def cmd_cert_sign(args: Any) -> int:
     ca = load_ca(args.ca, now=now)
     csr = load_csr(_read(args.request), args.request)
     cert = sign_csr(ca, csr, days=args.days, client=args.client, now=now)
-    write_public_file(args.out, _pem_chain([cert, ca.certificate]))
+    _write(args.out, _pem_chain([cert, ca.certificate]), 0o644)
     print(f"wrote {args.out} (certificate + CA chain)")
     print(_summary(cert))
     return 0
@@ -125,7 +134,6 @@ def cmd_cert_show(args: Any) -> int:
 @_one_line_errors
 def cmd_csr(args: Any) -> int:
     """Write a CSR for a new or an existing key."""
-    from txgate.fileio import write_private_file, write_public_file
     from txgate.lifecycle import build_csr, generate_key, private_key_pem
     from txgate.tls.certs import _read, parse_private_key
 
@@ -138,8 +146,8 @@ def cmd_csr(args: Any) -> int:
     csr = build_csr(key, dns=args.dns, ips=args.ip, common_name=args.cn)
     csr_path, key_path = f"{args.out}.csr", f"{args.out}-key.pem"
     if new_key:
-        write_private_file(key_path, private_key_pem(key), 0o600)
-    write_public_file(csr_path, csr.public_bytes(serialization.Encoding.PEM))
+        _write(key_path, private_key_pem(key), 0o600)
+    _write(csr_path, csr.public_bytes(serialization.Encoding.PEM), 0o644)
     print(f"wrote {csr_path}" + (f" and {key_path} (0600)" if new_key else f" for the key {args.key}"))
     return 0
 
