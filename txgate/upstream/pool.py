@@ -6,7 +6,7 @@ from collections import deque
 from twisted.internet import error as ierror
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from txgate.tlswrap import DirectTLSFactory
 
 from txgate.config import Target
 from txgate.errors import GatewayError, UpstreamBusy, UpstreamTimeout, UpstreamTLSError, UpstreamUnavailable
@@ -54,7 +54,7 @@ class TargetPool:
         self.all: set[UpstreamConnection] = set()
         factory = _Factory(self)
         if tls_creator is not None:
-            factory = TLSMemoryBIOFactory(tls_creator, True, factory)
+            factory = DirectTLSFactory(tls_creator, True, factory, clock=reactor)
         self.factory = factory
         self.connects = 0
         self.closed = False
