@@ -59,6 +59,48 @@ REQUEST_DROP = HOP_BY_HOP | FORWARDING | FRAMING
 RESPONSE_DROP = HOP_BY_HOP | frozenset({b"content-length"})
 
 
+_REQUEST_DROP_ALL = REQUEST_DROP | frozenset({b"expect"})
+_TAILS: dict[tuple[str, bytes, bytes], tuple[tuple[bytes, bytes], ...]] = {}
+
+
+def _forwarding_tail(client_ip: str, proto: bytes, original_host: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """X-Forwarded-* and Forwarded for one (client, scheme, host): cached, it repeats per connection."""
+    key = (client_ip, proto, original_host)
+    tail = _TAILS.get(key)
+    if tail is None:
+        fwd = "for=%s;proto=%s" % (_forwarded_node(client_ip), proto.decode())
+        if original_host and all(32 < c < 127 and c not in b'";,' for c in original_host):
+            fwd += ";host=" + (original_host.decode() if b":" not in original_host else '"%s"' % original_host.decode())
+        tail = (
+            (b"x-forwarded-for", client_ip.encode("ascii", "replace")),
+            (b"x-forwarded-proto", proto),
+            (b"x-forwarded-host", original_host),
+            (b"forwarded", fwd.encode()),
+        )
+        if len(_TAILS) > 4096:
+            _TAILS.clear()
+        _TAILS[key] = tail
+    return tail
+
+
+def _filtered(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> tuple[list, list, bool]:
+    """One pass: kept headers, Via values, and whether a Connection header named others."""
+    out = []
+    vias = []
+    named = False
+    for kv in headers:
+        k = kv[0]
+        if k in drop:
+            if k == b"connection":
+                named = True
+            continue
+        if k == b"via":
+            vias.append(kv[1])
+        elif k[:6] != b"proxy-":
+            out.append(kv)
+    return out, vias, named
+
+
 def upstream_request_headers(
     headers: list[tuple[bytes, bytes]],
     *,
@@ -68,25 +110,13 @@ def upstream_request_headers(
     via: bytes,
 ) -> list[tuple[bytes, bytes]]:
     """Headers to send upstream (Host aside): client headers less hop-by-hop and forwarding ones, plus ours."""
-    drop = _drop_for(headers, REQUEST_DROP | {b"expect"})
-    out = []
-    existing_via = []
-    for k, v in headers:
-        if k in drop or k.startswith(b"proxy-"):
-            continue
-        if k == b"via":
-            existing_via.append(v)
-            continue
-        out.append((k, v))
-    ip = client_ip.encode("ascii", "replace")
-    out.append((b"x-forwarded-for", ip))
-    out.append((b"x-forwarded-proto", proto))
-    out.append((b"x-forwarded-host", original_host))
-    fwd = "for=%s;proto=%s" % (_forwarded_node(client_ip), proto.decode())
-    if original_host and all(32 < c < 127 and c not in b'";,' for c in original_host):
-        fwd += ";host=" + (original_host.decode() if b":" not in original_host else '"%s"' % original_host.decode())
-    out.append((b"forwarded", fwd.encode()))
-    out.append((b"via", b", ".join(existing_via + [via])))
+    out, vias, named = _filtered(headers, _REQUEST_DROP_ALL)
+    if named:
+        names = connection_named(headers)
+        out = [kv for kv in out if kv[0] not in names]
+        vias = [] if b"via" in names else vias
+    out.extend(_forwarding_tail(client_ip, proto, original_host))
+    out.append((b"via", b", ".join(vias + [via]) if vias else via))
     return out
 
 
@@ -94,15 +124,10 @@ def downstream_response_headers(
     headers: list[tuple[bytes, bytes]], via: bytes
 ) -> list[tuple[bytes, bytes]]:
     """Headers to send to the client: upstream headers less hop-by-hop ones, plus Via."""
-    drop = _drop_for(headers, RESPONSE_DROP)
-    out = []
-    existing_via = []
-    for k, v in headers:
-        if k in drop or k.startswith(b"proxy-"):
-            continue
-        if k == b"via":
-            existing_via.append(v)
-            continue
-        out.append((k, v))
-    out.append((b"via", b", ".join(existing_via + [via])))
+    out, vias, named = _filtered(headers, RESPONSE_DROP)
+    if named:
+        names = connection_named(headers)
+        out = [kv for kv in out if kv[0] not in names]
+        vias = [] if b"via" in names else vias
+    out.append((b"via", b", ".join(vias + [via]) if vias else via))
     return out
