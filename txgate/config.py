@@ -6,6 +6,7 @@ import difflib
 import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -60,6 +61,12 @@ class ListenerConfig:
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connections: int = 10000
+    # Client certificates (mTLS issue).
+    client_auth: str = "none"
+    client_ca: str | None = None
+    client_crl: tuple[str, ...] = ()
+    verify_depth: int = 4
+    announce_client_cas: bool = True
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,12 @@ class ApiConfig:
     upstream_certificate: CertSpec | None = None
     upstream_min_tls: str = "1.2"
     upstream_ciphers: str | None = None
+    # Client certificates (mTLS issue).
+    mtls: bool = False
+    client_certificates: tuple[str, ...] = ()
+    client_subjects: tuple[str, ...] = ()
+    client_sans: tuple[str, ...] = ()
+    forward_client_cert: str = "off"
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,8 @@ class SecurityConfig:
     pinned_public_keys: tuple[tuple[str, tuple[str, ...]], ...] = ()
     pin_mode: str = "enforce"
     upstream_certificates: tuple[tuple[str, CertSpec], ...] = ()
+    # Client-certificate allowlist entries added to every `mtls = require` API.
+    client_certificates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,16 +165,20 @@ GATEWAY_KEYS = {"state_dir", "access_log", "log_format", "shutdown_timeout"}
 LISTENER_KEYS = {
     "bind", "tls", "certificate", "sni", "min_tls", "max_tls", "ciphers", "tls13_ciphersuites",
     "alpn", "session_tickets", "max_header_bytes", "header_timeout", "idle_timeout",
-    "max_connections",
+    "max_connections", "client_auth", "client_ca", "client_crl", "verify_depth", "announce_client_cas",
 }
 API_KEYS = {
     "listeners", "hosts", "path", "strip_path", "upstream", "upstream_ca", "upstream_server_name",
     "upstream_verify", "preserve_host", "connect_timeout", "timeout", "max_body_bytes",
     "max_connections", "max_pending", "pinned_public_keys", "pin_mode", "upstream_certificate",
-    "upstream_min_tls", "upstream_ciphers",
+    "upstream_min_tls", "upstream_ciphers", "mtls", "client_certificates", "client_subjects", "client_sans",
+    "forward_client_cert",
 }
-SECURITY_KEYS = {"pinned_public_keys", "pin_mode", "upstream_certificates"}
+SECURITY_KEYS = {"pinned_public_keys", "pin_mode", "upstream_certificates", "client_certificates"}
 PIN_MODES = ("enforce", "report")
+CLIENT_AUTH_MODES = ("none", "optional", "require")
+MTLS_MODES = ("off", "require")
+FORWARD_CLIENT_CERT = ("off", "xfcc")
 SECTION_KINDS = ("gateway", "security", "listener:NAME", "api:NAME")
 
 
@@ -244,7 +263,54 @@ def parse_security(section: _Section) -> SecurityConfig:
         pinned_public_keys=tuple(pins),
         pin_mode=section.choice("pin_mode", "enforce", PIN_MODES),
         upstream_certificates=tuple(certs),
+        client_certificates=_client_cert_entries(section, "client_certificates"),
     )
+
+
+_HEX64 = frozenset("0123456789abcdefABCDEF")
+
+
+def _client_cert_entries(section: _Section, key: str) -> tuple[str, ...]:
+    """Allowlist entries as written: sha256/BASE64 pins, 64-hex fingerprints, or PEM files (read at startup)."""
+    out = []
+    for w in section.words(key) or ():
+        if w.lower().startswith("sha256/") or (len(w) == 64 and _HEX64.issuperset(w)):
+            out.append(w)
+        elif not os.path.exists(w) and "/" not in w and "." not in w:
+            section.fail(key, f"'{w}' is not an entry (expected sha256/BASE64, 64 hex digits, or a PEM file)")
+        else:
+            section.readable_file(key, w)
+            out.append(w)
+    return tuple(out)
+
+
+def _client_subjects(section: _Section, key: str) -> tuple[str, ...]:
+    """`re:REGEX` (checked to compile) or an exact RFC 4514 DN, one per line."""
+    out = []
+    for line in section.lines(key):
+        if line.startswith("re:"):
+            try:
+                re.compile(line[3:])
+            except re.error as e:
+                section.fail(key, f"'{line}': invalid regular expression: {e}")
+        elif "=" not in line:
+            section.fail(key, f"'{line}': expected an RFC 4514 name such as 'CN=client,O=Example' or 're:REGEX'")
+        out.append(line)
+    if section.has(key) and not out:
+        section.fail(key, "empty value")
+    return tuple(out)
+
+
+def _client_sans(section: _Section, key: str) -> tuple[str, ...]:
+    """DNS names or URIs (spiffe://...), `*` wildcards allowed."""
+    out = []
+    for w in section.words(key) or ():
+        if any(c.isspace() or ord(c) < 32 for c in w):
+            section.fail(key, f"'{w}': not a DNS name or URI")
+        if ":" not in w and not _HOST_CHARS.issuperset(w.lower()):
+            section.fail(key, f"'{w}': not a DNS name (a URI needs a scheme, e.g. spiffe://...)")
+        out.append(w)
+    return tuple(out)
 
 
 def _suggest(word: str, choices) -> str:
@@ -398,6 +464,14 @@ def parse_listener(section: _Section, name: str, warnings: list[str]) -> Listene
     max_tls = _tls_version(section, "max_tls", "1.3", warnings)
     if TLS_VERSIONS.index(min_tls) > TLS_VERSIONS.index(max_tls):
         section.fail("max_tls", f"max_tls {max_tls} is below min_tls {min_tls}")
+    client_ca = section.str("client_ca")
+    if client_ca is not None:
+        section.readable_file("client_ca", client_ca)
+    crls = tuple(section.readable_file("client_crl", w) for w in section.words("client_crl") or ())
+    client_auth = section.choice("client_auth", "none", CLIENT_AUTH_MODES)
+    if not tls and (client_auth != "none" or client_ca or crls):
+        key = "client_auth" if client_auth != "none" else ("client_ca" if client_ca else "client_crl")
+        section.fail(key, "client certificates need TLS (this listener has tls = off)")
     alpn = tuple(section.words("alpn") or ("h2", "http/1.1"))
     for proto in alpn:
         if proto not in ("h2", "http/1.1"):
@@ -419,6 +493,11 @@ def parse_listener(section: _Section, name: str, warnings: list[str]) -> Listene
         header_timeout=section.number("header_timeout", 10.0, minimum=0.001),
         idle_timeout=section.number("idle_timeout", 60.0, minimum=0.001),
         max_connections=section.number("max_connections", 10000, integer=True, minimum=1),
+        client_auth=client_auth,
+        client_ca=client_ca,
+        client_crl=crls,
+        verify_depth=section.number("verify_depth", 4, integer=True, minimum=0),
+        announce_client_cas=section.bool("announce_client_cas", True),
     )
 
 
@@ -509,6 +588,26 @@ def parse_api(section: _Section, name: str, listener_names: list[str]) -> ApiCon
         max_connections=section.number("max_connections", 64, integer=True, minimum=1),
         max_pending=section.number("max_pending", 256, integer=True),
         **_api_trust(section),
+        **_api_client_auth(section),
+    )
+
+
+def _api_client_auth(section: _Section) -> dict:
+    """The client-certificate (mTLS) keys of an `[api:NAME]` section."""
+    mtls = section.choice("mtls", "off", MTLS_MODES) == "require"
+    entries = _client_cert_entries(section, "client_certificates")
+    subjects = _client_subjects(section, "client_subjects")
+    sans = _client_sans(section, "client_sans")
+    if not mtls:
+        for key, value in (("client_certificates", entries), ("client_subjects", subjects), ("client_sans", sans)):
+            if value:
+                section.fail(key, "has no effect with mtls = off (set mtls = require)")
+    return dict(
+        mtls=mtls,
+        client_certificates=entries,
+        client_subjects=subjects,
+        client_sans=sans,
+        forward_client_cert=section.choice("forward_client_cert", "off", FORWARD_CLIENT_CERT),
     )
 
 
@@ -601,6 +700,16 @@ def parse_text(text: str, path: str) -> Config:
         s = _Section(path, f"api:{aname}", values, API_KEYS)
         apis.append(parse_api(s, aname, names))
     _check_overlaps(path, apis, names)
+    plain = {ln.name for ln in listeners if not ln.tls}
+    for api in apis:
+        if api.mtls:
+            for ln in api.listeners or names:
+                if ln in plain:
+                    raise ConfigError(
+                        path, f"api:{api.name}", "mtls",
+                        f"listener '{ln}' has tls = off: client certificates need TLS "
+                        "(list TLS listeners only in 'listeners')",
+                    )
     return Config(path=path, gateway=gateway, listeners=tuple(listeners), apis=tuple(apis), security=security,
                   warnings=tuple(warnings))
 

@@ -1,13 +1,19 @@
 """Per-listener request dispatch: route, check, rewrite headers, hand to echo or the proxy."""
 from __future__ import annotations
 
+from twisted.logger import Logger
+
 from txgate.config import ApiConfig
-from txgate.errors import BadRequest, NoRoute, RequestTooLarge
+from txgate.errors import BadRequest, ClientCertificateNotAllowed, ClientCertificateRequired, NoRoute, RequestTooLarge
 from txgate.http.echo import EchoHandler
 from txgate.http.errors import send_gateway_error
 from txgate.http.headers import upstream_request_headers
 from txgate.http.router import Router, strip_prefix
+from txgate.tls.clientauth import ALLOWED, NOT_ALLOWED, PEER, REQUIRED
 from txgate.upstream.proxy import ProxyHandler, Upstream
+
+log = Logger()
+XFCC = b"x-forwarded-client-cert"
 
 VIA_H1 = b"1.1 txgate"
 VIA_H2 = b"2 txgate"
@@ -49,13 +55,18 @@ def normalize_path(path: str) -> str:
 class ApiRuntime:
     """What one API needs per request, built once per config."""
 
-    __slots__ = ("config", "name", "upstream", "prefix")
+    __slots__ = ("config", "name", "upstream", "prefix", "allowlist", "xfcc")
 
-    def __init__(self, config: ApiConfig, upstream: Upstream | None) -> None:
+    def __init__(self, config: ApiConfig, upstream: Upstream | None, allowlist=None) -> None:
         self.config = config
         self.name = config.name
         self.upstream = upstream
         self.prefix = config.path
+        # clientauth.Allowlist when `mtls = require`, else None.
+        self.allowlist = allowlist
+        if config.mtls and allowlist is None:
+            raise ValueError(f"api {config.name}: mtls = require needs its allowlist")
+        self.xfcc = config.forward_client_cert == "xfcc"
 
 
 class _Finished:
@@ -105,6 +116,14 @@ class ListenerDispatcher:
             return _Finished()
         prefix, api = found
         cfg = api.config
+        if api.allowlist is not None:
+            decision = stream.info.extra.get(api.name)
+            if decision is None:
+                decision = self._decide(stream.info, api)
+            if decision != ALLOWED:
+                err = ClientCertificateRequired() if decision == REQUIRED else ClientCertificateNotAllowed()
+                send_gateway_error(stream, err)
+                return _Finished(api.name)
         if cfg.max_body_bytes and head.content_length is not None and head.content_length > cfg.max_body_bytes:
             send_gateway_error(stream, RequestTooLarge(f"request body exceeds {cfg.max_body_bytes} bytes"))
             return _Finished(api.name)
@@ -119,6 +138,10 @@ class ListenerDispatcher:
             original_host=original_host,
             via=VIA_H2 if head.version == b"2" else VIA_H1,
         )
+        if api.xfcc:
+            peer = info.extra.get(PEER)
+            if peer is not None:
+                headers.append((XFCC, peer.xfcc()))
         if api.upstream is None:
             # Answered at body_finished, which both protocols call (also for bodyless requests).
             return EchoHandler(stream, head, path.encode("latin-1"), [(b"host", original_host)] + headers, api.name)
@@ -138,8 +161,36 @@ class ListenerDispatcher:
         handler.start()
         return handler
 
+    def _decide(self, info, api: ApiRuntime) -> str:
+        """The allowlist decision for this connection and API: computed once, cached in ``info.extra``."""
+        peer = info.extra.get(PEER)
+        try:
+            decision = api.allowlist.decide(peer)
+        except Exception:
+            log.failure("client certificate decision for api {api} failed", api=api.name)
+            decision = NOT_ALLOWED
+        info.extra[api.name] = decision
+        if decision != ALLOWED:
+            # One line per connection and API (the decision is cached), never per request.
+            if peer is None:
+                log.info("client {client} on {listener}: api {api}: {code}", client=info.client_host,
+                         listener=self.listener, api=api.name, code=decision)
+            else:
+                log.info("client {client} on {listener}: api {api}: {code}: subject '{subject}' "
+                         "sha256 {fp} chain {chain}", client=info.client_host, listener=self.listener,
+                         api=api.name, code=decision, subject=_safe_subject(peer), fp=peer.fingerprint.hex(),
+                         chain="verified" if peer.verified else "not verified")
+        return decision
+
     def log_request(self, info, head, status, bytes_in, bytes_out, handler, started, ended) -> None:
         """Access log and metrics for one finished request."""
         self.access_log.record(info, head, status, bytes_in, bytes_out, handler, started, ended)
         if self.metrics is not None:
             self.metrics.request_done(handler, status)
+
+
+def _safe_subject(peer) -> str:
+    try:
+        return peer.subject
+    except Exception:
+        return "?"

@@ -33,6 +33,20 @@ class HeadersTooLarge(GatewayError):
     code, status = "headers_too_large", 431
 
 
+class ClientCertificateRequired(GatewayError):
+    code, status = "client_certificate_required", 403
+
+    def __init__(self, message: str = "this API requires a client certificate", **kw) -> None:
+        super().__init__(message, **kw)
+
+
+class ClientCertificateNotAllowed(GatewayError):
+    code, status = "client_certificate_not_allowed", 403
+
+    def __init__(self, message: str = "this client certificate is not allowed for this API", **kw) -> None:
+        super().__init__(message, **kw)
+
+
 class UpstreamUnavailable(GatewayError):
     code, status = "upstream_unavailable", 502
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from txgate.tlswrap import DirectTLSFactory
 from zope.interface import implementer
 
 from txgate.http.exchange import ConnectionInfo, Limits
@@ -60,7 +60,32 @@ class Negotiator(Protocol):
 
         info = self.info
         info.sni, info.tls_version, info.cipher, info.alpn = connection_facts(self.transport)
+        if self.factory.client_certs:
+            self._capture_client_certificate()
         self._start(info.alpn)
+
+    def _capture_client_certificate(self) -> None:
+        """Once per connection: the client's leaf DER and what its verification proved."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from txgate.tls.clientauth import PEER, PeerCertificate
+
+        try:
+            conn = self.transport.getHandle()
+            cert = conn.get_peer_certificate(as_cryptography=True)
+            if cert is None:
+                return
+            state = self.factory.client_certs.state_of(conn)
+            der = cert.public_bytes(Encoding.DER)
+            called = getattr(state, "called", False)
+            # No callback facts (e.g. a resumed session): never claim a verified chain.
+            verified = bool(called and state.verified)
+            cas = state.ca_fingerprints if verified else ()
+            self.info.peer_certificate = der
+            self.info.extra[PEER] = PeerCertificate(der, verified, cas, cert)
+        except Exception:
+            # Fail closed: the connection then has no client certificate for any API.
+            log.failure("capturing the client certificate from {client} failed", client=self.info.client_host)
 
     def _start(self, alpn: str | None) -> None:
         f = self.factory
@@ -87,9 +112,30 @@ class Negotiator(Protocol):
             self.inner.connectionLost(reason)
         elif self.tls:
             why = _handshake_error(reason)
+            if self.factory.client_certs and self._client_certificate_refused(why):
+                return
             if "ConnectionDone" not in why and "ConnectionLost" not in why:
                 log.info("TLS handshake with {client} on {listener} failed: {why}",
                          client=self.info.client_host, listener=self.info.listener, why=why)
+
+    def _client_certificate_refused(self, why: str) -> bool:
+        """Log the one line of a handshake refused for its client certificate; False if it was not."""
+        from txgate.tls.clientverify import MISSING_REASON
+
+        state = None
+        try:
+            state = self.factory.client_certs.state_of(self.transport.getHandle())
+        except Exception:
+            pass
+        code = getattr(state, "reason", None)
+        detail = getattr(state, "detail", None)
+        if code is None and "peer did not return a certificate" in why:
+            code, detail = MISSING_REASON, "no client certificate sent"
+        if code is None:
+            return False
+        log.info("TLS handshake with {client} on {listener} refused: {code}: {detail}",
+                 client=self.info.client_host, listener=self.info.listener, code=code, detail=detail)
+        return True
 
     def shutdown(self) -> None:
         """Graceful shutdown of this connection."""
@@ -102,8 +148,11 @@ class Negotiator(Protocol):
 class ListenerFactory(Factory):
     """Builds one Negotiator per accepted connection; refuses connections above the limit."""
 
-    def __init__(self, name: str, dispatcher, limits: Limits, clock, *, tls: bool, max_connections: int) -> None:
+    def __init__(self, name: str, dispatcher, limits: Limits, clock, *, tls: bool, max_connections: int,
+                 client_certs=None) -> None:
         self.name = name
+        # The listener's ClientVerifier when it asks for client certificates: captured at handshakeCompleted.
+        self.client_certs = client_certs
         self.dispatcher = dispatcher
         self.limits = limits
         self.clock = clock
@@ -127,4 +176,4 @@ class ListenerFactory(Factory):
 
 def wrap_tls(factory: ListenerFactory, server_tls, clock):
     """Put TLS under a listener factory."""
-    return TLSMemoryBIOFactory(server_tls, False, factory, clock=clock)
+    return DirectTLSFactory(server_tls, False, factory, clock=clock)

@@ -29,6 +29,8 @@ class Prepared:
     upstream_tls: dict = field(default_factory=dict)  # (api name, target label) -> UpstreamTLS
     warnings: list = field(default_factory=list)
     local_ca_path: str | None = None
+    allowlists: dict = field(default_factory=dict)  # api name -> clientauth.Allowlist (mtls = require)
+    client_verifiers: dict = field(default_factory=dict)  # listener name -> clientverify.ClientVerifier
 
 
 def _now() -> datetime:
@@ -70,6 +72,7 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
     pin_cache: dict = {}
     _check_access_log(config)
     local = _LocalIssuer(config, prepared, now)
+    _prepare_client_auth(config, prepared, now)
     held: list[socket.socket] = []
     try:
         for ln in config.listeners:
@@ -114,6 +117,7 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
             prepared.server_tls[ln.name] = ServerTLS(
                 default=default, sni=sni, min_tls=ln.min_tls, max_tls=ln.max_tls, ciphers=ln.ciphers,
                 tls13_ciphersuites=ln.tls13_ciphersuites, alpn=ln.alpn, session_tickets=ln.session_tickets,
+                client_verifier=prepared.client_verifiers.get(ln.name),
             )
         except TLSSettingError as e:
             raise ConfigError(config.path, section, e.key, f"rejected by OpenSSL: {e}") from None
@@ -160,6 +164,109 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
                 f"{config.path}: [{section}] upstream_verify: off - upstream certificates are NOT verified"
             )
     return prepared
+
+
+def _load_client_entries(config: Config, section: str, tokens: tuple[str, ...], prepared: Prepared, now):
+    """Allowlist entries of one key; expired file entries are startup warnings."""
+    from txgate.tls.clientauth import Entries, expired_entries, load_entries
+
+    if not tokens:
+        return Entries()
+    try:
+        entries = load_entries(tokens)
+    except ValueError as e:
+        raise ConfigError(config.path, section, "client_certificates", str(e)) from None
+    for line in expired_entries(entries, now):
+        prepared.warnings.append(f"{config.path}: [{section}] client_certificates: {line}")
+    return entries
+
+
+def _prepare_client_auth(config: Config, prepared: Prepared, now: datetime) -> None:
+    """Allowlists of `mtls = require` APIs and the client verifier of each listener that asks for certificates."""
+    from txgate.tls.certs import CertificateError, load_ca_bundle
+    from txgate.tls.clientauth import Allowlist
+    from txgate.tls.clientverify import ClientVerifier, load_crls
+
+    shared = _load_client_entries(config, "security", config.security.client_certificates, prepared, now)
+    api_cas: dict[str, list] = {}
+    for api in config.apis:
+        section = f"api:{api.name}"
+        if not api.mtls:
+            continue
+        entries = _load_client_entries(config, section, api.client_certificates, prepared, now)
+        entries.extend(shared)
+        api_cas[api.name] = list(entries.cas)
+        try:
+            prepared.allowlists[api.name] = Allowlist(api.name, entries, api.client_subjects, api.client_sans)
+        except ValueError as e:  # an exact subject that does not parse
+            raise ConfigError(config.path, section, "client_subjects", str(e)) from None
+    for ln in config.listeners:
+        section = f"listener:{ln.name}"
+        if not ln.tls:
+            continue
+        apis = config.apis_for(ln.name)
+        mtls_apis = [a for a in apis if a.mtls]
+        mode = ln.client_auth if ln.client_auth != "none" else ("optional" if mtls_apis else None)
+        if mode is None:
+            for a in apis:
+                if a.forward_client_cert == "xfcc":
+                    prepared.warnings.append(
+                        f"{config.path}: [api:{a.name}] forward_client_cert: listener '{ln.name}' does not ask "
+                        "for client certificates (client_auth = none and no mtls = require API): nothing to forward"
+                    )
+            continue
+        anchors = []
+        if ln.client_ca:
+            try:
+                anchors.extend(load_ca_bundle(ln.client_ca))
+            except CertificateError as e:
+                raise ConfigError(config.path, section, "client_ca", str(e)) from None
+        for a in mtls_apis:
+            anchors.extend(api_cas[a.name])
+        anchors.extend(shared.cas)
+        crls = []
+        for path in ln.client_crl:
+            try:
+                found = load_crls(path)
+            except ValueError as e:
+                raise ConfigError(config.path, section, "client_crl", str(e)) from None
+            for crl in found:
+                nxt = crl.next_update_utc
+                if nxt is not None and nxt < now:
+                    prepared.warnings.append(
+                        f"{config.path}: [{section}] client_crl: {path}: CRL of '{crl.issuer.rfc4514_string()}' "
+                        f"expired on {nxt.strftime('%Y-%m-%dT%H:%M:%SZ')}: certificates it covers are refused"
+                    )
+            crls.extend(found)
+        if not anchors:
+            if mode == "require":
+                raise ConfigError(config.path, section, "client_auth",
+                                  "require needs trust anchors: set client_ca (or CA entries in client_certificates)")
+            for a in mtls_apis:
+                if prepared.allowlists[a.name].any_verified:
+                    raise ConfigError(
+                        config.path, f"api:{a.name}", "mtls",
+                        f"require without client_certificates allows any certificate that verifies, but listener "
+                        f"'{ln.name}' has no trust anchors (set its client_ca, or list client_certificates)",
+                    )
+        _check_ca_entries_anchored(config, ln.name, mtls_apis, api_cas, anchors)
+        prepared.client_verifiers[ln.name] = ClientVerifier(
+            listener=ln.name, mode=mode, anchors=anchors, crls=crls, depth=ln.verify_depth,
+            announce=ln.announce_client_cas,
+        )
+
+
+def _check_ca_entries_anchored(config: Config, listener: str, mtls_apis, api_cas: dict, anchors: list) -> None:
+    """An intermediate CA entry is useless unless its issuer is a trust anchor of the listener too."""
+    subjects = {a.subject for a in anchors}
+    for api in mtls_apis:
+        for ca in api_cas[api.name]:
+            if ca.issuer != ca.subject and ca.issuer not in subjects:
+                raise ConfigError(
+                    config.path, f"api:{api.name}", "client_certificates",
+                    f"intermediate CA '{ca.subject.rfc4514_string()}': its issuer '{ca.issuer.rfc4514_string()}' "
+                    f"is not a trust anchor of listener '{listener}' (add it to client_ca)",
+                )
 
 
 def _resolve_pins(config: Config, section: str, tokens: tuple[str, ...], cache: dict):
@@ -345,7 +452,7 @@ class GatewayService(Service):
         for api in cfg.apis:
             up = None if api.echo else self._build_upstream(api)
             self.upstreams[api.name] = up
-            runtimes[api.name] = ApiRuntime(api, up)
+            runtimes[api.name] = ApiRuntime(api, up, self.prepared.allowlists.get(api.name))
         if self.prepared.local_ca_path:
             log.info("local CA certificate: {path} (clients can trust it with: curl --cacert {path})",
                      path=self.prepared.local_ca_path)
@@ -354,7 +461,8 @@ class GatewayService(Service):
             dispatcher = ListenerDispatcher(ln.name, apis, self.reactor, self.access_log)
             limits = Limits(ln.max_header_bytes, ln.header_timeout, ln.idle_timeout)
             factory = ListenerFactory(ln.name, dispatcher, limits, self.reactor, tls=ln.tls,
-                                      max_connections=ln.max_connections)
+                                      max_connections=ln.max_connections,
+                                      client_certs=self.prepared.client_verifiers.get(ln.name))
             self.factories[ln.name] = factory
             top = wrap_tls(factory, self.prepared.server_tls[ln.name], self.reactor) if ln.tls else factory
             port = self.reactor.listenTCP(ln.port, top, backlog=1024, interface=ln.host)

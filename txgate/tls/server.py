@@ -133,6 +133,7 @@ class ServerTLS:
         session_tickets: bool = True,
         verify: tuple[int, VerifyCallback | None] | None = None,
         session_id_context: bytes | None = None,
+        client_verifier: Any = None,
     ) -> None:
         self._min = tls_version(min_tls)
         self._max = tls_version(max_tls)
@@ -141,6 +142,13 @@ class ServerTLS:
         self._cipher_list = _cipher_list_for(self._min, ciphers).encode("ascii")
         self._tls13 = tls13_ciphersuites.encode("ascii") if tls13_ciphersuites else None
         self._alpn = tuple(p.encode("ascii") for p in alpn)
+        # A ClientVerifier (txgate.tls.clientverify) configures trust store, CRLs, depth and CA names
+        # on every context and supplies the verify mode; it also turns session resumption off, since a
+        # resumed session skips the verify callback that records the per-connection facts.
+        self._client_verifier = client_verifier
+        if client_verifier is not None:
+            verify = client_verifier.verify
+            session_tickets = False
         self._tickets = session_tickets
         self._verify = verify
         # Shared by every context so a session resumes whichever SNI context it was made under.
@@ -176,11 +184,13 @@ class ServerTLS:
             ctx.add_extra_chain_cert(extra)
         ctx.use_privatekey(ck.key)  # type: ignore[arg-type]
         ctx.check_privatekey()
-        ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER if self._client_verifier is None else SSL.SESS_CACHE_OFF)
         ctx.set_session_id(self._sid_ctx)
         if self._alpn:
             ctx.set_alpn_select_callback(self._select_alpn)
-        if self._verify is not None:
+        if self._client_verifier is not None:
+            self._client_verifier.configure(ctx)
+        elif self._verify is not None:
             mode, callback = self._verify
             ctx.set_verify(mode, callback)
         # Set on every context: OpenSSL may consult the current context on a second ClientHello.
@@ -221,7 +231,11 @@ class ServerTLS:
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """Create the server-side connection for one accepted TLS connection."""
-        return SSL.Connection(self.default_context, None)
+        conn = SSL.Connection(self.default_context, None)
+        if self._client_verifier is not None:
+            # Not set_app_data: Twisted replaces the app data with tlsProtocol after this returns.
+            self._client_verifier.attach(conn)
+        return conn
 
 
 def connection_facts(tls_transport: Any) -> tuple[str | None, str | None, str | None, str | None]:

@@ -1,0 +1,217 @@
+"""Client-certificate verification inside the server handshake: trust store, CRLs, depth, callback.
+
+One `ClientVerifier` per listener configures every `SSL.Context` of that listener (the default one
+and each SNI one) identically, and its verify callback records on a per-connection
+`ClientCertState` (kept beside the `SSL.Connection`: Twisted overwrites the connection's app data
+with its TLS protocol) whether the chain verified, the CA certificates of
+the verified chain, and why a certificate was refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import weakref
+from typing import Any, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+from twisted.logger import Logger
+
+log = Logger()
+
+# OpenSSL X509_V_ERR_* values (stable across OpenSSL versions).
+UNABLE_TO_GET_ISSUER_CERT = 2
+UNABLE_TO_GET_CRL = 3
+CERT_NOT_YET_VALID = 9
+CERT_HAS_EXPIRED = 10
+CRL_NOT_YET_VALID = 11
+CRL_HAS_EXPIRED = 12
+DEPTH_ZERO_SELF_SIGNED_CERT = 18
+SELF_SIGNED_CERT_IN_CHAIN = 19
+UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
+UNABLE_TO_VERIFY_LEAF_SIGNATURE = 21
+CERT_CHAIN_TOO_LONG = 22
+CERT_REVOKED = 23
+INVALID_PURPOSE = 26
+
+#: The chain does not reach a trust anchor: tolerated in `optional` mode (APIs may list the leaf).
+UNTRUSTED = frozenset({
+    UNABLE_TO_GET_ISSUER_CERT, DEPTH_ZERO_SELF_SIGNED_CERT, SELF_SIGNED_CERT_IN_CHAIN,
+    UNABLE_TO_GET_ISSUER_CERT_LOCALLY, UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+})
+
+# Reason codes of refused handshakes (log lines; stable like the JSON error codes).
+REASONS = {
+    CERT_HAS_EXPIRED: "client_certificate_expired",
+    CERT_NOT_YET_VALID: "client_certificate_not_yet_valid",
+    CERT_REVOKED: "client_certificate_revoked",
+    CERT_CHAIN_TOO_LONG: "client_certificate_chain_too_long",
+    INVALID_PURPOSE: "client_certificate_wrong_purpose",
+    CRL_HAS_EXPIRED: "client_crl_expired",
+    CRL_NOT_YET_VALID: "client_crl_not_yet_valid",
+}
+UNTRUSTED_REASON = "client_certificate_untrusted"
+MISSING_REASON = "client_certificate_required"
+INVALID_REASON = "client_certificate_invalid"
+
+MODES = ("optional", "require")
+
+
+def reason_for(errno: int) -> str:
+    """The reason code of an OpenSSL verify error."""
+    if errno in UNTRUSTED:
+        return UNTRUSTED_REASON
+    return REASONS.get(errno, INVALID_REASON)
+
+
+def _error_string(errno: int) -> str:
+    from OpenSSL._util import ffi, lib  # private, only for the human text of a verify error
+
+    return ffi.string(lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
+
+
+class ClientCertState:
+    """What the verify callback learned about one connection's client certificate."""
+
+    __slots__ = ("called", "verified", "ca_fingerprints", "reason", "detail")
+
+    def __init__(self) -> None:
+        self.called = False  # the callback ran (not on a resumed session; resumption is off anyway)
+        self.verified = True  # cleared when an untrusted chain is let through (optional mode)
+        self.ca_fingerprints: list[bytes] = []  # SHA-256 of the CA certificates above the leaf
+        self.reason: str | None = None  # reason code of a refusal
+        self.detail: str | None = None  # OpenSSL's words for it
+
+
+class ClientVerifier:
+    """Configures a listener's contexts to request/verify client certificates."""
+
+    def __init__(
+        self,
+        *,
+        listener: str,
+        mode: str,
+        anchors: Sequence[x509.Certificate] = (),
+        crls: Sequence[x509.CertificateRevocationList] = (),
+        depth: int = 4,
+        announce: bool = True,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"client verification mode must be one of {', '.join(MODES)}, not {mode!r}")
+        self.listener = listener
+        self.mode = mode
+        seen: dict[bytes, x509.Certificate] = {}
+        for a in anchors:
+            seen.setdefault(hashlib.sha256(a.public_bytes(serialization.Encoding.DER)).digest(), a)
+        self.anchors = tuple(seen.values())
+        self.crls = tuple(crls)
+        self.depth = depth
+        self.announce = announce
+        self.verify_mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if mode == "require" else 0)
+        self._anchors_x509 = [crypto.X509.from_cryptography(a) for a in self.anchors]
+        # Per-connection state; weak keys, so a closed connection takes its state with it.
+        self._states: weakref.WeakKeyDictionary[SSL.Connection, ClientCertState] = weakref.WeakKeyDictionary()
+
+    def attach(self, conn: SSL.Connection) -> ClientCertState:
+        """Start the per-connection state of a new server connection."""
+        state = self._states[conn] = ClientCertState()
+        return state
+
+    def state_of(self, conn: SSL.Connection) -> ClientCertState | None:
+        """The state of a connection (None if it was never attached)."""
+        return self._states.get(conn)
+
+    def _state(self, conn: SSL.Connection) -> ClientCertState:
+        state = self._states.get(conn)
+        return state if state is not None else self.attach(conn)
+
+    @property
+    def verify(self) -> tuple[int, Any]:
+        """(mode, callback) for `SSL.Context.set_verify` / `SSL.Connection.set_verify`."""
+        return self.verify_mode, self.callback
+
+    def configure(self, ctx: SSL.Context) -> None:
+        """Trust anchors, CRLs, depth, the CA names announced, verify mode and callback."""
+        store = ctx.get_cert_store()
+        for a in self._anchors_x509:
+            store.add_cert(a)
+        if self.crls:
+            for crl in self.crls:
+                store.add_crl(crl)
+            store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
+        ctx.set_verify_depth(self.depth)
+        if self.announce:
+            for a in self.anchors:
+                ctx.add_client_ca(a)
+        # Without announce, OpenSSL sends an empty certificate_authorities list.
+        ctx.set_verify(self.verify_mode, self.callback)
+
+    def callback(self, conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
+        """OpenSSL's verify callback: never turns an error into success except as documented."""
+        if not ok:
+            try:
+                return self._on_error(conn, cert, errno, depth)
+            except Exception:
+                log.failure("client certificate verify callback failed")
+                return False
+        try:
+            state = self._state(conn)
+            state.called = True
+            if depth > 0:
+                der = cert.to_cryptography().public_bytes(serialization.Encoding.DER)
+                state.ca_fingerprints.append(hashlib.sha256(der).digest())
+            return True
+        except Exception:
+            log.failure("client certificate verify callback failed")
+            return False
+
+    def _on_error(self, conn: SSL.Connection, cert: Any, errno: int, depth: int) -> bool:
+        state = self._state(conn)
+        state.called = True
+        if errno == UNABLE_TO_GET_CRL:
+            # No CRL from this issuer in client_crl: its certificates are not revocation-checked.
+            return True
+        if errno in UNTRUSTED and self.mode == "optional":
+            # Only pin / fingerprint / exact-file entries of an API can allow this certificate.
+            state.verified = False
+            return True
+        if state.reason is None:
+            state.reason = reason_for(errno)
+            try:
+                subject = cert.to_cryptography().subject.rfc4514_string()
+            except Exception:
+                subject = "?"
+            state.detail = f"{_safe_error_string(errno)} (depth {depth}, '{subject}')"
+        return False
+
+
+def _safe_error_string(errno: int) -> str:
+    try:
+        return _error_string(errno)
+    except Exception:
+        return f"verify error {errno}"
+
+
+def load_crls(path: str) -> list[x509.CertificateRevocationList]:
+    """The CRLs of one file: PEM (one or more) or DER; ValueError says why not."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror or e}") from None
+    if b"-----BEGIN X509 CRL-----" in data:
+        out = []
+        for block in data.split(b"-----BEGIN X509 CRL-----")[1:]:
+            end = block.find(b"-----END X509 CRL-----")
+            if end < 0:
+                raise ValueError(f"{path}: unterminated PEM CRL block")
+            pem = b"-----BEGIN X509 CRL-----" + block[: end] + b"-----END X509 CRL-----\n"
+            try:
+                out.append(x509.load_pem_x509_crl(pem))
+            except ValueError as e:
+                raise ValueError(f"{path}: invalid PEM CRL ({e})") from None
+        return out
+    try:
+        return [x509.load_der_x509_crl(data)]
+    except ValueError:
+        raise ValueError(f"{path}: not a CRL (expected PEM 'X509 CRL' blocks or DER)") from None
