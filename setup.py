@@ -17,6 +17,7 @@ setup(
         "cryptography>=50.0",
         "httptools>=0.9",
         "idna>=3.4",
+        "redis>=5.0",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["txgate=txgate.cli:main"]},
