@@ -493,13 +493,17 @@ class H1Connection(Protocol):
 
 
 def _no_delay(transport) -> None:
-    """Responses go out at once (Nagle would hold one behind unacknowledged TLS tickets)."""
+    """Responses go out at once: no Nagle (it would hold one behind unacknowledged TLS
+    tickets), and a send on the socket right away when nothing is queued."""
     set_no_delay = getattr(transport, "setTcpNoDelay", None)
     if set_no_delay is not None:
         try:
             set_no_delay(True)
         except (OSError, AttributeError):
             pass
+    from txgate.directwrite import enable_direct_writes
+
+    enable_direct_writes(transport)
 
 
 class _HeadersTooLarge(Exception):

@@ -1,0 +1,55 @@
+"""Send on the socket at once when nothing is queued (Twisted defers every write a turn).
+
+Twisted's TCP transport queues each write and sends it on the next reactor turn, after an
+epoll re-registration for writability and another one to unregister: four syscalls and two
+event dispatches per response on a keep-alive connection. When the transport's buffer is
+empty, sending right away is equivalent (same bytes, same order); whatever the kernel does
+not take goes through Twisted's normal buffered path, with its producer flow control.
+"""
+from __future__ import annotations
+
+from twisted.internet import tcp
+
+
+def _tcp_transport(transport):
+    """The TCP transport under a protocol's transport (through TLS wrappers), or None."""
+    t = transport
+    for _ in range(4):
+        if isinstance(t, tcp.Connection):
+            return t
+        t = getattr(t, "transport", None)
+        if t is None:
+            return None
+    return None
+
+
+def enable_direct_writes(transport) -> None:
+    """Make writes on this connection's TCP transport try the socket first."""
+    t = _tcp_transport(transport)
+    if t is None or getattr(t, "_txgate_direct", False):
+        return
+    buffered_write = t.write
+    send = t.socket.send
+
+    def write(data: bytes) -> None:
+        if (
+            t.connected
+            and not t.disconnecting
+            and not t._writeDisconnected
+            and not t._tempDataBuffer
+            and len(t.dataBuffer) == t.offset
+            and data.__class__ is bytes
+        ):
+            try:
+                sent = send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # let the buffered path meet the error and report it as Twisted does
+            if sent == len(data):
+                return
+            data = data[sent:]
+        buffered_write(data)
+
+    t.write = write
+    t._txgate_direct = True
