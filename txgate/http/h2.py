@@ -28,6 +28,26 @@ from twisted.internet.interfaces import IPushProducer
 from txgate.http.errors import send_error
 from txgate.http.exchange import ConnectionInfo, Limits, RequestHead
 
+
+class _QuietLog:
+    """hpack formats a stdlib `logging.debug` call per header field coded (~24 per request);
+    the gateway never enables them, so they get a no-op logger in this process."""
+
+    def debug(self, *args, **kwargs) -> None:
+        pass
+
+    def isEnabledFor(self, level) -> bool:
+        return False
+
+
+def _quiet_hpack() -> None:
+    import hpack.hpack
+
+    hpack.hpack.log = _QuietLog()
+
+
+_quiet_hpack()
+
 log = Logger()
 
 # Connection-specific headers never sent in HTTP/2 (RFC 9113 8.2.2).
