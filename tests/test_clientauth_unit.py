@@ -74,7 +74,7 @@ def make_crl(ca: CertifiedKey, revoked: list[x509.Certificate], *, next_update_d
     b = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.leaf.subject)
-        .last_update(NOW - timedelta(hours=1))
+        .last_update(NOW + timedelta(days=min(0, next_update_days) - 1))
         .next_update(NOW + timedelta(days=next_update_days))
     )
     for cert in revoked:
