@@ -11,8 +11,6 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from cryptography.hazmat.primitives import serialization
-
 __all__ = ["register_cert_commands"]
 
 
@@ -46,6 +44,8 @@ def _one_line_errors(func: Callable[[Any], int]) -> Callable[[Any], int]:
 
 
 def _pem_chain(certs: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
@@ -143,6 +143,8 @@ def cmd_csr(args: Any) -> int:
     else:
         key = generate_key(args.key_type)
         new_key = True
+    from cryptography.hazmat.primitives import serialization
+
     csr = build_csr(key, dns=args.dns, ips=args.ip, common_name=args.cn)
     csr_path, key_path = f"{args.out}.csr", f"{args.out}-key.pem"
     if new_key:
