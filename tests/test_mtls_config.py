@@ -209,3 +209,10 @@ def test_security_entries_apply_to_every_mtls_api(certs, tmp_path):
                  f"[security]\nclient_certificates = {f}\n")
     for name in ("a", "b"):
         assert len(p.allowlists[name].fingerprints) == 1 and not p.allowlists[name].any_verified
+
+
+def test_client_ca_on_listener_that_never_asks_is_a_warning(certs):
+    p = prepared(L + f"client_ca = {certs.root_pem}\n[api:a]\nupstream = builtin:echo\n")
+    assert p.client_verifiers == {}
+    assert ("gw.ini: [listener:main] client_ca: unused: the listener does not ask for client certificates "
+            "(client_auth = none and no mtls = require API)") in p.warnings

@@ -208,6 +208,12 @@ def _prepare_client_auth(config: Config, prepared: Prepared, now: datetime) -> N
         mtls_apis = [a for a in apis if a.mtls]
         mode = ln.client_auth if ln.client_auth != "none" else ("optional" if mtls_apis else None)
         if mode is None:
+            for key, value in (("client_ca", ln.client_ca), ("client_crl", ln.client_crl)):
+                if value:
+                    prepared.warnings.append(
+                        f"{config.path}: [{section}] {key}: unused: the listener does not ask for client "
+                        "certificates (client_auth = none and no mtls = require API)"
+                    )
             for a in apis:
                 if a.forward_client_cert == "xfcc":
                     prepared.warnings.append(
