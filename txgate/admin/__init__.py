@@ -1,0 +1,1 @@
+"""The admin API: certificate store operations, reload, health and metrics."""
