@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
 
+from txgate.fileio import make_private_dir, write_private_file
 from txgate.tls.certs import (
     CertificateError,
     CertifiedKey,
@@ -32,35 +33,10 @@ BACKDATE = timedelta(hours=1)
 
 
 def _write_file(path: str, data: bytes, mode: int) -> None:
-    """Write ``data`` atomically to ``path`` with ``mode`` from the first byte on."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # umask may have removed bits we want (0644)
-        with os.fdopen(fd, "wb") as f:
-            fd = -1
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    os.replace(tmp, path)
+    write_private_file(path, data, mode)
 
 
-def _mkdir_private(path: str) -> None:
-    if not os.path.isdir(path):
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)
+_mkdir_private = make_private_dir
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
