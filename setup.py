@@ -18,6 +18,7 @@ setup(
         "httptools>=0.9",
         "idna>=3.4",
         "redis>=5.0",
+        "prometheus_client>=0.20",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["txgate=txgate.cli:main"]},

@@ -171,6 +171,10 @@ class ListenerDispatcher:
             decision = NOT_ALLOWED
         info.extra[api.name] = decision
         if decision != ALLOWED:
+            # metrics hook: an allowlist refusal, once per connection and API (the decision is cached).
+            if self.metrics is not None:
+                self.metrics.handshake(self.listener, info.tls_version, "no_certificate" if decision == REQUIRED
+                                       else "not_allowed")
             # One line per connection and API (the decision is cached), never per request.
             if peer is None:
                 log.info("client {client} on {listener}: api {api}: {code}", client=info.client_host,

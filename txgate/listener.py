@@ -36,6 +36,7 @@ class Negotiator(Protocol):
         self.tls = tls
         self.inner: Protocol | None = None
         self.timer = None
+        self.handshake_timed_out = False
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
@@ -48,6 +49,7 @@ class Negotiator(Protocol):
     def _handshake_timeout(self) -> None:
         self.timer = None
         if self.inner is None:
+            self.handshake_timed_out = True
             log.info("TLS handshake from {client} not completed within {t}s; closing",
                      client=self.info.client_host, t=self.factory.limits.header_timeout)
             self.transport.abortConnection()
@@ -62,6 +64,10 @@ class Negotiator(Protocol):
         info.sni, info.tls_version, info.cipher, info.alpn = connection_facts(self.transport)
         if self.factory.client_certs:
             self._capture_client_certificate()
+        # metrics hook: one O(1) count per handshake (the dispatcher carries the Metrics, if any).
+        metrics = getattr(self.factory.dispatcher, "metrics", None)
+        if metrics is not None:
+            metrics.handshake(info.listener, info.tls_version, "ok")
         self._start(info.alpn)
 
     def _capture_client_certificate(self) -> None:
@@ -112,14 +118,25 @@ class Negotiator(Protocol):
             self.inner.connectionLost(reason)
         elif self.tls:
             why = _handshake_error(reason)
-            if self.factory.client_certs and self._client_certificate_refused(why):
-                return
-            if "ConnectionDone" not in why and "ConnectionLost" not in why:
+            refused = self.factory.client_certs and self._client_certificate_refused(why)
+            if not refused and "ConnectionDone" not in why and "ConnectionLost" not in why:
                 log.info("TLS handshake with {client} on {listener} failed: {why}",
                          client=self.info.client_host, listener=self.info.listener, why=why)
+            # metrics hook: the failed handshake's result (a refusal reason code, or its kind).
+            metrics = getattr(self.factory.dispatcher, "metrics", None)
+            if metrics is not None:
+                from txgate.metrics import result_for_handshake_error, result_for_refusal
 
-    def _client_certificate_refused(self, why: str) -> bool:
-        """Log the one line of a handshake refused for its client certificate; False if it was not."""
+                if refused:
+                    result = result_for_refusal(refused)
+                elif self.handshake_timed_out:
+                    result = "timeout"
+                else:
+                    result = result_for_handshake_error(why)
+                metrics.handshake(self.info.listener, None, result)
+
+    def _client_certificate_refused(self, why: str) -> str | None:
+        """Log the one line of a handshake refused for its client certificate; its reason code, or None."""
         from txgate.tls.clientverify import MISSING_REASON
 
         state = None
@@ -132,10 +149,10 @@ class Negotiator(Protocol):
         if code is None and "peer did not return a certificate" in why:
             code, detail = MISSING_REASON, "no client certificate sent"
         if code is None:
-            return False
+            return None
         log.info("TLS handshake with {client} on {listener} refused: {code}: {detail}",
                  client=self.info.client_host, listener=self.info.listener, code=code, detail=detail)
-        return True
+        return code
 
     def shutdown(self) -> None:
         """Graceful shutdown of this connection."""

@@ -1,0 +1,178 @@
+"""Prometheus metrics of the gateway: its own registry, hot-path counters, facade-fed gauges.
+
+Contract (for ``txgate.service``)::
+
+    metrics = Metrics()                                  # one per process; survives reloads
+    ListenerDispatcher(..., metrics=metrics)             # -> request_done(handler, status) per request;
+                                                         #    the listener reads ``dispatcher.metrics`` for
+                                                         #    handshake outcomes (no other wiring)
+    AdminService(facade, admin_config, reactor, metrics=metrics)   # serves GET /metrics and calls
+                                                         #    metrics.attach(facade) for the scrape-time gauges
+    metrics.exposition() -> (bytes, content_type)        # the Prometheus text format
+
+Series::
+
+    txgate_requests_total{api,status}                    # api "-" when no API matched
+    txgate_tls_handshakes_total{listener,version,result} # result: ok | unknown_ca | expired | not_yet_valid |
+                                                         #   revoked | no_certificate | not_allowed | pin_mismatch |
+                                                         #   invalid_certificate | protocol_error | timeout |
+                                                         #   aborted | failed; upstream TLS as listener "upstream:API"
+    txgate_certificate_expiry_timestamp_seconds{name,role,fingerprint}   # facade.held_certificates() at scrape
+    txgate_upstream_connections{api}                     # facade.upstream_connections() at scrape
+
+The two counters sit on the hot path (one call per request, one per handshake). They are plain
+ints in a dict keyed by the label tuple: no lock, no label formatting, no ``labels()`` lookup per
+call; the collector turns them into Prometheus samples at scrape time. Every call happens in the
+reactor thread, and so does the scrape (the admin API runs in the same reactor).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+from twisted.logger import Logger
+
+log = Logger()
+
+NO_API = "-"
+UNKNOWN_VERSION = "unknown"
+
+# mTLS refusal codes (txgate.tls.clientverify, txgate.tls.clientauth) -> handshake result label.
+CLIENT_REFUSAL_RESULTS = {
+    "client_certificate_untrusted": "unknown_ca",
+    "client_certificate_expired": "expired",
+    "client_certificate_not_yet_valid": "not_yet_valid",
+    "client_certificate_revoked": "revoked",
+    "client_certificate_required": "no_certificate",
+    "client_certificate_not_allowed": "not_allowed",
+    "client_certificate_chain_too_long": "invalid_certificate",
+    "client_certificate_wrong_purpose": "invalid_certificate",
+    "client_certificate_invalid": "invalid_certificate",
+    "client_crl_expired": "invalid_certificate",
+    "client_crl_not_yet_valid": "invalid_certificate",
+}
+
+# OpenSSL reason fragments of a handshake that never agreed on a protocol (plain HTTP on a TLS
+# port, no common version or cipher, a scanner): "protocol_error" rather than "failed".
+_PROTOCOL_FRAGMENTS = (
+    "wrong version number", "http request", "https proxy request", "unsupported protocol",
+    "no shared cipher", "unknown protocol", "version too low", "no protocols available",
+    "packet length too long", "record layer failure", "no application protocol", "inappropriate fallback",
+)
+
+
+def result_for_refusal(code: str) -> str:
+    """The handshake result label of an mTLS refusal or allowlist decision code."""
+    return CLIENT_REFUSAL_RESULTS.get(code, "failed")
+
+
+def result_for_handshake_error(why: str) -> str:
+    """The result label of a handshake that failed for another reason (``why``: OpenSSL's text or the exception)."""
+    text = why.lower()
+    if "connectiondone" in text or "connectionlost" in text or "connection was closed" in text:
+        return "aborted"
+    for fragment in _PROTOCOL_FRAGMENTS:
+        if fragment in text:
+            return "protocol_error"
+    return "failed"
+
+
+class Metrics:
+    """The gateway's metrics registry (one per process; see the module docstring for the wiring)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.requests: dict[tuple[str, int], int] = {}
+        self.handshakes: dict[tuple[str, str, str], int] = {}
+        self._facade: Any = None
+        self.registry.register(_Collector(self))
+
+    def attach(self, facade: Any) -> None:
+        """Feed the scrape-time gauges from this GatewayFacade (``held_certificates``, ``upstream_connections``)."""
+        self._facade = facade
+
+    # -- hot path ----------------------------------------------------------------------------
+    def request_done(self, handler: Any, status: int) -> None:
+        """One finished request (called by the dispatcher); upstream pin mismatches also count as handshakes."""
+        api = getattr(handler, "api", None)
+        key = (api or NO_API, status)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        if status >= 502:
+            # The failed upstream handshake surfaces here, as the error of its one waiting request.
+            err = getattr(handler, "last_error", None)
+            if err is not None and err.code == "upstream_pin_mismatch":
+                self.handshake("upstream:" + (api or NO_API), UNKNOWN_VERSION, "pin_mismatch")
+
+    def handshake(self, listener: str, version: str | None, result: str) -> None:
+        """One downstream (or upstream) TLS handshake outcome."""
+        key = (listener, version or UNKNOWN_VERSION, result)
+        handshakes = self.handshakes
+        handshakes[key] = handshakes.get(key, 0) + 1
+
+    # -- scrape ------------------------------------------------------------------------------
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of the registry, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def collect(self) -> Iterable[Any]:
+        """The metric families (what the registry's collector yields)."""
+        requests = CounterMetricFamily("txgate_requests", "Requests answered, by API and HTTP status.",
+                                       labels=("api", "status"))
+        for (api, status), n in sorted(self.requests.items()):
+            requests.add_metric((api, str(status)), n)
+        yield requests
+        handshakes = CounterMetricFamily(
+            "txgate_tls_handshakes", "TLS handshakes, by listener, protocol version and result (ok or a reason).",
+            labels=("listener", "version", "result"),
+        )
+        for labels, n in sorted(self.handshakes.items()):
+            handshakes.add_metric(labels, n)
+        yield handshakes
+        expiry = GaugeMetricFamily(
+            "txgate_certificate_expiry_timestamp_seconds",
+            "notAfter of every certificate the gateway holds, in every role (Unix time).",
+            labels=("name", "role", "fingerprint"),
+        )
+        upstream = GaugeMetricFamily("txgate_upstream_connections", "Open upstream connections per API.",
+                                     labels=("api",))
+        facade = self._facade
+        if facade is not None:
+            try:
+                seen = set()
+                for held in facade.held_certificates():
+                    labels = (held.name, held.role, held.fingerprint)
+                    if labels not in seen:
+                        seen.add(labels)
+                        expiry.add_metric(labels, held.not_after.timestamp())
+            except Exception:
+                log.failure("metrics: listing the held certificates failed")
+            try:
+                for api, n in sorted(facade.upstream_connections().items()):
+                    upstream.add_metric((api,), n)
+            except Exception:
+                log.failure("metrics: counting upstream connections failed")
+        yield expiry
+        yield upstream
+
+
+class _Collector:
+    """Adapter: prometheus_client calls ``collect()`` on registered collectors at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Any]:
+        return self._metrics.collect()
+
+    def describe(self) -> list:
+        # Names are static: lets the registry check for duplicates without calling the facade.
+        return [
+            CounterMetricFamily("txgate_requests", "", labels=("api", "status")),
+            CounterMetricFamily("txgate_tls_handshakes", "", labels=("listener", "version", "result")),
+            GaugeMetricFamily("txgate_certificate_expiry_timestamp_seconds", "",
+                              labels=("name", "role", "fingerprint")),
+            GaugeMetricFamily("txgate_upstream_connections", "", labels=("api",)),
+        ]
