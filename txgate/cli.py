@@ -1,4 +1,4 @@
-"""The `txgate` command: check, pin, version (ca, cert, csr come with the lifecycle issue)."""
+"""The `txgate` command: check, pin, version, store (list, rollback); ca, cert, csr, selfsigned in cli_certs."""
 from __future__ import annotations
 
 import argparse
@@ -8,14 +8,20 @@ import sys
 def cmd_check(args) -> int:
     """Validate a gw.ini exactly as startup does, without binding or writing anything."""
     from txgate import config as _config
-    from txgate.service import prepare
+    from txgate.service import open_gateway_store, prepare
 
+    store = None
     try:
         cfg = _config.load(args.config) if args.config else _config.default_config()
-        prepared = prepare(cfg, create_state=False)
+        if cfg.store_refs():
+            store = open_gateway_store(cfg, create=False)
+        prepared = prepare(cfg, create_state=False, store=store)
     except _config.ConfigError as e:
         print(f"txgate: configuration error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if store is not None:
+            store.close()
     for w in prepared.warnings:
         print(f"txgate: warning: {w}", file=sys.stderr)
     print(f"{cfg.path}: OK ({len(cfg.listeners)} listeners, {len(cfg.apis)} APIs)")
@@ -130,6 +136,69 @@ def cmd_pin(args) -> int:
     return status
 
 
+def _open_store(args):
+    """The store of the gw.ini in --config (or the embedded defaults), or (None, exit status) after one line."""
+    from txgate import config as _config
+    from txgate.service import open_gateway_store
+
+    try:
+        cfg = _config.load(args.config) if args.config else _config.default_config()
+        store = open_gateway_store(cfg, create=False)
+    except _config.ConfigError as e:
+        print(f"txgate store: configuration error: {e}", file=sys.stderr)
+        return None, None
+    if store is None:
+        print(f"txgate store: no store yet under {cfg.gateway.state_dir} (it is created on the gateway's first start)",
+              file=sys.stderr)
+    return cfg, store
+
+
+def cmd_store_list(args) -> int:
+    """List the store's entries: current versions of names, then unnamed entries."""
+    from txgate.store import StoreError
+    from txgate.tls.certs import format_time
+
+    cfg, store = _open_store(args)
+    if store is None:
+        return 1
+    try:
+        infos = store.list()
+        for info in infos:
+            label = f"{info.name}@{info.version}" if info.name else "-"
+            versions = f" versions={','.join(map(str, info.versions))}" if info.name else ""
+            print(f"{label}  id={info.id}  not_after={format_time(info.not_after)}  key={'yes' if info.has_key else 'no'}"
+                  f"{versions}  subject={info.subject}")
+        for name in store.pending_names():
+            print(f"{name}  (pending key: waiting for its signed certificate)")
+    except StoreError as e:
+        print(f"txgate store: {e.code}: {e.reason}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_store_rollback(args) -> int:
+    """Make the previous version of NAME current again (history is kept)."""
+    from txgate.store import StoreError
+
+    cfg, store = _open_store(args)
+    if store is None:
+        return 1
+    try:
+        entry = store.rollback(args.name)
+    except StoreError as e:
+        print(f"txgate store rollback: {e.code}: {e.reason}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"{entry.name}: version {entry.version} is current (id {entry.id})")
+    if cfg.gateway.store == "dir":
+        # Directory stores notify only within one process: tell the running gateway.
+        print("reload the running gateway to serve it: kill -HUP <pid>, or POST /reload on the admin API")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="txgate", description="txgate TLS API gateway tools")
     sub = p.add_subparsers(dest="command", required=True)
@@ -143,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_pin.set_defaults(func=cmd_pin)
     v = sub.add_parser("version", help="print versions")
     v.set_defaults(func=cmd_version)
+    st = sub.add_parser("store", help="the certificate store of a gw.ini: list, rollback")
+    st_sub = st.add_subparsers(dest="store_command", required=True)
+    st_list = st_sub.add_parser("list", help="list the entries (current versions, then unnamed entries)")
+    st_list.add_argument("--config", "-c", help="path to gw.ini (default: the embedded defaults)")
+    st_list.set_defaults(func=cmd_store_list)
+    st_rb = st_sub.add_parser("rollback", help="make the previous version of NAME current again")
+    st_rb.add_argument("name", metavar="NAME")
+    st_rb.add_argument("--config", "-c", help="path to gw.ini (default: the embedded defaults)")
+    st_rb.set_defaults(func=cmd_store_rollback)
     from txgate.cli_certs import register_cert_commands; register_cert_commands(sub)  # noqa: E702
     return p
 

@@ -28,11 +28,22 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class CertSpec:
-    """Where a certificate comes from: `local` (the embedded CA) or a CERT.pem KEY.pem pair."""
+    """Where a certificate comes from: `local` (the embedded CA), a CERT.pem KEY.pem pair, or `store:REF`."""
 
     local: bool = True
     cert_path: str | None = None
     key_path: str | None = None
+    # `store:NAME` (the current version, followed on reload), `store:NAME@VERSION` or `store:ID` (pinned).
+    store_ref: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How the spec is written in gw.ini (for messages)."""
+        if self.store_ref is not None:
+            return f"store:{self.store_ref}"
+        if self.local:
+            return "local"
+        return f"{self.cert_path} {self.key_path}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,28 @@ class GatewayConfig:
     access_log: str = "-"
     log_format: str = "text"
     shutdown_timeout: float = 30.0
+    # The certificate store: "dir" (state_dir/store) or "redis://HOST:PORT/DB".
+    store: str = "dir"
+    store_secret_file: str | None = None
+    expiry_warning_days: int = 30
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """`[admin]`: the admin API listener (on by default, on loopback)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9901
+    client_ca: str | None = None   # mTLS: PEM bundle of CAs whose client certificates may use the API
+    token_file: str | None = None  # bearer token (first line of the file)
+    # False while `bind` is not written: a busy default port is then a warning, not an error.
+    bind_explicit: bool = False
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the admin API listens on a loopback address only."""
+        return is_loopback(self.host)
 
 
 @dataclass(frozen=True)
@@ -139,11 +172,40 @@ class Config:
     listeners: tuple[ListenerConfig, ...] = ()
     apis: tuple[ApiConfig, ...] = ()
     security: SecurityConfig = SecurityConfig()
+    admin: AdminConfig = AdminConfig()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def apis_for(self, listener: str) -> tuple[ApiConfig, ...]:
         """The APIs served on the named listener."""
         return tuple(a for a in self.apis if a.listeners is None or listener in a.listeners)
+
+    def cert_specs(self) -> list[tuple[str, str, str, CertSpec]]:
+        """Every certificate spec as (section, key, user label, spec); user labels name who uses it."""
+        out: list[tuple[str, str, str, CertSpec]] = []
+        for ln in self.listeners:
+            if not ln.tls:
+                continue
+            section = f"listener:{ln.name}"
+            out.append((section, "certificate", section, ln.certificate))
+            for name, spec in ln.sni:
+                out.append((section, "sni", f"{section} sni:{name}", spec))
+        for api in self.apis:
+            if api.upstream_certificate is not None:
+                out.append((f"api:{api.name}", "upstream_certificate", f"api:{api.name} upstream_certificate",
+                            api.upstream_certificate))
+        for pattern, spec in self.security.upstream_certificates:
+            out.append(("security", "upstream_certificates", f"security upstream_certificates {pattern}", spec))
+        return out
+
+    def store_refs(self) -> dict[str, list[str]]:
+        """Store references in use (as written after `store:`) -> who uses them."""
+        refs: dict[str, list[str]] = {}
+        for _section, _key, user, spec in self.cert_specs():
+            if spec.store_ref is not None:
+                users = refs.setdefault(spec.store_ref, [])
+                if user not in users:
+                    users.append(user)
+        return refs
 
 
 DEFAULT_CONFIG = """\
@@ -161,7 +223,11 @@ path = /echo
 upstream = builtin:echo
 """
 
-GATEWAY_KEYS = {"state_dir", "access_log", "log_format", "shutdown_timeout"}
+GATEWAY_KEYS = {
+    "state_dir", "access_log", "log_format", "shutdown_timeout", "store", "store_secret_file", "expiry_warning_days",
+}
+ADMIN_KEYS = {"bind", "client_ca", "token_file"}
+ADMIN_DEFAULT_BIND = ("127.0.0.1", 9901)
 LISTENER_KEYS = {
     "bind", "tls", "certificate", "sni", "min_tls", "max_tls", "ciphers", "tls13_ciphersuites",
     "alpn", "session_tickets", "max_header_bytes", "header_timeout", "idle_timeout",
@@ -179,7 +245,7 @@ PIN_MODES = ("enforce", "report")
 CLIENT_AUTH_MODES = ("none", "optional", "require")
 MTLS_MODES = ("off", "require")
 FORWARD_CLIENT_CERT = ("off", "xfcc")
-SECTION_KINDS = ("gateway", "security", "listener:NAME", "api:NAME")
+SECTION_KINDS = ("gateway", "security", "admin", "listener:NAME", "api:NAME")
 
 
 def host_pattern_rank(pattern: str, host: str, port: int) -> int:
@@ -426,13 +492,30 @@ def parse_bind(section: _Section, key: str) -> tuple[str, int]:
     return host, n
 
 
+_STORE_REF_RE = re.compile(r"^(?:[0-9a-fA-F]{64}|[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?:@[1-9][0-9]*)?)$")
+
+
+def parse_store_ref(section: _Section, key: str, word: str) -> str:
+    """The REF of a `store:REF` word: NAME, NAME@VERSION or ID (64 hex digits); syntax only."""
+    ref = word[len("store:"):]
+    name = ref.partition("@")[0]
+    if not _STORE_REF_RE.match(ref) or (len(name) == 64 and "@" in ref and _HEX64.issuperset(name)):
+        section.fail(key, f"'{word}': expected store:NAME or store:ID (NAME: 1-128 of A-Z a-z 0-9 . _ -; "
+                          "ID: the 64 hex digits of the SHA-256 fingerprint)")
+    return ref.lower() if len(ref) == 64 and _HEX64.issuperset(ref) else ref
+
+
 def parse_cert_spec(section: _Section, key: str, value: str) -> CertSpec:
-    """`local` or `CERT.pem KEY.pem`; files must exist and be readable."""
+    """`local`, `CERT.pem KEY.pem` (files must exist and be readable) or `store:NAME` / `store:ID`."""
     words = value.split()
     if words == ["local"]:
         return CertSpec(local=True)
+    if words and words[0].startswith("store:"):
+        if len(words) != 1:
+            section.fail(key, f"expected one store reference (store:NAME or store:ID), got '{value}'")
+        return CertSpec(local=False, store_ref=parse_store_ref(section, key, words[0]))
     if len(words) != 2:
-        section.fail(key, f"expected 'local' or 'CERT.pem KEY.pem', got '{value}'")
+        section.fail(key, f"expected 'local', 'CERT.pem KEY.pem' or 'store:NAME', got '{value}'")
     cert, key_path = (section.readable_file(key, w) for w in words)
     return CertSpec(local=False, cert_path=cert, key_path=key_path)
 
@@ -654,6 +737,7 @@ def parse_text(text: str, path: str) -> Config:
     warnings: list[str] = []
     gateway = GatewayConfig()
     security = SecurityConfig()
+    admin = AdminConfig()
     listener_sections: list[tuple[str, dict]] = []
     api_sections: list[tuple[str, dict]] = []
     for name in parser.sections():
@@ -662,12 +746,20 @@ def parse_text(text: str, path: str) -> Config:
         if name == "gateway":
             s = _Section(path, name, values, GATEWAY_KEYS)
             log_format = s.choice("log_format", "text", ("text", "json"))
+            secret_file = s.str("store_secret_file")
+            if secret_file is not None:
+                s.readable_file("store_secret_file", secret_file)
             gateway = GatewayConfig(
                 state_dir=s.str("state_dir", "./txgate-state"),
                 access_log=s.str("access_log", "-"),
                 log_format=log_format,
                 shutdown_timeout=s.number("shutdown_timeout", 30.0),
+                store=parse_store_url(s, "store"),
+                store_secret_file=secret_file,
+                expiry_warning_days=s.number("expiry_warning_days", 30, integer=True, minimum=1),
             )
+        elif name == "admin":
+            admin = parse_admin(_Section(path, name, values, ADMIN_KEYS))
         elif name == "security":
             security = parse_security(_Section(path, name, values, SECURITY_KEYS))
         elif kind == "listener" and sep and rest.strip():
@@ -675,7 +767,7 @@ def parse_text(text: str, path: str) -> Config:
         elif kind == "api" and sep and rest.strip():
             api_sections.append((rest.strip(), values))
         else:
-            known = ["gateway", "security"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
+            known = ["gateway", "security", "admin"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
             hint = _suggest(name, known) or f" (expected one of {', '.join(SECTION_KINDS)})"
             raise ConfigError(path, name, None, "unknown section" + hint)
 
@@ -710,8 +802,80 @@ def parse_text(text: str, path: str) -> Config:
                         f"listener '{ln}' has tls = off: client certificates need TLS "
                         "(list TLS listeners only in 'listeners')",
                     )
+    if admin.enabled and admin.bind_explicit and admin.port:
+        for ln in listeners:
+            if ln.port == admin.port and _binds_overlap(ln.host, admin.host):
+                raise ConfigError(path, "admin", "bind",
+                                  f"{admin.host}:{admin.port} is already used by [listener:{ln.name}]")
     return Config(path=path, gateway=gateway, listeners=tuple(listeners), apis=tuple(apis), security=security,
-                  warnings=tuple(warnings))
+                  admin=admin, warnings=tuple(warnings))
+
+
+def _binds_overlap(a: str, b: str) -> bool:
+    wild = ("", "0.0.0.0", "::")
+    return a == b or a in wild or b in wild
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_store_url(section: _Section, key: str) -> str:
+    """`dir` or `redis://[:PASSWORD@]HOST:PORT/DB` (also `rediss://`)."""
+    v = section.str(key, "dir")
+    if v == "dir":
+        return v
+    try:
+        parts = urlsplit(v)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        section.fail(key, f"expected 'dir' or 'redis://HOST:PORT/DB', got '{_redact_url(v)}'")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        section.fail(key, f"'{_redact_url(v)}': the database must be a number (redis://HOST:PORT/DB)")
+    if parts.query or parts.fragment or port == 0:
+        section.fail(key, f"expected 'dir' or 'redis://HOST:PORT/DB', got '{_redact_url(v)}'")
+    return v
+
+
+def _redact_url(url: str) -> str:
+    """A URL without its password (error messages never carry secrets)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{netloc}").geturl()
+
+
+def parse_admin(section: _Section) -> AdminConfig:
+    """Validate `[admin]`: a non-loopback bind needs client_ca (mTLS) or token_file (bearer token)."""
+    client_ca = section.str("client_ca")
+    if client_ca is not None:
+        section.readable_file("client_ca", client_ca)
+    token_file = section.str("token_file")
+    if token_file is not None:
+        section.readable_file("token_file", token_file)
+    if section.has("bind") and section.str("bind") == "off":
+        return AdminConfig(enabled=False, client_ca=client_ca, token_file=token_file, bind_explicit=True)
+    explicit = section.has("bind")
+    host, port = parse_bind(section, "bind") if explicit else ADMIN_DEFAULT_BIND
+    if not is_loopback(host) and client_ca is None and token_file is None:
+        where = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+        section.fail("bind", f"{where} is not a loopback address: protect the admin API with client_ca (mTLS) "
+                             "or token_file (bearer token), or bind it to 127.0.0.1")
+    return AdminConfig(enabled=True, host=host, port=port, client_ca=client_ca, token_file=token_file,
+                       bind_explicit=explicit)
 
 
 def _check_overlaps(path: str, apis: list[ApiConfig], listener_names: list[str]) -> None:

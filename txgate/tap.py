@@ -20,15 +20,42 @@ def makeService(options):
     from txgate import config as _config
     from txgate.service import makeService as _make
 
+    path = options["config"]
+    loader = (lambda: _config.load(path)) if path else _config.default_config
     try:
-        cfg = _config.load(options["config"]) if options["config"] else _config.default_config()
-        top = _make(cfg)
+        cfg = loader()
+        top = _make(cfg, loader=loader)
     except _config.ConfigError as e:
         sys.stderr.write(f"txgate: configuration error: {e}\n")
         sys.stderr.flush()
         raise SystemExit(1)
     CleanExitOnSignals().setServiceParent(top)
+    ReloadOnSignal(top.getServiceNamed("txgate")).setServiceParent(top)
     return top
+
+
+class ReloadOnSignal(Service):
+    """SIGHUP reloads the gateway (config file and store), like the facade's ``reload``."""
+
+    def __init__(self, gateway) -> None:
+        self.gateway = gateway
+
+    def privilegedStartService(self) -> None:
+        # Installed before any child's startService (which logs the listeners): once a listener is
+        # announced, SIGHUP reloads instead of killing the process. The reactor leaves SIGHUP alone.
+        super().privilegedStartService()
+        from twisted.internet import reactor
+
+        def handler(signum, frame):
+            reactor.callFromThread(self.gateway.reload, "SIGHUP")
+
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, handler)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 class CleanExitOnSignals(Service):
