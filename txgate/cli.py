@@ -165,7 +165,7 @@ def cmd_store_list(args) -> int:
         infos = store.list()
         for info in infos:
             label = f"{info.name}@{info.version}" if info.name else "-"
-            versions = f" versions={','.join(map(str, info.versions))}" if info.name else ""
+            versions = f"  versions={','.join(map(str, info.versions))}" if info.name else ""
             print(f"{label}  id={info.id}  not_after={format_time(info.not_after)}  key={'yes' if info.has_key else 'no'}"
                   f"{versions}  subject={info.subject}")
         for name in store.pending_names():
