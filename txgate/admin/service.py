@@ -116,6 +116,7 @@ class AdminSite(server.Site):
 
     protocol = AdminChannel
     requestFactory = AdminRequest
+    noisy = False  # our own startup line says where the admin API listens
     # No sessions, no "TWISTED_SESSION" cookie; Server header without the version.
     displayTracebacks = False
 
@@ -195,6 +196,7 @@ class AdminService(Service):
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
             top = TLSMemoryBIOFactory(self._server_tls(site.client_verifier), False, site, clock=self.reactor)
+            top.noisy = False
         self.port = self.reactor.listenTCP(cfg.bind_port, top, interface=cfg.bind_host.strip("[]"))
         addr = self.port.getHost()
         host = f"[{addr.host}]" if ":" in addr.host else addr.host
