@@ -733,19 +733,16 @@ class GatewayService(Service):
         return gen
 
     def _listen(self, ln: ListenerConfig, front: _Front):
+        """Listen on a listener's bind with ``front``; a failure is a ConfigError naming its bind."""
         from twisted.internet.error import CannotListenError
 
         try:
-            port = self.reactor.listenTCP(ln.port, front, backlog=1024, interface=ln.host)
+            return self.reactor.listenTCP(ln.port, front, backlog=1024, interface=ln.host)
         except CannotListenError as e:
             where = f"[{ln.host}]:{ln.port}" if ":" in ln.host else f"{ln.host}:{ln.port}"
             err = getattr(e, "socketError", None)
             why = getattr(err, "strerror", None) or str(err or e)
             raise ConfigError(self.config.path, f"listener:{ln.name}", "bind", f"{where}: {why}") from None
-        self.ports[ln.name] = port
-        self.binds[ln.name] = (ln.host, ln.port)
-        self.fronts[ln.name] = front
-        return port
 
     def _log_listening(self, gen: _Generation, ln: ListenerConfig) -> None:
         addr = self.ports[ln.name].getHost()
@@ -769,7 +766,10 @@ class GatewayService(Service):
             log.info("local CA certificate: {path} (clients can trust it with: curl --cacert {path})",
                      path=self.prepared.local_ca_path)
         for ln in self.config.listeners:
-            self._listen(ln, _Front(ln.name, gen.tops[ln.name]))
+            front = _Front(ln.name, gen.tops[ln.name])
+            self.ports[ln.name] = self._listen(ln, front)
+            self.fronts[ln.name] = front
+            self.binds[ln.name] = (ln.host, ln.port)
             self._log_listening(gen, ln)
         if self.store is not None:
             from txgate.store import DeferredStore
@@ -907,59 +907,62 @@ class GatewayService(Service):
         cfg = prepared.config
         new = {ln.name: ln for ln in cfg.listeners}
         gen = self._build(prepared)
-        # A listener whose bind is gone (removed, renamed or moved) frees its port only after the swap;
+        keep = {n for n in self.ports if n in new and self.binds[n] == (new[n].host, new[n].port)}
+        # A listener whose bind is gone (removed or renamed) frees its port only after the swap;
         # a new listener on exactly that address takes over the open socket instead of rebinding.
-        freed = {self.binds[n]: n for n in self.ports if n not in new or self.binds[n] != (new[n].host, new[n].port)}
-        opened: list[str] = []
-        adopted: dict[str, str] = {}
+        freed = {self.binds[n]: n for n in self.ports if n not in new}
+        opened: dict[str, tuple] = {}  # name -> (port, front)
+        adopted: dict[str, str] = {}  # new name -> old name
         try:
             for name, ln in new.items():
-                if name in self.ports and self.binds[name] == (ln.host, ln.port):
+                if name in keep:
                     continue
                 old_name = freed.get((ln.host, ln.port))
-                if old_name is not None and ln.port and old_name not in new:
+                if old_name is not None and ln.port:
                     adopted[name] = old_name
                     continue
-                self._listen(ln, _Front(name, gen.tops[name]))
-                opened.append(name)
+                front = _Front(name, gen.tops[name])
+                opened[name] = (self._listen(ln, front), front)
         except ConfigError:
-            for name in opened:
-                self.ports.pop(name).stopListening()
-                self.fronts.pop(name, None)
-                self.binds.pop(name, None)
+            for port, _front in opened.values():
+                port.stopListening()
             gen.close_upstreams()
             if self.current is None or gen.access_log is not self.current.access_log:
                 gen.access_log.close()
             raise
-        closed = []
+        closed = [n for n in self.ports if n not in keep and n not in adopted.values()]
+        closed_at = {}
+        for name in closed:
+            port = self.ports.pop(name)
+            addr = port.getHost()
+            closed_at[name] = f"[{addr.host}]:{addr.port}" if ":" in addr.host else f"{addr.host}:{addr.port}"
+            port.stopListening()
+            self.fronts.pop(name)
+            self.binds.pop(name)
         for name, old_name in adopted.items():
             self.ports[name] = self.ports.pop(old_name)
             self.binds[name] = self.binds.pop(old_name)
             self.fronts[name] = self.fronts.pop(old_name)
             self.fronts[name].name = name
-        for name in list(self.ports):
-            if name in opened:
-                continue
-            if name not in new or self.binds[name] != (new[name].host, new[name].port):
-                self.ports.pop(name).stopListening()
-                self.fronts.pop(name, None)
-                self.binds.pop(name, None)
-                closed.append(name)
+        for name, (port, front) in opened.items():
+            self.ports[name], self.fronts[name] = port, front
+            self.binds[name] = (new[name].host, new[name].port)
         for name, front in self.fronts.items():
             front.current = gen.tops[name]
         old = self.current
         self.current = gen
         self.prepared = prepared
         self.config = cfg
-        for name in opened + list(adopted):
-            self._log_listening(gen, new[name])
         for name in closed:
-            log.info("listener {name} stopped listening (removed or moved)", name=name)
+            log.info("listener {name} stopped listening on {address} (removed or moved)", name=name,
+                     address=closed_at[name])
+        for name in list(opened) + list(adopted):
+            self._log_listening(gen, new[name])
         if old is not None:
             self._retire(old)
         parts = [f"{len(cfg.listeners)} listeners, {len(cfg.apis)} APIs"]
         if opened or adopted:
-            parts.append("listening: " + ", ".join(opened + list(adopted)))
+            parts.append("listening: " + ", ".join(list(opened) + list(adopted)))
         if closed:
             parts.append("stopped: " + ", ".join(closed))
         return "; ".join(parts)
