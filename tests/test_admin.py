@@ -223,7 +223,7 @@ def test_upload_list_and_show_never_return_key_material(admin, ca, log_events):
     assert status == 201
     assert body == {"id": body["id"], "name": "web", "version": 1}
     entry_id = body["id"]
-    assert entry_id == ck.fingerprint_sha256.replace(":", "").lower() or len(entry_id) == 64
+    assert entry_id == ck.fingerprint_sha256
 
     status, _, listing = admin.request("GET", "/certs")
     assert status == 200
@@ -512,9 +512,6 @@ def test_token_file_problems_name_the_key(tmp_path):
     good = tmp_path / "good"
     good.write_text("  tok3n\n")
     assert read_token(str(good)) == b"tok3n"
-    with pytest.raises(AdminConfigError) as exc:
-        AdminConfig(client_ca=str(tmp_path / "nope.pem")).check_files()
-    assert exc.value.key == "client_ca"
 
 
 # -- mTLS -----------------------------------------------------------------------------------------

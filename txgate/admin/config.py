@@ -12,8 +12,8 @@ Contract (for ``txgate.config`` / ``txgate.service``)::
 
 The constructor raises ``AdminConfigError`` (a ValueError with ``.key`` naming the ``[admin]``
 key) for a non-loopback ``bind`` with neither protection, or an out-of-range port; config.py can
-turn it into its ConfigError. ``check_files()`` reads the token file and the CA bundle once, so a
-startup (or ``txgate check``) can report an unreadable or empty one with its key.
+turn it into its ConfigError. ``read_token(path)`` is the one reader of the token file (the config
+check and the admin listener both use it), raising ``AdminConfigError('token_file', ...)``.
 """
 from __future__ import annotations
 
@@ -73,18 +73,6 @@ class AdminConfig:
         """A short description of the protection, for the startup line: mtls+token, mtls, token or none."""
         parts = [p for p, on in (("mtls", self.client_ca), ("token", self.token_file)) if on]
         return "+".join(parts) or "none"
-
-    def check_files(self) -> None:
-        """Raise AdminConfigError if the token file or the client CA bundle cannot be used."""
-        if self.token_file:
-            read_token(self.token_file)
-        if self.client_ca:
-            from txgate.tls.certs import CertificateError, load_ca_bundle
-
-            try:
-                load_ca_bundle(self.client_ca)
-            except CertificateError as e:
-                raise AdminConfigError("client_ca", str(e)) from None
 
 
 def read_token(path: str) -> bytes:

@@ -12,9 +12,9 @@ Contract (for ``txgate.service``)::
     admin.port_of()                          # the bound port (bind_port may be 0)
 
 - ``facade``: a ``txgate.admin.facade.GatewayFacade``; ``metrics.attach(facade)`` is done here.
-- ``admin_config``: an ``AdminConfig``; call ``admin_config.check_files()`` while validating the
-  config, so an unreadable token file or CA bundle is a config error rather than a startup crash
-  (startService reads them again and raises ``AdminConfigError`` if they went bad meanwhile).
+- ``admin_config``: an ``AdminConfig``; check the token file (``txgate.admin.config.read_token``)
+  and the CA bundle while validating the config, so a bad one is a config error rather than a
+  startup crash (startService reads them again and raises ``AdminConfigError`` if they went bad).
 - With ``client_ca``: TLS with a server certificate from the local CA in ``state_dir``
   (``state_dir/ca.pem`` is what admin clients trust), client certificates required and verified
   against ``client_ca`` by ``txgate.tls.clientverify.ClientVerifier`` (refusals logged with its
@@ -34,7 +34,7 @@ from twisted.web import http, server
 from zope.interface import implementer
 
 from txgate.admin.api import MAX_BODY, AdminResource
-from txgate.admin.config import AdminConfig, read_token
+from txgate.admin.config import AdminConfig, AdminConfigError, read_token
 
 log = Logger()
 
@@ -162,8 +162,6 @@ class AdminService(Service):
         if cfg.tls:
             from txgate.tls.certs import CertificateError, load_ca_bundle
             from txgate.tls.clientverify import ClientVerifier
-
-            from txgate.admin.config import AdminConfigError
 
             try:
                 anchors = load_ca_bundle(cfg.client_ca)  # type: ignore[arg-type]
