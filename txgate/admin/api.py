@@ -62,17 +62,17 @@ def used_by(usage: dict[str, list[str]], name: str | None, version: int | None, 
             current: bool) -> list[str]:
     """Who uses one stored certificate, from ``facade.certificate_usage()`` (refs NAME, NAME@V, ID)."""
     users: list[str] = []
-    refs = {entry_id.lower()}
+    entry_id = entry_id.lower()
+    refs = {entry_id}
     if name is not None:
         if version is not None:
             refs.add(f"{name}@{version}")
         if current:
             refs.add(name)
     for ref, who in usage.items():
-        if _strip_store_prefix(ref) in refs or _strip_store_prefix(ref).lower() == entry_id.lower():
-            for w in who:
-                if w not in users:
-                    users.append(w)
+        r = _strip_store_prefix(ref)
+        if r in refs or r.lower() == entry_id:  # IDs in any case; names are case-sensitive
+            users.extend(w for w in who if w not in users)
     return users
 
 
