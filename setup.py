@@ -20,7 +20,7 @@ setup(
         "redis>=5.0",
         "prometheus_client>=0.20",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "pyyaml>=6", "openapi-spec-validator>=0.7"]},
     entry_points={"console_scripts": ["txgate=txgate.cli:main"]},
     # txgate._spki: the native SPKI core (native/), linked against the system libcrypto.
     setup_requires=["cffi>=1.17"],
