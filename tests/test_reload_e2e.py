@@ -317,3 +317,58 @@ def test_two_gateways_sharing_redis_serve_a_new_certificate_within_two_seconds(g
         assert "store change: other" not in gw.output()
         assert reloads(gw) == 1
     store.close()
+
+
+def admin_port(gw: Gateway) -> int:
+    return int(gw.wait_log(r"admin API on http://127\.0\.0\.1:(\d+) ").group(1))
+
+
+def admin(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(method, path, body=body)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, (json.loads(data) if data[:1] in (b"{", b"[") else {"raw": data.decode(errors="replace")})
+
+
+def test_admin_api_upload_is_served_without_sighup_and_reload_works(gateways, certs, tmp_path):
+    state = tmp_path / "state"
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    v1, v2 = make_leaf(certs.intermediate, ["localhost", "127.0.0.1"]), make_leaf(certs.intermediate, ["localhost", "127.0.0.1"])
+    store = open_store("dir", str(state), SECRET)
+    e1 = store.put("web", pem_chain(v1), pem_key(v1))
+    store.close()
+    gw = gateways(store_config(state, secret))
+    port = admin_port(gw)
+    assert served_fingerprint(gw.port) == fingerprint(v1)
+
+    status, listing = admin(port, "GET", "/certs")
+    assert status == 200, listing
+    web = next(c for c in listing["certificates"] if c["name"] == "web")
+    assert web["used_by"] == ["listener:main"]
+    status, body = admin(port, "DELETE", "/certs/web")
+    assert status == 409, body
+
+    # Through this gateway's admin API: the store notifies the gateway itself (no SIGHUP).
+    status, body = admin(port, "POST", "/certs?name=web", pem_chain(v2) + pem_key(v2))
+    assert status == 201 and body["version"] == 2, body
+    poll(lambda: served_fingerprint(gw.port) == fingerprint(v2), 5, interval=0.05, what="the uploaded certificate")
+    gw.wait_log(r"reloaded \(store change: web\)")
+    status, body = admin(port, "POST", "/certs/web/rollback")
+    assert status == 200, body
+    poll(lambda: served_fingerprint(gw.port) == fingerprint(v1), 5, interval=0.05, what="the rolled-back certificate")
+
+    status, body = admin(port, "POST", "/reload")
+    assert (status, body["ok"]) == (200, True), body
+    gw.wait_log(r"reloaded \(admin API\): 1 listeners, 1 APIs")
+    gw.config_path.write_text(gw.config_path.read_text() + "colour = blue\n")
+    status, body = admin(port, "POST", "/reload")
+    assert status == 422, body
+    assert f"{gw.config_path}: [api:echo] colour: unknown key" in str(body)
+    assert served_fingerprint(gw.port) == fingerprint(v1)
+    status, body = admin(port, "GET", f"/certs/{e1.id}")
+    assert status == 200 and "listener:main" in str(body), body
