@@ -171,3 +171,20 @@ def test_audit_default_admin_api_refuses_cross_origin_and_foreign_host(gateway_f
              "-H", "Origin: http://attacker.example", "-H", "Content-Type: text/plain",
              f"http://127.0.0.1:{port}/reload")
     assert r.stdout in (b"403", b"421"), f"cross-origin POST /reload answered {r.stdout!r}"
+
+
+@pytest.mark.xfail(strict=True, reason="ListenerFactory.buildProtocol returns None at max_connections, but the TLS "
+                   "factory wraps it anyway: two 'Unhandled Error' tracebacks per refused connection (log flood)")
+def test_audit_connection_over_max_connections_is_refused_without_a_traceback(gateway_factory):
+    gw = gateway_factory(LIMITED.replace("max_connections = 2", "max_connections = 1")
+                         .replace("idle_timeout = 0.5", "idle_timeout = 60"))
+    hog = _tls(gw.port, "http/1.1")
+    try:
+        for _ in range(3):
+            r = curl("-k", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}", gw.url("/echo/x"))
+            assert r.stdout == b"000"
+        gw.wait_log(r"connections open \(max_connections\); refusing new ones")
+        time.sleep(0.3)  # let the reactor log whatever the refused connections caused
+        assert "Unhandled Error" not in gw.output() and "Traceback" not in gw.output()
+    finally:
+        hog.close()
