@@ -47,8 +47,6 @@ def _served(gw) -> bool:
     return r.stdout == b"200"
 
 
-@pytest.mark.xfail(strict=True, reason="idle close only sends close_notify (loseConnection) and never aborts: "
-                   "a client that ignores close_notify keeps its max_connections slot forever")
 def test_audit_idle_client_ignoring_close_notify_frees_its_connection_slot(gateway_factory):
     gw = gateway_factory(LIMITED)
     hogs = [_tls(gw.port, "http/1.1") for _ in range(2)]  # handshake, then silence; never read
@@ -60,8 +58,6 @@ def test_audit_idle_client_ignoring_close_notify_frees_its_connection_slot(gatew
             s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a 400 closes with loseConnection only: the TCP connection (and its "
-                   "max_connections slot) stays open while the client ignores close_notify")
 def test_audit_rejected_h1_request_frees_its_connection_slot(gateway_factory):
     gw = gateway_factory(LIMITED)
     hogs = []
@@ -80,8 +76,6 @@ def _frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", sid) + payload
 
 
-@pytest.mark.xfail(strict=True, reason="after h2 refuses a CONTINUATION flood it only calls loseConnection; the "
-                   "server keeps reading and decrypting the flood (one core busy) and never drops the TCP connection")
 def test_audit_h2_continuation_flood_gets_the_connection_dropped(gateway_factory):
     import hpack
 

@@ -8,6 +8,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txgate.http.closing import GRACE, Closer
 from txgate.http.errors import error_body, send_error
 from txgate.http.exchange import ConnectionInfo, Limits, RequestHead
 
@@ -149,6 +150,7 @@ class H1Connection(Protocol):
         self.body_paused = False
         self.read_paused = False
         self.lost = False
+        self.closer: Closer | None = None
         # Parser scratch state for the head being read.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -166,6 +168,8 @@ class H1Connection(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         self.lost = True
+        if self.closer is not None:
+            self.closer.cancel()
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
@@ -200,9 +204,7 @@ class H1Connection(Protocol):
                         "client {client} did not send request headers within {timeout}s; closing",
                         client=self.info.client_host, timeout=self.limits.header_timeout,
                     )
-                self._close()
-                if self.phase == HEADERS:
-                    self.clock.callLater(1.0, self._force_close)
+                self._close(1.0 if self.phase == HEADERS else None)
                 return
         self.timer = self.clock.callLater(wait, self._check_timeout)
 
@@ -218,17 +220,13 @@ class H1Connection(Protocol):
         if not self.lost:
             self.timer = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._check_timeout)
 
-    def _close(self) -> None:
-        """Close after what is written: TLS waits for a registered producer, so unregister it first."""
-        t = self.transport
-        if getattr(t, "producer", None) is not None or getattr(t, "_producer", None) is not None:
-            t.unregisterProducer()
-        t.loseConnection()
-
-    def _force_close(self) -> None:
-        if not self.lost:
-            abort = getattr(self.transport, "abortConnection", None)
-            (abort or self._close)()
+    def _close(self, grace: float | None = None) -> None:
+        """Close after what is written, and abort if the peer does not let the close finish."""
+        if self.lost:
+            return
+        if self.closer is None:
+            self.closer = Closer(self.transport, self.clock, grace or GRACE)
+        self.closer.close()
 
     def shutdown(self) -> None:
         """Graceful shutdown: finish the request in flight, then close; close now if idle."""

@@ -345,6 +345,11 @@ class H2Connection(Protocol):
                 # h2 has queued a GOAWAY with the right error code.
                 log.debug("h2 protocol error from {client}: {error}", client=self.info.client_host, error=e)
                 self._close()
+                # Stop reading (and decrypting) whatever the peer keeps sending; the closer aborts.
+                try:
+                    self.transport.pauseProducing()
+                except Exception:
+                    pass
                 return
             table = self._dispatch_table
             for ev in events:
@@ -364,6 +369,9 @@ class H2Connection(Protocol):
         if self._lost:
             return
         self._lost = True
+        closer = getattr(self, "_closer", None)
+        if closer is not None:
+            closer.cancel()
         self._closing = True
         for call in (self._flush_call, self._idle_call):
             if call is not None and call.active():
@@ -900,9 +908,9 @@ class H2Connection(Protocol):
             data = self.conn.data_to_send()
             if data:
                 self.transport.write(data)
-            # TLS waits for a registered producer before closing: unregister it first.
-            try:
-                self.transport.unregisterProducer()
-            except Exception:
-                pass
-            self.transport.loseConnection()
+            # close_notify after what is queued; abort if the peer never completes the close
+            # (or keeps sending: a flood after GOAWAY must not keep the connection being read).
+            from txgate.http.closing import Closer
+
+            self._closer = Closer(self.transport, self.clock)
+            self._closer.close()

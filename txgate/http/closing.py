@@ -1,0 +1,79 @@
+"""Closing a downstream connection so that a hostile peer cannot keep it open.
+
+`loseConnection()` on a TLS transport sends close_notify and then waits for the peer's, with the
+TCP connection (and its slot under `max_connections`) held meanwhile: a client that never answers
+keeps it forever, and keeps being read (and decrypted) all that time. `Closer` gives the peer a
+short grace period once everything we wrote has left, then aborts; while our own data is still
+draining to a slow reader it waits, as long as the reader makes progress.
+"""
+from __future__ import annotations
+
+from txgate.directwrite import _tcp_transport
+
+GRACE = 2.0  # seconds for the peer's close_notify once our data has left
+STALL = 30.0  # seconds without draining progress before a slow reader is cut
+
+
+def _unsent(transport) -> int:
+    t = _tcp_transport(transport)
+    if t is None:
+        return 0
+    return len(t.dataBuffer) - t.offset + t._tempDataLen
+
+
+class Closer:
+    """Close now, abort later: one per connection, cancelled when the connection is gone."""
+
+    __slots__ = ("transport", "clock", "grace", "call", "last_unsent", "stalled_for")
+
+    def __init__(self, transport, clock, grace: float = GRACE) -> None:
+        self.transport = transport
+        self.clock = clock
+        self.grace = grace
+        self.call = None
+        self.last_unsent = -1
+        self.stalled_for = 0.0
+
+    def close(self) -> None:
+        """Send close_notify after what is written; abort if the peer does not finish it."""
+        t = self.transport
+        try:
+            # TLS waits for a registered producer before closing: unregister it first.
+            if getattr(t, "producer", None) is not None or getattr(t, "_producer", None) is not None:
+                t.unregisterProducer()
+        except Exception:
+            pass
+        t.loseConnection()
+        if self.call is None:
+            self.call = self.clock.callLater(self.grace, self._check)
+
+    def abort(self) -> None:
+        """Drop the connection now."""
+        self.cancel()
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()
+
+    def _check(self) -> None:
+        self.call = None
+        unsent = _unsent(self.transport)
+        if unsent == 0:
+            self.abort()
+            return
+        if self.last_unsent >= 0 and unsent >= self.last_unsent:
+            self.stalled_for += self.grace
+            if self.stalled_for >= STALL:
+                self.abort()
+                return
+        else:
+            self.stalled_for = 0.0
+        self.last_unsent = unsent
+        self.call = self.clock.callLater(self.grace, self._check)
+
+    def cancel(self) -> None:
+        """The connection is gone: nothing left to do."""
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
