@@ -155,9 +155,6 @@ bind = 127.0.0.1:0
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the unauthenticated loopback admin API (the default) accepts any Host and "
-                   "cross-origin simple requests: a web page (CSRF) or DNS rebinding can reload, list or upload "
-                   "certificates")
 def test_audit_default_admin_api_refuses_cross_origin_and_foreign_host(gateway_factory):
     gw = gateway_factory(ADMIN_DEFAULT)
     port = int(gw.wait_log(r"admin API on http://127\.0\.0\.1:(\d+)").group(1))
@@ -167,8 +164,6 @@ def test_audit_default_admin_api_refuses_cross_origin_and_foreign_host(gateway_f
     assert r.stdout in (b"403", b"421"), f"cross-origin POST /reload answered {r.stdout!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="ListenerFactory.buildProtocol returns None at max_connections, but the TLS "
-                   "factory wraps it anyway: two 'Unhandled Error' tracebacks per refused connection (log flood)")
 def test_audit_connection_over_max_connections_is_refused_without_a_traceback(gateway_factory):
     gw = gateway_factory(LIMITED.replace("max_connections = 2", "max_connections = 1")
                          .replace("idle_timeout = 0.5", "idle_timeout = 60"))

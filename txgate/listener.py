@@ -178,12 +178,20 @@ class ListenerFactory(Factory):
         self.connections: set[Negotiator] = set()
         self.refused = 0
 
+    def accepting(self) -> bool:
+        """False (and a throttled warning) when max_connections are open: refuse the connection.
+
+        Checked in front of the TLS wrapper too, which cannot handle a refused inner protocol."""
+        if len(self.connections) < self.max_connections:
+            return True
+        self.refused += 1
+        if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+            log.warn("listener {name}: {n} connections open (max_connections); refusing new ones",
+                     name=self.name, n=len(self.connections), refused=self.refused)
+        return False
+
     def buildProtocol(self, addr):
-        if len(self.connections) >= self.max_connections:
-            self.refused += 1
-            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
-                log.warn("listener {name}: {n} connections open (max_connections); refusing new ones",
-                         name=self.name, n=len(self.connections))
+        if not self.accepting():
             return None
         host = getattr(addr, "host", "?")
         port = getattr(addr, "port", 0)

@@ -596,7 +596,12 @@ class _Front(Factory):
         self.current = current
 
     def buildProtocol(self, addr):
-        return self.current.buildProtocol(addr)
+        top = self.current
+        inner = getattr(top, "wrappedFactory", top)
+        accepting = getattr(inner, "accepting", None)
+        if accepting is not None and not accepting():
+            return None  # the port closes the socket; nothing is built (TLS included)
+        return top.buildProtocol(addr)
 
     def logPrefix(self) -> str:
         return f"txgate listener {self.name}"
