@@ -101,7 +101,7 @@ def test_remove_dot_segments(path, expected):
         ("/api/%2E%2e/admin", "/admin"),
         ("/api/.%2E/admin", "/admin"),
         ("/api/%2e/x", "/api/x"),
-        ("/api/a%2eb", "/api/a%2eb"),  # not a dot segment: left as sent
+        ("/api/a%2eb", "/api/a.b"),  # not a dot segment: an unreserved escape, decoded (RFC 3986 6.2.2.2)
         ("/api/x", "/api/x"),
     ],
 )
@@ -186,3 +186,26 @@ def test_dispatch_host_port_and_case_ignored_for_routing():
     s, body = run(d, b"/", host=b"API.Test:8443")
     assert s.status == 200
     assert body["headers"]["host"] == "API.Test:8443"
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("//admin/users", "/admin/users"),
+        ("/%61dmin/users", "/admin/users"),
+        ("/%7Euser", "/~user"),
+        ("/x%20y", "/x%20y"),
+        ("/%e2%82%ac", "/%E2%82%AC"),
+        ("/a//b/../c", "/a/c"),
+    ],
+)
+def test_normalize_path_merges_slashes_and_decodes_unreserved(raw, expected):
+    assert normalize_path(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["/admin%2fusers", "/a%5Cb", "/a\\b", "/a%00b"])
+def test_normalize_path_refuses_ambiguous_paths(raw):
+    from txgate.dispatch import UnsafePath
+
+    with pytest.raises(UnsafePath):
+        normalize_path(raw)

@@ -37,16 +37,48 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out)
 
 
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = "0123456789abcdefABCDEF"
+
+
+class UnsafePath(ValueError):
+    """A path that different upstreams would read differently (encoded '/', '\\', NUL)."""
+
+
+def _decode_unreserved(path: str) -> str:
+    """RFC 3986 6.2.2.2: '%61' -> 'a' for unreserved characters; other escapes stay (upper-cased)."""
+    out = []
+    i = 0
+    n = len(path)
+    while i < n:
+        c = path[i]
+        if c == "%" and i + 2 < n and path[i + 1] in _HEX and path[i + 2] in _HEX:
+            ch = chr(int(path[i + 1:i + 3], 16))
+            if ch in _UNRESERVED:
+                out.append(ch)
+            elif ch in "/\\\x00":
+                raise UnsafePath(f"encoded {ch!r} in the path")
+            else:
+                out.append("%" + path[i + 1:i + 3].upper())
+            i += 3
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def normalize_path(path: str) -> str:
-    """Remove dot segments, also percent-encoded ones ('%2e%2e'), which upstreams may decode."""
-    if "%" in path and ("%2e" in path or "%2E" in path):
-        segs = path.split("/")
-        for i, seg in enumerate(segs):
-            if "%" in seg:
-                plain = seg.replace("%2e", ".").replace("%2E", ".")
-                if plain in (".", ".."):
-                    segs[i] = plain
-        path = "/".join(segs)
+    """The path routing and the upstream both see: unreserved escapes decoded, '//' merged, dot
+    segments removed, so that '/%61dmin', '//admin' and '/x/../admin' cannot skip an API's policy
+    at '/admin' while an upstream reads them as '/admin'. Raises UnsafePath for encoded '/', '\\'
+    and NUL, and for raw '\\' or NUL (some servers treat '\\' as '/')."""
+    if "\\" in path or "\x00" in path:
+        raise UnsafePath("'\\' or NUL in the path")
+    if "%" in path:
+        path = _decode_unreserved(path)
+    if "//" in path:
+        while "//" in path:
+            path = path.replace("//", "/")
     if "." in path:
         path = remove_dot_segments(path)
     return path
@@ -106,7 +138,11 @@ class ListenerDispatcher:
 
     def dispatch(self, stream, head):
         """Route one request and return its handler (the response may already be sent)."""
-        path = normalize_path(head.path.decode("latin-1"))
+        try:
+            path = normalize_path(head.path.decode("latin-1"))
+        except UnsafePath as e:
+            send_gateway_error(stream, BadRequest(f"ambiguous request path: {e}"))
+            return _Finished()
         if not path.startswith("/"):
             send_gateway_error(stream, BadRequest("request target must be an absolute path"))
             return _Finished()
