@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from txgate.http.exchange import ConnectionInfo, Limits
@@ -376,3 +378,38 @@ def test_body_pause_does_not_outlive_its_exchange():
     assert t.producerState == "producing", "the next request on this connection would never be read"
     proto.dataReceived(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
     assert len(d.handlers) == 2
+
+
+def test_bad_chunk_after_dispatch_gets_400_and_the_handler_learns_the_client_is_gone():
+    proto, t, d, _ = connect()
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    handler = d.handlers[0]
+    proto.dataReceived(b"zz\r\nnot a chunk\r\n")
+    (status, hdrs, body), = responses(t.value())
+    assert status.startswith(b"HTTP/1.1 400")
+    assert json.loads(body)["error"] == "bad_request"
+    assert handler.lost is not None and not handler.finished
+    assert t.disconnecting
+    assert d.logged[-1][:2] == (b"POST", 400)
+
+
+@pytest.mark.parametrize("request_line, status", [
+    (b"GET /echo HTTP/2.0\r\nHost: x\r\n\r\n", b"505"),
+    (b"GET /echo HTTP/3.0\r\nHost: x\r\n\r\n", b"400"),  # llhttp refuses unknown versions itself
+])
+def test_unsupported_http_versions_are_refused(request_line, status):
+    proto, t, d, _ = connect()
+    proto.dataReceived(request_line)
+    (line, hdrs, body), = responses(t.value())
+    assert line.split()[1] == status
+    assert d.handlers == []
+    assert t.disconnecting
+
+
+def test_http09_style_request_line_is_refused():
+    proto, t, d, _ = connect()
+    proto.dataReceived(b"GET /echo\r\n\r\n")
+    assert d.handlers == []
+    out = t.value()
+    assert out.startswith(b"HTTP/1.1 4") or out.startswith(b"HTTP/1.1 505"), out
+    assert t.disconnecting

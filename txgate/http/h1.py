@@ -285,11 +285,17 @@ class H1Connection(Protocol):
         except _HeadersTooLarge:
             self._protocol_error(431, "headers_too_large", "request headers are too large")
             return
+        except _UnsupportedVersion as e:
+            self._protocol_error(505, "http_version_not_supported", f"HTTP/{e.args[0].decode()} is not supported here")
+            return
         except httptools.HttpParserError as e:
             # Exceptions raised in parser callbacks arrive wrapped, with the original as context.
             cause = e.__context__
             if isinstance(cause, _HeadersTooLarge):
                 self._protocol_error(431, "headers_too_large", "request headers are too large")
+            elif isinstance(cause, _UnsupportedVersion):
+                self._protocol_error(505, "http_version_not_supported",
+                                     f"HTTP/{cause.args[0].decode()} is not supported here")
             elif cause is None or isinstance(cause, httptools.HttpParserError):
                 self._protocol_error(400, "bad_request", f"malformed HTTP/1.1 request: {cause or e}")
             else:
@@ -310,6 +316,18 @@ class H1Connection(Protocol):
     def _protocol_error(self, status: int, code: str, message: str) -> None:
         """Answer a broken request directly and close: the byte stream cannot be trusted."""
         body = error_body(code, message)
+        cur = self.current
+        if cur is not None and not cur.done and not cur.status and cur is self._parsing:
+            # The request being streamed turned malformed (e.g. a bad chunk) before any response
+            # byte: its handler is told the client is gone, and the client gets the 400.
+            cur.done = True
+            if cur.handler is not None:
+                try:
+                    cur.handler.stream_lost(Failure(ValueError(message)))
+                except Exception:
+                    log.failure("handler.stream_lost failed")
+            self.current = None
+            cur.done = False
         if self.current is None or self.current.done:
             self.transport.write(
                 status_line(status)
@@ -353,6 +371,8 @@ class H1Connection(Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         version = parser.get_http_version().encode()
+        if version not in (b"1.1", b"1.0"):
+            raise _UnsupportedVersion(version)
         method = parser.get_method()
         headers = self._headers
         authority = b""
@@ -502,6 +522,10 @@ def _no_delay(transport) -> None:
     from txgate.directwrite import enable_direct_writes
 
     enable_direct_writes(transport)
+
+
+class _UnsupportedVersion(Exception):
+    pass
 
 
 class _HeadersTooLarge(Exception):
