@@ -122,6 +122,9 @@ class Admin:
         h = dict(headers or {})
         if auth and self.token is not None:
             h.setdefault("Authorization", f"Bearer {self.token}")
+        if body is not None and not any(k.lower() == "content-type" for k in h):
+            # What the API requires: JSON for POST /csr, PEM for certificate uploads.
+            h["Content-Type"] = "application/json" if path.startswith("/csr") else "application/x-pem-file"
         if isinstance(body, str):
             body = body.encode()
         conn.request(method, path, body=body, headers=h)
@@ -193,6 +196,147 @@ def test_token_scheme_is_case_insensitive(admin):
     assert status == 200
 
 
+# -- browsers: DNS rebinding (Host), CSRF (Origin), form-typed bodies ------------------------------
+
+
+@pytest.fixture
+def open_admin(rt, tmp_path):
+    """The default admin API: loopback, no token (what a web page would target)."""
+    a = Admin(rt, tmp_path, token=None)
+    yield a
+    a.stop()
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "attacker.example:{port}", "127.0.0.1.attacker.example",
+                                  "localhost.attacker.example:{port}", "127.0.0.1:1", "localhost:{port}0",
+                                  "localhost:", "localhost:x", "0.0.0.0:{port}", "127.0.0.2:{port}", "::1",
+                                  "[::1", "[::1]x", "evil@127.0.0.1"])
+def test_a_foreign_host_is_403_before_anything_else(open_admin, host):
+    a = open_admin
+    for method, path in (("POST", "/reload"), ("GET", "/certs"), ("GET", "/health"), ("GET", "/nope")):
+        status, hdrs, body = a.request(method, path, headers={"Host": host.format(port=a.port)})
+        assert status == 403, (method, path, host)
+        assert body["error"] == "forbidden_origin" and "Host" in body["message"]
+        assert hdrs["content-type"] == "application/json"
+    assert a.facade.reloads == []
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:{port}", "LOCALHOST:{port}", "127.0.0.1", "127.0.0.1:{port}",
+                                  "[::1]", "[::1]:{port}"])
+def test_the_api_answers_to_loopback_names_with_or_without_its_port(open_admin, host):
+    status, _, body = open_admin.request("POST", "/reload", headers={"Host": host.format(port=open_admin.port)})
+    assert (status, body["ok"]) == (200, True)
+
+
+def test_no_or_duplicate_host_header(open_admin):
+    port = open_admin.port
+    assert _raw(port, b"GET /health HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200")  # no browser omits Host
+    dup = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n"
+    reply = _raw(port, dup)
+    assert reply.startswith(b"HTTP/1.1 400") or b"forbidden_origin" in reply
+
+
+@pytest.mark.parametrize("origin", ["http://attacker.example", "null", "http://127.0.0.1", "http://127.0.0.1:1",
+                                    "https://127.0.0.1:{port}", "http://attacker.example:{port}",
+                                    "http://user@127.0.0.1:{port}", "http://127.0.0.1:{port}/x", "garbage",
+                                    "http://[::1", ""])
+def test_a_foreign_origin_is_403_even_with_a_valid_token(admin, origin):
+    status, _, body = admin.request("POST", "/reload", headers={"Origin": origin.format(port=admin.port)})
+    assert status == 403 and body["error"] == "forbidden_origin" and "cross-origin" in body["message"]
+    status, _, body = admin.request("GET", "/certs", headers={"Origin": origin.format(port=admin.port)})
+    assert status == 403
+    assert admin.facade.reloads == []
+
+
+@pytest.mark.parametrize("origin", ["http://127.0.0.1:{port}", "http://localhost:{port}", "HTTP://LocalHost:{port}",
+                                    "http://[::1]:{port}", "http://127.0.0.1:{port}/"])
+def test_the_apis_own_origin_is_allowed(admin, origin):
+    status, _, body = admin.request("POST", "/reload", headers={"Origin": origin.format(port=admin.port)})
+    assert status == 200 and body["ok"] is True
+
+
+def test_the_browser_attack_of_the_audit_is_refused(open_admin, ca):
+    """A page on attacker.example posting a form (text/plain, no preflight), directly or DNS-rebound."""
+    a = open_admin
+    for host in (f"127.0.0.1:{a.port}", f"attacker.example:{a.port}"):
+        for method, path, body in (("POST", "/reload", ""), ("POST", "/certs?name=evil", _bundle(make_leaf(ca, ["e"]))),
+                                   ("POST", "/csr", '{"name": "evil", "dns": ["evil"]}')):
+            status, _, resp = a.request(method, path, body, headers={
+                "Host": host, "Origin": "http://attacker.example", "Content-Type": "text/plain"})
+            assert (status, resp["error"]) == (403, "forbidden_origin")
+    assert a.facade.reloads == [] and a.raw_store.list() == []
+
+
+@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded",
+                                   "multipart/form-data; boundary=x", "application/json", "application/x-pem-filex"])
+def test_pem_bodies_need_a_pem_content_type(admin, ca, ctype):
+    ck = make_leaf(ca, ["typed.example"])
+    headers = {"Content-Type": ctype} if ctype else {"Content-Type": ""}
+    status, _, body = admin.request("POST", "/certs?name=typed", _bundle(ck), headers=headers)
+    assert status == 415 and body["error"] == "unsupported_media_type"
+    assert "application/x-pem-file" in body["message"] and "application/octet-stream" in body["message"]
+    admin.request("POST", "/csr", json.dumps({"name": "typed", "dns": ["typed.example"]}))
+    status, _, body = admin.request("PUT", "/certs/typed", pem_chain(ck), headers=headers)
+    assert status == 415 and body["error"] == "unsupported_media_type"
+    assert admin.raw_store.list() == []
+
+
+@pytest.mark.parametrize("ctype", ["application/x-pem-file", "application/octet-stream",
+                                   "Application/X-PEM-File; charset=us-ascii"])
+def test_pem_content_types_accepted(admin, ca, ctype):
+    status, _, body = admin.request("POST", "/certs?name=typed", _bundle(make_leaf(ca, ["typed.example"])),
+                                    headers={"Content-Type": ctype})
+    assert status == 201 and body["version"] == 1
+
+
+@pytest.mark.parametrize("ctype, status", [("", 415), ("text/plain", 415), ("application/x-www-form-urlencoded", 415),
+                                           ("application/json", 201), ("application/json; charset=utf-8", 201)])
+def test_csr_bodies_need_json(admin, ctype, status):
+    got, _, body = admin.request("POST", "/csr", json.dumps({"name": "j", "dns": ["j.example"]}),
+                                 headers={"Content-Type": ctype})
+    assert got == status, body
+    if status == 415:
+        assert body["error"] == "unsupported_media_type" and "application/json" in body["message"]
+
+
+def test_body_type_is_checked_after_the_token(admin):
+    status, _, body = admin.request("POST", "/csr", "{}", auth=False, headers={"Content-Type": "text/plain"})
+    assert status == 401  # an unauthenticated client learns nothing about the body rules
+
+
+def test_a_wildcard_bind_answers_to_the_local_address_and_loopback_names(rt, tmp_path):
+    from txgate.admin.api import AdminResource, _host_is_ours
+
+    res = AdminResource(None, bind_host="0.0.0.0", token=b"t")
+
+    class Req:
+        def __init__(self, local):
+            self.local = local
+
+        def getHost(self):
+            from twisted.internet.address import IPv4Address
+            return IPv4Address("TCP", self.local, 9901)
+
+    names = res._own_names(Req("10.1.2.3"))
+    assert names == {"localhost", "127.0.0.1", "::1", "10.1.2.3"}
+    assert _host_is_ours("10.1.2.3:9901", names, 9901) and not _host_is_ours("10.1.2.4:9901", names, 9901)
+    assert not _host_is_ours("0.0.0.0:9901", names, 9901)
+    named = AdminResource(None, bind_host="[FD00::5]")._own_names(Req("fd00::5"))
+    assert named == {"localhost", "127.0.0.1", "::1", "fd00::5"}
+    assert _host_is_ours("[fd00::5]:9901", named, 9901)
+
+
 def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(admin):
     status, _, body = admin.request("GET", "/nope")
     assert status == 404 and body["error"] == "not_found"
@@ -218,8 +362,7 @@ def test_no_store_is_503(rt, tmp_path):
 def test_upload_list_and_show_never_return_key_material(admin, ca, log_events):
     ck = make_leaf(ca, ["web.example.com", "127.0.0.1"])
     admin.facade.usage = {"web": ["listener:main"]}
-    status, _, body = admin.request("POST", "/certs?name=web", _bundle(ck),
-                                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, _, body = admin.request("POST", "/certs?name=web", _bundle(ck))
     assert status == 201
     assert body == {"id": body["id"], "name": "web", "version": 1}
     entry_id = body["id"]

@@ -54,3 +54,21 @@ def test_unauthenticated_health_is_the_only_exception(spec):
     open_ops = [(p, m) for p, ops in spec["paths"].items() for m, op in ops.items()
                 if isinstance(op, dict) and op.get("security") == []]
     assert open_ops == [("/health", "get")]
+
+
+def test_browser_refusals_and_body_types_are_documented(spec):
+    from txgate.admin.api import JSON_BODY_TYPES, PEM_BODY_TYPES
+
+    described = spec["components"]["schemas"]["Error"]["properties"]["error"]["description"]
+    for code in ("forbidden_origin", "unsupported_media_type"):
+        assert f"`{code}`" in described, code
+    bodies = {op["operationId"]: set(op["requestBody"]["content"])
+              for ops in spec["paths"].values() for op in ops.values()
+              if isinstance(op, dict) and "requestBody" in op}
+    assert bodies == {"uploadCertificate": set(PEM_BODY_TYPES), "completeCertificate": set(PEM_BODY_TYPES),
+                      "createCsr": set(JSON_BODY_TYPES)}
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            if isinstance(op, dict) and "responses" in op:
+                assert "403" in op["responses"], (path, method)
+                assert ("415" in op["responses"]) == ("requestBody" in op), (path, method)

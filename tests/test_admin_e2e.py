@@ -61,6 +61,8 @@ class AdminClient:
     def __call__(self, method: str, path: str, body: bytes | str | None = None, *, auth: bool = True):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         headers = {"Authorization": f"Bearer {self.token}"} if auth and self.token else {}
+        if body is not None:
+            headers["Content-Type"] = "application/json" if path.startswith("/csr") else "application/x-pem-file"
         conn.request(method, path, body=body.encode() if isinstance(body, str) else body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
@@ -155,6 +157,18 @@ def test_admin_api_against_a_running_gateway(setup):
     assert status == 400 and body["error"] == "certificate_expired"
     status, body = admin("POST", "/certs?name=mismatch", pem_chain(fresh) + pem_key(expired))
     assert status == 400 and body["error"] == "key_mismatch"
+
+    # -- the documented curl upload; curl's default form type (what a web page could send) is 415 ---
+    pem_file = gw.workdir / "curl-upload.pem"
+    pem_file.write_bytes(pem_chain(fresh) + pem_key(fresh))
+    url = f"http://127.0.0.1:{admin.port}/certs?name=curled"
+    auth = ("-H", f"Authorization: Bearer {TOKEN}")
+    r = curl(*auth, "--data-binary", f"@{pem_file}", url)
+    assert json.loads(r.stdout)["error"] == "unsupported_media_type"
+    r = curl(*auth, "-H", "Content-Type: application/x-pem-file", "--data-binary", f"@{pem_file}", url)
+    assert json.loads(r.stdout)["name"] == "curled", r.stdout
+    r = curl(*auth, "-H", "Origin: http://attacker.example", "-X", "POST", f"http://127.0.0.1:{admin.port}/reload")
+    assert json.loads(r.stdout)["error"] == "forbidden_origin"
 
     # -- CSR flow: the key is made in the gateway -----------------------------------------------
     status, made = admin("POST", "/csr", json.dumps({"name": "issued", "dns": ["issued.example.com"]}))

@@ -327,7 +327,8 @@ def admin(port: int, method: str, path: str, body: bytes | None = None) -> tuple
     import json
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request(method, path, body=body)
+    headers = {"Content-Type": "application/x-pem-file"} if body is not None else {}
+    conn.request(method, path, body=body, headers=headers)
     resp = conn.getresponse()
     data = resp.read()
     conn.close()

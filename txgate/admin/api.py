@@ -2,9 +2,20 @@
 
 Every answer is JSON (``/metrics`` excepted: Prometheus text); every error is
 ``{"error": CODE, "message": TEXT}`` with a stable CODE (the store's ``StoreError`` codes, plus
-``unauthorized``, ``not_found``, ``method_not_allowed``, ``invalid_request``, ``request_too_large``,
-``no_store``, ``reload_failed``, ``internal_error``). No request body is ever logged or echoed, and
-no response carries key material: certificate metadata comes from ``CertInfo`` (which has none).
+``unauthorized``, ``forbidden_origin``, ``not_found``, ``method_not_allowed``, ``invalid_request``,
+``unsupported_media_type``, ``request_too_large``, ``no_store``, ``reload_failed``,
+``internal_error``). No request body is ever logged or echoed, and no response carries key
+material: certificate metadata comes from ``CertInfo`` (which has none).
+
+Browsers (CSRF, DNS rebinding): the default admin API is plain HTTP on loopback without
+authentication, so every request is checked before anything else. Its ``Host`` must name this API
+(the bind address, ``localhost``, ``127.0.0.1`` or ``[::1]``, with or without the bound port; with a
+wildcard bind also the local address the connection came in on): a DNS-rebound page sends its own
+name. A request carrying ``Origin`` (browsers send it on every cross-origin request and on every
+POST; curl, scripts and Prometheus do not) must come from this API's own origin. Both refusals are
+``403 forbidden_origin``. Request bodies must be typed ``application/json`` (``POST /csr``) or
+``application/x-pem-file`` / ``application/octet-stream`` (PEM uploads), types a browser cannot send
+cross-origin without a CORS preflight (which this API never grants): ``415 unsupported_media_type``.
 
 A store write through the API does not call ``facade.reload`` itself: the gateway reloads on the
 store's own change notification (which also reaches every gateway of a fleet sharing a Redis store).
@@ -15,7 +26,7 @@ from __future__ import annotations
 import hmac
 import json
 from typing import Any, Callable
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -28,6 +39,11 @@ log = Logger()
 
 MAX_BODY = 1 << 20  # PEM chains and CSR requests are a few KB
 JSON_TYPE = b"application/json"
+# Request body types: none is a CORS "simple request" type, so a browser preflights them (and fails).
+JSON_BODY_TYPES = ("application/json",)
+PEM_BODY_TYPES = ("application/x-pem-file", "application/octet-stream")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_WILDCARDS = ("", "0.0.0.0", "::")
 
 
 class ApiError(Exception):
@@ -86,16 +102,67 @@ def _users_of_name(usage: dict[str, list[str]], name: str, ids: set[str]) -> lis
     return users
 
 
+def _host_name(host: str) -> str:
+    """A host as compared here: lower case, IPv6 without brackets."""
+    return host.strip().strip("[]").lower()
+
+
+def _split_host_port(value: str) -> tuple[str, str | None] | None:
+    """``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT`` -> (host, port or None); None if malformed."""
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1:]
+        if rest and not rest.startswith(":"):
+            return None
+        return host.lower(), (rest[1:] if rest else None)
+    host, sep, port = value.partition(":")
+    if ":" in port:
+        return None  # an unbracketed IPv6 address is not a valid Host
+    return host.lower(), (port if sep else None)
+
+
+def _host_is_ours(value: str, names: frozenset[str], port: int) -> bool:
+    parts = _split_host_port(value)
+    if parts is None:
+        return False
+    host, given_port = parts
+    if host not in names:
+        return False
+    return given_port is None or (given_port.isdigit() and int(given_port) == port)
+
+
+def _origin_is_ours(origin: str, scheme: str, names: frozenset[str], port: int) -> bool:
+    """Whether ``Origin`` is this API itself (``null`` and every other site are not)."""
+    try:
+        parts = urlsplit(origin.strip())
+        origin_port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme.lower() != scheme or parts.username is not None or parts.path not in ("", "/"):
+        return False
+    if parts.query or parts.fragment or parts.hostname is None or _host_name(parts.hostname) not in names:
+        return False
+    return (origin_port if origin_port is not None else (443 if scheme == "https" else 80)) == port
+
+
 class AdminResource(Resource):
     """The whole admin API (a leaf resource: it routes on method and path itself)."""
 
     isLeaf = True
 
-    def __init__(self, facade: Any, *, metrics: Any = None, token: bytes | None = None) -> None:
+    def __init__(self, facade: Any, *, metrics: Any = None, token: bytes | None = None,
+                 bind_host: str = "127.0.0.1", tls: bool = False) -> None:
         super().__init__()
         self.facade = facade
         self.metrics = metrics
         self._token = token
+        self._scheme = "https" if tls else "http"
+        host = _host_name(bind_host)
+        self._wildcard = host in _WILDCARDS
+        self._names = LOOPBACK_NAMES if self._wildcard else LOOPBACK_NAMES | {host}
         # (method, pattern, handler, needs_auth); "*" in a pattern is one path segment.
         self._routes: list[tuple[bytes, tuple[str, ...], Callable[..., Any], bool]] = [
             (b"GET", ("health",), self.health, False),
@@ -141,10 +208,33 @@ class AdminResource(Resource):
         raise ApiError(404, "not_found", f"no admin endpoint {path}")
 
     def _handle(self, request: Any) -> Any:
+        self._check_origin(request)
         handler, args, needs_auth = self._route(request)
         if needs_auth:
             self._authorize(request)
         return handler(request, *args)
+
+    def _own_names(self, request: Any) -> frozenset[str]:
+        """The host names this API answers to (with a wildcard bind, also the connection's local address)."""
+        if not self._wildcard:
+            return self._names
+        local = _host_name(str(getattr(request.getHost(), "host", "")))
+        return self._names | {local} if local else self._names
+
+    def _check_origin(self, request: Any) -> None:
+        """Refuse what a browser sends for another site: a foreign Host (DNS rebinding) or Origin (CSRF)."""
+        names = self._own_names(request)
+        port = request.getHost().port
+        hosts = request.requestHeaders.getRawHeaders(b"host") or []
+        if len(hosts) > 1 or (hosts and not _host_is_ours(hosts[0].decode("latin-1"), names, port)):
+            raise ApiError(403, "forbidden_origin",
+                           "the Host header does not name this admin API (use localhost, 127.0.0.1, [::1] "
+                           "or its bind address)")
+        for origin in request.requestHeaders.getRawHeaders(b"origin") or []:
+            if not _origin_is_ours(origin.decode("latin-1"), self._scheme, names, port):
+                raise ApiError(403, "forbidden_origin",
+                               "cross-origin requests are refused (requests from a web browser: use curl or "
+                               "another non-browser client)")
 
     def _authorize(self, request: Any) -> None:
         """Bearer token check (constant time); client certificates were checked by the TLS handshake."""
@@ -186,6 +276,19 @@ class AdminResource(Resource):
             request.write(body)
         request.finish()
 
+    def _require_type(self, request: Any, allowed: tuple[str, ...]) -> None:
+        """415 unless the body's Content-Type (parameters aside) is one of ``allowed``."""
+        given = (request.getHeader(b"content-type") or b"").decode("latin-1")
+        media = given.split(";", 1)[0].strip().lower()
+        if media not in allowed:
+            raise ApiError(415, "unsupported_media_type",
+                           f"send the body with Content-Type: {' or '.join(allowed)}"
+                           + (f" (got {media!r})" if media else " (none given)"))
+
+    def _pem_body(self, request: Any) -> bytes:
+        self._require_type(request, PEM_BODY_TYPES)
+        return self._body(request)
+
     def _body(self, request: Any) -> bytes:
         content = request.content
         content.seek(0)
@@ -195,6 +298,7 @@ class AdminResource(Resource):
         return data
 
     def _json_body(self, request: Any) -> dict[str, Any]:
+        self._require_type(request, JSON_BODY_TYPES)
         raw = self._body(request)
         try:
             obj = json.loads(raw or b"{}")
@@ -272,7 +376,7 @@ class AdminResource(Resource):
         name = names[0].decode("utf-8", "replace") if names[0] is not None else None
         if name == "":
             name = None
-        chain, key = split_pem_bundle(self._body(request))
+        chain, key = split_pem_bundle(self._pem_body(request))
         entry = yield store.put(name, chain, key)
         log.info("admin API: stored {ref} (id {id}, version {version}, key {has_key})",
                  ref=entry.name or entry.id, id=entry.id, version=entry.version,
@@ -283,7 +387,7 @@ class AdminResource(Resource):
     def complete(self, request: Any, name: str):
         """PUT /certs/{name}: the signed chain for the pending key of ``name`` -> 200 {id, name, version}."""
         store = self._store()
-        chain, key = split_pem_bundle(self._body(request))
+        chain, key = split_pem_bundle(self._pem_body(request))
         if key is not None:
             raise ApiError(400, "invalid_request",
                            "PUT /certs/{name} pairs the chain with the pending key made by POST /csr: send no key")

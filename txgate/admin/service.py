@@ -20,6 +20,8 @@ Contract (for ``txgate.service``)::
   against ``client_ca`` by ``txgate.tls.clientverify.ClientVerifier`` (refusals logged with its
   reason codes, counted in ``txgate_tls_handshakes_total{listener="admin"}``).
 - The startup line is ``admin API on http(s)://HOST:PORT (auth: token|mtls|mtls+token|none)``.
+- Whatever the protection, requests a browser sends for another site (a foreign ``Host`` or
+  ``Origin``) are refused, and bodies must have a non-form Content-Type (see ``txgate.admin.api``).
 """
 from __future__ import annotations
 
@@ -168,7 +170,7 @@ class AdminService(Service):
             except CertificateError as e:
                 raise AdminConfigError("client_ca", str(e)) from None
             verifier = ClientVerifier(listener="admin", mode="require", anchors=anchors)
-        resource = AdminResource(self.facade, metrics=self.metrics, token=token)
+        resource = AdminResource(self.facade, metrics=self.metrics, token=token, bind_host=cfg.bind_host, tls=cfg.tls)
         return AdminSite(resource, metrics=self.metrics, tls=cfg.tls, client_verifier=verifier, reactor=self.reactor)
 
     def _server_tls(self, verifier: Any) -> Any:
