@@ -893,6 +893,31 @@ def _check_overlaps(path: str, apis: list[ApiConfig], listener_names: list[str])
                 claimed[key] = api.name
 
 
+def check_state_dir(config: Config) -> None:
+    """`[gateway] state_dir` must be a directory, or not exist yet (the gateway creates it on first start).
+
+    Checked by ``txgate check`` and at startup alike (``txgate.service.prepare``), so a regular file in
+    its place is one clear line rather than a ``File exists`` from deep inside startup.
+    """
+    state_dir = config.gateway.state_dir
+    if os.path.isdir(state_dir):
+        return
+    if os.path.lexists(state_dir):
+        raise ConfigError(config.path, "gateway", "state_dir", f"{state_dir}: exists and is not a directory")
+    # Not there yet: the nearest existing ancestor must be a directory for it to be created.
+    current = state_dir.rstrip(os.sep) or os.sep
+    while True:
+        parent = os.path.dirname(current)
+        if not parent or parent == current:
+            return
+        if os.path.isdir(parent):
+            return
+        if os.path.lexists(parent):
+            raise ConfigError(config.path, "gateway", "state_dir",
+                              f"{state_dir}: {parent} exists and is not a directory")
+        current = parent
+
+
 def load(path: str) -> Config:
     """Read and validate a gw.ini file."""
     try:

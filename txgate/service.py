@@ -105,6 +105,9 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
     prepared = Prepared(config=config, warnings=list(config.warnings))
     pin_cache: dict = {}
     _check_access_log(config)
+    from txgate.config import check_state_dir
+
+    check_state_dir(config)
     _check_admin(config, prepared)
     local = _LocalIssuer(config, prepared, now)
     _prepare_client_auth(config, prepared, now)
