@@ -79,10 +79,6 @@ mtls = require
 
 
 @needs_curl
-@pytest.mark.xfail(strict=True, reason=(
-    "tls/client.py: with upstream_verify = off the pin check runs over every certificate the peer "
-    "presented (get_peer_cert_chain), so a pin on an intermediate or root is satisfied by anyone who "
-    "appends that public CA certificate to a chain for their own self-signed key"))
 def test_pins_only_mode_is_not_satisfied_by_an_appended_public_ca_certificate(gateway_factory, tmp_path):
     root = make_ca("audit pinned root")
     inter = make_intermediate(root, "audit pinned intermediate")
@@ -133,18 +129,11 @@ def _chain_check(config_text: str):
     return tls._chain_check
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config._host_pattern accepts '*:PORT' but config.host_pattern_rank never matches it (it compares "
-    "'*' as a literal host): the rule is silently dead and the upstream is not pinned (fail open)"))
 def test_star_port_pin_pattern_is_either_rejected_or_applied():
     text = BASE + f"[security]\npinned_public_keys =\n    *:9443 = {PIN}\n[api:a]\nupstream = https://127.0.0.1:9443\n"
     assert _chain_check(text) is not None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "service._upstream_trust selects [security] pins (and upstream_certificates) by the target's URL "
-    "host, while the handshake verifies and sends SNI for upstream_server_name: an IP upstream with "
-    "upstream_server_name = api.internal is silently unpinned by a rule 'api.internal = PIN'"))
 def test_global_pins_for_upstream_server_name_apply_to_an_ip_upstream():
     text = (BASE + f"[security]\npinned_public_keys =\n    api.internal = {PIN}\n"
             "[api:a]\nupstream = https://10.0.0.5:8443\nupstream_server_name = api.internal\n")
@@ -154,9 +143,6 @@ def test_global_pins_for_upstream_server_name_apply_to_an_ip_upstream():
 # -- (c) certificate store ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store/model.py: _NAME_RE uses '$' with re.match, which also matches before a trailing newline: "
-    "'web\\n' is a valid store name (a distinct entry, a file 'names/web\\n.json', a newline in log lines)"))
 def test_store_name_with_trailing_newline_is_invalid(tmp_path):
     from txgate.store import open_store
     from txgate.store.model import StoreError

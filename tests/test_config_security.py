@@ -84,3 +84,25 @@ def test_pins_on_plain_http_upstream_warn():
     cfg = parse_text(api("pinned_public_keys = sha256/" + "A" * 43 + "=", upstream="http://127.0.0.1:9"), "gw.ini")
     prepared = prepare(cfg, check_ports=False, create_state=False)
     assert any("is plain HTTP: pins" in w for w in prepared.warnings)
+
+
+def test_port_patterns_rank_after_their_host_part():
+    rules = [("*", "any"), ("*:8443", "anyport"), ("*.example.com", "wild"), ("*.example.com:8443", "wildport"),
+             ("api.example.com", "host"), ("api.example.com:8443", "hostport"), ("[::1]:8443", "v6port")]
+    assert select_by_host(rules, "api.example.com", 8443) == "hostport"
+    assert select_by_host(rules, "web.example.com", 8443) == "wildport"
+    assert select_by_host(rules, "web.example.com", 443) == "wild"
+    assert select_by_host(rules, "other.org", 8443) == "anyport"
+    assert select_by_host(rules, "other.org", 443) == "any"
+    assert select_by_host(rules, "::1", 8443) == "v6port"
+
+
+def test_several_names_for_one_upstream_take_the_most_specific_rule():
+    rules = [("*", "any"), ("api.internal", "byname")]
+    assert select_by_host(rules, ("api.internal", "10.0.0.5"), 8443) == "byname"
+
+
+def test_bracketed_ipv6_pattern_port_is_range_checked():
+    with pytest.raises(ConfigError) as e:
+        parse_text(BASE + "[security]\npinned_public_keys =\n    [::1]:99999 = sha256/x\n", "gw.ini")
+    assert str(e.value) == "gw.ini: [security] pinned_public_keys: '[::1]:99999': invalid port"

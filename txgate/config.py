@@ -248,19 +248,37 @@ FORWARD_CLIENT_CERT = ("off", "xfcc")
 SECTION_KINDS = ("gateway", "security", "admin", "listener:NAME", "api:NAME")
 
 
+def _split_pattern(pattern: str) -> tuple[str, str | None]:
+    """'host:port', '[v6]:port', 'host', '*', '*:port' -> (host, port or None)."""
+    if pattern.startswith("["):
+        host, sep, port = pattern.rpartition(":")
+        if sep and host.endswith("]"):
+            return host[1:-1], port
+        return pattern.strip("[]"), None
+    if pattern.count(":") == 1:
+        host, _, port = pattern.partition(":")
+        return host, port
+    return pattern, None
+
+
 def host_pattern_rank(pattern: str, host: str, port: int) -> int:
-    """How specifically a `[security]` host pattern matches host:port: 0 = not at all, 4 = host:port."""
-    if pattern == "*":
-        return 1
-    pat_host, sep, pat_port = pattern.rpartition(":") if pattern.count(":") == 1 or pattern.startswith("[") else ("", "", "")
-    if sep:
-        pat_host = pat_host.strip("[]")
-        return 4 if pat_port == str(port) and _host_matches(pat_host, host) else 0
-    if pattern == host:
-        return 3
-    if _host_matches(pattern, host):
-        return 2
-    return 0
+    """How specifically a `[security]` host pattern matches host:port (0 = not at all).
+
+    The host part decides first (exact > *.wildcard > *), then a port makes a pattern more specific
+    than the same host part without one: host:port > host > *.w:port > *.w > *:port > *.
+    """
+    pat_host, pat_port = _split_pattern(pattern)
+    if pat_port is not None and pat_port != str(port):
+        return 0
+    if pat_host == "*":
+        spec = 1
+    elif pat_host == host:
+        spec = 3
+    elif _host_matches(pat_host, host):
+        spec = 2
+    else:
+        return 0
+    return spec * 2 + (1 if pat_port is not None else 0)
 
 
 def _host_matches(pattern: str, host: str) -> bool:
@@ -270,13 +288,18 @@ def _host_matches(pattern: str, host: str) -> bool:
     return pattern == host
 
 
-def select_by_host(rules, host: str, port: int):
-    """The value of the most specific rule matching host:port (host:port, host, *.wildcard, *), or None."""
+def select_by_host(rules, host: str | tuple[str, ...], port: int):
+    """The value of the most specific rule matching host:port, or None.
+
+    ``host`` may be several names for the same upstream (its upstream_server_name and its URL
+    host): the most specific match over all of them wins."""
+    hosts = (host,) if isinstance(host, str) else host
     best, best_rank = None, 0
     for pattern, value in rules:
-        rank = host_pattern_rank(pattern, host, port)
-        if rank > best_rank:
-            best, best_rank = value, rank
+        for h in hosts:
+            rank = host_pattern_rank(pattern, h, port)
+            if rank > best_rank:
+                best, best_rank = value, rank
     return best
 
 
@@ -297,11 +320,9 @@ def _pin_tokens(section: _Section, key: str, words: list[str]) -> tuple[str, ...
 def _host_pattern(section: _Section, key: str, pattern: str) -> str:
     pattern = pattern.strip()
     p = pattern.lower()
-    host = p
-    if p.count(":") == 1:
-        host, _, port = p.partition(":")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            section.fail(key, f"'{pattern}': invalid port")
+    host, port = _split_pattern(p)
+    if port is not None and (not port.isdigit() or not 0 < int(port) < 65536):
+        section.fail(key, f"'{pattern}': invalid port")
     if host != "*" and ("*" in host and not (host.startswith("*.") and "*" not in host[2:]) or not host):
         section.fail(key, f"'{pattern}': expected a host, host:port, *.example.com or *")
     return p

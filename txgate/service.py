@@ -356,10 +356,13 @@ def _upstream_trust(config: Config, api: ApiConfig, target, now, pin_cache: dict
     from txgate.tls.pinning import PinCheck
 
     sec = config.security
+    # [security] patterns match the name the certificate is checked for (upstream_server_name)
+    # as well as the URL's host: the most specific rule over both applies.
+    names = tuple(dict.fromkeys(n for n in (api.upstream_server_name, target.host) if n))
     if api.pinned_public_keys is not None:
         tokens, pin_section = api.pinned_public_keys, f"api:{api.name}"
     else:
-        tokens, pin_section = select_by_host(sec.pinned_public_keys, target.host, target.port), "security"
+        tokens, pin_section = select_by_host(sec.pinned_public_keys, names, target.port), "security"
     chain_check = None
     if tokens:
         pinset, printable = _resolve_pins(config, pin_section, tokens, pin_cache)
@@ -369,7 +372,7 @@ def _upstream_trust(config: Config, api: ApiConfig, target, now, pin_cache: dict
         client = _load_pair(config, f"api:{api.name}", "upstream_certificate", api.upstream_certificate, now,
                             prepared, store)
     else:
-        spec = select_by_host(sec.upstream_certificates, target.host, target.port)
+        spec = select_by_host(sec.upstream_certificates, names, target.port)
         if spec is not None:
             client = _load_pair(config, "security", "upstream_certificates", spec, now, prepared, store)
     return {"chain_check": chain_check, "client_certificate": client}

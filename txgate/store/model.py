@@ -130,12 +130,12 @@ class StoredCertificate:
 
 def is_id(ref: str) -> bool:
     """True if ``ref`` looks like an entry ID (64 hex digits)."""
-    return bool(_ID_RE.match(ref))
+    return bool(_ID_RE.fullmatch(ref))
 
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid store name, else StoreError('invalid_name')."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or is_id(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or is_id(name):
         raise StoreError(
             "invalid_name",
             f"invalid store name {name!r}: 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit, "

@@ -172,12 +172,10 @@ class UpstreamTLS:
                 else:
                     if depth != 0:
                         return True
-                    presented = conn.get_peer_cert_chain(as_cryptography=True) or []
-                    from cryptography.hazmat.primitives.serialization import Encoding
-
-                    chain = [c.public_bytes(Encoding.DER) for c in presented] or [
-                        crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
-                    ]
+                    # Unverified (pins only): the handshake proves the server holds the leaf's
+                    # key and nothing else; any other certificate it sends may be a public one it
+                    # merely appended, so only the leaf can satisfy a pin.
+                    chain = [crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)]
                 if self._chain_check is not None:
                     try:
                         self._chain_check(chain)
