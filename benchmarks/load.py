@@ -1,9 +1,12 @@
-"""Load generators: h2load (scenarios 1 and 2) and a one-TLS-connection-per-request client (3).
+"""Load generators: h2load (scenarios 1 and 2) and one-TLS-connection-per-request clients (3).
 
 Why not ``h2load --h1 -H 'Connection: close'`` for scenario 3: h2load 1.52 does not handle servers
 closing HTTP/1.1 connections in timing mode. Against nginx over plain HTTP it never finishes (it keeps
 spinning past -D), over TLS it reconnects but its timings and traffic counters are wrong. So scenario 3
-uses processes of blocking Python ``ssl`` clients pinned to the load CPU (see new_connections()).
+uses parallel ``openssl s_time -new`` processes (C, ~0.9 ms of client CPU per connection, user + system;
+see s_time_connections()) or, with ``--tls-client python``, processes of blocking Python ``ssl`` clients
+(~1.1 ms per connection, but with per-connection latencies; see new_connections()), all pinned to the
+load CPU.
 """
 from __future__ import annotations
 
@@ -157,3 +160,110 @@ def new_connections(pm: _procs.Procs, port: int, *, workers: int, duration: floa
             "elapsed": elapsed, "rps": len(lat) / elapsed, "done": len(lat) + errors + non2xx,
             "succeeded": len(lat), "failed": non2xx, "errored": errors, "timeout": 0, "2xx": len(lat),
             "non_2xx": non2xx, "alpn": "http/1.1", "lat_us": lat}
+
+
+# -- scenario 3 with openssl s_time ------------------------------------------------------------------
+#
+# ``openssl s_time -new -www PATH`` loops: TCP connect, full handshake (a new SSL object each time, no
+# session set, so no resumption), ``GET PATH HTTP/1.0``, read until the server closes, close. It prints
+# one character per connection ('r' when the session was reused, '*' for a new TLS >= 1.2 session) and
+# at the end "N connections in T.TTs; ... bytes read B" and "N connections in S real seconds, B/N bytes
+# read per connection". It stops at the first connection that fails (connect or handshake error: it
+# prints "ERROR" and exits 1, without the summary). Its timer counts whole seconds of time(): with
+# -time S started at second X+f it stops after the first connection past X+S+1, so we start every
+# process just after a second boundary with -time duration-1 and measure the wall time ourselves.
+#
+# -no-CApath -no-CAfile -no-CAstore: without them OpenSSL still builds and checks the chain (verification
+# is off, its result ignored) and looks the gateway's issuer up in /usr/lib/ssl/certs on every
+# connection (~6 getdents64 + openat/stat calls each): ~1.3 ms of client CPU per connection instead of
+# ~0.9 ms, i.e. ~750 instead of ~1,050 conn/s on a 2-CPU machine.
+
+S_TIME_PATH = "/"
+_ST_SUMMARY = re.compile(r"(\d+) connections in [\d.]+s; [\d.]+ connections/user sec, bytes read (\d+)")
+_ST_MARKS = re.compile(r"Collecting connection statistics for \d+ seconds\r?\n([*rt3]*)")
+
+
+def openssl_path():
+    return shutil.which("openssl")
+
+
+def s_time_probe(port: int, timeout: float = 10.0) -> dict:
+    """One ``openssl s_client`` connection (same library and defaults as s_time) sending s_time's request:
+    the negotiated protocol, cipher and key exchange, and the response's status line and size."""
+    args = [openssl_path(), "s_client", "-connect", f"127.0.0.1:{port}", "-brief", "-ign_eof", "-no-CApath",
+            "-no-CAfile", "-no-CAstore"]
+    p = subprocess.run(args, input=f"GET {S_TIME_PATH} HTTP/1.0\r\n\r\n".encode(), capture_output=True,
+                       timeout=timeout, start_new_session=True)
+    err = p.stderr.decode(errors="replace")
+
+    def field(name):
+        m = re.search(rf"^{name}: (.+)$", err, re.M)
+        return m.group(1).strip() if m else None
+
+    status = p.stdout.split(b"\r\n", 1)[0].decode(errors="replace")
+    return {"protocol": field("Protocol version"), "cipher": field("Ciphersuite"),
+            "kex": field("Server Temp Key"), "status": status, "bytes": len(p.stdout)}
+
+
+def s_time_connections(pm: _procs.Procs, port: int, *, clients: int, duration: float, cpu, tmp: str) -> dict:
+    """``clients`` parallel ``openssl s_time -new`` processes for about ``duration`` seconds."""
+    probe = s_time_probe(port)
+    seconds = max(1, int(round(duration)) - 1)
+    args = [openssl_path(), "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(seconds),
+            "-www", S_TIME_PATH, "-no-CApath", "-no-CAfile", "-no-CAstore"]
+    # Start just after a second boundary so that every process stops at the same one (see above).
+    frac = time.time() % 1.0
+    time.sleep((1.0 - frac + 0.02) if frac > 0.3 else max(0.0, 0.02 - frac))
+    outs, ps = [], []
+    start = time.monotonic()
+    try:
+        for i in range(clients):
+            f = open(os.path.join(tmp, f"s_time-{port}-{i}.out"), "w+b")
+            outs.append(f)
+            ps.append(pm.popen(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               preexec_fn=_procs.pin(cpu)))
+        ends = {}
+        hard = start + seconds + 60
+        while len(ends) < len(ps):
+            for p in ps:
+                if p not in ends and p.poll() is not None:
+                    ends[p] = time.monotonic()
+            if time.monotonic() > hard:
+                raise RuntimeError("openssl s_time did not finish")
+            time.sleep(0.005)
+    finally:
+        for p in ps:
+            pm.stop(p)
+    elapsed = max(ends.values()) - start
+    conns = ok = errors = reused = nbytes = 0
+    bad = []
+    for p, f in zip(ps, outs):
+        f.seek(0)
+        text = f.read().decode(errors="replace")
+        f.close()
+        mm = _ST_MARKS.search(text)
+        marks = mm.group(1) if mm else ""
+        reused += marks.count("r")
+        m = _ST_SUMMARY.search(text)
+        if p.returncode != 0 or not m:
+            # Connect or handshake error: s_time stops there; what it finished before still counts.
+            errors += 1
+            conns += len(marks)
+            ok += len(marks)
+            lines = text.strip().splitlines()
+            bad.append([l for l in lines if ":error:" in l][:1] or lines[-1:] or [f"status {p.returncode}"])
+            continue
+        n, b = int(m.group(1)), int(m.group(2))
+        conns += n
+        nbytes += b
+        if b == 0:      # the gateway answered nothing on any of them
+            errors += n
+        else:
+            ok += n
+    if ok == 0 and conns == 0 and bad:
+        raise RuntimeError(f"openssl s_time failed: {bad[0][0]}")
+    per_conn = nbytes / conns if conns else 0
+    return {"cmd": f"{clients} x {' '.join(args)}", "elapsed": elapsed, "rps": ok / elapsed,
+            "done": conns + errors, "succeeded": ok, "failed": 0, "errored": errors, "timeout": 0,
+            "2xx": ok, "non_2xx": 0, "alpn": None, "lat_us": [], "reused": reused,
+            "bytes_per_conn": round(per_conn, 1), "probe": probe, "errors_text": bad[:3]}

@@ -54,9 +54,13 @@ def parse_args(argv=None):
                    help="concurrent connections for scenarios 1 and 2 and the baseline "
                         "(default 20 for 1 and the baseline, 10 for 2)")
     p.add_argument("--streams", type=int, default=10, help="concurrent streams per h2 connection in 2 (default 10)")
-    p.add_argument("--tls-clients", type=int, default=32,
+    p.add_argument("--tls-client", choices=("auto", "openssl", "python"), default="auto",
+                   help="scenario 3's client: openssl = parallel 'openssl s_time -new' processes (C, cheaper "
+                        "per connection, no latency percentiles), python = Python ssl client processes "
+                        "(p50/p99, but ~1.2x the client CPU per connection); auto = openssl when on PATH (default auto)")
+    p.add_argument("--tls-clients", type=int, default=None,
                    help="client processes for scenario 3, each doing connect + handshake + request + close "
-                        "in a loop (default 32)")
+                        "in a loop (default 8 with openssl s_time, 32 with python)")
     p.add_argument("--baseline", dest="baseline", action="store_true", default=True,
                    help="also measure the backend directly: scenario 1's load over plain HTTP, with "
                         "the backend moved to the gateway's core for that run (default on)")
@@ -82,6 +86,14 @@ def parse_args(argv=None):
         p.error(f"--scenario: unknown {','.join(bad)} (choose from 1,2,3)")
     if a.duration <= 0:
         p.error("--duration must be > 0")
+    if a.tls_client == "auto":
+        a.tls_client = "openssl" if _load.openssl_path() else "python"
+    elif a.tls_client == "openssl" and not _load.openssl_path():
+        p.error("--tls-client openssl: openssl is not on PATH")
+    if a.tls_clients is None:
+        a.tls_clients = 8 if a.tls_client == "openssl" else 32
+    if a.tls_clients < 1:
+        p.error("--tls-clients must be >= 1")
     return a
 
 
@@ -119,7 +131,7 @@ def _row(key, res, gw_cpu, load_cpu, args, note=""):
     return row
 
 
-def render(rows, meta) -> str:
+def render(rows, meta, notes=()) -> str:
     head = ["scenario", "rate", "p50 ms", "p99 ms", "srv CPU s", "CPU us/req", "core %", "at 100%", "load CPU s",
             "errors", "target", "result"]
     lines = []
@@ -151,6 +163,7 @@ def render(rows, meta) -> str:
                "baseline); core % = that / wall time; at 100% = 1e6 / CPU us/req, the rate if the server had its core "
                "to itself and saturated it (an estimate); load CPU s = h2load or the scenario-3 clients. "
                "Targets: issue 2, one gateway process on one core; result never fails the harness.")
+    out.extend(notes)
     return "\n".join(out)
 
 
@@ -213,6 +226,9 @@ def main(argv=None) -> int:
             name = TITLES[key].format(streams=args.streams)
 
             def run(duration, log_file=None):
+                if key == "3" and args.tls_client == "openssl":
+                    return _load.s_time_connections(pm, gw.port, clients=args.tls_clients, duration=duration,
+                                                    cpu=load_cpu, tmp=tmp)
                 if key == "3":
                     return _load.new_connections(pm, gw.port, workers=args.tls_clients, duration=duration,
                                                  cpu=load_cpu)
@@ -238,7 +254,21 @@ def main(argv=None) -> int:
             note = "profiled" if args.profile and key != "baseline" else ""
             if res.get("alpn") and key in ("1", "2") and res["alpn"] != ("http/1.1" if h1 else "h2"):
                 note = (note + ", " if note else "") + f"ALPN {res['alpn']}"
+            if "probe" in res:   # openssl s_time: what was negotiated, what the gateway answered
+                pr = res["probe"]
+                if pr["protocol"] != "TLSv1.3":
+                    note = (note + ", " if note else "") + f"{pr['protocol']}"
+                if res["reused"]:
+                    note = (note + ", " if note else "") + f"{res['reused']} resumed"
+                if not pr["status"].startswith("HTTP/1.1 2") or (
+                        res["succeeded"] and abs(res["bytes_per_conn"] - pr["bytes"]) > 1):
+                    note = (note + ", " if note else "") + (
+                        f"{res['bytes_per_conn']:g} B/conn, probe {pr['status']!r} {pr['bytes']} B")
+                for line in res["errors_text"]:
+                    log(f"{name}: s_time: {line[0] if line else '?'}")
             row = _row(key, res, c1 - c0, l1 - l0, args, note)
+            if "probe" in res:
+                row.update(tls=res["probe"], reused=res["reused"], bytes_per_conn=res["bytes_per_conn"])
             log(f"{name}: {row['rate']:,.0f} {row['unit']}, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
                 f"gateway CPU {row['server_cpu_s']} s, errors {row['errors']}")
             rows.append(row)
@@ -269,9 +299,20 @@ def main(argv=None) -> int:
         meta = (f"backend {be.kind if be else '?'}; gateway pinned to CPU {gw_cpu}, load and backend on CPU {load_cpu}; "
                 f"{args.duration:g}s per run after {args.warmup:g}s warm-up; "
                 f"connections: 1 = {args.connections or 20}, 2 = {args.connections or 10} x {args.streams} "
-                f"streams, 3 = {args.tls_clients} client processes; access_log "
+                f"streams, 3 = {args.tls_clients} "
+                f"{'openssl s_time' if args.tls_client == 'openssl' else 'Python ssl client'} processes; access_log "
                 f"{'on' if args.access_log else 'off'}; {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        table = render(rows, meta)
+        notes = []
+        st = [r for r in rows if r.get("tls")]
+        if st:
+            pr = st[0]["tls"]
+            notes.append(
+                f"(3) with openssl s_time -new: a full handshake per connection ({pr['protocol']}, {pr['cipher']}, "
+                f"{pr['kex']}; {sum(r['reused'] for r in st)} sessions resumed), GET / HTTP/1.0, read to close; "
+                f"{st[0]['bytes_per_conn']:g} bytes read per connection (the probe's response: {pr['status']}, "
+                f"{pr['bytes']} bytes). s_time reports no per-connection times: p50/p99 are '-' "
+                "(--tls-client python measures them, at ~1.2x the client CPU per connection).")
+        table = render(rows, meta, notes)
         prof_texts = []
         for name, path in profiles:
             try:
