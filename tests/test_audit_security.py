@@ -36,10 +36,6 @@ def _get(gw, path: str, *extra: str) -> tuple[int, str]:
 
 
 @needs_curl
-@pytest.mark.xfail(strict=True, reason=(
-    "service._prepare_client_auth adds every mTLS API's CA entries to the listener's trust anchors, so an "
-    "API with mtls = require and no client_certificates ('any certificate that verifies against client_ca') "
-    "also admits certificates issued by another API's CA entry"))
 def test_ca_entry_of_one_api_does_not_admit_its_clients_to_another_mtls_api(gateway_factory, tmp_path):
     corp = make_ca("audit corp root")
     partner = make_ca("audit partner root")

@@ -21,8 +21,8 @@ from OpenSSL import SSL
 from txgate import pins as _pins
 from txgate.tls.certs import CertifiedKey
 from txgate.tls.clientauth import (
-    ALLOWED, NOT_ALLOWED, REQUIRED, Allowlist, Entries, PeerCertificate, SanMatcher, SubjectMatcher, canonical_dn,
-    expired_entries, load_entries, sha256, xfcc_value,
+    ALLOWED, NOT_ALLOWED, REQUIRED, Allowlist, Entries, PeerCertificate, SanMatcher, SubjectMatcher, VerifiedChain,
+    canonical_dn, expired_entries, load_entries, sha256, xfcc_value,
 )
 from txgate.tls.clientverify import ClientVerifier, load_crls, reason_for
 from txgate.tls.server import ServerTLS
@@ -88,10 +88,28 @@ def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def peer(ck: CertifiedKey, verified: bool = True, chain: tuple[x509.Certificate, ...] | None = None) -> PeerCertificate:
-    """What the listener would capture for ``ck``: chain CA fingerprints from the chain above the leaf."""
+def peer(ck: CertifiedKey, verified: bool = True, chain: tuple[x509.Certificate, ...] | None = None,
+         listener: str | None = "t") -> PeerCertificate:
+    """What the listener would capture for ``ck``: chain CA fingerprints from the chain above the leaf.
+
+    The last certificate of the chain is the anchor (the leaf itself for an empty chain), as the verify
+    callback records it; ``listener`` is the listener that verified it.
+    """
     cas = chain if chain is not None else ck.chain[1:]
-    return PeerCertificate(der(ck.leaf), verified, [sha256(der(c)) for c in cas])
+    fps = [sha256(der(c)) for c in cas]
+    anchor = fps[-1] if fps else sha256(der(ck.leaf))
+    return PeerCertificate(der(ck.leaf), verified, VerifiedChain(fps, anchor=anchor, listener=listener))
+
+
+def rooted(pki, name: str, **kw) -> PeerCertificate:
+    """`peer` with the whole verified chain, up to the unit root (as OpenSSL reports it)."""
+    ck = pki[name]
+    return peer(ck, chain=ck.chain[1:] + (pki["root"].leaf,), **kw)
+
+
+def under_root(pki) -> dict:
+    """Allowlist keywords: listener 't' has the unit root as its client_ca."""
+    return {"listener_cas": {"t": [pki["root"].leaf]}}
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +136,52 @@ def test_no_certificate_is_required(pki):
     assert Allowlist("a", Entries()).decide(None) == REQUIRED
 
 
-def test_no_entries_allows_any_verified_certificate(pki):
-    allow = Allowlist("a", Entries())
-    assert allow.decide(peer(pki["client"])) == ALLOWED
-    assert allow.decide(peer(pki["client"], verified=False)) == NOT_ALLOWED
+def test_no_entries_allows_any_verified_certificate_under_the_listener_client_ca(pki):
+    allow = Allowlist("a", Entries(), **under_root(pki))
+    assert allow.decide(rooted(pki, "client")) == ALLOWED
+    assert allow.decide(rooted(pki, "client", verified=False)) == NOT_ALLOWED
+
+
+def test_no_entries_refuses_a_chain_verified_only_through_another_apis_ca_entry(pki):
+    corp_root, partner_root = pki["root"], make_ca("unit partner root")
+    corp_client = make_client(corp_root, "corp-client")
+    partner_client = make_client(partner_root, "partner-client")
+    # Listener 'main' trusts corp_root (client_ca) and partner_root (api:partner's CA entry).
+    corp = Allowlist("corp", Entries(), listener_cas={"main": [corp_root.leaf]})
+    partner = Allowlist("partner", Entries(cas=[partner_root.leaf]), listener_cas={"main": [corp_root.leaf]})
+    as_main = {"listener": "main"}
+    assert corp.decide(peer(corp_client, chain=(corp_root.leaf,), **as_main)) == ALLOWED
+    assert partner.decide(peer(partner_client, chain=(partner_root.leaf,), **as_main)) == ALLOWED
+    # The defect: partner's certificate verified (its root is in main's trust store), but not via client_ca.
+    assert corp.decide(peer(partner_client, chain=(partner_root.leaf,), **as_main)) == NOT_ALLOWED
+    # Fail closed: an unknown listener, a listener without client_ca, a certificate without its listener.
+    assert corp.decide(peer(corp_client, chain=(corp_root.leaf,), listener="edge")) == NOT_ALLOWED
+    assert corp.decide(peer(corp_client, chain=(corp_root.leaf,), listener=None)) == NOT_ALLOWED
+    empty = Allowlist("corp", Entries(), listener_cas={"main": []})
+    assert empty.decide(peer(corp_client, chain=(corp_root.leaf,), **as_main)) == NOT_ALLOWED
+
+
+def test_no_entries_decides_per_listener(pki):
+    # One API on two listeners: each listener's client_ca counts only for connections it verified.
+    corp_root, partner_root = pki["root"], make_ca("unit partner root")
+    corp_client = make_client(corp_root, "corp-client")
+    partner_client = make_client(partner_root, "partner-client")
+    allow = Allowlist("a", Entries(), listener_cas={"main": [corp_root.leaf], "edge": [partner_root.leaf]})
+    assert allow.decide(peer(corp_client, chain=(corp_root.leaf,), listener="main")) == ALLOWED
+    assert allow.decide(peer(partner_client, chain=(partner_root.leaf,), listener="edge")) == ALLOWED
+    assert allow.decide(peer(partner_client, chain=(partner_root.leaf,), listener="main")) == NOT_ALLOWED
+    assert allow.decide(peer(corp_client, chain=(corp_root.leaf,), listener="edge")) == NOT_ALLOWED
+
+
+def test_no_entries_client_ca_may_be_an_intermediate_or_the_certificate_itself(pki):
+    # client_ca holds the intermediate: the chain passes through it (the anchor is still the root).
+    allow = Allowlist("a", Entries(), listener_cas={"t": [pki["inter"].leaf]})
+    assert allow.decide(rooted(pki, "client")) == ALLOWED
+    assert allow.decide(rooted(pki, "db")) == NOT_ALLOWED  # same root, other intermediate
+    # A self-signed certificate that is itself in client_ca: a one-certificate chain, its own anchor.
+    self_allow = Allowlist("a", Entries(), listener_cas={"t": [pki["self"].leaf]})
+    assert self_allow.decide(peer(pki["self"], chain=())) == ALLOWED
+    assert Allowlist("a", Entries(), **under_root(pki)).decide(peer(pki["self"], chain=())) == NOT_ALLOWED
 
 
 def test_pin_entry_allows_the_leaf_even_unverified(pki):
@@ -158,22 +218,48 @@ def test_ca_entry_needs_a_verified_chain_through_it(pki):
 
 
 def test_subjects_narrow_never_allow_alone(pki):
-    allow = Allowlist("a", Entries(), subjects=["CN=web,O=Example", r"re:CN=client\.example"])
-    assert allow.decide(peer(pki["web"])) == ALLOWED
-    assert allow.decide(peer(pki["client"])) == ALLOWED
-    assert allow.decide(peer(pki["db"])) == NOT_ALLOWED
-    assert allow.decide(peer(pki["web"], verified=False)) == NOT_ALLOWED
+    allow = Allowlist("a", Entries(), subjects=["CN=web,O=Example", r"re:CN=client\.example"], **under_root(pki))
+    assert allow.decide(rooted(pki, "web")) == ALLOWED
+    assert allow.decide(rooted(pki, "client")) == ALLOWED
+    assert allow.decide(rooted(pki, "db")) == NOT_ALLOWED
+    assert allow.decide(rooted(pki, "web", verified=False)) == NOT_ALLOWED
     # A regex must match the whole subject.
-    assert Allowlist("a", Entries(), subjects=["re:CN=web"]).decide(peer(pki["web"])) == NOT_ALLOWED
+    assert Allowlist("a", Entries(), subjects=["re:CN=web"], **under_root(pki)).decide(rooted(pki, "web")) == NOT_ALLOWED
+
+
+# The pattern docs/configuration.md recommends: an attribute value is a run of unescaped characters
+# other than ',' and '\', or escape pairs, so an escaped ',' inside a value never ends it.
+DOC_SUBJECT_RE = r"re:CN=(?:[^,\\]|\\.)+,O=Example"
+
+
+def test_subject_regex_anchors_attribute_values_against_rfc4514_escapes(pki):
+    evil = make_client(pki["inter"], "evil,O=Example")  # no O attribute at all
+    assert peer(evil).subject == r"CN=evil\,O=Example"
+    # A naive pattern lets the CN value swallow the escaped ",O=Example".
+    assert SubjectMatcher([r"re:CN=.*,O=Example"])(peer(evil).subject)
+    doc = SubjectMatcher([DOC_SUBJECT_RE])
+    assert not doc(peer(evil).subject)
+    assert doc(peer(pki["web"]).subject)  # CN=web,O=Example
+    # A real O with an escaped ',' in the CN is still matched, a different O is not.
+    assert doc(peer(make_client(pki["inter"], "Doe, John", org="Example")).subject)
+    assert not doc(peer(make_client(pki["inter"], "web", org="Example,O=Example")).subject)
+    assert not doc(peer(make_client(pki["inter"], "x,O=Example", org="Other")).subject)
+    # The stricter form from the docs refuses any escaped character in the CN.
+    strict = SubjectMatcher([r"re:CN=[^,\\]+,O=Example"])
+    assert strict("CN=web,O=Example") and not strict(peer(evil).subject)
+    allow = Allowlist("a", Entries(), subjects=[DOC_SUBJECT_RE], **under_root(pki))
+    assert allow.decide(peer(evil, chain=evil.chain[1:] + (pki["root"].leaf,))) == NOT_ALLOWED
+    assert allow.decide(rooted(pki, "web")) == ALLOWED
 
 
 def test_sans_dns_and_spiffe_wildcards(pki):
-    allow = Allowlist("a", Entries(), sans=["spiffe://example.org/ns/*/sa/web", "*.internal.example"])
-    assert allow.decide(peer(pki["web"])) == ALLOWED
-    assert allow.decide(peer(pki["db"])) == ALLOWED  # by its DNS SAN
-    assert allow.decide(peer(pki["client"])) == NOT_ALLOWED
-    only_uri = Allowlist("a", Entries(), sans=["spiffe://example.org/ns/*/sa/web"])
-    assert only_uri.decide(peer(pki["db"])) == NOT_ALLOWED
+    allow = Allowlist("a", Entries(), sans=["spiffe://example.org/ns/*/sa/web", "*.internal.example"],
+                      **under_root(pki))
+    assert allow.decide(rooted(pki, "web")) == ALLOWED
+    assert allow.decide(rooted(pki, "db")) == ALLOWED  # by its DNS SAN
+    assert allow.decide(rooted(pki, "client")) == NOT_ALLOWED
+    only_uri = Allowlist("a", Entries(), sans=["spiffe://example.org/ns/*/sa/web"], **under_root(pki))
+    assert only_uri.decide(rooted(pki, "db")) == NOT_ALLOWED
 
 
 def test_san_matcher_wildcards_stay_in_one_label_or_segment():
@@ -186,6 +272,36 @@ def test_san_matcher_wildcards_stay_in_one_label_or_segment():
     assert not m([], ["spiffe://td/ns/prod/x/sa/web"])
     assert not m([], ["spiffe://td/ns/prod/sa/web2"])
     assert m([], ["urn:x:y"]) and not m([], ["URN:X:Y"])
+
+
+def test_san_wildcard_never_matches_an_empty_dns_label():
+    m = SanMatcher(["*.example.com"])
+    assert m(["a.example.com"], [])
+    for name in (".example.com", "..example.com", "a..example.com", "example.com", "*.example.com."[1:]):
+        assert not m([name], []), name
+    partial = SanMatcher(["web*.example.com", "*.example.org."])
+    assert partial(["web.example.com"], []) and partial(["web-1.example.com"], [])
+    assert not partial(["web.x.example.com"], []) and not partial(["x.web.example.com"], [])
+    assert partial(["a.example.org"], []) and not partial([".example.org"], [])
+
+
+def test_san_uri_wildcard_stays_in_one_path_segment_or_host_label():
+    m = SanMatcher(["spiffe://td/ns/*/sa/web"])
+    assert m([], ["spiffe://td/ns/prod/sa/web"])
+    for uri in ("spiffe://td/ns//sa/web", "spiffe://td/ns/a/b/sa/web", "spiffe://td/ns/../sa/web",
+                "spiffe://td/ns/./sa/web", "spiffe://td/ns/a?/sa/web", "spiffe://td/ns/a#/sa/web"):
+        assert not m([], [uri]), uri
+    host = SanMatcher(["spiffe://*.example.org/sa/web"])
+    assert host([], ["spiffe://prod.example.org/sa/web"])
+    for uri in ("spiffe://a.b.example.org/sa/web", "spiffe://.example.org/sa/web",
+                "spiffe://x/y.example.org/sa/web", "spiffe://evil.com/.example.org/sa/web",
+                "spiffe://user@x.example.org/sa/web"):
+        assert not host([], [uri]), uri
+    tail = SanMatcher(["spiffe://td/sa/web-*", "spiffe://td/ns/*"])
+    assert tail([], ["spiffe://td/sa/web-1"]) and tail([], ["spiffe://td/ns/prod"])
+    for uri in ("spiffe://td/sa/web-1/x", "spiffe://td/ns/prod/sa/db", "spiffe://td/ns/", "spiffe://td/ns/..",
+                "spiffe://td/ns/prod?x=1"):
+        assert not tail([], [uri]), uri
 
 
 def test_subject_matcher_canonicalises_exact_names():
@@ -325,6 +441,51 @@ def test_require_verifies_and_records_the_chain(pki, server_pki):
     state = verifier.state_of(conn)
     assert state.verified and state.reason is None
     assert set(state.ca_fingerprints) == {sha256(der(pki["inter"].leaf)), sha256(der(pki["root"].leaf))}
+    chain = state.ca_fingerprints  # nearest the leaf first; the anchor is the top; the listener says who
+    assert list(chain) == [sha256(der(pki["inter"].leaf)), sha256(der(pki["root"].leaf))]
+    assert chain.anchor == sha256(der(pki["root"].leaf)) and chain.listener == "t"
+    assert state.chain[0] == sha256(der(pki["client"].leaf))
+
+
+def test_callback_records_one_chain_per_verification(pki, server_pki):
+    from OpenSSL import crypto
+
+    verifier, _ = _server(pki, server_pki, "optional")
+
+    class Conn:
+        pass
+
+    c = Conn()
+    verifier.attach(c)
+    x = {name: crypto.X509.from_cryptography(pki[name].leaf) for name in ("root", "inter", "other", "client", "db")}
+    for cert, depth in ((x["other"], 1), (x["db"], 0), (x["root"], 2), (x["inter"], 1), (x["client"], 0)):
+        assert verifier.callback(c, cert, 0, depth, 1) is True
+    chain = verifier.state_of(c).ca_fingerprints  # only the second pass, top-down from the root
+    assert list(chain) == [sha256(der(pki["inter"].leaf)), sha256(der(pki["root"].leaf))]
+    assert chain.anchor == sha256(der(pki["root"].leaf))
+
+
+def test_handshake_facts_keep_another_apis_ca_out_of_the_no_entries_rule(pki, server_pki):
+    # The listener's trust store: its client_ca (the unit root) plus another API's CA entry (partner).
+    partner = make_ca("unit partner root")
+    verifier = ClientVerifier(listener="t", mode="optional", anchors=[pki["root"].leaf, partner.leaf])
+    tls = ServerTLS(default=server_pki["default"], client_verifier=verifier)
+    no_entries = Allowlist("corp", Entries(), **under_root(pki))
+    partner_api = Allowlist("partner", Entries(cas=[partner.leaf]), **under_root(pki))
+
+    def captured(ck):  # what listener.py builds once the handshake is done
+        conn, failed = handshake(tls, ck)
+        assert failed is None
+        state = verifier.state_of(conn)
+        assert state.verified
+        return PeerCertificate(der(ck.leaf), True, state.ca_fingerprints)
+
+    partner_peer = captured(make_client(partner, "partner-client"))
+    assert partner_peer.listener == "t" and partner_peer.anchor == sha256(der(partner.leaf))
+    assert partner_api.decide(partner_peer) == ALLOWED
+    assert no_entries.decide(partner_peer) == NOT_ALLOWED
+    corp_peer = captured(pki["client"])
+    assert no_entries.decide(corp_peer) == ALLOWED and partner_api.decide(corp_peer) == NOT_ALLOWED
 
 
 @pytest.mark.parametrize("sni", [None, "api.example.com"])

@@ -1,6 +1,8 @@
 """Client-certificate (mTLS) keys in gw.ini: parsing, prepare() checks, exact one-line messages."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from cryptography.hazmat.primitives import serialization
 
@@ -131,11 +133,39 @@ def test_require_without_trust_anchors():
     )
 
 
+NO_CLIENT_CA = (
+    "gw.ini: [api:{api}] client_certificates: an mTLS API without entries (here or in [security]) allows only "
+    "certificates issued under its listener's client_ca, and listener '{ln}' has none: it would allow no one "
+    "(list entries, or set client_ca in [listener:{ln}])"
+)
+
+
 def test_mtls_any_verified_without_trust_anchors():
-    assert prepared_error(L + "[api:a]\nupstream = builtin:echo\nmtls = require\n") == (
-        "gw.ini: [api:a] mtls: require without client_certificates allows any certificate that verifies, but "
-        "listener 'main' has no trust anchors (set its client_ca, or list client_certificates)"
-    )
+    assert prepared_error(L + "[api:a]\nupstream = builtin:echo\nmtls = require\n") == NO_CLIENT_CA.format(
+        api="a", ln="main")
+
+
+def test_mtls_without_entries_needs_client_ca_not_another_apis_ca_entry(certs, tmp_path):
+    # The listener's trust store holds api:a's CA entry, but that is no client_ca for api:b.
+    text = (L + f"[api:a]\npath = /a\nupstream = builtin:echo\nmtls = require\nclient_certificates = {certs.root_pem}\n"
+            "[api:b]\npath = /b\nupstream = builtin:echo\nmtls = require\n")
+    assert prepared_error(text) == NO_CLIENT_CA.format(api="b", ln="main")
+    # On a second listener without client_ca the same API is an error there too.
+    two = (L + f"client_ca = {certs.root_pem}\n[listener:edge]\nbind = 127.0.0.1:0\n"
+           "[api:b]\nupstream = builtin:echo\nmtls = require\n")
+    assert prepared_error(two) == NO_CLIENT_CA.format(api="b", ln="edge")
+    # [security] entries are entries of every mTLS API: no client_ca needed then.
+    p = prepared(text + f"[security]\nclient_certificates = {pem(tmp_path / 'svc.pem', make_client(None, 'svc').leaf)}\n")
+    assert not p.allowlists["b"].any_verified
+
+
+def test_listener_client_ca_reaches_the_allowlists(certs, tmp_path):
+    inter = pem(tmp_path / "i.pem", certs.intermediate.leaf)
+    p = prepared(L + f"client_ca = {certs.root_pem}\n[listener:edge]\nbind = 127.0.0.1:0\nclient_ca = {inter}\n"
+                 f"[listener:plain]\nbind = 127.0.0.1:0\n"
+                 "[api:a]\nlisteners = main edge\nupstream = builtin:echo\nmtls = require\n")
+    fp = lambda c: hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).digest()  # noqa: E731
+    assert p.allowlists["a"].listener_cas == {"main": {fp(certs.root.leaf)}, "edge": {fp(certs.intermediate.leaf)}}
 
 
 def test_mtls_api_makes_its_listener_ask_optionally(certs):
@@ -216,3 +246,45 @@ def test_client_ca_on_listener_that_never_asks_is_a_warning(certs):
     assert p.client_verifiers == {}
     assert ("gw.ini: [listener:main] client_ca: unused: the listener does not ask for client certificates "
             "(client_auth = none and no mtls = require API)") in p.warnings
+
+
+def test_crl_that_does_not_cover_an_intermediate_in_the_trust_path_is_a_warning(certs, tmp_path):
+    bundle = pem(tmp_path / "bundle.pem", certs.root.leaf, certs.intermediate.leaf)
+    other = make_intermediate(certs.root, "txgate other intermediate")
+    other_pem = pem(tmp_path / "o.pem", other.leaf)
+    root_crl = tmp_path / "root.crl"
+    root_crl.write_bytes(make_crl(certs.root, []).public_bytes(serialization.Encoding.PEM))
+    inter_crl = tmp_path / "inter.crl"
+    inter_crl.write_bytes(make_crl(certs.intermediate, []).public_bytes(serialization.Encoding.PEM))
+    # client_ca holds the intermediate; api:a's CA entry adds another one; only the root's CRL is given.
+    base = (L + f"client_ca = {bundle}\n" + "client_crl = {crls}\n"
+            f"[api:a]\nupstream = builtin:echo\nmtls = require\nclient_certificates = {other_pem}\n")
+    p = prepared(base.format(crls=root_crl))
+    warnings = [w for w in p.warnings if "is not covered" in w]
+    assert warnings == [
+        "gw.ini: [listener:main] client_crl: intermediate CA 'CN=txgate test intermediate' in the trust path of "
+        "listener 'main' is not covered: no CRL issued by it (the certificates it issues are not revocation-checked)",
+        "gw.ini: [listener:main] client_crl: intermediate CA 'CN=txgate other intermediate' in the trust path of "
+        "listener 'main' is not covered: no CRL issued by it (the certificates it issues are not revocation-checked)",
+    ]
+    # The intermediate's own CRL but not the root's: the intermediate itself is unchecked.
+    p = prepared(base.format(crls=inter_crl).replace(f"client_certificates = {other_pem}\n", ""))
+    assert [w for w in p.warnings if "is not covered" in w] == [
+        "gw.ini: [listener:main] client_crl: intermediate CA 'CN=txgate test intermediate' in the trust path of "
+        "listener 'main' is not covered: no CRL from its issuer 'CN=txgate test root' (the intermediate itself "
+        "is not revocation-checked)",
+    ]
+    # Both CRLs: covered, no warning; no client_crl at all: nothing to say.
+    p = prepared(base.format(crls=f"{root_crl} {inter_crl}").replace(f"client_certificates = {other_pem}\n", ""))
+    assert not [w for w in p.warnings if "client_crl" in w]
+    p = prepared(base.replace("client_crl = {crls}\n", ""))
+    assert not [w for w in p.warnings if "client_crl" in w]
+
+
+def test_documented_subject_regex_survives_the_ini_file(certs):
+    # docs/configuration.md: anchor attribute values against RFC 4514 escapes.
+    p = prepared(L + f"client_ca = {certs.root_pem}\n[api:a]\nupstream = builtin:echo\nmtls = require\n"
+                 "client_subjects = re:CN=(?:[^,\\\\]|\\\\.)+,O=Example\n")
+    m = p.allowlists["a"].subjects
+    assert m.regexes[0].pattern == r"CN=(?:[^,\\]|\\.)+,O=Example"
+    assert m("CN=web,O=Example") and m(r"CN=Doe\, John,O=Example") and not m(r"CN=evil\,O=Example")

@@ -279,6 +279,7 @@ def _prepare_client_auth(config: Config, prepared: Prepared, now: datetime) -> N
                     prepared.held.append((f"{section} client_ca", "ca", ca))
             except CertificateError as e:
                 raise ConfigError(config.path, section, "client_ca", str(e)) from None
+        _check_no_entry_apis(config, ln.name, mtls_apis, prepared, anchors)
         for a in mtls_apis:
             anchors.extend(api_cas[a.name])
         anchors.extend(shared.cas)
@@ -296,22 +297,67 @@ def _prepare_client_auth(config: Config, prepared: Prepared, now: datetime) -> N
                         f"expired on {nxt.strftime('%Y-%m-%dT%H:%M:%SZ')}: certificates it covers are refused"
                     )
             crls.extend(found)
-        if not anchors:
-            if mode == "require":
-                raise ConfigError(config.path, section, "client_auth",
-                                  "require needs trust anchors: set client_ca (or CA entries in client_certificates)")
-            for a in mtls_apis:
-                if prepared.allowlists[a.name].any_verified:
-                    raise ConfigError(
-                        config.path, f"api:{a.name}", "mtls",
-                        f"require without client_certificates allows any certificate that verifies, but listener "
-                        f"'{ln.name}' has no trust anchors (set its client_ca, or list client_certificates)",
-                    )
+        if not anchors and mode == "require":
+            raise ConfigError(config.path, section, "client_auth",
+                              "require needs trust anchors: set client_ca (or CA entries in client_certificates)")
         _check_ca_entries_anchored(config, ln.name, mtls_apis, api_cas, anchors)
+        if crls:
+            _warn_crl_coverage(config, section, anchors, crls, prepared)
         prepared.client_verifiers[ln.name] = ClientVerifier(
             listener=ln.name, mode=mode, anchors=anchors, crls=crls, depth=ln.verify_depth,
             announce=ln.announce_client_cas,
         )
+
+
+def _check_no_entry_apis(config: Config, listener: str, mtls_apis, prepared: Prepared, client_cas: list) -> None:
+    """Give each mTLS API the listener's client_ca; an API without entries needs one to allow anyone.
+
+    Without entries (none of its own, none in [security]), an API allows the certificates whose
+    verified chain passes through a client_ca certificate of the listener (not those that verified
+    only through another API's CA entry, which also sits in the listener's trust store).
+    """
+    for api in mtls_apis:
+        allow = prepared.allowlists[api.name]
+        allow.trust_listener_cas(listener, client_cas)
+        if allow.any_verified and not client_cas:
+            raise ConfigError(
+                config.path, f"api:{api.name}", "client_certificates",
+                f"an mTLS API without entries (here or in [security]) allows only certificates issued under its "
+                f"listener's client_ca, and listener '{listener}' has none: it would allow no one (list entries, "
+                f"or set client_ca in [listener:{listener}])",
+            )
+
+
+def _warn_crl_coverage(config: Config, section: str, anchors: list, crls: list, prepared: Prepared) -> None:
+    """client_crl set: an intermediate CA in the trust store that no CRL covers is a startup warning.
+
+    The verifier lets "no CRL from this issuer" pass (unchecked), so a missing CRL silently means no
+    revocation check: for the certificates the intermediate issues (a CRL issued by it) and for the
+    intermediate itself (a CRL issued by its issuer).
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    from txgate.tls.clientauth import sha256
+
+    issuers = {crl.issuer for crl in crls}
+    listener = section.split(":", 1)[1]
+    seen = set()
+    for ca in anchors:
+        fp = sha256(ca.public_bytes(serialization.Encoding.DER))
+        if ca.issuer == ca.subject or fp in seen:
+            continue
+        seen.add(fp)
+        gaps = []
+        if ca.subject not in issuers:
+            gaps.append("no CRL issued by it (the certificates it issues are not revocation-checked)")
+        if ca.issuer not in issuers:
+            gaps.append(f"no CRL from its issuer '{ca.issuer.rfc4514_string()}' (the intermediate itself is not "
+                        "revocation-checked)")
+        if gaps:
+            prepared.warnings.append(
+                f"{config.path}: [{section}] client_crl: intermediate CA '{ca.subject.rfc4514_string()}' in the trust "
+                f"path of listener '{listener}' is not covered: " + "; ".join(gaps)
+            )
 
 
 def _check_ca_entries_anchored(config: Config, listener: str, mtls_apis, api_cas: dict, anchors: list) -> None:

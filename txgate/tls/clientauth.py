@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -41,18 +41,43 @@ def sha256(der: bytes) -> bytes:
     return hashlib.sha256(der).digest()
 
 
+class VerifiedChain(tuple):
+    """SHA-256 of the CA certificates of a verified chain, nearest the leaf first (depth 1, 2, ...).
+
+    It also says where the chain ended and who verified it: ``anchor`` is the fingerprint of the
+    certificate at the top of the verified chain (the trust anchor OpenSSL used; the leaf itself for a
+    one-certificate chain) and ``listener`` names the listener whose trust store verified it. The
+    listener hands this object to `PeerCertificate` as its ``chain_ca_fingerprints``.
+    """
+
+    anchor: bytes | None
+    listener: str | None
+
+    def __new__(cls, fingerprints: Iterable[bytes] = (), *, anchor: bytes | None = None,
+                listener: str | None = None) -> VerifiedChain:
+        self = super().__new__(cls, fingerprints)
+        self.anchor = anchor
+        self.listener = listener
+        return self
+
+
 class PeerCertificate:
     """The client's leaf certificate and what the handshake proved about it; derived facts are lazy."""
 
-    __slots__ = ("der", "verified", "chain_ca_fingerprints", "_cert", "_fp", "_subject", "_sans", "_xfcc")
+    __slots__ = ("der", "verified", "chain_ca_fingerprints", "anchor", "listener", "_cert", "_fp", "_subject",
+                 "_sans", "_xfcc")
 
     def __init__(self, der: bytes, verified: bool, chain_ca_fingerprints: Iterable[bytes] = (),
-                 cert: x509.Certificate | None = None) -> None:
+                 cert: x509.Certificate | None = None, *, anchor: bytes | None = None,
+                 listener: str | None = None) -> None:
         self.der = der
         # True only when the chain verified up to a trust anchor of the listener.
         self.verified = verified
         # SHA-256 of each CA certificate of the verified chain (meaningless when not verified).
         self.chain_ca_fingerprints = frozenset(chain_ca_fingerprints)
+        # The top of the verified chain and the listener that verified it (from a `VerifiedChain`).
+        self.anchor = anchor if anchor is not None else getattr(chain_ca_fingerprints, "anchor", None)
+        self.listener = listener if listener is not None else getattr(chain_ca_fingerprints, "listener", None)
         self._cert = cert
         self._fp: bytes | None = None
         self._subject: str | None = None
@@ -245,10 +270,40 @@ class SubjectMatcher:
         return any(rx.fullmatch(subject) for rx in self.regexes)
 
 
+# What one '*' may match inside one component of a pattern: never the separators around it.
+_DNS_LABEL = "[^.]"
+_URI_HOST_LABEL = "[^./?#@:]"
+_URI_SEGMENT = "[^/?#]"
+_URI_QUERY = "[^/?#&]"
+_URI_PARTS = re.compile(r"(?P<scheme>[^:/?#]+:)(?://(?P<authority>[^/?#]*))?(?P<path>[^?#]*)(?P<rest>.*)", re.DOTALL)
+
+
+def _component_regex(component: str, char: str, *, no_dot_segments: bool = False) -> str:
+    """One label or segment: a lone ``*`` matches one or more characters, a ``*`` beside text zero or more."""
+    if component == "*":
+        # An empty label/segment never matches (".example.com", "/ns//sa"); nor do "." and "..".
+        return ("(?!\\.\\.?(?:[/?#]|\\Z))" if no_dot_segments else "") + char + "+"
+    return (char + "*").join(re.escape(part) for part in component.split("*"))
+
+
 def _san_regex(pattern: str, uri: bool) -> re.Pattern:
-    # '*' stays inside one DNS label or one URI path segment.
-    star = "[^/]*" if uri else "[^.]*"
-    return re.compile(star.join(re.escape(part) for part in pattern.split("*")), 0 if uri else re.IGNORECASE)
+    """``*`` stays inside one DNS label, one URI host label or one URI path segment, and is never empty alone."""
+    if not uri:
+        return re.compile(r"\.".join(_component_regex(label, _DNS_LABEL) for label in pattern.split(".")),
+                          re.IGNORECASE)
+    m = _URI_PARTS.fullmatch(pattern)
+    if m is None:  # no scheme: every separator bounds a '*'
+        return re.compile(_component_regex(pattern, _URI_QUERY))
+    out = [re.escape(m["scheme"])]
+    if m["authority"] is not None:
+        out.append("//" + r"\.".join(_component_regex(label, _URI_HOST_LABEL) for label in m["authority"].split(".")))
+    out.append("/".join(_component_regex(seg, _URI_SEGMENT, no_dot_segments=True) for seg in m["path"].split("/")))
+    out.append(_component_regex(m["rest"], _URI_QUERY))
+    return re.compile("".join(out))
+
+
+def _empty_label(name: str) -> bool:
+    return not name or any(not label for label in name.split("."))
 
 
 class SanMatcher:
@@ -259,7 +314,7 @@ class SanMatcher:
         for p in patterns:
             uri = ":" in p
             if "*" in p:
-                (uri_rx if uri else dns_rx).append(_san_regex(p, uri))
+                (uri_rx if uri else dns_rx).append(_san_regex(p if uri else p.rstrip("."), uri))
             elif uri:
                 uri_exact.add(p)
             else:
@@ -270,7 +325,7 @@ class SanMatcher:
     def __call__(self, dns_names: Sequence[str], uris: Sequence[str]) -> bool:
         for name in dns_names:
             low = name.lower().rstrip(".")
-            if low in self.dns_exact or any(rx.fullmatch(low) for rx in self.dns_rx):
+            if low in self.dns_exact or (not _empty_label(low) and any(rx.fullmatch(low) for rx in self.dns_rx)):
                 return True
         for uri in uris:
             if uri in self.uri_exact or any(rx.fullmatch(uri) for rx in self.uri_rx):
@@ -284,13 +339,18 @@ class SanMatcher:
 class Allowlist:
     """Which client certificates one API accepts; `decide` is pure and cheap enough per connection.
 
-    With no entries, any certificate whose chain verified is allowed. With entries, the leaf must be
-    listed (SPKI pin, fingerprint, exact file) or its verified chain must pass through a CA entry.
-    `client_subjects` and `client_sans` then narrow further; they never allow on their own.
+    With entries, the leaf must be listed (SPKI pin, fingerprint, exact file) or its verified chain
+    must pass through a CA entry. With no entries at all (none here and none in `[security]`), the
+    chain must have verified **and** pass through (or end at) one of the ``client_ca`` certificates of
+    the listener that verified it (`trust_listener_cas`): a listener's trust store also holds the CA
+    entries of every other mTLS API on it, and a certificate that verified only through one of those
+    is not "any verified certificate" for this API. `client_subjects` and `client_sans` then narrow
+    further; they never allow on their own.
     """
 
     def __init__(self, api: str, entries: Entries, subjects: Sequence[str] = (), sans: Sequence[str] = (),
-                 *, pin_backend: str | None = None) -> None:
+                 *, pin_backend: str | None = None,
+                 listener_cas: Mapping[str, Iterable[x509.Certificate]] | None = None) -> None:
         self.api = api
         self.any_verified = not entries
         self.pinset = _pins.PinSet(entries.pins, backend=pin_backend) if entries.pins else None
@@ -298,6 +358,14 @@ class Allowlist:
         self.cas = frozenset(sha256(c.public_bytes(serialization.Encoding.DER)) for c in entries.cas)
         self.subjects = SubjectMatcher(subjects) if subjects else None
         self.sans = SanMatcher(sans) if sans else None
+        # listener name -> SHA-256 of its client_ca certificates (the anchors of the no-entries rule).
+        self.listener_cas: dict[str, frozenset[bytes]] = {}
+        for listener, cas in (listener_cas or {}).items():
+            self.trust_listener_cas(listener, cas)
+
+    def trust_listener_cas(self, listener: str, cas: Iterable[x509.Certificate]) -> None:
+        """Record the ``client_ca`` certificates of a listener that serves this API."""
+        self.listener_cas[listener] = frozenset(sha256(c.public_bytes(serialization.Encoding.DER)) for c in cas)
 
     def decide(self, peer: PeerCertificate | None) -> str:
         """``ALLOWED``, ``REQUIRED`` (no certificate) or ``NOT_ALLOWED``."""
@@ -313,7 +381,7 @@ class Allowlist:
 
     def _listed(self, peer: PeerCertificate) -> bool:
         if self.any_verified:
-            return peer.verified
+            return peer.verified and self._under_listener_ca(peer)
         if peer.fingerprint in self.fingerprints:
             return True
         if self.pinset is not None:
@@ -323,3 +391,10 @@ class Allowlist:
             except ValueError:  # MalformedCertificate: OpenSSL took it, the strict walker did not
                 return False
         return peer.verified and not self.cas.isdisjoint(peer.chain_ca_fingerprints)
+
+    def _under_listener_ca(self, peer: PeerCertificate) -> bool:
+        # Fail closed: a certificate whose listener is unknown, or a listener without client_ca, allows no one.
+        own = self.listener_cas.get(peer.listener) if peer.listener is not None else None
+        if not own:
+            return False
+        return peer.anchor in own or not own.isdisjoint(peer.chain_ca_fingerprints)

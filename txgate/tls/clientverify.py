@@ -3,8 +3,9 @@
 One `ClientVerifier` per listener configures every `SSL.Context` of that listener (the default one
 and each SNI one) identically, and its verify callback records on a per-connection
 `ClientCertState` (kept beside the `SSL.Connection`: Twisted overwrites the connection's app data
-with its TLS protocol) whether the chain verified, the CA certificates of
-the verified chain, and why a certificate was refused.
+with its TLS protocol) whether the chain verified, the fingerprint of each certificate of the verified
+chain by depth (the CA certificates above the leaf, and the trust anchor at the top), and why a
+certificate was refused.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.logger import Logger
+
+from txgate.tls.clientauth import VerifiedChain
 
 log = Logger()
 
@@ -73,14 +76,25 @@ def _error_string(errno: int) -> str:
 class ClientCertState:
     """What the verify callback learned about one connection's client certificate."""
 
-    __slots__ = ("called", "verified", "ca_fingerprints", "reason", "detail")
+    __slots__ = ("listener", "called", "verified", "chain", "reason", "detail")
 
-    def __init__(self) -> None:
+    def __init__(self, listener: str | None = None) -> None:
+        self.listener = listener  # the listener whose trust store verifies this connection
         self.called = False  # the callback ran (not on a resumed session; resumption is off anyway)
         self.verified = True  # cleared when an untrusted chain is let through (optional mode)
-        self.ca_fingerprints: list[bytes] = []  # SHA-256 of the CA certificates above the leaf
+        # depth -> SHA-256 of the certificate OpenSSL verified at that depth (0 = the leaf); the
+        # highest depth is the trust anchor the chain ended at.
+        self.chain: dict[int, bytes] = {}
         self.reason: str | None = None  # reason code of a refusal
         self.detail: str | None = None  # OpenSSL's words for it
+
+    @property
+    def ca_fingerprints(self) -> VerifiedChain:
+        """The CA certificates above the leaf (depth 1 upwards), with the anchor and the listener."""
+        chain = self.chain
+        top = max(chain) if chain else None
+        return VerifiedChain((chain[d] for d in sorted(chain) if d > 0),
+                             anchor=chain[top] if top is not None else None, listener=self.listener)
 
 
 class ClientVerifier:
@@ -114,7 +128,7 @@ class ClientVerifier:
 
     def attach(self, conn: SSL.Connection) -> ClientCertState:
         """Start the per-connection state of a new server connection."""
-        state = self._states[conn] = ClientCertState()
+        state = self._states[conn] = ClientCertState(self.listener)
         return state
 
     def state_of(self, conn: SSL.Connection) -> ClientCertState | None:
@@ -157,9 +171,13 @@ class ClientVerifier:
         try:
             state = self._state(conn)
             state.called = True
-            if depth > 0:
-                der = cert.to_cryptography().public_bytes(serialization.Encoding.DER)
-                state.ca_fingerprints.append(hashlib.sha256(der).digest())
+            # OpenSSL signals success once per depth, from the anchor down to the leaf; a depth that is
+            # not below the last one starts a new verification (never mix two chains).
+            chain = state.chain
+            if chain and depth >= min(chain):
+                chain.clear()
+            der = cert.to_cryptography().public_bytes(serialization.Encoding.DER)
+            chain[depth] = hashlib.sha256(der).digest()
             return True
         except Exception:
             log.failure("client certificate verify callback failed")
