@@ -276,3 +276,34 @@ def test_cli_store_list_and_rollback(tmp_path, certs):
     assert proc.stderr.startswith("txgate store rollback: no_previous_version: ")
     proc = txgate_cli("store", "rollback", "nope", "--config", "gw.ini", cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (1, "txgate store rollback: not_found: no store entry named 'nope'\n")
+
+
+def test_a_group_readable_store_secret_file_is_warned_about(tmp_path):
+    """The warning an operator sees in the log when the secret file is not private."""
+    from twisted.logger import globalLogPublisher
+
+    from txgate.config import parse_text
+    from txgate.service import store_secret
+
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 40 + "\n")
+    secret.chmod(0o644)
+    cfg = parse_text(f"[gateway]\nstate_dir = {tmp_path}/state\nstore_secret_file = {secret}\n"
+                     "[listener:m]\nbind = 127.0.0.1:0\n", "gw.ini")
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        assert store_secret(cfg)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    from twisted.logger import formatEvent
+
+    assert any("store_secret_file: " + str(secret) + " is readable by group or others" in formatEvent(e) for e in seen)
+    secret.chmod(0o600)
+    seen.clear()
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        store_secret(cfg)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert not any("readable by group" in formatEvent(e) for e in seen)

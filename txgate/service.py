@@ -577,6 +577,9 @@ def store_secret(config: Config, *, create: bool = True) -> bytes | None:
     except StoreError as e:
         raise ConfigError(config.path, "gateway", "store_secret_file", e.reason) from None
     if secret is not None:
+        if gw.store_secret_file and os.stat(gw.store_secret_file).st_mode & 0o077:
+            log.warn("{path}: [gateway] store_secret_file: {file} is readable by group or others; chmod 600 it",
+                     path=config.path, file=gw.store_secret_file)
         return secret
     if gw.store != "dir":
         raise ConfigError(config.path, "gateway", "store_secret_file",
