@@ -424,6 +424,33 @@ def _upstream_trust(config: Config, api: ApiConfig, target, now, pin_cache: dict
     return {"chain_check": chain_check, "client_certificate": client}
 
 
+def _file_stamp(path: str | None):
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, st.st_mtime_ns, st.st_size)
+
+
+def client_auth_signature(config: Config, listener: str) -> tuple:
+    """Everything that decides which client certificates a listener's APIs accept (files by mtime/size)."""
+    ln = next((x for x in config.listeners if x.name == listener), None)
+    if ln is None:
+        return ()
+    lsig = (ln.client_auth, _file_stamp(ln.client_ca), tuple(_file_stamp(p) for p in ln.client_crl),
+            ln.verify_depth)
+    entries = lambda items: tuple(_file_stamp(e) if os.path.exists(e) else e for e in items)  # noqa: E731
+    apis = tuple(
+        (a.name, a.mtls, entries(a.client_certificates), a.client_subjects, a.client_sans, a.forward_client_cert,
+         a.path, a.hosts)
+        for a in config.apis_for(listener)
+        if a.mtls or a.forward_client_cert != "off"
+    )
+    return (lsig, apis, entries(config.security.client_certificates))
+
+
 class _LocalIssuer:
     """The local CA, opened on first use; its errors name [gateway] state_dir."""
 
@@ -1019,6 +1046,7 @@ class GatewayService(Service):
         for name in list(opened) + list(adopted):
             self._log_listening(gen, new[name])
         if old is not None:
+            self._drain_changed_client_auth(old.config, cfg)
             self._retire(old)
         parts = [f"{len(cfg.listeners)} listeners, {len(cfg.apis)} APIs"]
         if opened or adopted:
@@ -1026,6 +1054,28 @@ class GatewayService(Service):
         if closed:
             parts.append("stopped: " + ", ".join(closed))
         return "; ".join(parts)
+
+    def _drain_changed_client_auth(self, old_cfg: Config, new_cfg: Config) -> None:
+        """Connections whose client-certificate policy changed are drained (graceful close).
+
+        Established connections keep the generation they started with — except where that would keep
+        a removed or revoked client in: when a listener's client verification or an allowlist of one
+        of its APIs changed (config or the files behind it: CAs, CRLs, allowlist files), its open
+        connections finish their requests and close (h2: GOAWAY), so clients reconnect under the
+        new policy."""
+        for ln in new_cfg.listeners:
+            conns = self.connections.get(ln.name)
+            if not conns:
+                continue
+            if client_auth_signature(old_cfg, ln.name) == client_auth_signature(new_cfg, ln.name):
+                continue
+            log.info("listener {name}: client certificate policy changed; draining {n} open connections",
+                     name=ln.name, n=len(conns))
+            for conn in list(conns):
+                try:
+                    conn.shutdown()
+                except Exception:
+                    log.failure("draining a connection failed")
 
     def _retire(self, gen: _Generation) -> None:
         """Close a generation's upstream pools once no downstream connection still uses it."""
