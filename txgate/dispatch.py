@@ -7,6 +7,7 @@ from txgate.config import ApiConfig
 from txgate.errors import BadRequest, ClientCertificateNotAllowed, ClientCertificateRequired, NoRoute, RequestTooLarge
 from txgate.http.echo import EchoHandler
 from txgate.http.errors import send_gateway_error
+from txgate.http.exchange import NullHandler
 from txgate.http.headers import upstream_request_headers
 from txgate.http.router import Router, strip_prefix
 from txgate.tls.clientauth import ALLOWED, NOT_ALLOWED, PEER, REQUIRED
@@ -101,29 +102,7 @@ class ApiRuntime:
         self.xfcc = config.forward_client_cert == "xfcc"
 
 
-class _Finished:
-    """The handler of a request answered at once (errors): ignores the rest of the body."""
-
-    __slots__ = ("api", "upstream_label")
-
-    def __init__(self, api: str | None = None) -> None:
-        self.api = api
-        self.upstream_label = None
-
-    def body_received(self, data):
-        pass
-
-    def body_finished(self):
-        pass
-
-    def stream_lost(self, reason):
-        pass
-
-    def pause_producing(self):
-        pass
-
-    def resume_producing(self):
-        pass
+_Finished = NullHandler
 
 
 class ListenerDispatcher:

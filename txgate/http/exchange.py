@@ -191,3 +191,28 @@ class Limits:
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.max_concurrent_streams = max_concurrent_streams
+
+
+class NullHandler:
+    """The handler of a request that was answered at once (an error): ignores the rest of it."""
+
+    __slots__ = ("api", "upstream_label")
+
+    def __init__(self, api: str | None = None) -> None:
+        self.api = api
+        self.upstream_label = None
+
+    def body_received(self, data: bytes) -> None:
+        pass
+
+    def body_finished(self) -> None:
+        pass
+
+    def stream_lost(self, reason: object) -> None:
+        pass
+
+    def pause_producing(self) -> None:
+        pass
+
+    def resume_producing(self) -> None:
+        pass

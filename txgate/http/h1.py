@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 
 from txgate.http.closing import GRACE, Closer
 from txgate.http.errors import error_body, send_error
-from txgate.http.exchange import ConnectionInfo, Limits, RequestHead
+from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead
 
 log = Logger()
 
@@ -532,23 +532,4 @@ class _HeadersTooLarge(Exception):
     pass
 
 
-class _NullHandler:
-    """Stands in for a handler that could not be created."""
-
-    def body_received(self, data):
-        pass
-
-    def body_finished(self):
-        pass
-
-    def stream_lost(self, reason):
-        pass
-
-    def pause_producing(self):
-        pass
-
-    def resume_producing(self):
-        pass
-
-
-_NULL_HANDLER = _NullHandler()
+_NULL_HANDLER = NullHandler()

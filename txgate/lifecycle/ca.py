@@ -6,9 +6,10 @@ from datetime import datetime, timedelta
 
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from txgate.tls.builders import self_signed_ca, sign_algorithm
 from txgate.fileio import make_private_dir, write_private_file, write_public_file
 from txgate.lifecycle.keys import LifecycleError, generate_key, private_key_pem, public_key_der
 from txgate.tls.certs import CertificateError, PrivateKey, format_time, parse_certificates, parse_private_key
@@ -49,10 +50,7 @@ class CA:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
 
-def _sign_algorithm(key: PrivateKey) -> hashes.HashAlgorithm | None:
-    from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
-
-    return None if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)) else hashes.SHA256()
+_sign_algorithm = sign_algorithm
 
 
 def build_ca_certificate(key: PrivateKey, *, name: str, days: int, now: datetime) -> x509.Certificate:
@@ -60,28 +58,7 @@ def build_ca_certificate(key: PrivateKey, *, name: str, days: int, now: datetime
     if days < 1:
         raise LifecycleError(f"invalid --days {days}: must be at least 1")
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])])
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())  # type: ignore[arg-type]
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())  # type: ignore[arg-type]
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-        .sign(key, _sign_algorithm(key))  # type: ignore[arg-type]
-    )
+    return self_signed_ca(key, subject, not_before=now - BACKDATE, not_after=now + timedelta(days=days))
 
 
 def init_ca(

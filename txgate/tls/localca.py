@@ -14,6 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
 
 from txgate.fileio import make_private_dir, write_private_file
+from txgate.tls.builders import self_signed_ca
 from txgate.tls.certs import (
     CertificateError,
     CertifiedKey,
@@ -231,26 +232,5 @@ def _new_ca(now: datetime) -> CertifiedKey:
             x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME),
         ]
     )
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed_ca(key, name, not_before=now - BACKDATE, not_after=now + CA_VALIDITY)
     return CertifiedKey(chain=(cert,), key=key)
