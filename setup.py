@@ -1,5 +1,17 @@
 """txgate: a Twisted TLS API gateway with a small C core."""
 from setuptools import find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+
+class optional_build_ext(build_ext):
+    """Build the native SPKI module when a C compiler and OpenSSL headers are there; without them
+    txgate installs anyway and uses its pure-Python fallback (`txgate version` says which)."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as e:  # CompileError, LinkError, missing compiler or headers
+            self.warn(f"txgate: native module {ext.name} not built ({e}); using the pure-Python fallback")
 
 setup(
     name="txgate",
@@ -25,4 +37,5 @@ setup(
     # txgate._spki: the native SPKI core (native/), linked against the system libcrypto.
     setup_requires=["cffi>=1.17"],
     cffi_modules=["native/spki_build.py:ffibuilder"],
+    cmdclass={"build_ext": optional_build_ext},
 )

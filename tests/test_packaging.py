@@ -24,8 +24,9 @@ def _tracked_files() -> list[str]:
     return [p for p in out.decode().split("\0") if p]
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> zipfile.ZipFile:
+def _build_wheel(tmp_path_factory, env=None) -> Path:
+    import os
+
     base = tmp_path_factory.mktemp("wheel")
     src, out = base / "src", base / "out"
     for rel in _tracked_files():
@@ -35,12 +36,26 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
          "-w", str(out), "."],
-        cwd=src, capture_output=True, text=True, timeout=120,
+        cwd=src, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [whl] = out.glob("txgate-*.whl")
-    with zipfile.ZipFile(whl) as zf:
+    return whl
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    with zipfile.ZipFile(_build_wheel(tmp_path_factory)) as zf:
         yield zf
+
+
+def test_without_a_c_compiler_the_wheel_still_builds_without_the_native_module(tmp_path_factory):
+    """A machine without a compiler or OpenSSL headers still installs txgate (pure-Python pins)."""
+    whl = _build_wheel(tmp_path_factory, env={"CC": "false", "LDSHARED": "false"})
+    with zipfile.ZipFile(whl) as zf:
+        names = set(zf.namelist())
+    assert not [n for n in names if n.startswith("txgate/_spki")]
+    assert "txgate/pins.py" in names and "twisted/plugins/txgate_plugin.py" in names
 
 
 def test_wheel_ships_the_plugin_without_shadowing_twisted(wheel):
