@@ -91,7 +91,7 @@ class Admin:
     """One running AdminService with its fake facade; `request` speaks HTTP(S) to it."""
 
     def __init__(self, rt: ReactorThread, tmp_path, *, token: str | None = TOKEN, client_ca: str | None = None,
-                 store: bool = True) -> None:
+                 store: bool = True, allowed_hosts: tuple[str, ...] = ()) -> None:
         self.rt = rt
         self.tmp = tmp_path
         token_file = None
@@ -105,7 +105,7 @@ class Admin:
         self.facade = FakeFacade(ds)
         self.metrics = Metrics()
         self.config = AdminConfig(bind_host="127.0.0.1", bind_port=0, client_ca=client_ca, token_file=token_file,
-                                  state_dir=str(tmp_path / "state"))
+                                  state_dir=str(tmp_path / "state"), allowed_hosts=allowed_hosts)
         self.service = AdminService(self.facade, self.config, rt.reactor, metrics=self.metrics)
         rt.call(self.service.startService)
         self.port = self.service.port_of()
@@ -335,6 +335,90 @@ def test_a_wildcard_bind_answers_to_the_local_address_and_loopback_names(rt, tmp
     named = AdminResource(None, bind_host="[FD00::5]")._own_names(Req("fd00::5"))
     assert named == {"localhost", "127.0.0.1", "::1", "fd00::5"}
     assert _host_is_ours("[fd00::5]:9901", named, 9901)
+
+
+# -- [admin] allowed_hosts: more names the API answers to ---------------------------------------------
+
+
+@pytest.fixture
+def named_admin(rt, tmp_path):
+    """A token-protected admin API that also answers to two configured names."""
+    a = Admin(rt, tmp_path, allowed_hosts=("gw1.internal", "Admin.Example.COM"))
+    yield a
+    a.stop()
+
+
+@pytest.mark.parametrize("host", ["gw1.internal", "gw1.internal:{port}", "GW1.Internal:{port}", "admin.example.com",
+                                  "ADMIN.EXAMPLE.COM:{port}", "localhost:{port}", "127.0.0.1"])
+def test_an_allowed_host_name_is_answered(named_admin, host):
+    a = named_admin
+    status, _, body = a.request("GET", "/certs", headers={"Host": host.format(port=a.port)})
+    assert status == 200 and body["certificates"] == []
+    status, _, body = a.request("POST", "/reload", headers={"Host": host.format(port=a.port)})
+    assert (status, body["ok"]) == (200, True)
+
+
+def test_an_allowed_host_name_still_needs_the_token(named_admin):
+    a = named_admin
+    status, _, body = a.request("GET", "/certs", auth=False, headers={"Host": f"gw1.internal:{a.port}"})
+    assert (status, body["error"]) == (401, "unauthorized")
+
+
+@pytest.mark.parametrize("host", ["gw2.internal", "gw2.internal:{port}", "gw1.internal:1", "gw1.internal:{port}0",
+                                  "gw1.internal.attacker.example", "x.gw1.internal", "example.com", "gw1.internal:"])
+def test_a_name_not_listed_is_still_403(named_admin, host):
+    a = named_admin
+    for method, path in (("GET", "/certs"), ("POST", "/reload"), ("GET", "/health")):
+        status, _, body = a.request(method, path, headers={"Host": host.format(port=a.port)})
+        assert (status, body["error"]) == (403, "forbidden_origin"), (method, path, host)
+        assert "allowed_hosts" in body["message"]
+    assert a.facade.reloads == []
+
+
+@pytest.mark.parametrize("origin, status", [
+    ("http://gw1.internal:{port}", 200), ("HTTP://GW1.INTERNAL:{port}/", 200), ("http://admin.example.com:{port}", 200),
+    ("https://gw1.internal:{port}", 403), ("http://gw1.internal", 403), ("http://gw1.internal:1", 403),
+    ("http://gw2.internal:{port}", 403), ("http://user@gw1.internal:{port}", 403)])
+def test_allowed_host_names_are_also_own_origins(named_admin, origin, status):
+    a = named_admin
+    got, _, body = a.request("POST", "/reload", headers={"Host": f"gw1.internal:{a.port}",
+                                                         "Origin": origin.format(port=a.port)})
+    assert got == status, (origin, body)
+    if status == 403:
+        assert body["error"] == "forbidden_origin" and "cross-origin" in body["message"]
+
+
+def test_allowed_hosts_without_a_token_on_loopback(rt, tmp_path):
+    a = Admin(rt, tmp_path, token=None, allowed_hosts=("gw1.internal",))
+    try:
+        status, _, body = a.request("POST", "/reload", headers={"Host": f"gw1.internal:{a.port}"})
+        assert (status, body["ok"]) == (200, True)
+        status, _, body = a.request("POST", "/reload", headers={"Host": f"gw2.internal:{a.port}"})
+        assert (status, body["error"]) == (403, "forbidden_origin")
+    finally:
+        a.stop()
+
+
+def test_allowed_hosts_with_a_wildcard_bind(rt, tmp_path):
+    from txgate.admin.api import AdminResource
+
+    class Req:
+        def getHost(self):
+            from twisted.internet.address import IPv4Address
+            return IPv4Address("TCP", "10.1.2.3", 9901)
+
+    res = AdminResource(None, bind_host="0.0.0.0", token=b"t", allowed_hosts=("gw1.internal",))
+    assert res._own_names(Req()) == {"localhost", "127.0.0.1", "::1", "10.1.2.3", "gw1.internal"}
+
+
+def test_admin_config_allowed_hosts_are_normalized_and_checked(tmp_path):
+    cfg = AdminConfig(allowed_hosts=("GW1.internal", "gw1.INTERNAL", "admin.example.com"))
+    assert cfg.allowed_hosts == ("gw1.internal", "admin.example.com")
+    for bad, fragment in (("gw1.internal:9901", "without a port"), ("*.internal", "wildcards"),
+                          ("[::1]", "without a port"), ("bad_name", "expected a host name"), ("a..b", "expected a host name")):
+        with pytest.raises(AdminConfigError) as info:
+            AdminConfig(allowed_hosts=(bad,))
+        assert info.value.key == "allowed_hosts" and fragment in str(info.value)
 
 
 def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(admin):
@@ -681,6 +765,29 @@ def mtls_admin(rt, tmp_path, ca):
     a = Admin(rt, tmp_path, token=None, client_ca=client_ca)
     yield a
     a.stop()
+
+
+def test_mtls_admin_certificate_covers_allowed_hosts(rt, ca, tmp_path):
+    """https://gw1.internal:PORT verifies against state_dir/ca.pem, and that Host is answered."""
+    import socket
+
+    a = Admin(rt, tmp_path, token=None, client_ca=write_ca(tmp_path, "clients-ca", ca), allowed_hosts=("gw1.internal",))
+    try:
+        good = write_pair(tmp_path, "operator", make_leaf(ca, ["operator"], client=True))
+        ctx = _client_context(a.service.ca_path, good)
+        replies = []
+        for host in ("gw1.internal", "gw2.internal"):
+            raw = socket.create_connection(("127.0.0.1", a.port), timeout=10)
+            with ctx.wrap_socket(raw, server_hostname="gw1.internal") as tls:  # checks the certificate's names
+                tls.sendall(f"GET /certs HTTP/1.1\r\nHost: {host}:{a.port}\r\nConnection: close\r\n\r\n".encode())
+                chunks = []
+                while chunk := tls.recv(65536):
+                    chunks.append(chunk)
+            replies.append(b"".join(chunks))
+        assert replies[0].startswith(b"HTTP/1.1 200"), replies[0][:200]
+        assert replies[1].startswith(b"HTTP/1.1 403") and b"forbidden_origin" in replies[1]
+    finally:
+        a.stop()
 
 
 def _client_context(server_ca: str, pair: tuple[str, str] | None) -> ssl.SSLContext:

@@ -74,6 +74,26 @@ def test_store_keys_parse(tmp_path):
         ("[admin]\nbind = 127.0.0.1:8443\n[listener:main]\nbind = 127.0.0.1:8443\n",
          "gw.ini: [admin] bind: 127.0.0.1:8443 is already used by [listener:main]"),
         ("[admn]\n" + L, "gw.ini: [admn]: unknown section (did you mean 'admin'?)"),
+        ("[admin]\nallowed_hosts = gw1.internal gw1.internal:9901\n" + L,
+         "gw.ini: [admin] allowed_hosts: 'gw1.internal:9901': expected a host name without a port "
+         "(the admin API's port is accepted with or without it)"),
+        ("[admin]\nallowed_hosts = *.internal\n" + L,
+         "gw.ini: [admin] allowed_hosts: '*.internal': wildcards are not allowed (list each host name)"),
+        ("[admin]\nallowed_hosts = [::1]\n" + L,
+         "gw.ini: [admin] allowed_hosts: '[::1]': expected a host name without a port "
+         "(the admin API's port is accepted with or without it)"),
+        ("[admin]\nallowed_hosts = http://gw1.internal\n" + L,
+         "gw.ini: [admin] allowed_hosts: 'http://gw1.internal': expected a host name without a port "
+         "(the admin API's port is accepted with or without it)"),
+        ("[admin]\nallowed_hosts = gw1_internal\n" + L,
+         "gw.ini: [admin] allowed_hosts: 'gw1_internal': expected a host name (letters, digits, '-' and '.'; "
+         "labels of 1-63 characters)"),
+        ("[admin]\nallowed_hosts = gw1.internal.\n" + L,
+         "gw.ini: [admin] allowed_hosts: 'gw1.internal.': expected a host name (letters, digits, '-' and '.'; "
+         "labels of 1-63 characters)"),
+        ("[admin]\nallowed_hosts =\n" + L, "gw.ini: [admin] allowed_hosts: empty value"),
+        ("[admin]\nallowed_host = gw1.internal\n" + L,
+         "gw.ini: [admin] allowed_host: unknown key (did you mean 'allowed_hosts'?)"),
         (L + "certificate = store:\n",
          "gw.ini: [listener:main] certificate: 'store:': expected store:NAME or store:ID (NAME: 1-128 of A-Z a-z 0-9 . _ -; "
          "ID: the 64 hex digits of the SHA-256 fingerprint)"),
@@ -96,6 +116,34 @@ def test_admin_non_loopback_with_token_or_client_ca_is_accepted(tmp_path):
     token.write_text("s3cret-token\n")
     cfg = parse_text(f"[admin]\nbind = 0.0.0.0:9901\ntoken_file = {token}\n" + L, "gw.ini")
     assert (cfg.admin.host, cfg.admin.port, cfg.admin.token_file, cfg.admin.loopback) == ("0.0.0.0", 9901, str(token), False)
+
+
+def test_admin_allowed_hosts():
+    assert parse_text(L, "gw.ini").admin.allowed_hosts == ()
+    cfg = parse_text("[admin]\nallowed_hosts = gw1.internal Admin.Example.com\n  GW1.INTERNAL 10.0.0.5\n" + L, "gw.ini")
+    assert cfg.admin.allowed_hosts == ("gw1.internal", "admin.example.com", "10.0.0.5")
+
+
+def test_admin_allowed_hosts_reach_the_admin_listener_config(tmp_path):
+    """txgate.service hands allowed_hosts to the admin listener's AdminConfig."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txgate.admin.service import AdminService
+    from txgate.service import makeService
+
+    state = tmp_path / "state"
+    text = (f"[gateway]\nstate_dir = {state}\n[admin]\nbind = 127.0.0.1:0\nallowed_hosts = gw1.internal\n"
+            "[listener:main]\nbind = 127.0.0.1:0\ncertificate = local\n")
+    cfg = parse_text(text, "gw.ini")
+    top = makeService(cfg, MemoryReactorClock())
+    try:
+        admins = [s for s in top if isinstance(s, AdminService)]
+        assert [a.config.allowed_hosts for a in admins] == [("gw1.internal",)]
+    finally:
+        for service in top:
+            store = getattr(service, "store", None)
+            if store is not None and hasattr(store, "close"):
+                store.close()
 
 
 def test_admin_bind_off():

@@ -67,6 +67,8 @@ class AdminConfig:
     port: int = 9901
     client_ca: str | None = None   # mTLS: PEM bundle of CAs whose client certificates may use the API
     token_file: str | None = None  # bearer token (first line of the file)
+    # More host names the admin API answers to (Host, Origin), lower case; see host_name_problem.
+    allowed_hosts: tuple[str, ...] = ()
     # False while `bind` is not written: a busy default port is then a warning, not an error.
     bind_explicit: bool = False
 
@@ -226,7 +228,7 @@ upstream = builtin:echo
 GATEWAY_KEYS = {
     "state_dir", "access_log", "log_format", "shutdown_timeout", "store", "store_secret_file", "expiry_warning_days",
 }
-ADMIN_KEYS = {"bind", "client_ca", "token_file"}
+ADMIN_KEYS = {"bind", "client_ca", "token_file", "allowed_hosts"}
 ADMIN_DEFAULT_BIND = ("127.0.0.1", 9901)
 LISTENER_KEYS = {
     "bind", "tls", "certificate", "sni", "min_tls", "max_tls", "ciphers", "tls13_ciphersuites",
@@ -837,6 +839,24 @@ def _binds_overlap(a: str, b: str) -> bool:
     return a == b or a in wild or b in wild
 
 
+_HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def host_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a host name for `[admin] allowed_hosts` (None if it is one).
+
+    A DNS name of letters, digits, ``-`` and ``.`` (an IPv4 address passes too); no port, no
+    wildcard, no IPv6 literal, no trailing dot. Shared with ``txgate.admin.config.AdminConfig``.
+    """
+    if "*" in name:
+        return f"'{name}': wildcards are not allowed (list each host name)"
+    if ":" in name or "[" in name or "]" in name:
+        return f"'{name}': expected a host name without a port (the admin API's port is accepted with or without it)"
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.lower().split(".")):
+        return f"'{name}': expected a host name (letters, digits, '-' and '.'; labels of 1-63 characters)"
+    return None
+
+
 def is_loopback(host: str) -> bool:
     """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
     if host.lower() == "localhost":
@@ -887,8 +907,16 @@ def parse_admin(section: _Section) -> AdminConfig:
     token_file = section.str("token_file")
     if token_file is not None:
         section.readable_file("token_file", token_file)
+    allowed_hosts: list[str] = []
+    for name in section.words("allowed_hosts") or []:
+        problem = host_name_problem(name)
+        if problem is not None:
+            section.fail("allowed_hosts", problem)
+        if name.lower() not in allowed_hosts:
+            allowed_hosts.append(name.lower())
     if section.has("bind") and section.str("bind") == "off":
-        return AdminConfig(enabled=False, client_ca=client_ca, token_file=token_file, bind_explicit=True)
+        return AdminConfig(enabled=False, client_ca=client_ca, token_file=token_file,
+                           allowed_hosts=tuple(allowed_hosts), bind_explicit=True)
     explicit = section.has("bind")
     host, port = parse_bind(section, "bind") if explicit else ADMIN_DEFAULT_BIND
     if not is_loopback(host) and client_ca is None and token_file is None:
@@ -896,7 +924,7 @@ def parse_admin(section: _Section) -> AdminConfig:
         section.fail("bind", f"{where} is not a loopback address: protect the admin API with client_ca (mTLS) "
                              "or token_file (bearer token), or bind it to 127.0.0.1")
     return AdminConfig(enabled=True, host=host, port=port, client_ca=client_ca, token_file=token_file,
-                       bind_explicit=explicit)
+                       allowed_hosts=tuple(allowed_hosts), bind_explicit=explicit)
 
 
 def _check_overlaps(path: str, apis: list[ApiConfig], listener_names: list[str]) -> None:

@@ -1257,7 +1257,8 @@ def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
         from txgate.admin.config import AdminConfig as AdminListenerConfig
 
         admin_config = AdminListenerConfig(bind_host=adm.host, bind_port=adm.port, client_ca=adm.client_ca,
-                                           token_file=adm.token_file, state_dir=config.gateway.state_dir)
+                                           token_file=adm.token_file, state_dir=config.gateway.state_dir,
+                                           allowed_hosts=adm.allowed_hosts)
         kw = {"metrics": metrics} if metrics is not None else {}
         AdminService(facade, admin_config, gateway.reactor, **kw).setServiceParent(top)
     try:

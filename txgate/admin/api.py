@@ -9,11 +9,12 @@ material: certificate metadata comes from ``CertInfo`` (which has none).
 
 Browsers (CSRF, DNS rebinding): the default admin API is plain HTTP on loopback without
 authentication, so every request is checked before anything else. Its ``Host`` must name this API
-(the bind address, ``localhost``, ``127.0.0.1`` or ``[::1]``, with or without the bound port; with a
-wildcard bind also the local address the connection came in on): a DNS-rebound page sends its own
-name. A request carrying ``Origin`` (browsers send it on every cross-origin request and on every
-POST; curl, scripts and Prometheus do not) must come from this API's own origin. Both refusals are
-``403 forbidden_origin``. Request bodies must be typed ``application/json`` (``POST /csr``) or
+(the bind address, ``localhost``, ``127.0.0.1``, ``[::1]`` or a name in ``[admin] allowed_hosts``,
+case-insensitive, with or without the bound port; with a wildcard bind also the local address the
+connection came in on): a DNS-rebound page sends its own name. A request carrying ``Origin``
+(browsers send it on every cross-origin request and on every POST; curl, scripts and Prometheus do
+not) must come from this API's own origin (its scheme, one of those names, its port). Both refusals
+are ``403 forbidden_origin``. Request bodies must be typed ``application/json`` (``POST /csr``) or
 ``application/x-pem-file`` / ``application/octet-stream`` (PEM uploads), types a browser cannot send
 cross-origin without a CORS preflight (which this API never grants): ``415 unsupported_media_type``.
 
@@ -154,7 +155,7 @@ class AdminResource(Resource):
     isLeaf = True
 
     def __init__(self, facade: Any, *, metrics: Any = None, token: bytes | None = None,
-                 bind_host: str = "127.0.0.1", tls: bool = False) -> None:
+                 bind_host: str = "127.0.0.1", tls: bool = False, allowed_hosts: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.facade = facade
         self.metrics = metrics
@@ -162,7 +163,9 @@ class AdminResource(Resource):
         self._scheme = "https" if tls else "http"
         host = _host_name(bind_host)
         self._wildcard = host in _WILDCARDS
-        self._names = LOOPBACK_NAMES if self._wildcard else LOOPBACK_NAMES | {host}
+        # allowed_hosts: names validated by the config (no port, no wildcard); compared lower case.
+        extra = {_host_name(h) for h in allowed_hosts}
+        self._names = LOOPBACK_NAMES | extra if self._wildcard else LOOPBACK_NAMES | extra | {host}
         # (method, pattern, handler, needs_auth); "*" in a pattern is one path segment.
         self._routes: list[tuple[bytes, tuple[str, ...], Callable[..., Any], bool]] = [
             (b"GET", ("health",), self.health, False),
@@ -228,8 +231,8 @@ class AdminResource(Resource):
         hosts = request.requestHeaders.getRawHeaders(b"host") or []
         if len(hosts) > 1 or (hosts and not _host_is_ours(hosts[0].decode("latin-1"), names, port)):
             raise ApiError(403, "forbidden_origin",
-                           "the Host header does not name this admin API (use localhost, 127.0.0.1, [::1] "
-                           "or its bind address)")
+                           "the Host header does not name this admin API (use localhost, 127.0.0.1, [::1], "
+                           "its bind address or a name in [admin] allowed_hosts)")
         for origin in request.requestHeaders.getRawHeaders(b"origin") or []:
             if not _origin_is_ours(origin.decode("latin-1"), self._scheme, names, port):
                 raise ApiError(403, "forbidden_origin",

@@ -3,22 +3,28 @@
 Contract (for ``txgate.config`` / ``txgate.service``)::
 
     AdminConfig(bind_host="127.0.0.1", bind_port=9901, client_ca=None, token_file=None,
-                state_dir="./txgate-state")
+                state_dir="./txgate-state", allowed_hosts=())
 
 - ``client_ca``: path of a PEM CA bundle; when set the admin listener speaks TLS (a server
   certificate from the local CA in ``state_dir``) and requires a client certificate issued under it.
 - ``token_file``: path of a file holding the bearer token (surrounding whitespace ignored).
 - Both set: a request needs both. Neither set: allowed on a loopback address only.
+- ``allowed_hosts``: more host names (no ports, no wildcards) the API answers to in ``Host`` and
+  ``Origin``, besides its bind address and the loopback names; stored lower case, without duplicates.
 
 The constructor raises ``AdminConfigError`` (a ValueError with ``.key`` naming the ``[admin]``
-key) for a non-loopback ``bind`` with neither protection, or an out-of-range port; config.py can
-turn it into its ConfigError. ``read_token(path)`` is the one reader of the token file (the config
-check and the admin listener both use it), raising ``AdminConfigError('token_file', ...)``.
+key) for a non-loopback ``bind`` with neither protection, an out-of-range port, or an
+``allowed_hosts`` entry that is not a host name (``txgate.config.host_name_problem``, the same check
+and message as gw.ini's); config.py can turn it into its ConfigError. ``read_token(path)`` is the
+one reader of the token file (the config check and the admin listener both use it), raising
+``AdminConfigError('token_file', ...)``.
 """
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+
+from txgate.config import host_name_problem
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9901
@@ -52,8 +58,17 @@ class AdminConfig:
     client_ca: str | None = None
     token_file: str | None = None
     state_dir: str = "./txgate-state"
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        hosts: list[str] = []
+        for name in self.allowed_hosts:
+            problem = host_name_problem(name)
+            if problem is not None:
+                raise AdminConfigError("allowed_hosts", problem)
+            if name.lower() not in hosts:
+                hosts.append(name.lower())
+        object.__setattr__(self, "allowed_hosts", tuple(hosts))
         if not 0 <= self.bind_port <= 65535:
             raise AdminConfigError("bind", f"port {self.bind_port} is out of range (0-65535)")
         if not self.client_ca and not self.token_file and not is_loopback(self.bind_host):

@@ -20,8 +20,10 @@ Contract (for ``txgate.service``)::
   against ``client_ca`` by ``txgate.tls.clientverify.ClientVerifier`` (refusals logged with its
   reason codes, counted in ``txgate_tls_handshakes_total{listener="admin"}``).
 - The startup line is ``admin API on http(s)://HOST:PORT (auth: token|mtls|mtls+token|none)``.
-- Whatever the protection, requests a browser sends for another site (a foreign ``Host`` or
-  ``Origin``) are refused, and bodies must have a non-form Content-Type (see ``txgate.admin.api``).
+- Whatever the protection, requests a browser sends for another site (a ``Host`` or ``Origin``
+  naming neither the bind address, a loopback name nor one of ``allowed_hosts``) are refused, and
+  bodies must have a non-form Content-Type (see ``txgate.admin.api``). With ``client_ca`` the
+  ``allowed_hosts`` names are also in the admin listener's server certificate.
 """
 from __future__ import annotations
 
@@ -170,7 +172,8 @@ class AdminService(Service):
             except CertificateError as e:
                 raise AdminConfigError("client_ca", str(e)) from None
             verifier = ClientVerifier(listener="admin", mode="require", anchors=anchors)
-        resource = AdminResource(self.facade, metrics=self.metrics, token=token, bind_host=cfg.bind_host, tls=cfg.tls)
+        resource = AdminResource(self.facade, metrics=self.metrics, token=token, bind_host=cfg.bind_host, tls=cfg.tls,
+                                 allowed_hosts=cfg.allowed_hosts)
         return AdminSite(resource, metrics=self.metrics, tls=cfg.tls, client_verifier=verifier, reactor=self.reactor)
 
     def _server_tls(self, verifier: Any) -> Any:
@@ -184,6 +187,8 @@ class AdminService(Service):
         host = self.config.bind_host.strip("[]")
         if host and host not in ("0.0.0.0", "::") and host not in names:
             names.append(host)
+        # The names clients may use (allowed_hosts) are in the certificate too, so https://NAME:PORT verifies.
+        names.extend(h for h in self.config.allowed_hosts if h not in names)
         ck = ca.issue_server(names, now=now)
         return ServerTLS(default=ck, alpn=("http/1.1",), client_verifier=verifier)
 
