@@ -26,7 +26,7 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
 from txgate.http.errors import send_error
-from txgate.http.exchange import ConnectionInfo, Limits, RequestHead
+from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead
 
 
 class _QuietLog:
@@ -81,30 +81,8 @@ class StreamLost(Exception):
         self.error_code = error_code
 
 
-class _Rejected:
-    """The handler of a stream we answered ourselves (malformed request): discards the body."""
-
-    __slots__ = ()
-    api = None
-    upstream_label = None
-
-    def body_received(self, data: bytes) -> None:
-        pass
-
-    def body_finished(self) -> None:
-        pass
-
-    def stream_lost(self, reason: object) -> None:
-        pass
-
-    def pause_producing(self) -> None:
-        pass
-
-    def resume_producing(self) -> None:
-        pass
-
-
-_REJECTED = _Rejected()
+# The handler of a stream we answered ourselves (malformed request): discards the body.
+_REJECTED = NullHandler()
 
 
 class H2Stream:
