@@ -23,6 +23,18 @@ def _tcp_transport(transport):
     return None
 
 
+def no_delay(transport) -> None:
+    """Responses go out at once: no Nagle (it would hold one behind unacknowledged TLS
+    tickets), and a send on the socket right away when nothing is queued."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except (OSError, AttributeError):
+            pass
+    enable_direct_writes(transport)
+
+
 def enable_direct_writes(transport) -> None:
     """Make writes on this connection's TCP transport try the socket first."""
     t = _tcp_transport(transport)

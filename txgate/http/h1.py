@@ -8,6 +8,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txgate.directwrite import no_delay
 from txgate.http.closing import GRACE, Closer
 from txgate.http.errors import error_body, send_error
 from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead
@@ -162,7 +163,7 @@ class H1Connection(Protocol):
     # -- connection lifetime -------------------------------------------------
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
-        _no_delay(self.transport)
+        no_delay(self.transport)
         self.mark = self.clock.seconds()
         self.timer = self.clock.callLater(self.limits.idle_timeout, self._check_timeout)
 
@@ -508,20 +509,6 @@ class H1Connection(Protocol):
             )
         except Exception:
             log.failure("access log failed")
-
-
-def _no_delay(transport) -> None:
-    """Responses go out at once: no Nagle (it would hold one behind unacknowledged TLS
-    tickets), and a send on the socket right away when nothing is queued."""
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        try:
-            set_no_delay(True)
-        except (OSError, AttributeError):
-            pass
-    from txgate.directwrite import enable_direct_writes
-
-    enable_direct_writes(transport)
 
 
 class _UnsupportedVersion(Exception):

@@ -25,6 +25,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
+from txgate.directwrite import no_delay
+from txgate.http.closing import Closer
 from txgate.http.errors import send_error
 from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead
 
@@ -250,6 +252,7 @@ class H2Connection(Protocol):
         self._goaway_last = 0
         self._closing = False
         self._lost = False
+        self._closer: Closer | None = None
         self._dispatch_table = {
             h2.events.RequestReceived: self._on_request,
             h2.events.DataReceived: self._on_data,
@@ -263,9 +266,7 @@ class H2Connection(Protocol):
 
     # -- Twisted protocol ---------------------------------------------------------------
     def connectionMade(self) -> None:
-        from txgate.http.h1 import _no_delay
-
-        _no_delay(self.transport)
+        no_delay(self.transport)
         limits = self.limits
         config = h2.config.H2Configuration(
             client_side=False,
@@ -347,9 +348,8 @@ class H2Connection(Protocol):
         if self._lost:
             return
         self._lost = True
-        closer = getattr(self, "_closer", None)
-        if closer is not None:
-            closer.cancel()
+        if self._closer is not None:
+            self._closer.cancel()
         self._closing = True
         for call in (self._flush_call, self._idle_call):
             if call is not None and call.active():
@@ -888,7 +888,5 @@ class H2Connection(Protocol):
                 self.transport.write(data)
             # close_notify after what is queued; abort if the peer never completes the close
             # (or keeps sending: a flood after GOAWAY must not keep the connection being read).
-            from txgate.http.closing import Closer
-
             self._closer = Closer(self.transport, self.clock)
             self._closer.close()

@@ -7,6 +7,8 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txgate.directwrite import no_delay
+
 log = Logger()
 
 
@@ -36,9 +38,7 @@ class UpstreamConnection(Protocol):
     # -- lifetime -----------------------------------------------------------------
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
-        from txgate.http.h1 import _no_delay
-
-        _no_delay(self.transport)
+        no_delay(self.transport)
         if not self.tls:
             self.ready = True
             self.pool.connection_ready(self)
