@@ -11,8 +11,17 @@ from cryptography.x509.oid import NameOID
 
 from txgate.tls.builders import self_signed_ca, sign_algorithm
 from txgate.fileio import make_private_dir, write_private_file, write_public_file
-from txgate.lifecycle.keys import LifecycleError, generate_key, private_key_pem, public_key_der
-from txgate.tls.certs import CertificateError, PrivateKey, format_time, parse_certificates, parse_private_key
+from txgate.lifecycle.keys import LifecycleError, generate_key
+from txgate.tls.certs import (
+    CertificateError,
+    PrivateKey,
+    format_time,
+    is_ca,
+    parse_certificates,
+    parse_private_key,
+    private_key_pem,
+    public_key_der,
+)
 
 CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca-key.pem"
@@ -89,13 +98,6 @@ def init_ca(
     return CA(certificate=cert, key=key, directory=directory)
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
 def _read(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -123,7 +125,7 @@ def load_ca(directory: str, *, now: datetime) -> CA:
         key = parse_private_key(key_data, key_path)
     except CertificateError as e:
         raise LifecycleError(str(e)) from None
-    if not _is_ca(cert):
+    if not is_ca(cert):
         raise LifecycleError(f"{cert_path}: not a CA certificate (basicConstraints CA:TRUE missing)")
     if public_key_der(key.public_key()) != public_key_der(cert.public_key()):
         raise LifecycleError(f"{key_path}: private key does not match the CA certificate {cert_path}")

@@ -6,10 +6,10 @@ import re
 from typing import Iterable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from txgate.tls.certs import PrivateKey
+from txgate.tls.certs import private_key_pem as private_key_pem  # re-exported: the lifecycle API names it
 
 KEY_TYPES = ("ec", "rsa")
 RSA_BITS = 3072
@@ -29,20 +29,6 @@ def generate_key(key_type: str = "ec") -> PrivateKey:
     if key_type == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     raise LifecycleError(f"unknown key type '{key_type}' (expected one of: {', '.join(KEY_TYPES)})")
-
-
-def private_key_pem(key: PrivateKey) -> bytes:
-    """The unencrypted PKCS#8 PEM of ``key`` (write it only with ``write_private_file``)."""
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def public_key_der(key: object) -> bytes:
-    """The DER SubjectPublicKeyInfo of a public key (for comparing keys)."""
-    return key.public_bytes(  # type: ignore[attr-defined,no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def normalize_dns(name: str) -> str:

@@ -6,7 +6,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from txgate import pins as _pins
-from txgate.tls.certs import CertificateError, cert_names, format_time, parse_certificates
+from txgate.tls.certs import CertificateError, cert_names, format_time, is_ca, parse_certificates
 
 
 def key_description(public_key: object) -> str:
@@ -37,13 +37,6 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
 def describe_certificate(cert: x509.Certificate) -> list[tuple[str, str]]:
     """(label, value) rows: subject, issuer, SANs, validity, key, CA, fingerprint, SPKI pin."""
     fp = fingerprint(cert)
@@ -54,7 +47,7 @@ def describe_certificate(cert: x509.Certificate) -> list[tuple[str, str]]:
         ("not before", format_time(cert.not_valid_before_utc)),
         ("not after", format_time(cert.not_valid_after_utc)),
         ("key", key_description(cert.public_key())),
-        ("CA", "yes" if _is_ca(cert) else "no"),
+        ("CA", "yes" if is_ca(cert) else "no"),
         ("serial", format(cert.serial_number, "x")),
         ("SHA-256 fingerprint", ":".join(fp[i : i + 2] for i in range(0, len(fp), 2)).upper()),
         ("SPKI pin", spki_pin(cert)),

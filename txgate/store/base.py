@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from txgate.store.crypto import KeyBox
 from txgate.store.model import CertInfo, Entry, StoreError, StoredCertificate, check_name, parse_ref
-from txgate.tls.certs import CertificateError, PrivateKey, cert_names, format_time, parse_private_key
+from txgate.tls.certs import CertificateError, PrivateKey, cert_names, format_time, parse_private_key, public_key_der
 
 log = Logger(namespace="txgate.store")
 
@@ -30,10 +30,6 @@ Call = Callable[..., Any]
 def utcnow() -> datetime:
     """The default clock of a store."""
     return datetime.now(timezone.utc)
-
-
-def _spki(key: Any) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _to_bytes(data: bytes | str | None) -> bytes | None:
@@ -324,7 +320,7 @@ class RecordStore(Store):
         key = None
         if key_pem is not None:
             key = self._parse_key(key_pem)
-            if _spki(key.public_key()) != _spki(leaf.public_key()):
+            if public_key_der(key.public_key()) != public_key_der(leaf.public_key()):
                 raise StoreError("key_mismatch", "the private key does not match the certificate")
         with self._locked():
             entry = self._put_unlocked(name, leaf, normalized, key)
@@ -498,7 +494,7 @@ class RecordStore(Store):
                 raise StoreError("no_pending_key", f"no pending key for {name!r} (create a CSR first)")
             der = box.open(rec["key"], self._pending_aad(name), f"the pending private key of {name!r}")
             key = serialization.load_der_private_key(der, password=None)
-            if _spki(key.public_key()) != _spki(leaf.public_key()):
+            if public_key_der(key.public_key()) != public_key_der(leaf.public_key()):
                 raise StoreError("key_mismatch", f"the certificate's public key is not the pending key of {name!r}")
             entry = self._put_unlocked(name, leaf, normalized, key)  # type: ignore[arg-type]
             self._r_delete_pending(name)

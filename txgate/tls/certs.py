@@ -36,8 +36,24 @@ def format_time(when: datetime) -> str:
     return when.strftime(_ISO)
 
 
-def _spki(key: Any) -> bytes:
+def public_key_der(key: Any) -> bytes:
+    """The DER SubjectPublicKeyInfo of a public key (for comparing keys)."""
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def private_key_pem(key: PrivateKey) -> bytes:
+    """The unencrypted PKCS#8 PEM of ``key`` (write it only with ``write_private_file``)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    """True if ``cert`` has basicConstraints CA:TRUE."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
@@ -186,7 +202,7 @@ def load_certified_key(cert_path: str, key_path: str, *, now: datetime) -> Certi
     """Load a PEM chain (leaf first) and its unencrypted key, checking match and validity."""
     chain = parse_certificates(_read(cert_path), cert_path)
     key = parse_private_key(_read(key_path), key_path)
-    if _spki(key.public_key()) != _spki(chain[0].public_key()):
+    if public_key_der(key.public_key()) != public_key_der(chain[0].public_key()):
         raise CertificateError(key_path, f"private key does not match the certificate {cert_path}")
     check_validity(chain[0], cert_path, now)
     return CertifiedKey(chain=tuple(chain), key=key, cert_path=cert_path, key_path=key_path)

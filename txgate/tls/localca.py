@@ -20,7 +20,9 @@ from txgate.tls.certs import (
     CertifiedKey,
     cert_names,
     format_time,
+    is_ca,
     load_certified_key,
+    private_key_pem,
 )
 
 log = Logger()
@@ -31,19 +33,6 @@ LEAF_VALIDITY = timedelta(days=90)
 LEAF_RENEW_BEFORE = timedelta(days=30)
 # Issue slightly in the past so clients with a skewed clock accept fresh certificates.
 BACKDATE = timedelta(hours=1)
-
-
-def _write_file(path: str, data: bytes, mode: int) -> None:
-    write_private_file(path, data, mode)
-
-
-_mkdir_private = make_private_dir
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def _normalize_names(names: list[str]) -> list[str]:
@@ -86,7 +75,7 @@ class LocalCA:
     @classmethod
     def ensure(cls, state_dir: str, *, now: datetime) -> LocalCA:
         """Load the CA from ``state_dir``, creating the directory and a new CA on first use."""
-        _mkdir_private(state_dir)
+        make_private_dir(state_dir)
         cert_path = os.path.join(state_dir, "ca.pem")
         key_path = os.path.join(state_dir, "ca-key.pem")
         have_cert, have_key = os.path.exists(cert_path), os.path.exists(key_path)
@@ -97,7 +86,7 @@ class LocalCA:
                 raise CertificateError(e.path, f"local CA is unusable: {e.reason}") from None
             if os.stat(key_path).st_mode & 0o077:
                 log.warn("local CA key {path} is readable by group or others; chmod 600 it", path=key_path)
-            if not _is_ca(ca.leaf):
+            if not is_ca(ca.leaf):
                 raise CertificateError(cert_path, "local CA is unusable: not a CA certificate")
             return cls(state_dir, ca)
         if have_cert != have_key:
@@ -107,8 +96,8 @@ class LocalCA:
                 missing, "file not found while its pair exists; restore it or remove both to create a new local CA"
             )
         ca = _new_ca(now)
-        _write_file(key_path, _key_pem(ca.key), 0o600)  # type: ignore[arg-type]
-        _write_file(cert_path, ca.leaf.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_private_file(key_path, private_key_pem(ca.key), 0o600)  # type: ignore[arg-type]
+        write_private_file(cert_path, ca.leaf.public_bytes(serialization.Encoding.PEM), 0o644)
         log.info(
             "created local CA {ca_path} (sha256 {fingerprint}, valid until {not_after})",
             ca_path=cert_path,
@@ -132,10 +121,10 @@ class LocalCA:
         reused = self._try_reuse(wanted, cert_path, key_path, now)
         if reused is not None:
             return reused
-        _mkdir_private(os.path.join(self.state_dir, "local"))
+        make_private_dir(os.path.join(self.state_dir, "local"))
         leaf = self._issue(wanted, now)
-        _write_file(key_path, _key_pem(leaf.key), 0o600)  # type: ignore[arg-type]
-        _write_file(
+        write_private_file(key_path, private_key_pem(leaf.key), 0o600)  # type: ignore[arg-type]
+        write_private_file(
             cert_path, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in leaf.chain), 0o644
         )
         log.info(
@@ -215,13 +204,6 @@ def _is_ip(name: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
 
 
 def _new_ca(now: datetime) -> CertifiedKey:
