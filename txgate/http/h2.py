@@ -258,8 +258,8 @@ class H2Connection(Protocol):
             h2.events.DataReceived: self._on_data,
             h2.events.StreamEnded: self._on_stream_ended,
             h2.events.StreamReset: self._on_stream_reset,
-            h2.events.WindowUpdated: self._on_window_updated,
-            h2.events.RemoteSettingsChanged: self._on_remote_settings,
+            h2.events.WindowUpdated: self._on_window_opened,
+            h2.events.RemoteSettingsChanged: self._on_window_opened,
             h2.events.SettingsAcknowledged: self._on_settings_acked,
             h2.events.ConnectionTerminated: self._on_terminated,
         }
@@ -351,10 +351,7 @@ class H2Connection(Protocol):
         if self._closer is not None:
             self._closer.cancel()
         self._closing = True
-        for call in (self._flush_call, self._idle_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._flush_call = self._idle_call = None
+        self._cancel_timers()
         streams = list(self._streams.values())
         self._streams.clear()
         self._blocked.clear()
@@ -601,11 +598,8 @@ class H2Connection(Protocol):
         s.local_done = True
         self._end_stream(s, StreamLost("stream_reset", ev.error_code))
 
-    def _on_window_updated(self, ev) -> None:
-        if self._blocked:
-            self._drain_blocked()
-
-    def _on_remote_settings(self, ev) -> None:
+    def _on_window_opened(self, ev) -> None:
+        # WINDOW_UPDATE, or SETTINGS (a new initial window or frame size): blocked streams may go on.
         if self._blocked:
             self._drain_blocked()
 
@@ -687,10 +681,13 @@ class H2Connection(Protocol):
                 conn.end_stream(sid)
                 self._local_done(s)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            # The client reset it (or the connection is closing) meanwhile.
-            if not s.over:
-                s.local_done = True
-                self._end_stream(s, StreamLost("stream_reset") if s._live() else None)
+            self._stream_gone(s)
+
+    def _stream_gone(self, s: H2Stream) -> None:
+        """h2 refused to send on the stream: the client reset it (or the connection is closing)."""
+        if not s.over:
+            s.local_done = True
+            self._end_stream(s, StreamLost("stream_reset") if s._live() else None)
 
     def _send_some(self, s: H2Stream, budget: int) -> bool:
         """Send up to ``budget`` bytes of queued body; returns whether anything went out."""
@@ -761,9 +758,7 @@ class H2Connection(Protocol):
                         progress = True
                 except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                     self._blocked.pop(s.stream_id, None)
-                    if not s.over:
-                        s.local_done = True
-                        self._end_stream(s, StreamLost("stream_reset") if s._live() else None)
+                    self._stream_gone(s)
                     continue
                 if not s.over:
                     self._watermarks(s)
@@ -873,15 +868,18 @@ class H2Connection(Protocol):
             pass
         self._close()
 
+    def _cancel_timers(self) -> None:
+        for call in (self._flush_call, self._idle_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._idle_call = None
+
     def _close(self) -> None:
         """Send what h2 has queued (GOAWAY included) and close the transport."""
         if self._closing:
             return
         self._closing = True
-        for call in (self._flush_call, self._idle_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._flush_call = self._idle_call = None
+        self._cancel_timers()
         if not self._lost:
             data = self.conn.data_to_send()
             if data:
