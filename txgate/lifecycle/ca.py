@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from txgate.tls.builders import self_signed_ca, sign_algorithm
+from txgate.tls.builders import BACKDATE, self_signed_ca
 from txgate.fileio import make_private_dir, write_private_file, write_public_file
 from txgate.lifecycle.keys import LifecycleError, generate_key
 from txgate.tls.certs import (
@@ -27,8 +27,6 @@ CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca-key.pem"
 DEFAULT_CA_NAME = "txgate private CA"
 DEFAULT_CA_DAYS = 3650
-# Issue slightly in the past so clients with a skewed clock accept fresh certificates.
-BACKDATE = timedelta(hours=1)
 
 
 @attrs.frozen
@@ -57,9 +55,6 @@ class CA:
     def pem(self) -> bytes:
         """The CA certificate as PEM."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
-
-
-_sign_algorithm = sign_algorithm
 
 
 def build_ca_certificate(key: PrivateKey, *, name: str, days: int, now: datetime) -> x509.Certificate:

@@ -6,8 +6,8 @@ from typing import Iterable
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from txgate.lifecycle.ca import _sign_algorithm
 from txgate.lifecycle.keys import LifecycleError, first_name, subject_alt_names
+from txgate.tls.builders import sign_algorithm
 from txgate.tls.certs import PrivateKey
 
 
@@ -24,7 +24,7 @@ def build_csr(
     )
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return b.sign(key, _sign_algorithm(key))  # type: ignore[arg-type]
+    return b.sign(key, sign_algorithm(key))  # type: ignore[arg-type]
 
 
 def load_csr(data: bytes, path: str = "CSR") -> x509.CertificateSigningRequest:

@@ -8,13 +8,13 @@ import re
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 from twisted.logger import Logger
 
 from txgate.fileio import make_private_dir, write_private_file
-from txgate.tls.builders import self_signed_ca
+from txgate.tls.builders import BACKDATE, build_leaf, self_signed_ca
 from txgate.tls.certs import (
     CertificateError,
     CertifiedKey,
@@ -31,8 +31,6 @@ CA_NAME = "txgate local CA"
 CA_VALIDITY = timedelta(days=3650)
 LEAF_VALIDITY = timedelta(days=90)
 LEAF_RENEW_BEFORE = timedelta(days=30)
-# Issue slightly in the past so clients with a skewed clock accept fresh certificates.
-BACKDATE = timedelta(hours=1)
 
 
 def _normalize_names(names: list[str]) -> list[str]:
@@ -172,28 +170,10 @@ class LocalCA:
             )
         except x509.ExtensionNotFound:
             aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self._ca.key.public_key())  # type: ignore[arg-type]
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])]))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                    encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(aki, critical=False)
-            .sign(self._ca.key, hashes.SHA256())  # type: ignore[arg-type]
+        cert = build_leaf(
+            subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])]), public_key=key.public_key(),
+            issuer=ca_cert.subject, signing_key=self._ca.key, sans=sans, client=False, not_before=now - BACKDATE,
+            not_after=not_after, authority_key_identifier=aki,
         )
         return CertifiedKey(chain=(cert, ca_cert), key=key)
 
