@@ -8,16 +8,13 @@ from txgate.errors import BadRequest, ClientCertificateNotAllowed, ClientCertifi
 from txgate.http.echo import EchoHandler
 from txgate.http.errors import send_gateway_error
 from txgate.http.exchange import NullHandler
-from txgate.http.headers import upstream_request_headers
+from txgate.http.headers import VIA_H1, VIA_H2, upstream_request_headers
 from txgate.http.router import Router, strip_prefix
 from txgate.tls.clientauth import ALLOWED, NOT_ALLOWED, PEER, REQUIRED
 from txgate.upstream.proxy import ProxyHandler, Upstream
 
 log = Logger()
 XFCC = b"x-forwarded-client-cert"
-
-VIA_H1 = b"1.1 txgate"
-VIA_H2 = b"2 txgate"
 
 
 def remove_dot_segments(path: str) -> str:
@@ -102,9 +99,6 @@ class ApiRuntime:
         self.xfcc = config.forward_client_cert == "xfcc"
 
 
-_Finished = NullHandler
-
-
 class ListenerDispatcher:
     """The `Dispatcher` of one listener."""
 
@@ -121,14 +115,14 @@ class ListenerDispatcher:
             path = normalize_path(head.path.decode("latin-1"))
         except UnsafePath as e:
             send_gateway_error(stream, BadRequest(f"ambiguous request path: {e}"))
-            return _Finished()
+            return NullHandler()
         if not path.startswith("/"):
             send_gateway_error(stream, BadRequest("request target must be an absolute path"))
-            return _Finished()
+            return NullHandler()
         found = self.router.match(head.host, path)
         if found is None:
             send_gateway_error(stream, NoRoute(f"no API for host '{head.host}' and path '{path}'"))
-            return _Finished()
+            return NullHandler()
         prefix, api = found
         cfg = api.config
         if api.allowlist is not None:
@@ -138,10 +132,10 @@ class ListenerDispatcher:
             if decision != ALLOWED:
                 err = ClientCertificateRequired() if decision == REQUIRED else ClientCertificateNotAllowed()
                 send_gateway_error(stream, err)
-                return _Finished(api.name)
+                return NullHandler(api.name)
         if cfg.max_body_bytes and head.content_length is not None and head.content_length > cfg.max_body_bytes:
             send_gateway_error(stream, RequestTooLarge(f"request body exceeds {cfg.max_body_bytes} bytes"))
-            return _Finished(api.name)
+            return NullHandler(api.name)
         if cfg.strip_path:
             path = strip_prefix(prefix, path)
         info = stream.info

@@ -43,17 +43,16 @@ def connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return frozenset(named)
 
 
-def _drop_for(headers: list[tuple[bytes, bytes]], extra: frozenset[bytes]) -> frozenset[bytes]:
-    named = connection_named(headers)
-    return extra | named if named else extra
-
-
 def _forwarded_node(host: str, port: int | None = None) -> str:
     node = f"[{host}]" if ":" in host else host
     if ":" in host or port is not None:
         node = f'"{node}:{port}"' if port is not None else f'"{node}"'
     return node
 
+
+# Our Via entry, per downstream protocol version.
+VIA_H1 = b"1.1 txgate"
+VIA_H2 = b"2 txgate"
 
 REQUEST_DROP = HOP_BY_HOP | FORWARDING | FRAMING
 RESPONSE_DROP = HOP_BY_HOP | frozenset({b"content-length"})
@@ -101,6 +100,16 @@ def _filtered(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> tup
     return out, vias, named
 
 
+def _less_named(headers, out: list, vias: list) -> tuple[list, list]:
+    """Drop the headers a Connection header named (rare: only then is it looked up)."""
+    names = connection_named(headers)
+    return [kv for kv in out if kv[0] not in names], ([] if b"via" in names else vias)
+
+
+def _via(vias: list, via: bytes) -> tuple[bytes, bytes]:
+    return (b"via", b", ".join(vias + [via]) if vias else via)
+
+
 def upstream_request_headers(
     headers: list[tuple[bytes, bytes]],
     *,
@@ -112,11 +121,9 @@ def upstream_request_headers(
     """Headers to send upstream (Host aside): client headers less hop-by-hop and forwarding ones, plus ours."""
     out, vias, named = _filtered(headers, _REQUEST_DROP_ALL)
     if named:
-        names = connection_named(headers)
-        out = [kv for kv in out if kv[0] not in names]
-        vias = [] if b"via" in names else vias
+        out, vias = _less_named(headers, out, vias)
     out.extend(_forwarding_tail(client_ip, proto, original_host))
-    out.append((b"via", b", ".join(vias + [via]) if vias else via))
+    out.append(_via(vias, via))
     return out
 
 
@@ -126,8 +133,6 @@ def downstream_response_headers(
     """Headers to send to the client: upstream headers less hop-by-hop ones, plus Via."""
     out, vias, named = _filtered(headers, RESPONSE_DROP)
     if named:
-        names = connection_named(headers)
-        out = [kv for kv in out if kv[0] not in names]
-        vias = [] if b"via" in names else vias
-    out.append((b"via", b", ".join(vias + [via]) if vias else via))
+        out, vias = _less_named(headers, out, vias)
+    out.append(_via(vias, via))
     return out

@@ -5,11 +5,10 @@ from twisted.logger import Logger
 
 from txgate.errors import UpstreamTLSError, GatewayError, RequestTooLarge, UpstreamBusy, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from txgate.http.errors import send_gateway_error
-from txgate.http.headers import downstream_response_headers
+from txgate.http.headers import VIA_H1, downstream_response_headers
 
 log = Logger()
 
-VIA = b"1.1 txgate"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 BUFFER_LIMIT = 65536  # request body held while no upstream connection is ready
 
@@ -135,7 +134,7 @@ class ProxyHandler:
                 self.paused_downstream = False
                 self.stream.resume_reading()
         if self.body_done:
-            conn.end_body(b"0\r\n\r\n" if self.chunked else b"")
+            self._end_body()
 
     def upstream_failed(self, pool, err: GatewayError) -> None:
         if self.done:
@@ -182,7 +181,10 @@ class ProxyHandler:
             return
         self.body_done = True
         if self.conn is not None:
-            self.conn.end_body(b"0\r\n\r\n" if self.chunked else b"")
+            self._end_body()
+
+    def _end_body(self) -> None:
+        self.conn.end_body(b"0\r\n\r\n" if self.chunked else b"")
 
     def upstream_write_paused(self) -> None:
         self.stream.pause_reading()
@@ -196,7 +198,7 @@ class ProxyHandler:
             return
         self.started = True
         self._touch()
-        self.stream.start_response(status, downstream_response_headers(headers, VIA), content_length)
+        self.stream.start_response(status, downstream_response_headers(headers, VIA_H1), content_length)
 
     def response_body(self, data: bytes) -> None:
         if not self.done:
@@ -279,8 +281,7 @@ class ProxyHandler:
             conn.close()
         elif conn is None and self.pool is not None:
             self.pool.cancel(self)
-        if self.paused_downstream:
-            self.paused_downstream = False
+        self.paused_downstream = False
 
     def stream_lost(self, reason) -> None:
         if self.done:
