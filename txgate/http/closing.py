@@ -21,6 +21,16 @@ def _unsent(transport) -> int:
     return len(t.dataBuffer) - t.offset + t._tempDataLen
 
 
+def abort_connection(transport, fallback=None) -> None:
+    """Drop a connection now: abortConnection where the transport has it, else ``fallback``
+    (default: loseConnection)."""
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        (fallback or transport.loseConnection)()
+
+
 class Closer:
     """Close now, abort later: one per connection, cancelled when the connection is gone."""
 
@@ -50,11 +60,7 @@ class Closer:
     def abort(self) -> None:
         """Drop the connection now."""
         self.cancel()
-        abort = getattr(self.transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            self.transport.loseConnection()
+        abort_connection(self.transport)
 
     def _check(self) -> None:
         self.call = None

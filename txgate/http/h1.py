@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txgate.directwrite import no_delay
-from txgate.http.closing import GRACE, Closer
+from txgate.http.closing import GRACE, Closer, abort_connection
 from txgate.http.errors import error_body, send_error
 from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead
 
@@ -469,8 +469,7 @@ class H1Connection(Protocol):
             if clean:
                 self._close()
             else:
-                abort = getattr(self.transport, "abortConnection", None)
-                (abort or self._close)()
+                abort_connection(self.transport, self._close)
             return
         if ex.request_complete:
             self._next()

@@ -7,6 +7,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txgate.http.closing import abort_connection
 from txgate.directwrite import no_delay
 
 log = Logger()
@@ -89,8 +90,7 @@ class UpstreamConnection(Protocol):
         self.no_reuse = True
         self.exchange = None
         if not self.lost:
-            abort = getattr(self.transport, "abortConnection", None)
-            (abort or self.transport.loseConnection)()
+            abort_connection(self.transport)
 
     # -- one exchange -----------------------------------------------------------------
     def start(self, exchange, head: bytes, head_only: bool) -> None:
