@@ -283,20 +283,14 @@ class H1Connection(Protocol):
             if self._parsing is not None:
                 self._parsing.keep_alive = False
             return
-        except _HeadersTooLarge:
-            self._protocol_error(431, "headers_too_large", "request headers are too large")
-            return
-        except _UnsupportedVersion as e:
-            self._protocol_error(505, "http_version_not_supported", f"HTTP/{e.args[0].decode()} is not supported here")
+        except _Refusal as e:
+            self._protocol_error(e.status, e.code, e.message)
             return
         except httptools.HttpParserError as e:
             # Exceptions raised in parser callbacks arrive wrapped, with the original as context.
             cause = e.__context__
-            if isinstance(cause, _HeadersTooLarge):
-                self._protocol_error(431, "headers_too_large", "request headers are too large")
-            elif isinstance(cause, _UnsupportedVersion):
-                self._protocol_error(505, "http_version_not_supported",
-                                     f"HTTP/{cause.args[0].decode()} is not supported here")
+            if isinstance(cause, _Refusal):
+                self._protocol_error(cause.status, cause.code, cause.message)
             elif cause is None or isinstance(cause, httptools.HttpParserError):
                 self._protocol_error(400, "bad_request", f"malformed HTTP/1.1 request: {cause or e}")
             else:
@@ -312,7 +306,7 @@ class H1Connection(Protocol):
             # count raw bytes too, or one endless header line would never hit the limit.
             self._raw_head_bytes += len(data)
             if self._raw_head_bytes > self.limits.max_header_bytes + 1024:
-                self._protocol_error(431, "headers_too_large", "request headers are too large")
+                self._protocol_error(_HeadersTooLarge.status, _HeadersTooLarge.code, _HeadersTooLarge.message)
 
     def _protocol_error(self, status: int, code: str, message: str) -> None:
         """Answer a broken request directly and close: the byte stream cannot be trusted."""
@@ -510,12 +504,22 @@ class H1Connection(Protocol):
             log.failure("access log failed")
 
 
-class _UnsupportedVersion(Exception):
-    pass
+class _Refusal(Exception):
+    """A request refused while parsing: the status, code and message of its error response."""
+
+    status, code, message = 400, "bad_request", "bad request"
 
 
-class _HeadersTooLarge(Exception):
-    pass
+class _UnsupportedVersion(_Refusal):
+    status, code = 505, "http_version_not_supported"
+
+    def __init__(self, version: bytes) -> None:
+        super().__init__(version)
+        self.message = f"HTTP/{version.decode()} is not supported here"
+
+
+class _HeadersTooLarge(_Refusal):
+    status, code, message = 431, "headers_too_large", "request headers are too large"
 
 
 _NULL_HANDLER = NullHandler()
