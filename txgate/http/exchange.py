@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_h1_unit -*-
 """The contract between downstream protocols (HTTP/1.1, HTTP/2) and request handlers.
 
 A downstream protocol parses one request head, builds a `RequestHead`, and asks the
@@ -19,6 +20,10 @@ crosses a hop (see `txgate.http.headers`).
 from __future__ import annotations
 
 from typing import Protocol
+
+from twisted.logger import Logger
+
+log = Logger()
 
 
 class ConnectionInfo:
@@ -136,6 +141,30 @@ class Stream(Protocol):
 
     def resume_reading(self) -> None:
         """Deliver request body again."""
+
+
+class StreamRecord:
+    """What both protocols keep of one request for its access-log line (h1 and h2 streams extend it)."""
+
+    __slots__ = ("info", "head", "handler", "status", "bytes_in", "bytes_out", "started")
+
+    def __init__(self, info: ConnectionInfo, head: RequestHead | None, started: float) -> None:
+        self.info = info
+        self.head = head
+        self.handler = None
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = started
+
+    def report(self, dispatcher: Dispatcher, ended: float, handler: Handler | None) -> None:
+        """Hand the finished request to ``dispatcher.log_request`` (a failure there is only logged)."""
+        try:
+            dispatcher.log_request(
+                self.info, self.head, self.status, self.bytes_in, self.bytes_out, handler, self.started, ended
+            )
+        except Exception:
+            log.failure("access log failed")
 
 
 class Handler(Protocol):
