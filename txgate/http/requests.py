@@ -16,6 +16,7 @@ from txgate.http.headers import H2_CONNECTION_SPECIFIC
 _NAME_OK = bytes(c for c in range(0x21, 0x7F) if not 0x41 <= c <= 0x5A and c != 0x3A)
 _WS = b" \t"
 _H1_VERSIONS = (b"1.1", b"1.0")
+_PSEUDO = frozenset({b":method", b":path", b":authority", b":scheme"})
 
 
 class Refusal(NullHandler):
@@ -88,7 +89,8 @@ def h2_request_head(
 
     One pass with C-speed byte operations: h2's own validation is switched off (it loops over
     every byte in Python, and answers a malformed request with a connection-wide GOAWAY)."""
-    method = path = authority = host = cl = scheme = None
+    host = cl = None
+    pseudo: dict[bytes, bytes] = {}
     headers: list[tuple[bytes, bytes]] = []
     append = headers.append
     size = 0
@@ -106,22 +108,10 @@ def h2_request_head(
         elif n[0] == 58:  # b":"
             if regular:
                 bad = "pseudo-header after regular header"
-            if n == b":method":
-                if method is not None:
-                    bad = "duplicate :method"
-                method = v
-            elif n == b":path":
-                if path is not None:
-                    bad = "duplicate :path"
-                path = v
-            elif n == b":authority":
-                if authority is not None:
-                    bad = "duplicate :authority"
-                authority = v
-            elif n == b":scheme":
-                if scheme is not None:
-                    bad = "duplicate :scheme"
-                scheme = v
+            if n in _PSEUDO:
+                if n in pseudo:
+                    bad = "duplicate " + n.decode()
+                pseudo[n] = v
             else:
                 bad = "unsupported pseudo-header"
         else:
@@ -152,6 +142,8 @@ def h2_request_head(
     if cookies is not None and len(cookies) > 1:
         # Crumbs joined in place, not moved to the end (h2's normalization is off too).
         headers[cookie_at] = (b"cookie", b"; ".join(cookies))
+    get = pseudo.get
+    method, path, authority, scheme = get(b":method"), get(b":path"), get(b":authority"), get(b":scheme")
     if size > max_header_bytes:
         return None, HeadersTooLarge("request header list too large")
     if method is None:
