@@ -2,7 +2,9 @@
 """The contract between downstream protocols (HTTP/1.1, HTTP/2) and request handlers.
 
 A downstream protocol parses one request head, builds a `RequestHead`, and asks the
-dispatcher for a handler: ``handler = dispatcher.dispatch(stream, head)``.  From then on:
+dispatcher for a handler: ``handler = dispatcher.dispatch(stream, head)``.  The dispatcher
+decides and does not write: a refused request gets a `txgate.http.requests.Refusal`, which
+the protocol answers with its error (`requests.dispatch_request`).  From then on:
 
 * the protocol feeds the request body to the handler: ``handler.body_received(data)``
   and finally ``handler.body_finished()``; if the client goes away or resets the stream,
@@ -184,7 +186,8 @@ class Handler(Protocol):
 class Dispatcher(Protocol):
     """Chooses and creates the handler of each request (routing, policy, errors)."""
 
-    def dispatch(self, stream: Stream, head: RequestHead) -> Handler: ...
+    def dispatch(self, stream: Stream, head: RequestHead) -> Handler:
+        """The request's handler, or a `Refusal` for the protocol to answer (nothing written here)."""
 
     def log_request(
         self,
