@@ -1,5 +1,5 @@
 """Host-name rules: the one wildcard syntax rule and matcher, IP and loopback tests, host:port text."""
-# -*- test-case-name: tests.test_config_security -*-
+# -*- test-case-name: tests.test_config_rules, tests.test_config_security -*-
 from __future__ import annotations
 
 import ipaddress

@@ -1,5 +1,5 @@
 """The one classification of pin and fingerprint words: `sha256/BASE64`, 64 hex digits, or a file."""
-# -*- test-case-name: tests.test_mtls_config -*-
+# -*- test-case-name: tests.test_config_rules, tests.test_mtls_config -*-
 from __future__ import annotations
 
 PIN_PREFIX = "sha256/"

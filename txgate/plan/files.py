@@ -1,5 +1,5 @@
 """The files gw.ini names, checked on disk: readable files, pin and allowlist paths, state_dir."""
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.test_config_rules, tests.test_config, tests.test_state_dir -*-
 from __future__ import annotations
 
 import os
