@@ -24,7 +24,6 @@ class UpstreamConnection(Protocol):
         self.exchange = None
         self.ready = False
         self.lost = False
-        self.requests = 0
         self.response_started = False
         self.request_done = False
         self.response_done = False
@@ -96,7 +95,6 @@ class UpstreamConnection(Protocol):
     def start(self, exchange, head: bytes, head_only: bool) -> None:
         """Send a request head; body follows through write_body/end_body."""
         self.exchange = exchange
-        self.requests += 1
         self.response_started = False
         self.response_done = False
         self.request_done = False
