@@ -27,7 +27,7 @@ See docs/testing.md. Names exported here are the stable API; the submodules' oth
 from __future__ import annotations
 
 from txgate.testing.client import GatewayClient, Response
-from txgate.testing.gateway import LogCapture, MemoryGateway, client_creator
+from txgate.testing.gateway import LogCapture, MemoryGateway, client_creator, gateway_ini
 from txgate.testing.network import MemoryNetwork
 from txgate.testing.pki import TestPKI
 from txgate.testing.upstream import (
@@ -45,5 +45,5 @@ from txgate.testing.wire import Link, MemoryTransport
 __all__ = [
     "CloseMidBody", "Connect", "Drop", "GatewayClient", "Hang", "Link", "LogCapture", "MemoryGateway",
     "MemoryNetwork", "MemoryTransport", "RecordedRequest", "Respond", "Response", "TestPKI",
-    "UpstreamConnectionRecord", "UpstreamDouble", "client_creator",
+    "UpstreamConnectionRecord", "UpstreamDouble", "client_creator", "gateway_ini",
 ]

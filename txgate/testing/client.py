@@ -40,11 +40,20 @@ class Response:
 
     @property
     def code(self) -> str | None:
-        """The ``error.code`` of a gateway JSON error body (e.g. ``upstream_timeout``), or None."""
+        """The code of a gateway error body (``{"error": CODE, "message": ...}``), e.g. ``upstream_timeout``; or None."""
+        return self._error_field("error")
+
+    @property
+    def message(self) -> str | None:
+        """The message of a gateway error body, or None."""
+        return self._error_field("message")
+
+    def _error_field(self, key: str) -> str | None:
         try:
-            return self.json()["error"]["code"]
-        except (ValueError, KeyError, TypeError):
+            value = self.json()
+        except ValueError:
             return None
+        return value.get(key) if isinstance(value, dict) else None
 
 
 @implementer(IHandshakeListener)

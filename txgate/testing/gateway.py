@@ -70,6 +70,16 @@ def client_creator(server_name: str, *, ca: Any = None, alpn: Sequence[str] | No
     return optionsForClientTLS(server_name, trustRoot=trust, clientCertificate=client_cert, acceptableProtocols=protos)
 
 
+def gateway_ini(certificate: CertifiedKey, apis: str = "", *, listener: str = "", gateway: str = "") -> str:
+    """A small gw.ini: admin off, no access log, TLS listener ``main`` on 127.0.0.1:0 with ``certificate``, then ``apis``.
+
+    ``listener`` and ``gateway`` are extra ``key = value`` lines for those sections.
+    """
+    return (f"[admin]\nbind = off\n[gateway]\naccess_log = off\n{gateway}\n"
+            f"[listener:main]\nbind = 127.0.0.1:0\ncertificate = {certificate.cert_path} {certificate.key_path}\n"
+            f"{listener}\n{apis}")
+
+
 class MemoryGateway:
     """txgate from a gw.ini text, running on a `MemoryReactorClock`: no sockets, no threads, no real time.
 

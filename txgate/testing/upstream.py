@@ -21,12 +21,14 @@ from txgate.testing.network import MemoryNetwork, address, never_answer, refuse
 # -- what a double does with a request ----------------------------------------------------------
 @attrs.frozen
 class Respond:
-    """Answer with a complete response (Content-Length, or chunked with ``chunked=True``)."""
+    """Answer with a complete response: Content-Length, chunked (``chunked=True``) or ended by closing
+    the connection (``close_delimited=True``)."""
 
     status: int = 200
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
     chunked: bool = False
+    close_delimited: bool = False
 
     @classmethod
     def json(cls, value: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Respond:
@@ -36,7 +38,7 @@ class Respond:
 
 @attrs.frozen
 class Hang:
-    """Never answer (the connection stays open): for response timeouts."""
+    """Do not answer (the connection stays open) until `UpstreamDouble.release` says how."""
 
 
 @attrs.frozen
@@ -126,6 +128,7 @@ class UpstreamDouble:
         self.requests: list[RecordedRequest] = []
         self.connections: list[UpstreamConnectionRecord] = []
         self._queue: deque[Action] = deque()
+        self.held: deque[tuple[_UpstreamServer, RecordedRequest]] = deque()
         self._tls_creator = None
         if self.tls:
             if certificate is None:
@@ -142,6 +145,14 @@ class UpstreamDouble:
         """Answer the next requests (in arrival order) with these actions."""
         self._queue.extend(actions)
         return self
+
+    def release(self, action: Action | None = None) -> RecordedRequest:
+        """Answer the oldest request held by `Hang` (default ``Respond(200, b"ok")``); that request."""
+        server, request = self.held.popleft()
+        if not server.gone:
+            server._perform(action or Respond(200, b"ok"))
+        self.network.flush()
+        return request
 
     @property
     def bodies(self) -> list[bytes]:
@@ -242,10 +253,12 @@ class _UpstreamServer(Protocol):
         if request is None:
             return
         request.complete = True
+        self._last = request
         self._perform(self.double._next_action(request))
 
     def _perform(self, action: Action) -> None:
         if isinstance(action, Hang):
+            self.double.held.append((self, self._last))
             return
         if isinstance(action, Drop):
             self.transport.abortConnection()
@@ -262,12 +275,14 @@ class _UpstreamServer(Protocol):
             if "transfer-encoding" not in names:
                 head.append(b"transfer-encoding: chunked\r\n")
             body = (b"%x\r\n%b\r\n" % (len(action.body), action.body) if action.body else b"") + b"0\r\n\r\n"
+        elif action.close_delimited:
+            body = action.body
         else:
             if "content-length" not in names:
                 head.append(b"content-length: %d\r\n" % len(action.body))
             body = action.body
         self._write(b"".join(head) + b"\r\n" + body)
-        if not self.parser.should_keep_alive() or "close" in {v.lower() for k, v in action.headers if k.lower() == "connection"}:
+        if action.close_delimited or not self.parser.should_keep_alive() or "close" in {v.lower() for k, v in action.headers if k.lower() == "connection"}:
             self.transport.loseConnection()
 
     def _write(self, data: bytes) -> None:

@@ -57,10 +57,10 @@ class MemoryTransport:
         self.disconnecting = True
 
     def abortConnection(self) -> None:
-        """Close now, dropping unsent bytes; the peer sees ``ConnectionLost`` (a reset)."""
+        """Reset the connection: bytes written so far still leave (they had reached the socket), then
+        the peer sees ``ConnectionLost`` and loses what it had not read yet."""
         self.disconnecting = True
         self.aborted = True
-        self.outgoing.clear()
 
     def getPeer(self) -> IPv4Address:
         """The remote address."""
