@@ -12,6 +12,8 @@ from zope.interface import implementer
 
 #: Bytes a reader may leave unread before the writer's producer is paused (a socket buffer's worth).
 HIGH_WATER = 65536
+#: Largest piece delivered to ``dataReceived`` at once (a large write arrives in several reads).
+SEGMENT = 16384
 
 
 @implementer(ITCPTransport, IConsumer, IPushProducer)
@@ -38,6 +40,7 @@ class MemoryTransport:
         self.streaming = False
         self.producer_paused = False
         self.bytes_written = 0
+        self.peer_end: MemoryTransport | None = None  # set by the Link
 
     # -- ITransport ------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -47,6 +50,7 @@ class MemoryTransport:
         if data:
             self.outgoing.append(bytes(data))
             self.bytes_written += len(data)
+            self.throttle()
 
     def writeSequence(self, data) -> None:
         """Queue several byte strings."""
@@ -124,6 +128,28 @@ class MemoryTransport:
         """Bytes received but not yet delivered to the protocol."""
         return sum(len(b) for b in self.incoming)
 
+    @property
+    def backlog(self) -> int:
+        """Bytes written that the peer's protocol has not read yet."""
+        peer = self.peer_end
+        return sum(len(b) for b in self.outgoing) + (peer.unread if peer is not None else 0)
+
+    def throttle(self) -> bool:
+        """Pause or resume the registered producer by the backlog, as a socket buffer does; whether it changed."""
+        producer = self.producer
+        if producer is None or not self.streaming:
+            return False
+        backlog = self.backlog
+        if backlog > HIGH_WATER and not self.producer_paused:
+            self.producer_paused = True
+            producer.pauseProducing()
+            return True
+        if backlog <= HIGH_WATER and self.producer_paused:
+            self.producer_paused = False
+            producer.resumeProducing()
+            return True
+        return False
+
 
 class Link:
     """Two `MemoryTransport` ends and the protocols on them; `pump` moves bytes and closes."""
@@ -131,6 +157,7 @@ class Link:
     def __init__(self, client: Any, server: Any, client_address: IPv4Address, server_address: IPv4Address) -> None:
         self.client = MemoryTransport(client, client_address, server_address)
         self.server = MemoryTransport(server, server_address, client_address)
+        self.client.peer_end, self.server.peer_end = self.server, self.client
         self.done = False
 
     def start(self) -> None:
@@ -153,20 +180,16 @@ class Link:
             src.outgoing.clear()
             moved = True
         while dst.incoming and not dst.reading_paused and not dst.closed:
-            dst.protocol.dataReceived(dst.incoming.pop(0))
+            # One segment at a time, so a reader that pauses mid-way leaves the rest unread.
+            data = dst.incoming[0]
+            if len(data) > SEGMENT:
+                dst.incoming[0] = data[SEGMENT:]
+                data = data[:SEGMENT]
+            else:
+                dst.incoming.pop(0)
+            dst.protocol.dataReceived(data)
             moved = True
-        # The writer's producer follows the reader's backlog, like a full socket buffer.
-        producer = src.producer
-        if producer is not None and src.streaming:
-            if dst.unread > HIGH_WATER and not src.producer_paused:
-                src.producer_paused = True
-                producer.pauseProducing()
-                moved = True
-            elif dst.unread <= HIGH_WATER and src.producer_paused:
-                src.producer_paused = False
-                producer.resumeProducing()
-                moved = True
-        return moved
+        return src.throttle() or moved
 
     def _close(self) -> bool:
         for end, other in ((self.client, self.server), (self.server, self.client)):
