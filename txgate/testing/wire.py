@@ -195,7 +195,7 @@ class Link:
         for end, other in ((self.client, self.server), (self.server, self.client)):
             if not end.disconnecting:
                 continue
-            if not end.aborted and (end.outgoing or (other.incoming and not other.reading_paused)):
+            if not end.aborted and (end.outgoing or other.incoming):
                 return False  # a graceful close waits for its bytes to be read
             self.done = True
             end.closed = other.closed = True
