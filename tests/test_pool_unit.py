@@ -3,28 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from txgate.testing import CloseMidBody, Connect, Drop, Hang, MemoryGateway, Respond, TestPKI, gateway_ini
+from memory_fixtures import make, pki  # noqa: F401 (fixtures)
+from txgate.testing import CloseMidBody, Connect, Drop, Hang, Respond
 from txgate.upstream.pool import IDLE_TIMEOUT
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return TestPKI(tmp_path_factory.mktemp("pool-pki"))
-
-
-@pytest.fixture
-def make(pki):
-    gateways = []
-
-    def start(api_lines: str, upstream: str = "http://a.internal:8080") -> MemoryGateway:
-        ini = gateway_ini(pki.issue("localhost"), f"[api:a]\npath = /a\nupstream = {upstream}\n{api_lines}")
-        gw = MemoryGateway(ini, pki=pki)
-        gateways.append(gw)
-        return gw
-
-    yield start
-    for gw in gateways:
-        gw.stop()
 
 
 def test_sequential_requests_reuse_one_upstream_connection(make):

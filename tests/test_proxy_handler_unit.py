@@ -3,33 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from txgate.testing import Hang, MemoryGateway, Respond, TestPKI, gateway_ini
+from memory_fixtures import make, other_pki, pki  # noqa: F401 (fixtures)
+from txgate.testing import Hang, Respond
 from txgate.testing.wire import HIGH_WATER
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return TestPKI(tmp_path_factory.mktemp("proxy-pki"))
-
-
-@pytest.fixture(scope="module")
-def other_pki(tmp_path_factory):
-    return TestPKI(tmp_path_factory.mktemp("other-pki"), name="unrelated CA")
-
-
-@pytest.fixture
-def make(pki):
-    gateways = []
-
-    def start(api_lines: str = "", upstream: str = "http://a.internal:8080") -> MemoryGateway:
-        ini = gateway_ini(pki.issue("localhost"), f"[api:a]\npath = /a\nupstream = {upstream}\n{api_lines}")
-        gw = MemoryGateway(ini, pki=pki)
-        gateways.append(gw)
-        return gw
-
-    yield start
-    for gw in gateways:
-        gw.stop()
 
 
 # -- timeouts and error mapping ------------------------------------------------------------------

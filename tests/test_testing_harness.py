@@ -10,7 +10,8 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 
-from txgate.testing import Connect, Link, MemoryGateway, MemoryNetwork, Respond, TestPKI, gateway_ini
+from memory_fixtures import pki  # noqa: F401 (fixture)
+from txgate.testing import Connect, Link, MemoryGateway, MemoryNetwork, Respond, gateway_ini
 from txgate.testing.network import address
 from txgate.testing.wire import HIGH_WATER
 
@@ -46,11 +47,6 @@ def link() -> tuple[Link, Recorder, Recorder]:
     pair = Link(a, b, address("127.0.0.1", 1), address("127.0.0.1", 2))
     pair.start()
     return pair, a, b
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return TestPKI(tmp_path_factory.mktemp("harness-pki"))
 
 
 def test_graceful_close_delivers_written_bytes_first():

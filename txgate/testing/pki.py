@@ -16,14 +16,6 @@ from txgate.lifecycle.keys import generate_key
 from txgate.tls.certs import CertifiedKey, private_key_pem
 
 
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 class TestPKI:
     """A CA (``ca.pem`` in ``directory``) and the certificates it issues, written next to it.
 
@@ -46,9 +38,9 @@ class TestPKI:
     def issue(self, *names: str, client: bool = False, common_name: str | None = None,
               file_name: str | None = None) -> CertifiedKey:
         """A leaf for DNS names and IP addresses (a client certificate with ``client=True``), written to files."""
+        dns, ips = _split_names(names)
         ck = issue_certificate(
-            self.ca, dns=[n for n in names if not _is_ip(n)], ips=[n for n in names if _is_ip(n)],
-            client=client, now=datetime.now(timezone.utc), common_name=common_name,
+            self.ca, dns=dns, ips=ips, client=client, now=datetime.now(timezone.utc), common_name=common_name,
         )
         base = os.path.join(self.directory, _slug(file_name or common_name or (names[0] if names else "client")))
         n = 0
@@ -59,6 +51,18 @@ class TestPKI:
         write_private_file(key_path, private_key_pem(ck.key))
         # The CA stays out of the chain file (as a server's chain usually does): clients trust ca_path.
         return attrs.evolve(ck, chain=ck.chain[:1], cert_path=cert_path, key_path=key_path)
+
+
+def _split_names(names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(DNS names, IP addresses) of a list of certificate names."""
+    dns: list[str] = []
+    ips: list[str] = []
+    for name in names:
+        try:
+            ips.append(str(ipaddress.ip_address(name)))
+        except ValueError:
+            dns.append(name)
+    return dns, ips
 
 
 def _slug(text: str) -> str:
