@@ -42,6 +42,10 @@ class BadRequest(GatewayError, code="bad_request", status=400):
     """A malformed or ambiguous request."""
 
 
+class TransferCodingNotSupported(GatewayError, code="transfer_coding_not_supported", status=501):
+    """A request body in a transfer coding other than chunked (RFC 9112 6.1)."""
+
+
 class NoRoute(GatewayError, code="no_route", status=404):
     """No API for the request's host and path."""
 
