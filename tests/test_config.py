@@ -59,6 +59,7 @@ def test_defaults_are_secure_and_documented():
     assert (api.listeners, api.hosts, api.path, api.strip_path, api.preserve_host) == (None, (), "/", False, False)
     assert (api.connect_timeout, api.timeout, api.max_body_bytes) == (5.0, 30.0, 0)
     assert (api.max_connections, api.max_pending) == (64, 256)
+    assert api.max_response_header_bytes == 65536
     assert cfg.warnings == ()
 
 
@@ -247,6 +248,10 @@ def test_duplicate_bind_between_listeners():
         ("upstream = builtin:echo\nmax_body_bytes = -1", "max_body_bytes: must be at least 0, got -1"),
         ("upstream = builtin:echo\nmax_body_bytes = 1e6", "max_body_bytes: expected an integer, got '1e6'"),
         ("upstream = builtin:echo\nmax_pending = lots", "max_pending: expected an integer, got 'lots'"),
+        ("upstream = http://h\nmax_response_header_bytes = 100",
+         "max_response_header_bytes: must be at least 1024, got 100"),
+        ("upstream = http://h\nmax_response_header_bytes = 64k",
+         "max_response_header_bytes: expected an integer, got '64k'"),
     ],
 )
 def test_api_value_errors(extra, message):

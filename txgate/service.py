@@ -781,7 +781,7 @@ class GatewayService(Service):
                 self.reactor, t,
                 tls_creator=prepared.upstream_tls.get((api.name, t.label)),
                 max_connections=api.max_connections, max_pending=api.max_pending,
-                connect_timeout=api.connect_timeout,
+                connect_timeout=api.connect_timeout, max_response_header_bytes=api.max_response_header_bytes,
             )
             for t in api.upstreams
         ]

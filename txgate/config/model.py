@@ -189,6 +189,7 @@ class ApiConfig:
     connect_timeout: float = 5.0
     timeout: float = 30.0
     max_body_bytes: int = 0
+    max_response_header_bytes: int = 65536
     max_connections: int = 64
     max_pending: int = 256
     # Upstream trust (pinning issue). None means "not set here: use [security]".
