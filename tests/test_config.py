@@ -53,6 +53,7 @@ def test_defaults_are_secure_and_documented():
     assert (ln.tls, ln.certificate, ln.min_tls, ln.max_tls) == (True, CertSpec(local=True), "1.2", "1.3")
     assert (ln.ciphers, ln.tls13_ciphersuites, ln.alpn, ln.session_tickets) == (None, None, ("h2", "http/1.1"), True)
     assert (ln.max_header_bytes, ln.header_timeout, ln.idle_timeout, ln.max_connections) == (65536, 10.0, 60.0, 10000)
+    assert ln.groups is None  # txgate.tls.server.DEFAULT_GROUPS
     (api,) = cfg.apis
     assert api.upstreams == (Target("https", "example.com", 443, ""),)
     assert api.upstream_verify is True and api.upstream_ca is None and api.upstream_server_name is None
@@ -186,6 +187,7 @@ def test_structure_errors(text, message):
         ("alpn = h3", "[listener:main] alpn: unsupported protocol 'h3' (expected h2 and/or http/1.1)"),
         ("alpn = h2,http/1.1", "[listener:main] alpn: unsupported protocol 'h2,http/1.1' (expected h2 and/or http/1.1)"),
         ("ciphers =", "[listener:main] ciphers: empty value"),
+        ("groups =", "[listener:main] groups: empty value"),
         ("certificate = a.pem", "[listener:main] certificate: expected 'local', 'CERT.pem KEY.pem' or 'store:NAME', got 'a.pem'"),
         ("sni =\n  example.com", "[listener:main] sni: expected 'NAME = CERT.pem KEY.pem', got 'example.com'"),
         ("sni =\n  a.*.com = local",
@@ -454,6 +456,8 @@ def test_invalid_upstream_ca(tmp_path):
          "[listener:main] ciphers: rejected by OpenSSL: invalid cipher list 'TLS_AES_128_GCM_SHA256': no cipher match"),
         ("tls13_ciphersuites = TLS_NOPE",
          "[listener:main] tls13_ciphersuites: rejected by OpenSSL: invalid TLS 1.3 ciphersuites 'TLS_NOPE': no cipher match"),
+        ("groups = X25519 P-999",
+         "[listener:main] groups: rejected by OpenSSL: invalid groups list 'X25519:P-999'"),
     ],
 )
 def test_bad_cipher_strings(extra, message, certs):

@@ -129,7 +129,7 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
             continue
         try:
             check_tls_settings(min_tls=ln.min_tls, max_tls=ln.max_tls, ciphers=ln.ciphers,
-                               tls13_ciphersuites=ln.tls13_ciphersuites)
+                               tls13_ciphersuites=ln.tls13_ciphersuites, groups=ln.groups)
         except TLSSettingError as e:
             raise ConfigError(config.path, section, e.key, f"rejected by OpenSSL: {e}") from None
         if ln.certificate.local:
@@ -160,7 +160,8 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
         try:
             prepared.server_tls[ln.name] = ServerTLS(
                 default=default, sni=sni, min_tls=ln.min_tls, max_tls=ln.max_tls, ciphers=ln.ciphers,
-                tls13_ciphersuites=ln.tls13_ciphersuites, alpn=ln.alpn, session_tickets=ln.session_tickets,
+                tls13_ciphersuites=ln.tls13_ciphersuites, groups=ln.groups, alpn=ln.alpn,
+                session_tickets=ln.session_tickets,
                 client_verifier=prepared.client_verifiers.get(ln.name),
             )
         except TLSSettingError as e:

@@ -41,7 +41,7 @@ GATEWAY_KEYS = {
 }
 ADMIN_KEYS = {"bind", "client_ca", "token_file", "allowed_hosts"}
 LISTENER_KEYS = {
-    "bind", "tls", "certificate", "sni", "min_tls", "max_tls", "ciphers", "tls13_ciphersuites",
+    "bind", "tls", "certificate", "sni", "min_tls", "max_tls", "ciphers", "tls13_ciphersuites", "groups",
     "alpn", "session_tickets", "max_header_bytes", "header_timeout", "idle_timeout",
     "max_connections", "client_auth", "client_ca", "client_crl", "verify_depth", "announce_client_cas",
 }
@@ -97,6 +97,7 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
         max_tls=max_tls,
         ciphers=section.str("ciphers"),
         tls13_ciphersuites=section.str("tls13_ciphersuites"),
+        groups=_groups(section),
         alpn=alpn,
         session_tickets=section.bool("session_tickets", True),
         max_header_bytes=section.number("max_header_bytes", 65536, integer=True, minimum=1024),
@@ -109,6 +110,12 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
         verify_depth=section.number("verify_depth", 4, integer=True, minimum=0),
         announce_client_cas=section.bool("announce_client_cas", True),
     )
+
+
+def _groups(section: Section) -> str | None:
+    """`groups`: key-exchange groups, separated by blanks, commas or colons, as one OpenSSL list."""
+    v = section.str("groups")
+    return None if v is None else ":".join(v.replace(",", " ").replace(":", " ").split())
 
 
 def parse_text(text: str, path: str) -> Config:

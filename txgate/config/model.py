@@ -141,6 +141,7 @@ class ListenerConfig:
     max_tls: str = "1.3"
     ciphers: str | None = None
     tls13_ciphersuites: str | None = None
+    groups: str | None = None  # None: txgate.tls.server.DEFAULT_GROUPS
     alpn: tuple[str, ...] = ("h2", "http/1.1")
     session_tickets: bool = True
     max_header_bytes: int = 65536
