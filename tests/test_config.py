@@ -54,6 +54,7 @@ def test_defaults_are_secure_and_documented():
     assert (ln.ciphers, ln.tls13_ciphersuites, ln.alpn, ln.session_tickets) == (None, None, ("h2", "http/1.1"), True)
     assert (ln.max_header_bytes, ln.header_timeout, ln.idle_timeout, ln.max_connections) == (65536, 10.0, 60.0, 10000)
     assert ln.groups is None  # txgate.tls.server.DEFAULT_GROUPS
+    assert ln.client_crl_missing == "refuse"
     (api,) = cfg.apis
     assert api.upstreams == (Target("https", "example.com", 443, ""),)
     assert api.upstream_verify is True and api.upstream_ca is None and api.upstream_server_name is None
@@ -188,6 +189,9 @@ def test_structure_errors(text, message):
         ("alpn = h2,http/1.1", "[listener:main] alpn: unsupported protocol 'h2,http/1.1' (expected h2 and/or http/1.1)"),
         ("ciphers =", "[listener:main] ciphers: empty value"),
         ("groups =", "[listener:main] groups: empty value"),
+        ("client_crl = a.crl\nclient_crl_missing = maybe",
+         "[listener:main] client_crl_missing: expected one of refuse, allow, got 'maybe'"),
+        ("client_crl_missing = allow", "[listener:main] client_crl_missing: has no effect without client_crl"),
         ("certificate = a.pem", "[listener:main] certificate: expected 'local', 'CERT.pem KEY.pem' or 'store:NAME', got 'a.pem'"),
         ("sni =\n  example.com", "[listener:main] sni: expected 'NAME = CERT.pem KEY.pem', got 'example.com'"),
         ("sni =\n  a.*.com = local",

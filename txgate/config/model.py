@@ -152,6 +152,7 @@ class ListenerConfig:
     client_auth: str = "none"
     client_ca: str | None = None
     client_crl: tuple[str, ...] = ()
+    client_crl_missing: str = "refuse"  # or "allow": a CA of the chain without a CRL is not checked
     verify_depth: int = 4
     announce_client_cas: bool = True
 

@@ -58,6 +58,22 @@ def is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+def signature_usage_problem(cert: x509.Certificate) -> str | None:
+    """Why a TLS peer's leaf may not authenticate a handshake, or None.
+
+    Every handshake txgate allows authenticates the peer by a signature of the leaf's key (TLS 1.3
+    always; TLS 1.2 with ECDHE suites only), so a leaf with a keyUsage extension must allow
+    digitalSignature. OpenSSL checks this only for some TLS 1.2 cases (its "ssl client/server"
+    purposes also accept keyAgreement or keyEncipherment alone)."""
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if usage.digital_signature:
+        return None
+    return "certificate key usage does not allow digitalSignature"
+
+
 def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
     try:
         return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
