@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 def makeService(config, reactor=None):
     """Build the gateway service (a MultiService) from a Config or a gw.ini path."""
     from txgate import config as _config
-    from txgate.service import makeService as _make
+    from txgate.runtime.assemble import makeService as _make
 
     if isinstance(config, str):
         config = _config.load(config)

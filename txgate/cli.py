@@ -8,7 +8,8 @@ import sys
 def cmd_check(args) -> int:
     """Validate a gw.ini exactly as startup does, without binding or writing anything."""
     from txgate import config as _config
-    from txgate.service import open_gateway_store, prepare
+    from txgate.plan import prepare
+    from txgate.plan.store import open_gateway_store
 
     store = None
     try:
@@ -139,7 +140,7 @@ def cmd_pin(args) -> int:
 def _open_store(args):
     """The store of the gw.ini in --config (or the embedded defaults), or (None, exit status) after one line."""
     from txgate import config as _config
-    from txgate.service import open_gateway_store
+    from txgate.plan.store import open_gateway_store
 
     try:
         cfg = _config.load(args.config) if args.config else _config.default_config()

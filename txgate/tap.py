@@ -18,7 +18,7 @@ class Options(usage.Options):
 def makeService(options):
     """Validate the configuration (one line on stderr and exit 1 on a mistake) and build the service."""
     from txgate import config as _config
-    from txgate.service import makeService as _make
+    from txgate.runtime.assemble import makeService as _make
 
     path = options["config"]
     loader = (lambda: _config.load(path)) if path else _config.default_config

@@ -14,3 +14,10 @@ class DirectTLSFactory(TLSMemoryBIOFactory):
     """`TLSMemoryBIOFactory` whose connections write to OpenSSL at once."""
 
     protocol = TLSMemoryBIOProtocol
+
+    def buildProtocol(self, addr):
+        """No TLS protocol for a connection the wrapped factory refuses (None: the port closes the socket)."""
+        inner = self.wrappedFactory.buildProtocol(addr)
+        if inner is None:
+            return None
+        return self.protocol(self, inner)

@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from txgate.errors import GatewayError, UpstreamTLSError
 from txgate.tls.certs import CertificateError, CertifiedKey, cert_names, format_time, subject_label
-from txgate.tls.server import DEFAULT_CIPHERS, OP_NO_RENEGOTIATION, tls_version
+from txgate.tls.server import DEFAULT_CIPHERS, OP_NO_RENEGOTIATION, TLSSettingError, tls_version
 
 log = Logger()
 
@@ -110,7 +110,7 @@ class UpstreamTLS:
             if tls13_ciphersuites:
                 ctx.set_tls13_ciphersuites(tls13_ciphersuites.encode("ascii"))
         except SSL.Error as e:
-            raise ValueError(f"invalid cipher configuration: {e}") from None
+            raise TLSSettingError("ciphers", f"invalid cipher configuration: {e}") from None
         ctx.set_options(SSL.OP_NO_COMPRESSION | OP_NO_RENEGOTIATION)
         ctx.set_alpn_protos([b"http/1.1"])
         if ca_path is not None:

@@ -57,6 +57,12 @@ class TLSSettingError(ValueError):
         self.key = key
 
 
+class DuplicateSNIName(ValueError):
+    """Two SNI entries of one listener name the same host (after normalisation); gw.ini key ``sni``."""
+
+    key = "sni"
+
+
 def _openssl_reason(e: Exception) -> str:
     """The reason strings of an OpenSSL error, without the tuple noise."""
     args = getattr(e, "args", None)
@@ -160,7 +166,7 @@ class ServerTLS:
             n = _norm_name(name)
             table, key = (self._wildcard, n[2:]) if n.startswith("*.") else (self._exact, n)
             if key in table:
-                raise ValueError(f"duplicate SNI name {name!r}")
+                raise DuplicateSNIName(f"duplicate SNI name {name!r}")
             table[key] = self._build(ck)
 
     def _build(self, ck: CertifiedKey) -> SSL.Context:
