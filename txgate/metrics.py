@@ -1,6 +1,6 @@
 """Prometheus metrics of the gateway: its own registry, hot-path counters, facade-fed gauges.
 
-Contract (for ``txgate.service``)::
+Contract (for ``txgate.runtime``)::
 
     metrics = Metrics()                                  # one per process; survives reloads
     ListenerDispatcher(..., metrics=metrics)             # -> request_done(handler, status) per request

@@ -1,6 +1,6 @@
 """``AdminConfig``: what the admin API listener needs, built by ``txgate.config`` from ``[admin]``.
 
-Contract (for ``txgate.config`` / ``txgate.service``)::
+Contract (for ``txgate.config`` / ``txgate.plan`` / ``txgate.runtime``)::
 
     AdminConfig(bind_host="127.0.0.1", bind_port=9901, client_ca=None, token_file=None,
                 state_dir="./txgate-state", allowed_hosts=())

@@ -1,6 +1,6 @@
 """``AdminService``: the admin API listener (a twisted Service), plain HTTP or mTLS, optional bearer token.
 
-Contract (for ``txgate.service``)::
+Contract (for ``txgate.runtime``)::
 
     from txgate.admin.config import AdminConfig
     from txgate.admin.service import AdminService

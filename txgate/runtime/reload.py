@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reload_unit,tests.test_reload_e2e,tests.test_reload_mtls_e2e -*-
+# -*- test-case-name: tests.test_reload_unit,tests.test_runtime_unit,tests.test_reload_e2e -*-
 """Reload mechanics: coalescing requests, which ports a swap keeps, opens, adopts or closes, draining
 connections whose client-certificate policy changed, retiring old generations, debouncing store changes."""
 from __future__ import annotations

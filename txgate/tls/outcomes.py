@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.test_runtime_unit,tests.test_metrics -*-
 """Failed TLS handshakes: the one reading of why a handshake failed into a stable outcome code.
 
 OpenSSL reports a failed handshake as text (a list of ``(lib, func, reason)`` tuples, or an
