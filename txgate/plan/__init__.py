@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_config,tests.test_mtls_config,tests.test_config_security,tests.test_store_config -*-
 """Config -> Plan: check a Config against the machine and turn it into ready TLS contexts and trust decisions.
 
-``prepare(config)`` is the one entry point; each step lives in its own module: ``checks`` (the
-access log, [admin] files, port probes), ``clientauth`` (allowlists and client verifiers),
+``prepare(config)`` is the one entry point; each step lives in its own module: ``files`` (the files
+gw.ini names, state_dir), ``checks`` (the access log, [admin] files, port probes), ``clientauth`` (allowlists and client verifiers),
 ``listeners`` (server TLS, the local CA), ``upstreams`` (pins and upstream TLS), ``store``
 (the certificate store's secret and opening it).
 """
@@ -24,12 +24,13 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
     get every check except issuing their certificate. ``store`` (a blocking ``txgate.store.Store``)
     resolves ``store:REF`` certificates; reloads pass the running one and ``check_ports=False``.
     """
-    from txgate.config import check_state_dir
     from txgate.plan import checks
+    from txgate.plan.files import check_files, check_state_dir
     from txgate.plan.clientauth import prepare_client_auth
     from txgate.plan.listeners import prepare_listeners
     from txgate.plan.upstreams import prepare_upstreams
 
+    check_files(config)
     now = now or datetime.now(timezone.utc)
     plan = Plan(config=config, warnings=list(config.warnings))
     checks.check_access_log(config)

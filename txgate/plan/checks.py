@@ -7,6 +7,7 @@ import os
 import socket
 
 from txgate.config import Config, ConfigError, ListenerConfig
+from txgate.config.hostnames import host_port
 from txgate.plan.model import Plan
 
 
@@ -109,7 +110,7 @@ def check_port(config: Config, ln: ListenerConfig) -> socket.socket:
             s.listen(1)
     except OSError as e:
         s.close()
-        where = format_address(ln.host, ln.port)
+        where = host_port(ln.host, ln.port)
         if e.errno == errno.EADDRINUSE:
             msg = f"{where}: address already in use"
         elif e.errno == errno.EACCES:
@@ -120,11 +121,6 @@ def check_port(config: Config, ln: ListenerConfig) -> socket.socket:
             msg = f"{where}: {e.strerror or e}"
         raise ConfigError(config.path, f"listener:{ln.name}", "bind", msg) from None
     return s
-
-
-def format_address(host: str, port: int) -> str:
-    """HOST:PORT, with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def file_stamp(path: str | None):

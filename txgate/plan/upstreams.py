@@ -48,9 +48,8 @@ def _prepare_api(config: Config, plan: Plan, api: ApiConfig, now: datetime, pin_
                 chain_check=chain_check,
             )
         except Exception as e:
-            ciphers = isinstance(e, TLSSettingError) and e.key == "ciphers" and api.upstream_ciphers
-            raise ConfigError(config.path, section, "upstream_ciphers" if ciphers else "upstream",
-                              f"{target.label}: {e}") from None
+            ciphers = isinstance(e, TLSSettingError) and api.upstream_ciphers
+            raise ConfigError(config.path, section, e.key if ciphers else "upstream", f"{target.label}: {e}") from None
         if chain_check is not None and not api.upstream_verify:
             plan.warn(section, "upstream_verify", f"off with pins: {target.label} is checked "
                       "against its pins ONLY (no chain, expiry or host name verification)")
@@ -61,13 +60,14 @@ def _prepare_api(config: Config, plan: Plan, api: ApiConfig, now: datetime, pin_
 def resolve_pins(config: Config, section: str, tokens: tuple[str, ...], cache: dict):
     """Pin tokens -> (PinSet, printable pins); errors name the section and key."""
     from txgate import pins as _pins
+    from txgate.config.tokens import FILE, token_kind
 
     if tokens in cache:
         return cache[tokens]
     digests: list[bytes] = []
     for token in tokens:
         try:
-            if token.startswith("sha256/") or len(token) == 64:
+            if token_kind(token) != FILE:
                 digests.append(_pins.parse_pin(token))
             else:
                 found = _pins.pins_from_file(token)

@@ -8,6 +8,7 @@ from twisted.logger import Logger
 from txgate.config import Config
 from txgate.plan import prepare
 from txgate.plan.checks import check_default_admin_port
+from txgate.plan.files import check_files
 from txgate.plan.store import open_gateway_store
 from txgate.runtime.facade import ServiceFacade
 from txgate.runtime.gateway import GatewayService
@@ -22,8 +23,10 @@ def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
     ``loader`` re-reads the configuration on reload (``lambda: txgate.config.load(path)``); without
     it a reload rebuilds from the same Config (the store may still have changed).
     """
-    # Validate before anything is created in state_dir: the store is opened first only when the
-    # config refers to it (and then must already exist), else after everything else checked out.
+    # Validate before anything is created in state_dir: the files gw.ini names first, then the store
+    # is opened first only when the config refers to it (and then must already exist), else after
+    # everything else checked out.
+    check_files(config)
     store = open_gateway_store(config, create=False) if config.store_refs() else None
     try:
         plan = prepare(config, store=store)

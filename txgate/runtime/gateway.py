@@ -11,8 +11,8 @@ from twisted.logger import Logger
 
 from txgate.admin.facade import ReloadResult
 from txgate.config import ConfigError, ListenerConfig
+from txgate.config.hostnames import host_port
 from txgate.plan import Plan, prepare
-from txgate.plan.checks import format_address
 from txgate.runtime.generation import Generation, build_generation
 from txgate.runtime.reload import (Coalescer, Debounce, Retirer, drain_changed_client_auth, plan_port_moves,
                                    reload_notes, store_change_matters, store_change_reason)
@@ -98,7 +98,7 @@ class GatewayService(Service):
             err = getattr(e, "socketError", None)
             why = getattr(err, "strerror", None) or str(err or e)
             raise ConfigError(self.config.path, f"listener:{ln.name}", "bind",
-                              f"{format_address(ln.host, ln.port)}: {why}") from None
+                              f"{host_port(ln.host, ln.port)}: {why}") from None
 
     def _log_listening(self, gen: Generation, ln: ListenerConfig) -> None:
         addr = self.ports[ln.name].getHost()
@@ -247,7 +247,7 @@ class GatewayService(Service):
         for name in moves.closed:
             port = self.ports.pop(name)
             addr = port.getHost()
-            closed_at[name] = format_address(addr.host, addr.port)
+            closed_at[name] = host_port(addr.host, addr.port)
             port.stopListening()
             self.fronts.pop(name)
             self.binds.pop(name)

@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txgate.config.hostnames import wildcard_parent
 from txgate.tls.certs import CertifiedKey
 
 log = Logger()
@@ -58,7 +59,7 @@ class TLSSettingError(ValueError):
 
 
 class DuplicateSNIName(ValueError):
-    """Two SNI entries of one listener name the same host (after normalisation); gw.ini key ``sni``."""
+    """Two SNI entries name the same host after normalisation; ``key`` is the gw.ini key."""
 
     key = "sni"
 
@@ -215,8 +216,9 @@ class ServerTLS:
             return self.default_context
         name = _norm_name(server_name)
         ctx = self._exact.get(name)
-        if ctx is None and "." in name:
-            ctx = self._wildcard.get(name.split(".", 1)[1])
+        parent = wildcard_parent(name) if ctx is None else None
+        if parent is not None:
+            ctx = self._wildcard.get(parent)
         return ctx if ctx is not None else self.default_context
 
     def _servername(self, conn: SSL.Connection) -> None:
