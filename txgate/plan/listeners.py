@@ -60,7 +60,7 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
     except TLSSettingError as e:
         raise ConfigError(config.path, section, e.key, f"rejected by OpenSSL: {e}") from None
     except DuplicateSNIName as e:  # two sni entries that name the same host after normalisation
-        raise ConfigError(config.path, section, "sni", _openssl_message(e)) from None
+        raise ConfigError(config.path, section, e.key, _openssl_message(e)) from None
     except Exception as e:  # e.g. a key that does not match its certificate
         raise ConfigError(config.path, section, "certificate", _openssl_message(e)) from None
 
