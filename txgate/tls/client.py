@@ -236,3 +236,16 @@ def tls_failure_reason(failure: Failure) -> str:
     if isinstance(exc, (ConnectionDone, ConnectionLost)):
         return "connection closed during the TLS handshake"
     return f"handshake failure: {failure.getErrorMessage()}"
+
+
+def upstream_tls_error(label: str, failure: Failure, *, in_handshake: bool) -> UpstreamTLSError:
+    """The error a request sees when TLS with upstream target ``label`` failed (in or after the handshake)."""
+    exc = failure.value
+    if isinstance(exc, UpstreamTLSError):
+        # Raised by our own checks (verification, pins): its code and reason stand, named by target.
+        exc.message = f"{label}: {exc.message}"
+        return exc
+    # TLS 1.3: a server checks our client certificate after our side finished the handshake, so
+    # its alert can arrive in place of the response ("TLS failure" rather than "handshake failed").
+    what = "TLS handshake failed" if in_handshake else "TLS failure"
+    return UpstreamTLSError(f"{label}: {what}: {tls_failure_reason(failure)}")
