@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from certs_helpers import make_ca, make_intermediate, write_ca, write_pair
-from conftest import Backend, Gateway, curl
+from conftest import ADMIN_EPHEMERAL, Backend, Gateway, curl
 from test_clientauth_unit import make_client, make_crl
 from test_listener_e2e import s_client, subject_cn
 from txgate.pins import format_pin, spki_sha256
@@ -79,7 +79,7 @@ def gw(pki, backend, tmp_path_factory):
     both = "listeners = req opt\n"
     self_pin = format_pin(spki_sha256(der(c["self"].leaf)))
     client_fp = hashlib.sha256(der(c["client"].leaf)).hexdigest()
-    config = f"""
+    config = ADMIN_EPHEMERAL + f"""
 [gateway]
 access_log = -
 

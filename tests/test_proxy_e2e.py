@@ -12,7 +12,7 @@ import time
 import pytest
 
 from backends import H2Client
-from conftest import Backend, Gateway, curl, free_port, poll
+from conftest import ADMIN_EPHEMERAL, Backend, Gateway, curl, free_port, poll
 
 
 def api(name, path, upstream, **kw):
@@ -33,7 +33,7 @@ def env(tmp_path_factory, certs):
     tls_good = Backend(tls=good_cert)
     dead = f"http://127.0.0.1:{free_port()}"
     config = (
-        "[gateway]\nshutdown_timeout = 2\n\n[listener:main]\nbind = 127.0.0.1:0\nheader_timeout = 1\n\n"
+        ADMIN_EPHEMERAL + "[gateway]\nshutdown_timeout = 2\n\n[listener:main]\nbind = 127.0.0.1:0\nheader_timeout = 1\n\n"
         + api("plain", "/plain", a.url())
         + api("strip", "/strip", a.url() + "/base", strip_path="yes")
         + api("rr", "/rr", f"{a.url()} {b.url()}")

@@ -9,12 +9,12 @@ import subprocess
 import time
 
 from backends import H2Client
-from conftest import curl, poll
+from conftest import ADMIN_EPHEMERAL, curl, poll
 
 
 def config(backend, shutdown_timeout):
     return (
-        f"[gateway]\nshutdown_timeout = {shutdown_timeout}\n\n"
+        ADMIN_EPHEMERAL + f"[gateway]\nshutdown_timeout = {shutdown_timeout}\n\n"
         "[listener:main]\nbind = 127.0.0.1:0\n\n"
         f"[api:be]\npath = /\nupstream = {backend.url()}\n"
     )
