@@ -349,10 +349,7 @@ def test_slowloris_client_disconnected_after_header_timeout(env):
     s.settimeout(10)
     t0 = time.monotonic()
     s.sendall(b"GET /plain/x HTTP/1.1\r\nHost: localhost\r\n")
-    try:
-        assert s.recv(65536) == b""
-    except ConnectionResetError:
-        pass
+    assert s.recv(65536) == b""  # a graceful close (close_notify), no response
     assert time.monotonic() - t0 < 3
     s.close()
     gw.wait_log(r"did not send request headers within 1(\.0)?s; closing")
