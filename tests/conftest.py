@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import configparser
 import os
+import pickle
+import shutil
 import re
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,6 +53,52 @@ def poll(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+NOBODY = 65534
+
+
+def unprivileged(fn):
+    """Return fn() computed by an unprivileged user, so permission checks hold for root too (CI runs as root).
+
+    Not root: fn() here. Root: a forked child drops to nobody and sends fn()'s (picklable) result back;
+    an exception in the child fails the test with its text.
+    """
+    if os.geteuid() != 0:
+        return fn()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                payload = pickle.dumps((True, fn()))
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                payload = pickle.dumps((False, f"{e.__class__.__name__}: {e}"))
+            with os.fdopen(w, "wb") as f:
+                f.write(payload)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    ok, value = pickle.loads(data)
+    if not ok:
+        raise AssertionError(f"as an unprivileged user: {value}")
+    return value
+
+
+@pytest.fixture
+def open_tmp():
+    """A temporary directory every user can reach (pytest's tmp_path is private to its owner)."""
+    path = Path(tempfile.mkdtemp(prefix="txgate-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def gateway_env() -> dict:
