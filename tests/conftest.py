@@ -4,8 +4,8 @@ from __future__ import annotations
 import configparser
 import os
 import pickle
-import shutil
 import re
+import shutil
 import signal
 import socket
 import ssl
