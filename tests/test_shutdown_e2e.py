@@ -26,6 +26,8 @@ def refuses(port):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except ConnectionRefusedError:
             return True
+        except ConnectionResetError:
+            return False  # caught in the backlog while the port closed: ask again until it is refused
         return False
 
     return check
