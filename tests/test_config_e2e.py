@@ -133,8 +133,9 @@ def test_check_embedded_defaults(tmp_path, monkeypatch, capsys):
     # check probes: in-process with that port turned to 0, so the outcome does not depend on the host.
     from txgate import cli, config
 
-    assert config.DEFAULT_CONFIG.count("127.0.0.1:8443") == 1
-    monkeypatch.setattr(config, "DEFAULT_CONFIG", config.DEFAULT_CONFIG.replace("127.0.0.1:8443", "127.0.0.1:0"))
+    home = sys.modules[config.default_config.__module__]  # where default_config() reads DEFAULT_CONFIG
+    assert home.DEFAULT_CONFIG.count("127.0.0.1:8443") == 1
+    monkeypatch.setattr(home, "DEFAULT_CONFIG", home.DEFAULT_CONFIG.replace("127.0.0.1:8443", "127.0.0.1:0"))
     monkeypatch.chdir(tmp_path)
     assert cli.main(["check"]) == 0
     out, err = capsys.readouterr()
