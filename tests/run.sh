@@ -23,6 +23,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY="${PYTHON:-python3}"
+# The build tools first: a fresh venv has too old a setuptools and no wheel for the packaging tests.
+"$PY" -m pip install -q --disable-pip-version-check -r tests/build-requirements.txt
 # compat mode exposes twisted/plugins/ and builds native code in place.
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat
 exec "$PY" -m pytest -q -p no:cacheprovider "$@"
