@@ -42,6 +42,7 @@ struct txg_h2 {
     int fail_code;       /* connection error we decided on, -1 none */
     int failed;          /* GOAWAY(code) queued or sent: the session is over; -1 none */
     int32_t refuse_above; /* after our GOAWAY: new streams above this are refused */
+    int goaway_sent;      /* our GOAWAY is on the wire: nghttp2 now ignores streams above it */
     /* output */
     uint8_t *out;
     size_t out_len, out_cap;
@@ -138,11 +139,32 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
             fail(h, H2_INTERNAL_ERROR);
             return NGHTTP2_ERR_CALLBACK_FAILURE;
         }
-        if (st->id > h->refuse_above) {
+        if (st->id > h->refuse_above && !h->goaway_sent) {
             st->refused = 1;
             nghttp2_submit_rst_stream(h->session, NGHTTP2_FLAG_NONE, st->id, H2_REFUSED_STREAM);
         }
     }
+    return 0;
+}
+
+/* After our GOAWAY is sent nghttp2 drops new streams above it silently (and will not send RST_STREAM
+ * on a stream it never opened): queue RST_STREAM(REFUSED_STREAM) on the wire ourselves. */
+static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *ud) {
+    txg_h2 *h = ud;
+    uint8_t f[13] = {0, 0, 4, NGHTTP2_RST_STREAM, 0, 0, 0, 0, 0, 0, 0, 0, H2_REFUSED_STREAM};
+    if (hd->type != NGHTTP2_HEADERS || !h->goaway_sent || hd->stream_id <= h->refuse_above ||
+        !(hd->stream_id & 1) || nghttp2_session_find_stream(s, hd->stream_id))
+        return 0;
+    f[5] = (uint8_t)((uint32_t)hd->stream_id >> 24);
+    f[6] = (uint8_t)((uint32_t)hd->stream_id >> 16);
+    f[7] = (uint8_t)((uint32_t)hd->stream_id >> 8);
+    f[8] = (uint8_t)hd->stream_id;
+    if (h->out_len > SIZE_MAX - sizeof(f) || grow((void **)&h->out, &h->out_cap, h->out_len + sizeof(f), 1) != 0) {
+        fail(h, H2_INTERNAL_ERROR);
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    memcpy(h->out + h->out_len, f, sizeof(f));
+    h->out_len += sizeof(f);
     return 0;
 }
 
@@ -292,8 +314,9 @@ static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void 
 static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *ud) {
     txg_h2 *h = ud;
     (void)s;
-    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != H2_NO_ERROR && h->failed < 0)
-        h->failed = (int)frame->goaway.error_code;
+    if (frame->hd.type != NGHTTP2_GOAWAY) return 0;
+    h->goaway_sent = 1;
+    if (frame->goaway.error_code != H2_NO_ERROR && h->failed < 0) h->failed = (int)frame->goaway.error_code;
     return 0;
 }
 
@@ -340,6 +363,7 @@ txg_h2 *txg_h2_new(void *user, const txg_h2_limits *limits, int *err) {
     h->refuse_above = INT32_MAX;
 
     if (nghttp2_session_callbacks_new(&cbs) != 0 || nghttp2_option_new(&opt) != 0) goto nomem;
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
@@ -348,6 +372,7 @@ txg_h2 *txg_h2_new(void *user, const txg_h2_limits *limits, int *err) {
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     nghttp2_option_set_no_http_messaging(opt, 1);
     nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_no_closed_streams(opt, 1);
     nghttp2_option_set_max_continuations(opt, limits->max_continuations);
     rv = nghttp2_session_server_new2(&h->session, cbs, h, opt);
     nghttp2_session_callbacks_del(cbs);
@@ -443,6 +468,22 @@ ssize_t txg_h2_send(txg_h2 *h, const uint8_t **out) {
     }
 }
 
+/* The stream exists, we have not ended or reset it, and the session goes on. */
+static int sendable(txg_h2 *h, int32_t stream_id) {
+    nghttp2_stream *st = nghttp2_session_find_stream(h->session, stream_id);
+    txg_stream *rec;
+    if (!st || h->failed >= 0) return 0;
+    rec = stream_of(h, stream_id);
+    if (rec && rec->refused) return 0;
+    switch (nghttp2_stream_get_state(st)) {
+    case NGHTTP2_STREAM_STATE_OPEN:
+    case NGHTTP2_STREAM_STATE_HALF_CLOSED_REMOTE:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 int txg_h2_submit(txg_h2 *h, int32_t stream_id, const uint8_t *blob, size_t blob_len, const uint32_t *lens,
                   size_t nfields, int flags) {
     nghttp2_nv stack_nva[24];
@@ -453,7 +494,7 @@ int txg_h2_submit(txg_h2 *h, int32_t stream_id, const uint8_t *blob, size_t blob
 
     if (!h || stream_id <= 0 || (nfields && (!blob || !lens)) || nfields > SIZE_MAX / 2 / sizeof(nghttp2_nv))
         return TXG_H2_E_ARG;
-    if (!nghttp2_session_find_stream(h->session, stream_id) || h->failed >= 0) return TXG_H2_E_GONE;
+    if (!sendable(h, stream_id)) return TXG_H2_E_GONE;
     if (nfields > sizeof(stack_nva) / sizeof(stack_nva[0])) {
         nva = malloc(nfields * sizeof(nghttp2_nv));
         if (!nva) return TXG_H2_E_NOMEM;
@@ -513,18 +554,9 @@ int txg_h2_consume(txg_h2 *h, int32_t stream_id, size_t n) {
 }
 
 int txg_h2_send_windows(txg_h2 *h, int32_t stream_id, int32_t *windows) {
-    nghttp2_stream *st;
     if (!h || stream_id <= 0 || !windows) return -1;
     windows[0] = windows[1] = 0;
-    st = nghttp2_session_find_stream(h->session, stream_id);
-    if (!st || h->failed >= 0) return -1;
-    switch (nghttp2_stream_get_state(st)) {
-    case NGHTTP2_STREAM_STATE_OPEN:
-    case NGHTTP2_STREAM_STATE_HALF_CLOSED_REMOTE:
-        break;
-    default:
-        return -1;
-    }
+    if (!sendable(h, stream_id)) return -1;
     windows[0] = nghttp2_session_get_stream_remote_window_size(h->session, stream_id);
     windows[1] = nghttp2_session_get_remote_window_size(h->session);
     return 0;

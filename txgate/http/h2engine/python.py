@@ -11,6 +11,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import hpack.hpack
+from h2.connection import ConnectionState
+from h2.stream import StreamState
 from hyperframe.frame import GoAwayFrame
 
 from txgate.http.h2engine.base import (
@@ -36,6 +38,7 @@ _hpack_log = logging.getLogger("txgate.h2engine.hpack")
 _hpack_log.disabled = True
 hpack.hpack.log = _hpack_log
 
+_SENDING = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 _GONE = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError)
 
 
@@ -113,14 +116,15 @@ class PythonEngine:
         try:
             h2_events = self._conn.receive_data(data)
         except h2.exceptions.ProtocolError as e:
-            # h2 has queued GOAWAY with the error's code.
             self._over = True
-            return [ProtocolFailure(int(getattr(e, "error_code", PROTOCOL_ERROR)), str(e) or type(e).__name__)]
+            code = int(getattr(e, "error_code", PROTOCOL_ERROR))
+            if self._conn.state_machine.state is not ConnectionState.CLOSED:
+                # A bad preface: h2 raises before queueing its GOAWAY.
+                self._queue_goaway(code)
+            return [ProtocolFailure(code, str(e) or type(e).__name__)]
         except Exception as e:  # an h2 bug must not leave the connection half-parsed
             self._over = True
-            self._out.append(self._conn.data_to_send())
-            self._out.append(GoAwayFrame(0, last_stream_id=self.highest_stream_id,
-                                         error_code=INTERNAL_ERROR).serialize())
+            self._queue_goaway(INTERNAL_ERROR)
             return [ProtocolFailure(INTERNAL_ERROR, f"{type(e).__name__}: {e}")]
         out: list[Event] = []
         table = self._table
@@ -188,6 +192,9 @@ class PythonEngine:
 
     def send_window(self, stream_id: int) -> int:
         """Bytes `send_data` may take now."""
+        stream = self._conn.streams.get(stream_id)
+        if stream is None or stream.state_machine.state not in _SENDING:
+            return 0
         try:
             return max(0, self._conn.local_flow_control_window(stream_id))
         except _GONE:
@@ -254,11 +261,16 @@ class PythonEngine:
             last_stream_id = self.highest_stream_id
         if self._refuse_above is None or last_stream_id < self._refuse_above:
             self._refuse_above = last_stream_id
+        self._queue_goaway(error_code, last_stream_id)
+        if error_code != NO_ERROR:
+            self._over = True
+
+    def _queue_goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
+        if last_stream_id is None:
+            last_stream_id = self.highest_stream_id
         frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code)
         self._out.append(self._conn.data_to_send())
         self._out.append(frame.serialize())
-        if error_code != NO_ERROR:
-            self._over = True
 
     @property
     def highest_stream_id(self) -> int:
