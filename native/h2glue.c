@@ -101,6 +101,8 @@ static int64_t parse_digits(const uint8_t *v, size_t n) {
 static int scan_content_length(txg_h2 *h, int64_t *expected) {
     size_t i, off = 0;
     int64_t cl = -1;
+    *expected = -1;
+    if (!h->hbuf) return 0; /* only empty names and values so far: no content-length */
     for (i = 0; i + 1 < h->nlens; i += 2) {
         size_t nl = h->hlens[i], vl = h->hlens[i + 1];
         const uint8_t *name = h->hbuf + off, *value = h->hbuf + off + nl;
