@@ -9,6 +9,7 @@ ImportError when the native module is not built.
 from __future__ import annotations
 
 from collections import deque
+from itertools import accumulate
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,14 +55,8 @@ class _Out:
 
 def _pack(headers: list[Header]) -> tuple[bytes, object, int]:
     """Headers as one blob plus a C array of name/value lengths."""
-    parts = []
-    lens = []
-    for n, v in headers:
-        parts.append(n)
-        parts.append(v)
-        lens.append(len(n))
-        lens.append(len(v))
-    return b"".join(parts), ffi.new("uint32_t[]", lens), len(headers)
+    parts = [x for field in headers for x in field]
+    return b"".join(parts), ffi.new("uint32_t[]", [len(x) for x in parts]), len(headers)
 
 
 class NativeEngine:
@@ -254,15 +249,8 @@ def _failed(exception, exc_value, traceback) -> None:
 def txg_h2_on_request(user, stream_id, buf, buf_len, lens, nfields, end_stream):
     engine = ffi.from_handle(user)
     raw = ffi.buffer(buf, buf_len)[:] if buf_len else b""
-    it = iter(ffi.unpack(lens, 2 * nfields))
-    headers = []
-    append = headers.append
-    pos = 0
-    for nl in it:
-        mid = pos + nl
-        end = mid + next(it)
-        append((raw[pos:mid], raw[mid:end]))
-        pos = end
+    offs = list(accumulate(ffi.unpack(lens, 2 * nfields), initial=0))
+    headers = [(raw[offs[i]:offs[i + 1]], raw[offs[i + 1]:offs[i + 2]]) for i in range(0, 2 * nfields, 2)]
     engine._live.add(stream_id)
     events = engine._events
     events.append(RequestReceived(stream_id, headers, bool(end_stream)))
