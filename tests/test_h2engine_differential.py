@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hpack
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from h2engine_driver import (
@@ -173,11 +173,19 @@ def _same(pieces: list[bytes]) -> None:
         python["failure"] = native["failure"]
         python["goaways"] = [native["failure"] if c == python["failure"] else c for c in python["goaways"]]
         python["goaways"] = native["goaways"] if len(native["goaways"]) == len(python["goaways"]) else python["goaways"]
+    # nghttp2 hands over DATA payload as it arrives, hyper-h2 once the whole frame is in: on a stream
+    # the client has not ended (e.g. the connection failed first), nghttp2 may have delivered more.
+    for sid, body in python["bodies"].items():
+        more = native["bodies"].get(sid, b"")
+        if sid not in python["ended"] and more.startswith(body):
+            python["bodies"][sid] = more
     assert _normal(native) == _normal(python)
 
 
 @RUN
 @given(sessions())
+@example([PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, 4, 1, _hdrs(0)) + frame(DATA, 8, 1, b"\x02a\x00\x00")[:-1],
+          b"\x00" + frame(HEADERS, 5, 3, hpack.Encoder().encode([(b"content-length", b"")]))])
 def test_valid_sessions_give_the_same_outcome(pieces):
     _same(pieces)
 
