@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config_e2e -*-
 """twistd glue: `twistd txgate --config gw.ini`."""
 from __future__ import annotations
 
@@ -18,14 +19,12 @@ class Options(usage.Options):
 def makeService(options):
     """Validate the configuration (one line on stderr and exit 1 on a mistake) and build the service."""
     from txgate import config as _config
-    from txgate.plan.files import check_files
-    from txgate.service import makeService as _make
+    from txgate.runtime.assemble import makeService as _make
 
     path = options["config"]
     loader = (lambda: _config.load(path)) if path else _config.default_config
     try:
         cfg = loader()
-        check_files(cfg)  # before the store is opened (makeService opens it first for store: references)
         top = _make(cfg, loader=loader)
     except _config.ConfigError as e:
         sys.stderr.write(f"txgate: configuration error: {e}\n")
