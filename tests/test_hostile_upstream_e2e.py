@@ -14,29 +14,18 @@ import time
 
 import pytest
 
+from backends import StreamingBackend
 from conftest import curl
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(StreamingBackend):
     """Accepts connections; reads one request head; writes `script`; closes ('fin'), resets ('rst') or holds."""
 
     def __init__(self, script: bytes, end: str = "fin") -> None:
         self.script = script
         self.end = end
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self.hung_up = threading.Event()  # a write failed: the gateway closed the connection
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         data = b""
@@ -57,26 +46,18 @@ class ScriptedUpstream:
             if self.end in ("fin", "rst"):
                 conn.close()
             else:
-                self.closed.wait(30)
+                self.hung_up.wait(30)
         except OSError:
-            self.closed.set()
+            self.hung_up.set()
         finally:
             try:
                 conn.close()
             except OSError:
                 pass
 
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def close(self) -> None:
-        self.closed.set()
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
+        self.hung_up.set()
+        super().close()
 
 
 def _gateway(gateway_factory, upstream: ScriptedUpstream):
@@ -137,7 +118,7 @@ def test_endless_response_head_is_502_at_once(scripted):
     r = curl("-k", "-m", "20", "-w", "\n%{http_code}", gw.url("/x"))
     body, _, code = r.stdout.rpartition(b"\n")
     assert code == b"502" and b'"upstream_headers_too_large"' in body
-    assert up.closed.wait(10)  # the gateway hung up on the upstream
+    assert up.hung_up.wait(10)  # the gateway hung up on the upstream
 
 
 def _tls(port: int) -> ssl.SSLSocket:

@@ -33,6 +33,15 @@ def _cut(server, data: bytes, how: str) -> None:
         server.transport.abortConnection()
 
 
+def _answer(make, data: bytes, how: str, *, alpn=("http/1.1",), api_lines: str = ""):
+    """A gateway whose upstream answers one request with data, then ends as `how`: (gw, client, response)."""
+    gw = make(api_lines)
+    client, response, server = _held(gw, gw.upstream(UP), alpn=alpn)
+    _cut(server, data, how)
+    gw.flush()
+    return gw, client, response
+
+
 # -- close-delimited responses (RFC 9112 6.3 rule 8) ---------------------------------------------
 @pytest.mark.parametrize("alpn", [("http/1.1",), ("h2",)])
 def test_close_delimited_response_is_relayed_whole_on_both_protocols(make, alpn):
@@ -71,11 +80,7 @@ def test_close_delimited_response_over_tls_without_close_notify_is_truncated(mak
 
 
 def test_close_delimited_response_ended_by_a_reset_is_truncated(make):
-    gw = make()
-    up = gw.upstream(UP)
-    client, response, server = _held(gw, up)
-    _cut(server, b"HTTP/1.1 200 OK\r\n\r\npart", "rst")
-    gw.flush()
+    gw, client, response = _answer(make, b"HTTP/1.1 200 OK\r\n\r\npart", "rst")
     assert response.reset and not response.complete and client.closed
     assert len(gw.logs.matching(LOG + "upstream_truncated")) == 1
 
@@ -93,11 +98,8 @@ TRUNCATED = {
 
 @pytest.mark.parametrize("data, how", list(TRUNCATED.values()), ids=list(TRUNCATED))
 def test_truncated_response_closes_the_h1_connection_at_once_with_one_log_line(make, data, how):
-    gw = make("timeout = 30\n")
-    up = gw.upstream(UP)
-    client, response, server = _held(gw, up)
-    _cut(server, data, how)
-    gw.flush()  # no clock movement: the client learns now, not after `timeout`
+    # No clock movement below: the client learns at once, not after the API's 30 s `timeout`.
+    gw, client, response = _answer(make, data, how, api_lines="timeout = 30\n")
     # (A head with no body byte after it may not have left yet: then the client sees only the cut.)
     assert response.status in (200, None) and not response.complete and response.reset
     assert client.closed
@@ -107,11 +109,7 @@ def test_truncated_response_closes_the_h1_connection_at_once_with_one_log_line(m
 
 @pytest.mark.parametrize("data, how", list(TRUNCATED.values()), ids=list(TRUNCATED))
 def test_truncated_response_resets_only_its_h2_stream(make, data, how):
-    gw = make()
-    up = gw.upstream(UP)
-    client, response, server = _held(gw, up, alpn=("h2",))
-    _cut(server, data, how)
-    gw.flush()
+    gw, client, response = _answer(make, data, how, alpn=("h2",))
     assert response.reset and not response.complete
     assert not client.closed
     assert client.get("/a/after").status == 200
@@ -119,11 +117,7 @@ def test_truncated_response_resets_only_its_h2_stream(make, data, how):
 
 
 def test_cut_before_the_head_is_still_upstream_unavailable(make):
-    gw = make()
-    up = gw.upstream(UP)
-    client, response, server = _held(gw, up)
-    _cut(server, b"HTTP/1.1 200 OK\r\ncontent-le", "fin")
-    gw.flush()
+    gw, client, response = _answer(make, b"HTTP/1.1 200 OK\r\ncontent-le", "fin")
     assert response.status == 502 and response.code == "upstream_unavailable"
 
 
@@ -136,11 +130,7 @@ def test_close_mid_body_double_logs_upstream_truncated(make):
 
 
 def test_truncated_chunked_response_says_what_was_missing(make):
-    gw = make()
-    up = gw.upstream(UP)
-    client, response, server = _held(gw, up)
-    _cut(server, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n", "fin")
-    gw.flush()
+    gw, client, response = _answer(make, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n", "fin")
     assert gw.logs.matching(LOG + r"upstream_truncated: .*response cut short after 4 body bytes \(no last chunk\)")
 
 
