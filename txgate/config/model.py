@@ -155,6 +155,12 @@ class ListenerConfig:
     client_crl_missing: str = "refuse"  # or "allow": a CA of the chain without a CRL is not checked
     verify_depth: int = 4
     announce_client_cas: bool = True
+    # OCSP (txgate.ocsp): stapling for this listener's certificates, status checks of client certificates.
+    ocsp_stapling: str = "auto"  # auto | on | off
+    ocsp_responder: str | None = None
+    client_ocsp: str = "off"  # off | soft | hard
+    client_ocsp_responder: str | None = None
+    client_ocsp_timeout: float = 2.0
 
 
 @dataclass(frozen=True)
