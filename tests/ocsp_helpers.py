@@ -127,19 +127,20 @@ class Responder:
         self.index.write_text("".join([index_line(c) for c in good] + [index_line(c, True) for c in revoked]))
 
     def start(self) -> Responder:
+        self.log.write_text("")
         self.proc = subprocess.Popen(
             ["openssl", "ocsp", "-index", str(self.index), "-port", str(self.port), "-CA", self.ca,
              "-rsigner", self.rsigner, "-rkey", self.rkey, "-ndays", "1"],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # Wait for its "waiting for OCSP client connections" line: a probe connection would wedge it
+        # (it serves one connection at a time and reads the probe's request forever).
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"openssl ocsp exited: {self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            if "waiting for OCSP client connections" in self.log.read_text(errors="replace"):
                 return self
-            except OSError:
-                time.sleep(0.02)
+            time.sleep(0.02)
         raise AssertionError("openssl ocsp did not listen")
 
     def stop(self) -> None:
