@@ -14,7 +14,7 @@ import time
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from conftest import ADMIN_EPHEMERAL, curl, poll
+from conftest import ADMIN_EPHEMERAL, curl, poll, txgate_cli
 from ocsp_helpers import Responder, free_port, make_cert, write_key, write_pem
 from test_listener_e2e import s_client
 
@@ -34,6 +34,9 @@ def pki(tmp_path_factory):
         "server": make_cert(root, "localhost", names=("localhost",), ocsp_url=url),
         "revoked": make_cert(root, "revoked.example", names=("revoked.example",), ocsp_url=url),
         "plain": make_cert(root, "plain.example", names=("plain.example",)),  # no AIA
+        # Must-Staple, naming a responder nobody runs.
+        "must": make_cert(root, "localhost", names=("localhost",), must_staple=True,
+                          ocsp_url=f"http://127.0.0.1:{free_port()}/"),
         "client": make_cert(root, "good client", client=True, ocsp_url=url),
         "client_revoked": make_cert(root, "revoked client", client=True, ocsp_url=url),
         # Never asked about while its responder is up (answers are cached per issuer and serial).
@@ -79,6 +82,13 @@ def test_s_client_and_curl_see_a_good_staple(pki, gateway_factory):
     gw.wait_log(r"OCSP: stapling a good response for listener:main")
     r = curl("--cert-status", "--cacert", pki["root_pem"], gw.url("/echo"))
     assert r.returncode == 0, r.stderr
+    metrics = metrics_text(gw)
+    assert 'txgate_ocsp_staple_age_seconds{certificate="listener:main"}' in metrics
+    assert 'txgate_ocsp_must_staple_missing{certificate="listener:main"} 0.0' in metrics
+
+
+def metrics_text(gw) -> str:
+    return curl(f"http://127.0.0.1:{gw.admin_port}/metrics").stdout.decode()
 
 
 def test_revoked_certificate_is_stapled_as_revoked_and_logged(pki, gateway_factory):
@@ -98,6 +108,15 @@ def test_responder_down_at_start_means_no_staple_and_the_gateway_serves(pki, gat
     assert "OCSP response: no response sent" in out
     r = curl("--cacert", pki["root_pem"], gw.url("/echo"))
     assert r.returncode == 0 and b"/echo" in r.stdout
+    assert 'txgate_ocsp_fetch_failures_total{reason="unreachable"}' in metrics_text(gw)
+
+
+def test_must_staple_without_a_response_is_an_error_and_a_metric(pki, gateway_factory):
+    gw = gateway_factory(ADMIN_EPHEMERAL + listener(pki, cert="must") + ECHO)
+    gw.wait_log(r"\[txgate.ocsp#error\] OCSP: listener:main is Must-Staple and has no valid response to staple")
+    assert 'txgate_ocsp_must_staple_missing{certificate="listener:main"} 1.0' in metrics_text(gw)
+    r = curl("--cacert", pki["root_pem"], gw.url("/echo"))
+    assert r.returncode == 0
 
 
 def test_restart_staples_from_the_cache_with_the_responder_down(pki, tmp_path, gateway_factory):
@@ -117,11 +136,11 @@ def test_restart_staples_from_the_cache_with_the_responder_down(pki, tmp_path, g
     second = gateway_factory(text, name="second")
     out = status_of(second)  # at once: no poll
     assert "Cert Status: good" in out, out
+    shown = txgate_cli("cert", "show", pki["paths"]["server"][0], "--state-dir", str(tmp_path / "state"))
+    assert "OCSP (cached, " in shown.stdout and ": good, thisUpdate " in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_check_warns_when_stapling_is_on_and_no_responder_is_known(pki, tmp_path):
-    from conftest import txgate_cli
-
     cfg = tmp_path / "gw.ini"
     cfg.write_text(ADMIN_EPHEMERAL + listener(pki, extra="ocsp_stapling = on\n", cert="plain") + ECHO)
     r = txgate_cli("check", "--config", str(cfg))

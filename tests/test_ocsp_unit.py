@@ -302,3 +302,17 @@ def test_ocsp_key_errors_name_file_section_key(text, key, why):
         parse_text(BASE + text + "\n", "gw.ini")
     assert (e.value.path, e.value.section, e.value.key) == ("gw.ini", "listener:main", key)
     assert why in e.value.message
+
+
+def test_cert_show_prints_the_cached_status(pki, tmp_path):
+    from txgate.ocsp.show import cached_status_line
+
+    chain = [pki["leaf"].leaf, pki["root"].leaf]
+    assert cached_status_line(chain, str(tmp_path)) is None
+    t = target(pki)
+    cache.save(str(tmp_path), t.key, build_response(pki["leaf"].leaf, pki["root"], status="revoked"))
+    line = cached_status_line(chain, str(tmp_path))
+    assert line.startswith("OCSP (cached, ") and ": revoked, thisUpdate " in line
+    cache.save(str(tmp_path), t.key, build_response(pki["leaf"].leaf, pki["root"], signer=pki["no_eku"]))
+    assert "not usable: untrusted_responder" in cached_status_line(chain, str(tmp_path))
+    assert cached_status_line(chain[:1], str(tmp_path)) is None
