@@ -7,6 +7,7 @@ OCSP-signing EKU not trusted, a stalled responder that does not stop other clien
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -138,6 +139,21 @@ def test_restart_staples_from_the_cache_with_the_responder_down(pki, tmp_path, g
     assert "Cert Status: good" in out, out
     shown = txgate_cli("cert", "show", pki["paths"]["server"][0], "--state-dir", str(tmp_path / "state"))
     assert "OCSP (cached, " in shown.stdout and ": good, thisUpdate " in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_reload_keeps_stapling_with_the_responder_down(pki, tmp_path, gateway_factory):
+    own = Responder(tmp_path / "own-responder", pki["root"], pki["certs"]["signer"], free_port())
+    own.set_index(good=[pki["certs"]["server"].leaf])
+    own.start()
+    try:
+        gw = gateway_factory(ADMIN_EPHEMERAL + listener(pki, extra=f"ocsp_responder = {own.url}\n") + ECHO)
+        wait_staple(gw)
+    finally:
+        own.stop()
+    gw.signal(signal.SIGHUP)
+    gw.wait_log(r"reloaded \(")
+    assert "Cert Status: good" in status_of(gw)
+    assert gw.output().count("OCSP: stapling a good response") == 1  # the refresher carried over
 
 
 def test_check_warns_when_stapling_is_on_and_no_responder_is_known(pki, tmp_path):
