@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
@@ -84,14 +83,6 @@ def write_key(path: Path, ck: CertifiedKey) -> str:
                                           serialization.NoEncryption()))
     os.chmod(path, 0o600)
     return str(path)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def index_line(cert: x509.Certificate, revoked: bool = False) -> str:

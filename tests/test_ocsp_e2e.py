@@ -15,8 +15,8 @@ import time
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from conftest import ADMIN_EPHEMERAL, curl, poll, txgate_cli
-from ocsp_helpers import Responder, free_port, make_cert, write_key, write_pem
+from conftest import ADMIN_EPHEMERAL, curl, free_port, poll, txgate_cli
+from ocsp_helpers import Responder, make_cert, write_key, write_pem
 from test_listener_e2e import s_client
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("curl") is None,

@@ -14,17 +14,14 @@ from twisted.internet import defer
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
+from txgate.ocsp.check import OCSPError
+
 MAX_RESPONSE = 64 * 1024
 GET_LIMIT = 255
 
 
-class FetchError(Exception):
+class FetchError(OCSPError):
     """The responder could not be asked or answered badly; ``reason`` is a metric label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 def request_target(url: str, request_der: bytes) -> tuple[bytes, bytes, bytes | None]:
