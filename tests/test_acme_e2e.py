@@ -111,4 +111,5 @@ def test_short_lived_certificate_is_renewed_and_store_keeps_both_versions(acme_e
     from conftest import txgate_cli
 
     r = txgate_cli("store", "list", "--config", str(gw.config_path), cwd=gw.workdir)
-    assert "acme/www.acme-test.example" in r.stdout, r.stdout + r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("acme/www.acme-test.example@"))
+    assert "versions=1,2" in line, r.stdout + r.stderr

@@ -46,7 +46,7 @@ class ChallengeBoard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._http: dict[str, str] = {}
-        self._alpn: dict[str, tuple] = {}  # name -> (pyOpenSSL X509, PKey)
+        self._alpn: dict[str, tuple] = {}  # name -> (certificate, private key)
 
     def add_http(self, token: str, key_authorization: str) -> None:
         """Answer GET /.well-known/acme-challenge/TOKEN with the key authorization."""
@@ -66,10 +66,7 @@ class ChallengeBoard:
 
     def add_alpn(self, name: str, key_authorization: str) -> None:
         """Present the RFC 8737 certificate for ``name`` to clients offering only ``acme-tls/1``."""
-        from OpenSSL import crypto
-
-        cert, key = tls_alpn_certificate(name, key_authorization)
-        pair = (crypto.X509.from_cryptography(cert), crypto.PKey.from_cryptography_key(key))
+        pair = tls_alpn_certificate(name, key_authorization)
         with self._lock:
             self._alpn[name.lower()] = pair
 
@@ -79,7 +76,7 @@ class ChallengeBoard:
             self._alpn.pop(name.lower(), None)
 
     def alpn_pair(self, server_name: str | None) -> tuple | None:
-        """(X509, PKey) of the challenge certificate for an SNI name, or None."""
+        """(certificate, key) of the challenge certificate for an SNI name, or None."""
         if not server_name or not self._alpn:
             return None
         return self._alpn.get(server_name.rstrip(".").lower())
