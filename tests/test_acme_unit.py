@@ -197,7 +197,7 @@ def test_failed_orders_back_off_and_are_reported(monkeypatch):
     st = svc.states[names]
     assert st.failures == 1 and st.last_error == "connection_failed: pebble is down"
     for _ in range(3):
-        clock.advance((st.next_check - T0).total_seconds() - clock.seconds())
+        clock.advance(st.call.getTime() - clock.seconds())
     gaps = [b - a for a, b in zip(calls, calls[1:])]
     assert len(calls) == 4 and all(later > earlier for earlier, later in zip(gaps, gaps[1:]))
     assert svc.status()[0]["failures"] == 4
