@@ -76,3 +76,17 @@ def test_redirect_https_defaults_on_for_a_plain_listener_without_apis():
                                       ("::1", False), ("10.0.0.1", False), ("bad_name.example", False)])
 def test_acme_name_rules(name, ok):
     assert (acme_name_problem(name) is None) is ok
+
+
+def test_check_warns_when_no_listener_can_answer_a_challenge(tmp_path):
+    from txgate.plan import prepare
+
+    state = tmp_path / "state"
+    text = (f"[gateway]\nstate_dir = {state}\n[admin]\nbind = off\n[acme]\nagree_tos = yes\nchallenges = http-01\n"
+            "[listener:main]\nbind = 127.0.0.1:0\ncertificate = acme:www.example.com\n")
+    plan = prepare(cfg(text), create_state=False, check_ports=False)
+    assert any("[acme] challenges: no listener can answer http-01" in w for w in plan.warnings)
+    plan = prepare(cfg(text.replace("challenges = http-01", "challenges = tls-alpn-01")), create_state=False,
+                   check_ports=False)
+    assert any("binds port 80 (http-01) or 443" in w for w in plan.warnings)
+    assert not any("no listener can answer" in w for w in plan.warnings)
