@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cli -*-
 """The `txgate` command: check, pin, version, store (list, rollback); ca, cert, csr, selfsigned in cli_certs."""
 from __future__ import annotations
 

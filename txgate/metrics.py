@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_metrics -*-
 """Prometheus metrics of the gateway: its own registry, hot-path counters, facade-fed gauges.
 
 Contract (for ``txgate.runtime``)::

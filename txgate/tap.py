@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config_e2e -*-
 """twistd glue: `twistd txgate --config gw.ini`."""
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from txgate.accesslog import AccessLog
 from txgate.config import ApiConfig
-from txgate.dispatch import ApiRuntime, ListenerDispatcher
+from txgate.runtime.dispatch import ApiRuntime, ListenerDispatcher
 from txgate.http.exchange import Limits
-from txgate.listener import ListenerFactory, wrap_tls
+from txgate.runtime.listener import ListenerFactory, wrap_tls
 from txgate.plan import Plan
 
 
