@@ -236,3 +236,16 @@ class _nolock:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_directory_store_keeps_namespaced_names_in_one_file(tmp_path):
+    from certs_helpers import make_ca, make_leaf, pem_chain, pem_key
+
+    from txgate.store.directory import DirectoryStore
+
+    store = DirectoryStore(str(tmp_path / "store"), b"s" * 32)
+    ck = make_leaf(make_ca(), ["www.example.com"])
+    store.put("acme/www.example.com", pem_chain(ck), pem_key(ck))
+    assert [i.name for i in store.list()] == ["acme/www.example.com"]
+    assert store.get("acme/www.example.com").key is not None
+    assert (tmp_path / "store" / "names" / "acme%2Fwww.example.com.json").exists()

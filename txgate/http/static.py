@@ -2,23 +2,22 @@
 # -*- test-case-name: tests.test_acme_unit -*-
 from __future__ import annotations
 
+from txgate.http.exchange import NullHandler
 
-class StaticHandler:
+
+class StaticHandler(NullHandler):
     """Ignores the request body and answers with one fixed response once the request is complete."""
 
-    __slots__ = ("stream", "status", "headers", "body", "api", "upstream_label", "done")
+    __slots__ = ("stream", "status", "headers", "body", "done")
 
     def __init__(self, stream, status: int, headers: list[tuple[bytes, bytes]], body: bytes, label: str) -> None:
+        super().__init__(None)
+        self.upstream_label = label
         self.stream = stream
         self.status = status
         self.headers = headers
         self.body = body
-        self.api = None
-        self.upstream_label = label
         self.done = False
-
-    def body_received(self, data: bytes) -> None:
-        pass
 
     def body_finished(self) -> None:
         if self.done:
@@ -30,12 +29,6 @@ class StaticHandler:
 
     def stream_lost(self, reason) -> None:
         self.done = True
-
-    def pause_producing(self) -> None:
-        pass
-
-    def resume_producing(self) -> None:
-        pass
 
 
 def https_location(authority: bytes, target: bytes) -> bytes:
