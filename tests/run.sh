@@ -10,6 +10,7 @@ command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v nghttp >/dev/null || missing+=(nghttp2-client)
 command -v nginx >/dev/null || missing+=(nginx-light)
 command -v gcc >/dev/null || missing+=(gcc)
+command -v pebble >/dev/null || missing+=(pebble)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 dpkg -s libnghttp2-dev >/dev/null 2>&1 || missing+=(libnghttp2-dev)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -19,6 +19,7 @@ Series::
                                                          #   aborted | failed; upstream TLS as listener "upstream:API"
     txgate_certificate_expiry_timestamp_seconds{name,role,fingerprint}   # facade.held_certificates() at scrape
     txgate_upstream_connections{api}                     # facade.upstream_connections() at scrape
+    txgate_acme_orders_total{result}                     # ACME orders: ok or an error code (txgate.acme)
     txgate_ocsp_fetch_failures_total{reason}             # OCSP: staple refreshes and client checks that failed
     txgate_ocsp_staple_age_seconds{certificate}          # OCSP: age (since thisUpdate) of each current staple
     txgate_ocsp_must_staple_missing{certificate}         # OCSP: 1 for a Must-Staple certificate with no staple
@@ -71,6 +72,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.requests: dict[tuple[str, int], int] = {}
         self.handshakes: dict[tuple[str, str, str], int] = {}
+        self.acme_orders: dict[str, int] = {}  # result (ok or an error code) -> orders
         self._facade: Any = None
         # OCSP (txgate.ocsp): failure counts by reason; ocsp_source() -> [(certificate, age | None, missing)].
         self.ocsp_failures: dict[str, int] = {}
@@ -100,6 +102,10 @@ class Metrics:
         handshakes = self.handshakes
         handshakes[key] = handshakes.get(key, 0) + 1
 
+    def acme_order(self, result: str) -> None:
+        """One finished ACME order: ``ok`` or its error code (txgate.acme)."""
+        self.acme_orders[result] = self.acme_orders.get(result, 0) + 1
+
     def ocsp_fetch_failed(self, reason: str) -> None:
         """One OCSP fetch (staple refresh or client check) that gave no usable answer."""
         self.ocsp_failures[reason] = self.ocsp_failures.get(reason, 0) + 1
@@ -123,6 +129,12 @@ class Metrics:
         for labels, n in sorted(self.handshakes.items()):
             handshakes.add_metric(labels, n)
         yield handshakes
+        if self.acme_orders:  # only on gateways with ACME certificates
+            orders = CounterMetricFamily("txgate_acme_orders", "ACME orders, by result (ok or an error code).",
+                                         labels=("result",))
+            for result, n in sorted(self.acme_orders.items()):
+                orders.add_metric((result,), n)
+            yield orders
         expiry = GaugeMetricFamily(
             "txgate_certificate_expiry_timestamp_seconds",
             "notAfter of every certificate the gateway holds, in every role (Unix time).",

@@ -26,6 +26,8 @@ class Plan:
     admin_available: bool = True
     # OCSP stapling: txgate.ocsp.check.cert_key -> txgate.ocsp.staple.StapleTarget (holders in the contexts).
     staples: dict = field(default_factory=dict)
+    # ACME certificates not issued yet (a local-CA placeholder serves meanwhile): (section, names).
+    acme_placeholders: list = field(default_factory=list)
 
     def warn(self, section: str, key: str, text: str) -> None:
         """Add a startup warning naming the file, section and key."""
