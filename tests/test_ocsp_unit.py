@@ -316,3 +316,46 @@ def test_cert_show_prints_the_cached_status(pki, tmp_path):
     cache.save(str(tmp_path), t.key, build_response(pki["leaf"].leaf, pki["root"], signer=pki["no_eku"]))
     assert "not usable: untrusted_responder" in cached_status_line(chain, str(tmp_path))
     assert cached_status_line(chain[:1], str(tmp_path)) is None
+
+
+# -- client checks in the in-memory gateway --------------------------------------------------------
+@pytest.mark.parametrize("alpn", [("http/1.1",), ("h2",)])
+def test_requests_wait_for_the_client_status_then_revoked_gets_403(tmp_path, alpn):
+    from txgate.testing import MemoryGateway, TestPKI, gateway_ini
+    from txgate.tls.certs import CertifiedKey
+
+    pki = TestPKI(tmp_path)
+    ini = gateway_ini(pki.issue("localhost"), "[api:a]\npath = /a\nupstream = builtin:echo\nmtls = require\n",
+                      listener=f"client_auth = require\nclient_ca = {pki.ca_path}\nclient_ocsp = soft\n"
+                               "client_ocsp_responder = http://ocsp.example/\n")
+    gw = MemoryGateway(ini, pki=pki)
+    try:
+        pending = []
+        checker = gw.service.ocsp.clients
+        checker.clock = clock_now()
+        checker.fetch = lambda url, request, timeout: pending.append(defer.Deferred()) or pending[-1]
+        app = pki.issue(client=True, common_name="app")
+        client = gw.client(alpn=alpn, certificate=app)
+        first = client.request("GET", "/a/x")
+        gw.flush()
+        assert len(pending) == 1 and first.status is None  # held until the answer
+        ca = CertifiedKey(chain=(pki.ca.certificate,), key=pki.ca.key)
+        pending[0].callback(build_response(app.leaf, ca, status="revoked"))
+        gw.flush()
+        assert first.status == 403 and first.code == "client_certificate_revoked"
+        if alpn == ("h2",):  # (HTTP/1.1 closes after a refusal) every request of the connection is refused
+            assert client.get("/a/y").code == "client_certificate_revoked"
+        # A second connection with the same certificate: answered from the cache, no new query.
+        assert gw.client(alpn=alpn, certificate=app).get("/a/z").status == 403 and len(pending) == 1
+        # A client that leaves while its status is asked: nothing breaks.
+        other = gw.client(alpn=alpn, certificate=pki.issue(client=True, common_name="other"))
+        other.request("GET", "/a/x")
+        gw.flush()
+        other.close()
+        gw.flush()
+        pending[1].errback(FetchError("timeout", "no answer within 2s"))
+        gw.flush()
+        assert not gw.logs.matching(r"client OCSP check failed|Unhandled|Traceback")
+        assert len(gw.service.connections["main"]) == (2 if alpn == ("h2",) else 0)  # "other" is gone
+    finally:
+        gw.stop()
