@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_ocsp_unit -*-
 """OCSP: stapled status for the gateway's certificates and status checks of client certificates.
 
 ``check`` (requests and response verification, pure), ``schedule`` (when to refresh, pure),
