@@ -56,6 +56,13 @@ class GatewayConfig:
     store: str = "dir"
     store_secret_file: str | None = None
     expiry_warning_days: int = 30
+    # Worker processes under `twistd txgate`: None = auto (the CPUs this process may run on).
+    workers: int | None = None
+    # How a worker is chosen for a new connection: "client_address" (same client, same worker) or "none".
+    worker_affinity: str = "client_address"
+
+
+WORKER_AFFINITY = ("client_address", "none")
 
 
 @dataclass(frozen=True)
@@ -227,6 +234,7 @@ upstream = builtin:echo
 
 GATEWAY_KEYS = {
     "state_dir", "access_log", "log_format", "shutdown_timeout", "store", "store_secret_file", "expiry_warning_days",
+    "workers", "worker_affinity",
 }
 ADMIN_KEYS = {"bind", "client_ca", "token_file", "allowed_hosts"}
 ADMIN_DEFAULT_BIND = ("127.0.0.1", 9901)
@@ -780,6 +788,9 @@ def parse_text(text: str, path: str) -> Config:
                 store=parse_store_url(s, "store"),
                 store_secret_file=secret_file,
                 expiry_warning_days=s.number("expiry_warning_days", 30, integer=True, minimum=1),
+                workers=None if s.str("workers", "auto") == "auto" else s.number("workers", 1, integer=True,
+                                                                               minimum=1),
+                worker_affinity=s.choice("worker_affinity", "client_address", WORKER_AFFINITY),
             )
         elif name == "admin":
             admin = parse_admin(_Section(path, name, values, ADMIN_KEYS))

@@ -668,6 +668,15 @@ def _cert_fingerprint(cert) -> str:
 # -- the running gateway ---------------------------------------------------------------------------
 
 
+def log_listening(config: Config, ln: ListenerConfig, host: str, port: int) -> None:
+    """The line announcing a listener (tests and tools read its port from it)."""
+    host = f"[{host}]" if ":" in host else host
+    apis = config.apis_for(ln.name)
+    log.info("listener {name} on {scheme}://{host}:{port} ({apis})", name=ln.name,
+             scheme="https" if ln.tls else "http", host=host, port=port,
+             apis=", ".join(a.name for a in apis) or "no APIs")
+
+
 class _Front(Factory):
     """The factory a listening port keeps across reloads: each connection goes to the current generation."""
 
@@ -720,7 +729,8 @@ class GatewayService(Service):
     RETIRE_CHECK = 1.0
     DEBOUNCE = 0.2
 
-    def __init__(self, prepared: Prepared, reactor=None, *, loader=None, store=None, metrics=None) -> None:
+    def __init__(self, prepared: Prepared, reactor=None, *, loader=None, store=None, metrics=None,
+                 role: str = "single", listen_fds: dict | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -750,6 +760,11 @@ class GatewayService(Service):
         self.reloads = 0
         # Runs blocking work (file and store reads, context building) off the reactor thread.
         self.run_blocking = self._in_thread
+        # Worker processes (txgate.runtime.workers): "single" listens and serves; a "supervisor" serves no
+        # traffic (no generation, no ports); a "worker" adopts the supervisor's sockets (listener name ->
+        # (fd, family)) and leaves store watching to the supervisor.
+        self.role = role
+        self.listen_fds = listen_fds or {}
 
     # -- compatibility with the single-generation attributes ----------------------------------
     @property
@@ -823,6 +838,13 @@ class GatewayService(Service):
         """Listen on a listener's bind with ``front``; a failure is a ConfigError naming its bind."""
         from twisted.internet.error import CannotListenError
 
+        if self.role == "worker":
+            from txgate.runtime.sockets import adopt
+
+            if ln.name not in self.listen_fds:
+                raise ConfigError(self.config.path, f"listener:{ln.name}", "bind",
+                                  "a new listener address needs a worker restart (the supervisor owns the sockets)")
+            return adopt(self.reactor, *self.listen_fds[ln.name], front)
         try:
             return self.reactor.listenTCP(ln.port, front, backlog=1024, interface=ln.host)
         except CannotListenError as e:
@@ -832,32 +854,37 @@ class GatewayService(Service):
             raise ConfigError(self.config.path, f"listener:{ln.name}", "bind", f"{where}: {why}") from None
 
     def _log_listening(self, gen: _Generation, ln: ListenerConfig) -> None:
+        if self.role == "worker":
+            return  # the supervisor owns the sockets and announces them once
         addr = self.ports[ln.name].getHost()
-        host = f"[{addr.host}]" if ":" in addr.host else addr.host
-        apis = gen.config.apis_for(ln.name)
-        log.info("listener {name} on {scheme}://{host}:{port} ({apis})", name=ln.name,
-                 scheme="https" if ln.tls else "http", host=host, port=addr.port,
-                 apis=", ".join(a.name for a in apis) or "no APIs")
+        log_listening(gen.config, ln, addr.host, addr.port)
 
     # -- service ----------------------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
         for w in self.prepared.warnings:
             log.warn("{warning}", warning=w)
+        if self.prepared.local_ca_path and self.role != "worker":
+            log.info("local CA certificate: {path} (clients can trust it with: curl --cacert {path})",
+                     path=self.prepared.local_ca_path)
+        if self.role == "supervisor":
+            self._watch_store()
+            return
         gen = self._build(self.prepared)
         self.current = gen
         self._flusher = task.LoopingCall(self._flush_logs)
         self._flusher.clock = self.reactor
         self._flusher.start(0.5, now=False)
-        if self.prepared.local_ca_path:
-            log.info("local CA certificate: {path} (clients can trust it with: curl --cacert {path})",
-                     path=self.prepared.local_ca_path)
         for ln in self.config.listeners:
             front = _Front(ln.name, gen.tops[ln.name])
             self.ports[ln.name] = self._listen(ln, front)
             self.fronts[ln.name] = front
             self.binds[ln.name] = (ln.host, ln.port)
             self._log_listening(gen, ln)
+        if self.role != "worker":
+            self._watch_store()
+
+    def _watch_store(self) -> None:
         if self.store is not None:
             from txgate.store import DeferredStore
 
@@ -964,6 +991,9 @@ class GatewayService(Service):
                          "next restart (the running store is kept)")
         if cfg.admin != running.admin:
             notes.append(f"{cfg.path}: [admin]: changes take effect at the next restart")
+        if (gw_new.workers, gw_new.worker_affinity) != (gw_old.workers, gw_old.worker_affinity):
+            notes.append(f"{cfg.path}: [gateway] workers: workers and worker_affinity changes take effect at the "
+                         "next restart")
         prepared = prepare(cfg, now=_now(), check_ports=False, store=self.store)
         prepared.warnings.extend(notes)
         prepared.admin_available = self.prepared.admin_available
@@ -973,7 +1003,7 @@ class GatewayService(Service):
     def _reload(self, reason: str):
         try:
             prepared = yield self.run_blocking(self._load_and_prepare)
-            summary = self._swap(prepared)
+            summary = yield defer.maybeDeferred(self._swap, prepared)
         except ConfigError as e:
             log.error("reload ({reason}) failed, keeping the running configuration: {error}",
                       reason=reason, error=str(e))
@@ -1211,11 +1241,12 @@ def _admin_service_class():
     return AdminService
 
 
-def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
+def makeService(config: Config, reactor=None, *, loader=None, gateway_class=None, metrics=None) -> MultiService:
     """Build the gateway as a MultiService (validates first; raises ConfigError).
 
     ``loader`` re-reads the configuration on reload (``lambda: txgate.config.load(path)``); without
-    it a reload rebuilds from the same Config (the store may still have changed).
+    it a reload rebuilds from the same Config (the store may still have changed). The supervisor of
+    worker processes (``txgate.runtime.workers``) passes its own ``gateway_class`` and ``metrics``.
     """
     # Validate before anything is created in state_dir: the store is opened first only when the
     # config refers to it (and then must already exist), else after everything else checked out.
@@ -1239,15 +1270,15 @@ def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
     from txgate import pins as _pins
 
     log.info("SPKI pin backend: {backend}", backend=_pins.describe_backend())
-    metrics = None
-    try:
-        from txgate.metrics import Metrics
+    if metrics is None:
+        try:
+            from txgate.metrics import Metrics
 
-        metrics = Metrics()
-    except ImportError:
-        pass
+            metrics = Metrics()
+        except ImportError:
+            pass
     top = MultiService()
-    gateway = GatewayService(prepared, reactor, loader=loader, store=store, metrics=metrics)
+    gateway = (gateway_class or GatewayService)(prepared, reactor, loader=loader, store=store, metrics=metrics)
     gateway.setServiceParent(top)
     facade = ServiceFacade(gateway)
     top.facade = facade

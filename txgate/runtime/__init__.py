@@ -1,0 +1,1 @@
+"""The running gateway: listening, generations, reload, shutdown and supervised worker processes."""
