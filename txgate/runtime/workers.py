@@ -268,6 +268,8 @@ class Supervisor(Service):
         word, _, rest = line.partition(" ")
         if word == "ready":
             w.ready = True
+            if self.announced and self._rolling is None:
+                log.info("worker {slot} (pid {pid}) ready", slot=w.slot, pid=w.pid)
             self._check_ready()
         elif word == "reloaded":
             ident, _, text = rest.partition(" ")
