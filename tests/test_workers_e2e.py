@@ -192,6 +192,39 @@ def test_kill_9_worker_is_replaced_within_a_second_under_load(two_workers):
     assert gw.proc.poll() is None
 
 
+def _queued(port: int) -> list[int]:
+    """Recv-Q (connections waiting for accept) of each listening socket on ``port``."""
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
+    return [int(line.split()[1]) for line in out.splitlines() if line.strip()]
+
+
+def test_connections_queued_on_a_dead_workers_socket_are_served_by_its_replacement(two_workers):
+    """The supervisor keeps every worker's socket: what waits in a dead worker's accept queue is not lost."""
+    gw = two_workers(config())
+    victim = workers_of(gw)[0]
+    sources = [f"127.0.0.{i}" for i in range(1, 40) if worker_for(f"127.0.0.{i}", 2) == 0][:5]
+    os.kill(victim, signal.SIGSTOP)  # accepts nothing from now on
+    results: list = []
+
+    def one(src):
+        try:
+            results.append(get(gw.port, source=src, timeout=30)[0])
+        except Exception as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in sources]
+    try:
+        for t in threads:
+            t.start()
+        poll(lambda: len(sources) in _queued(gw.port), 10, what="five connections queued on worker 0's socket")
+    finally:
+        os.kill(victim, signal.SIGKILL)
+    gw.wait_log(r"worker 0 \(pid \d+\) ready", timeout=20)
+    for t in threads:
+        t.join(40)
+    assert results == [200] * len(sources)
+
+
 def test_sighup_new_certificate_reaches_every_worker_and_a_broken_config_changes_nothing(two_workers, certs):
     cert_a, key_a = certs.leaf("workers-a", ["localhost"])
     cert_b, key_b = certs.leaf("workers-b", ["localhost"])

@@ -61,7 +61,9 @@ def make_supervised_service(config: Config, count: int, *, loader=None, reactor=
     metrics = SupervisorMetrics(os.path.join(config.gateway.state_dir, "metrics"))
     top = makeService(config, reactor, loader=loader, gateway_class=SupervisorGateway, metrics=metrics)
     gateway = top.getServiceNamed("txgate")
-    supervisor = Supervisor(gateway, count, gateway.reactor)
+    # For measurements only (docs/workers.md): one shared socket instead of a SO_REUSEPORT group.
+    mode = os.environ.get("TXGATE_WORKER_SOCKETS", "reuseport")
+    supervisor = Supervisor(gateway, count, gateway.reactor, mode=mode)
     gateway.workers = supervisor
     metrics.supervisor = supervisor
     supervisor.setServiceParent(top)
