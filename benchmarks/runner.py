@@ -92,6 +92,8 @@ def parse_args(argv=None):
         p.error("--workers: expected integers, e.g. 1 or 1,2")
     if not a.workers or min(a.workers) < 1:
         p.error("--workers: expected integers >= 1")
+    if a.profile and max(a.workers) > 1:
+        p.error("--profile: with --workers 1 only (it profiles the process twistd started)")
     bad = [s for s in a.scenarios if s not in TARGETS]
     if bad:
         p.error(f"--scenario: unknown {','.join(bad)} (choose from 1,2,3)")

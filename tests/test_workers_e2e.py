@@ -348,3 +348,28 @@ def test_quick_start_unchanged_with_workers_auto(gateway_factory):
         assert json.loads(r.stdout)["path"] == "/echo/hello"
     assert len(LISTEN_RE.findall(gw.output())) == 1
     assert gw.stop() == 0
+
+
+def test_a_new_listener_on_reload_starts_new_workers_and_the_previous_ones_drain(two_workers):
+    gw = two_workers(config())
+    before = set(workers_of(gw).values())
+    gw.config_path.write_text(config() + "\n[listener:second]\nbind = 127.0.0.1:0\n")
+    gw.signal(signal.SIGHUP)
+    gw.wait_log(r"\[txgate\.service#info\] reloaded \(SIGHUP\): 2 listeners, 1 APIs; 2 workers", timeout=30)
+    second = int(gw.wait_log(r"listener second on https://127\.0\.0\.1:(\d+) ").group(1))
+    poll(lambda: not before & set(workers_of(gw).values()) and len(workers_of(gw)) == 2, 30,
+         what="the previous workers gone, two new ones")
+    for port in (gw.port, second):
+        for i in range(1, 9):
+            assert get(port, source=f"127.0.0.{i}")[0] == 200
+    poll(lambda: len(re.findall(r"worker \d \(pid \d+, previous generation\) exited with status 0", gw.output())) == 2,
+         10, what="two previous-generation workers exited 0")
+
+
+def test_workers_exit_when_the_supervisor_is_killed(two_workers):
+    gw = two_workers(config())
+    pids = list(workers_of(gw).values())
+    gw.proc.kill()
+    gw.proc.wait(10)
+    poll(lambda: not any(os.path.exists(f"/proc/{p}") and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
+                         for p in pids), 20, what="workers gone after the supervisor")
