@@ -18,6 +18,7 @@ from txgate.config import (
     load,
     parse_text,
 )
+from txgate.plan.files import check_files
 from txgate.service import prepare
 
 L = "[listener:main]\nbind = 127.0.0.1:0\n"
@@ -25,7 +26,7 @@ L = "[listener:main]\nbind = 127.0.0.1:0\n"
 
 def error(text: str, path: str = "gw.ini") -> str:
     with pytest.raises(ConfigError) as info:
-        parse_text(text, path)
+        check_files(parse_text(text, path))
     message = str(info.value)
     assert "\n" not in message
     return message

@@ -97,10 +97,12 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
     get every check except issuing their certificate. ``store`` (a blocking ``txgate.store.Store``)
     resolves ``store:REF`` certificates; reloads pass the running one and ``check_ports=False``.
     """
+    from txgate.plan.files import check_files
     from txgate.tls.certs import CertificateError, expiry_warning, load_ca_bundle, names_cover
     from txgate.tls.client import UpstreamTLS
     from txgate.tls.server import ServerTLS, TLSSettingError, check_tls_settings
 
+    check_files(config)
     now = now or _now()
     prepared = Prepared(config=config, warnings=list(config.warnings))
     pin_cache: dict = {}

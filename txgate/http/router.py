@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Generic, Iterable, TypeVar
 
+from txgate.config.hostnames import wildcard_parent
+
 T = TypeVar("T")
 
 
@@ -58,12 +60,11 @@ class Router(Generic[T]):
             found = self._scan(entries, path)
             if found:
                 return found
-        if self._wild:
-            dot = host.find(".")
-            if dot > 0:
-                entries = self._wild.get(host[dot + 1:])
-                if entries:
-                    found = self._scan(entries, path)
-                    if found:
-                        return found
+        parent = wildcard_parent(host) if self._wild else None
+        if parent is not None:
+            entries = self._wild.get(parent)
+            if entries:
+                found = self._scan(entries, path)
+                if found:
+                    return found
         return self._scan(self._any, path)

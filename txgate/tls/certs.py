@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from txgate.config.hostnames import wildcard_matches
+
 PrivateKey = Union[
     rsa.RSAPrivateKey,
     ec.EllipticCurvePrivateKey,
@@ -235,19 +237,12 @@ def names_cover(cert: x509.Certificate, hostname: str) -> bool:
     host = _norm(hostname)
     if not host:
         return False
-    parent = host.split(".", 1)[1] if "." in host else None
     for raw in san.get_values_for_type(x509.DNSName):
         name = _norm(raw)
         if name == host:
             return True
-        # A one-label wildcard covers exactly one non-wildcard label.
-        if (
-            name.startswith("*.")
-            and parent is not None
-            and not host.startswith("*")
-            and name[2:] == parent
-            and "." in parent
-        ):
+        # A one-label wildcard covers exactly one non-wildcard label, and never all of a one-label suffix.
+        if wildcard_matches(name, host) and not host.startswith("*") and "." in name[2:]:
             return True
     return False
 

@@ -1,7 +1,6 @@
 """Upstream TLS: one pre-built client context, verification with reasons, chain checks in the handshake."""
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, Callable
 
 from OpenSSL import SSL, crypto
@@ -14,9 +13,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txgate.config.hostnames import is_ip
 from txgate.errors import GatewayError, UpstreamTLSError
 from txgate.tls.certs import CertificateError, CertifiedKey, cert_names, format_time, subject_label
-from txgate.tls.server import DEFAULT_CIPHERS, OP_NO_RENEGOTIATION, tls_version
+from txgate.tls.server import DEFAULT_CIPHERS, OP_NO_RENEGOTIATION, TLSSettingError, tls_version
 
 log = Logger()
 
@@ -73,14 +73,6 @@ def verify_error_reason(errno: int, cert: Any, depth: int) -> str:
     return f"{text} [depth {depth}: {label}]"
 
 
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 @implementer(IOpenSSLClientConnectionCreator)
 class UpstreamTLS:
     """Creates client TLS connections to one upstream name with verification, SNI and ALPN."""
@@ -99,7 +91,7 @@ class UpstreamTLS:
     ) -> None:
         name = server_name.strip().strip("[]")
         self.server_name = name
-        self._is_ip = _is_ip(name)
+        self._is_ip = is_ip(name)
         self._sni = None if self._is_ip else name.rstrip(".").encode("idna")
         self._verify = verify
         self._chain_check = chain_check
@@ -110,7 +102,7 @@ class UpstreamTLS:
             if tls13_ciphersuites:
                 ctx.set_tls13_ciphersuites(tls13_ciphersuites.encode("ascii"))
         except SSL.Error as e:
-            raise ValueError(f"invalid cipher configuration: {e}") from None
+            raise TLSSettingError("upstream_ciphers", f"invalid cipher configuration: {e}") from None
         ctx.set_options(SSL.OP_NO_COMPRESSION | OP_NO_RENEGOTIATION)
         ctx.set_alpn_protos([b"http/1.1"])
         if ca_path is not None:
@@ -244,3 +236,16 @@ def tls_failure_reason(failure: Failure) -> str:
     if isinstance(exc, (ConnectionDone, ConnectionLost)):
         return "connection closed during the TLS handshake"
     return f"handshake failure: {failure.getErrorMessage()}"
+
+
+def upstream_tls_error(label: str, failure: Failure, *, in_handshake: bool) -> UpstreamTLSError:
+    """The error a request sees when TLS with upstream target ``label`` failed (in or after the handshake)."""
+    exc = failure.value
+    if isinstance(exc, UpstreamTLSError):
+        # Raised by our own checks (verification, pins): its code and reason stand, named by target.
+        exc.message = f"{label}: {exc.message}"
+        return exc
+    # TLS 1.3: a server checks our client certificate after our side finished the handshake, so
+    # its alert can arrive in place of the response ("TLS failure" rather than "handshake failed").
+    what = "TLS handshake failed" if in_handshake else "TLS failure"
+    return UpstreamTLSError(f"{label}: {what}: {tls_failure_reason(failure)}")

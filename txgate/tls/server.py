@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txgate.config.hostnames import wildcard_parent
 from txgate.tls.certs import CertifiedKey
 
 log = Logger()
@@ -55,6 +56,12 @@ class TLSSettingError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+class DuplicateSNIName(ValueError):
+    """Two SNI entries name the same host after normalisation; ``key`` is the gw.ini key."""
+
+    key = "sni"
 
 
 def _openssl_reason(e: Exception) -> str:
@@ -160,7 +167,7 @@ class ServerTLS:
             n = _norm_name(name)
             table, key = (self._wildcard, n[2:]) if n.startswith("*.") else (self._exact, n)
             if key in table:
-                raise ValueError(f"duplicate SNI name {name!r}")
+                raise DuplicateSNIName(f"duplicate SNI name {name!r}")
             table[key] = self._build(ck)
 
     def _build(self, ck: CertifiedKey) -> SSL.Context:
@@ -209,8 +216,9 @@ class ServerTLS:
             return self.default_context
         name = _norm_name(server_name)
         ctx = self._exact.get(name)
-        if ctx is None and "." in name:
-            ctx = self._wildcard.get(name.split(".", 1)[1])
+        parent = wildcard_parent(name) if ctx is None else None
+        if parent is not None:
+            ctx = self._wildcard.get(parent)
         return ctx if ctx is not None else self.default_context
 
     def _servername(self, conn: SSL.Connection) -> None:

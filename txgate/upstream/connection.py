@@ -24,10 +24,10 @@ class UpstreamConnection(Protocol):
         self.exchange = None
         self.ready = False
         self.lost = False
-        self.requests = 0
         self.response_started = False
         self.request_done = False
         self.response_done = False
+        self.delimited_by_close = False
         self.no_reuse = False
         self._headers: list[tuple[bytes, bytes]] = []
         self.idle_since = 0.0
@@ -75,14 +75,12 @@ class UpstreamConnection(Protocol):
             return
         self.pool.connection_closed(self)
         if ex is not None and not self.response_done:
-            if self.response_started:
-                # A close-delimited body ends with the connection.
-                try:
-                    self.parser.feed_eof()
-                except httptools.HttpParserError:
-                    pass
-                if self.response_done:
-                    return
+            if self.response_started and self.delimited_by_close:
+                # A body without length or chunking ends with the connection (httptools has no
+                # feed_eof: the end is ours to call).
+                self.response_done = True
+                ex.response_finished()
+                return
             ex.upstream_lost(self, reason, self.response_started)
 
     def close(self) -> None:
@@ -96,7 +94,6 @@ class UpstreamConnection(Protocol):
     def start(self, exchange, head: bytes, head_only: bool) -> None:
         """Send a request head; body follows through write_body/end_body."""
         self.exchange = exchange
-        self.requests += 1
         self.response_started = False
         self.response_done = False
         self.request_done = False
@@ -175,11 +172,14 @@ class UpstreamConnection(Protocol):
         if not self.parser.should_keep_alive():
             self.no_reuse = True
         content_length = None
+        self.delimited_by_close = True
         for k, v in self._headers:
             if k == b"content-length":
                 content_length = int(v)
+                self.delimited_by_close = False
             elif k == b"transfer-encoding":
                 content_length = None
+                self.delimited_by_close = False
                 break
         ex = self.exchange
         if ex is not None:

@@ -10,6 +10,7 @@ from txgate.tlswrap import DirectTLSFactory
 
 from txgate.config import Target
 from txgate.errors import GatewayError, UpstreamBusy, UpstreamTimeout, UpstreamTLSError, UpstreamUnavailable
+from txgate.tls.client import upstream_tls_error
 from txgate.upstream.connection import UpstreamConnection
 
 log = Logger()
@@ -56,7 +57,6 @@ class TargetPool:
         if tls_creator is not None:
             factory = DirectTLSFactory(tls_creator, True, factory, clock=reactor)
         self.factory = factory
-        self.connects = 0
         self.closed = False
         self._sweep_call = None
 
@@ -93,7 +93,6 @@ class TargetPool:
 
     def _connect(self) -> None:
         self.connecting += 1
-        self.connects += 1
         t = self.target
         self.reactor.connectTCP(t.host, t.port, self.factory, timeout=self.connect_timeout)
 
@@ -139,14 +138,11 @@ class TargetPool:
     def _classify(self, reason, timed_out: bool = False) -> GatewayError:
         exc = reason.value
         if isinstance(exc, UpstreamTLSError):
-            exc.message = f"{self.label}: {exc.message}"
-            return exc
+            return upstream_tls_error(self.label, reason, in_handshake=True)
         if timed_out or isinstance(exc, (ierror.TimeoutError, ierror.UserError)):
             return UpstreamTimeout(f"{self.label}: connect timed out after {self.connect_timeout:g}s")
         if self.tls_creator is not None and not isinstance(exc, (ierror.ConnectionRefusedError, ierror.DNSLookupError, ierror.NoRouteError)):
-            from txgate.tls.client import tls_failure_reason
-
-            return UpstreamTLSError(f"{self.label}: TLS handshake failed: {tls_failure_reason(reason)}")
+            return upstream_tls_error(self.label, reason, in_handshake=True)
         if isinstance(exc, ierror.ConnectionRefusedError):
             return UpstreamUnavailable(f"{self.label}: connection refused")
         if isinstance(exc, ierror.DNSLookupError):

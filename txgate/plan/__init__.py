@@ -1,0 +1,1 @@
+"""Config -> plan: the configuration checked against the world (files, certificates, ports, the store)."""
