@@ -373,3 +373,21 @@ def test_workers_exit_when_the_supervisor_is_killed(two_workers):
     gw.proc.wait(10)
     poll(lambda: not any(os.path.exists(f"/proc/{p}") and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
                          for p in pids), 20, what="workers gone after the supervisor")
+
+
+def test_a_worker_dying_five_times_within_a_minute_is_replaced_with_backoff(two_workers):
+    gw = two_workers(config())
+    killed = []
+    for _ in range(5):
+        pid = poll(lambda: (p := workers_of(gw).get(0)) not in (None, *killed) and p, 10, interval=0.005,
+                   what="a worker 0 to kill")
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+    gw.wait_log(r"worker 0 \(pid \d+\) was killed by SIGKILL: it died 5 times within 60 s; replacing it with backoff "
+                r"\(next in 1 s, up to 30 s\)")
+    t0 = time.monotonic()
+    poll(lambda: workers_of(gw).get(0) not in (None, *killed), 10, interval=0.01, what="the delayed replacement")
+    assert time.monotonic() - t0 > 0.5  # not at once
+    gw.wait_log(r"worker 0 \(pid \d+\) ready", timeout=20)
+    assert len(re.findall(r"died 5 times", gw.output())) == 1
+    assert get(gw.port)[0] == 200
