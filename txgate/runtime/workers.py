@@ -179,7 +179,8 @@ class Supervisor(Service):
         return os.path.join(self.gateway.config.gateway.state_dir, "metrics")
 
     def _write_config(self, config: Config) -> str:
-        """Pickle the validated config for the workers (0600; older copies removed)."""
+        """Pickle the validated config for the workers (0600). The previous copy stays (a worker starting
+        right now may still read it; the reload command that follows names the new one); older ones go."""
         from txgate.fileio import make_private_dir
 
         make_private_dir(self.run_dir)
@@ -189,12 +190,14 @@ class Supervisor(Service):
         with open(fd, "wb") as f:
             pickle.dump(config, f)
         os.replace(path + ".tmp", path)
-        old, self.config_path = self.config_path, path
-        if old:
-            try:
-                os.unlink(old)
-            except OSError:
-                pass
+        previous, self.config_path = self.config_path, path
+        for name in os.listdir(self.run_dir):
+            old = os.path.join(self.run_dir, name)
+            if name.startswith("config-") and old not in (path, previous):
+                try:
+                    os.unlink(old)
+                except OSError:
+                    pass
         return path
 
     # -- start ------------------------------------------------------------------------------------
