@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from certs_helpers import NOW
+from conftest import unprivileged
 from txgate.config import (
     ApiConfig,
     CertSpec,
@@ -312,14 +313,17 @@ def test_load_not_utf8(tmp_path):
     assert str(info.value) == f"{p}: not UTF-8 text"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_load_unreadable(tmp_path):
-    p = tmp_path / "gw.ini"
+def test_load_unreadable(open_tmp):
+    p = open_tmp / "gw.ini"
     p.write_text(L)
     p.chmod(0)
-    with pytest.raises(ConfigError) as info:
-        load(str(p))
-    assert str(info.value) == f"{p}: permission denied"
+
+    def attempt():
+        with pytest.raises(ConfigError) as info:
+            load(str(p))
+        return str(info.value)
+
+    assert unprivileged(attempt) == f"{p}: permission denied"  # root reads any file
 
 
 def test_load_names_the_file(tmp_path):
@@ -345,13 +349,15 @@ def test_certificate_is_a_directory(tmp_path, certs):
     )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_certificate_unreadable(tmp_path, certs):
+def test_certificate_unreadable(open_tmp, certs):
     cert, key = certs.leaf("unreadable", ["localhost"])
-    locked = tmp_path / "locked-key.pem"
+    readable = open_tmp / "cert.pem"  # the certificate where an unprivileged user can read it
+    readable.write_bytes(open(cert, "rb").read())
+    readable.chmod(0o644)
+    locked = open_tmp / "locked-key.pem"
     locked.write_bytes(open(key, "rb").read())
     locked.chmod(0)
-    assert error(L + f"certificate = {cert} {locked}\n") == (
+    assert unprivileged(lambda: error(L + f"certificate = {readable} {locked}\n")) == (  # root reads any file
         f"gw.ini: [listener:main] certificate: {locked}: permission denied"
     )
 

@@ -5,7 +5,9 @@ import json
 
 import pytest
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
 from txgate.http.exchange import ConnectionInfo, Limits
 from txgate.http.h1 import H1Connection
@@ -329,8 +331,9 @@ def test_backpressure_both_ways():
 def test_client_gone_tells_the_handler_and_logs():
     proto, t, d, _ = connect(auto=False)
     proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    proto.connectionLost(None)
-    assert d.handlers[0].lost is None or d.handlers[0].lost is not False
+    reason = Failure(ConnectionDone("client gone"))
+    proto.connectionLost(reason)
+    assert d.handlers[0].lost is reason  # handler.stream_lost(reason), exchange.py's contract
     assert len(d.logged) == 1 and d.logged[0][1] == 0
 
 
@@ -410,6 +413,7 @@ def test_http09_style_request_line_is_refused():
     proto, t, d, _ = connect()
     proto.dataReceived(b"GET /echo\r\n\r\n")
     assert d.handlers == []
-    out = t.value()
-    assert out.startswith(b"HTTP/1.1 4") or out.startswith(b"HTTP/1.1 505"), out
+    (line, hdrs, body), = responses(t.value())
+    assert line.split()[1] == b"505"  # like HTTP/2.0 above: a version this server does not speak
+    assert json.loads(body) == {"error": "http_version_not_supported", "message": "HTTP/0.9 is not supported here"}
     assert t.disconnecting

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LISTEN_RE, poll
+from conftest import ADMIN_EPHEMERAL, LISTEN_RE, poll
 from txgate.runtime.steering import worker_for
 
 ECHO = """
@@ -335,7 +335,7 @@ def test_quick_start_unchanged_with_workers_auto(gateway_factory):
     from test_quickstart_e2e import EXAMPLE, _readme_curls
     from txgate.runtime.workers import resolve_workers
 
-    gw = gateway_factory(EXAMPLE.read_text().replace("127.0.0.1:8443", "127.0.0.1:0"), workers=None)
+    gw = gateway_factory(ADMIN_EPHEMERAL + EXAMPLE.read_text().replace("127.0.0.1:8443", "127.0.0.1:0"), workers=None)
     assert "workers" not in gw.config_path.read_text()  # the default: auto
     expected = resolve_workers(None)
     if expected > 1:

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cli -*-
 """The `txgate` command: check, pin, version, store (list, rollback); ca, cert, csr, selfsigned in cli_certs."""
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import sys
 def cmd_check(args) -> int:
     """Validate a gw.ini exactly as startup does, without binding or writing anything."""
     from txgate import config as _config
+    from txgate.plan import prepare
     from txgate.plan.files import check_files
-    from txgate.service import open_gateway_store, prepare
+    from txgate.plan.store import open_gateway_store
 
     store = None
     try:
@@ -134,7 +136,7 @@ def _open_store(args):
     """The store of the gw.ini in --config (or the embedded defaults), or (None, exit status) after one line."""
     from txgate import config as _config
     from txgate.plan.files import check_files
-    from txgate.service import open_gateway_store
+    from txgate.plan.store import open_gateway_store
 
     try:
         cfg = _config.load(args.config) if args.config else _config.default_config()

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle -*-
 """``txgate ca|cert|csr|selfsigned``: the certificate lifecycle commands (thin wrappers over txgate.lifecycle).
 
 Every failure is one line ``txgate: ...`` on stderr and exit status 1; private keys are written 0600

@@ -1,11 +1,11 @@
+# -*- test-case-name: tests.test_metrics -*-
 """Prometheus metrics of the gateway: its own registry, hot-path counters, facade-fed gauges.
 
-Contract (for ``txgate.service``)::
+Contract (for ``txgate.runtime``)::
 
     metrics = Metrics()                                  # one per process; survives reloads
-    ListenerDispatcher(..., metrics=metrics)             # -> request_done(handler, status) per request;
-                                                         #    the listener reads ``dispatcher.metrics`` for
-                                                         #    handshake outcomes (no other wiring)
+    ListenerDispatcher(..., metrics=metrics)             # -> request_done(handler, status) per request
+    ListenerFactory(..., metrics=metrics)                # -> handshake(listener, version, result) per handshake
     AdminService(facade, admin_config, reactor, metrics=metrics)   # serves GET /metrics and calls
                                                          #    metrics.attach(facade) for the scrape-time gauges
     metrics.exposition() -> (bytes, content_type)        # the Prometheus text format
@@ -54,29 +54,10 @@ CLIENT_REFUSAL_RESULTS = {
     "client_crl_not_yet_valid": "invalid_certificate",
 }
 
-# OpenSSL reason fragments of a handshake that never agreed on a protocol (plain HTTP on a TLS
-# port, no common version or cipher, a scanner): "protocol_error" rather than "failed".
-_PROTOCOL_FRAGMENTS = (
-    "wrong version number", "http request", "https proxy request", "unsupported protocol",
-    "no shared cipher", "unknown protocol", "version too low", "no protocols available",
-    "packet length too long", "record layer failure", "no application protocol", "inappropriate fallback",
-)
-
 
 def result_for_refusal(code: str) -> str:
     """The handshake result label of an mTLS refusal or allowlist decision code."""
     return CLIENT_REFUSAL_RESULTS.get(code, "failed")
-
-
-def result_for_handshake_error(why: str) -> str:
-    """The result label of a handshake that failed for another reason (``why``: OpenSSL's text or the exception)."""
-    text = why.lower()
-    if "connectiondone" in text or "connectionlost" in text or "connection was closed" in text:
-        return "aborted"
-    for fragment in _PROTOCOL_FRAGMENTS:
-        if fragment in text:
-            return "protocol_error"
-    return "failed"
 
 
 class Metrics:

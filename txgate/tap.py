@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config_e2e -*-
 """twistd glue: `twistd txgate --config gw.ini`."""
 from __future__ import annotations
 
@@ -23,9 +24,8 @@ class Options(usage.Options):
 def makeService(options):
     """Validate the configuration (one line on stderr and exit 1 on a mistake) and build the service."""
     from txgate import config as _config
-    from txgate.plan.files import check_files
+    from txgate.runtime.assemble import makeService as _make
     from txgate.runtime.workers import resolve_workers
-    from txgate.service import makeService as _make
 
     path = options["config"]
     loader = (lambda: _config.load(path)) if path else _config.default_config
@@ -33,7 +33,6 @@ def makeService(options):
         loader = _with_workers(loader, None if options["workers"] == "auto" else int(options["workers"]))
     try:
         cfg = loader()
-        check_files(cfg)  # before the store is opened (makeService opens it first for store: references)
         count = resolve_workers(cfg.gateway.workers)
         if count > 1:
             from txgate.runtime.supervised import make_supervised_service

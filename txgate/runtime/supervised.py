@@ -3,7 +3,7 @@
 
 The supervisor runs the admin API, the store watcher, the expiry monitor and the Supervisor of
 the worker processes; it serves no proxy traffic. Its GatewayService (role ``supervisor``) keeps
-the running Config and Prepared (for the admin API: held certificates, store usage) and validates
+the running Config and Plan (for the admin API: held certificates, store usage) and validates
 every reload once, as a single gateway does; only a valid configuration goes to the workers.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from txgate.config import Config
-from txgate.service import GatewayService, Prepared
+from txgate.plan import Plan
+from txgate.runtime.gateway import GatewayService
 
 log = Logger()
 
@@ -31,11 +32,11 @@ class SupervisorGateway(GatewayService):
         self._reason = reason
         return super()._reload(reason)
 
-    def _swap(self, prepared: Prepared):
-        cfg = prepared.config
+    def _swap(self, plan: Plan):
+        cfg = plan.config
 
         def swapped(failures):
-            self.prepared, self.config = prepared, cfg
+            self.plan, self.config = plan, cfg
             parts = [f"{len(cfg.listeners)} listeners, {len(cfg.apis)} APIs", f"{self.workers.count} workers"]
             for failure in failures:
                 log.error("reload ({reason}) failed on {failure}", reason=self._reason, failure=failure)
@@ -56,7 +57,7 @@ def make_supervised_service(config: Config, count: int, *, loader=None, reactor=
     """The supervisor's MultiService: gateway (supervisor role), admin API, expiry monitor, and ``count`` workers."""
     from txgate.metrics_multiprocess import SupervisorMetrics
     from txgate.runtime.workers import Supervisor
-    from txgate.service import makeService
+    from txgate.runtime.assemble import makeService
 
     metrics = SupervisorMetrics(os.path.join(config.gateway.state_dir, "metrics"))
     top = makeService(config, reactor, loader=loader, gateway_class=SupervisorGateway, metrics=metrics)

@@ -46,13 +46,16 @@ class Worker:
         from twisted.internet import task
 
         from txgate.metrics_multiprocess import FLUSH, WorkerMetrics
-        from txgate.service import GatewayService, ServiceFacade, open_gateway_store, prepare
+        from txgate.plan import prepare
+        from txgate.plan.store import open_gateway_store
+        from txgate.runtime.facade import ServiceFacade
+        from txgate.runtime.gateway import GatewayService
 
         cfg = self.load()
         store = open_gateway_store(cfg, create=False)
-        prepared = prepare(cfg, check_ports=False, store=store)
+        plan = prepare(cfg, check_ports=False, store=store)
         self.metrics = WorkerMetrics()
-        self.gateway = GatewayService(prepared, self.reactor, loader=self.load, store=store, metrics=self.metrics,
+        self.gateway = GatewayService(plan, self.reactor, loader=self.load, store=store, metrics=self.metrics,
                                       role="worker", listen_fds=self.listen)
         self.metrics.attach(ServiceFacade(self.gateway))
         self.gateway.startService()

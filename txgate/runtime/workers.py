@@ -293,7 +293,7 @@ class Supervisor(Service):
             self._finish_rolling()
 
     def _announce(self, config: Config, names: list[str]) -> None:
-        from txgate.service import log_listening
+        from txgate.runtime.gateway import log_listening
 
         for ln in config.listeners:
             if ln.name in names:

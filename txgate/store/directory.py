@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_store -*-
 """The directory backend: JSON records under ``state_dir/store/`` (dirs 0700, files 0600, atomic writes).
 
 Layout: ``entries/<ID>.json``, ``names/<NAME>.json``, ``pending/<NAME>.json``, ``.lock`` (flock).

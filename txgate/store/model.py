@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_store -*-
 """Store value objects and errors: Entry, CertInfo, StoredCertificate, StoreError; ref and name rules."""
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 
 from txgate.config import parse_text
-from txgate.service import GatewayService, prepare
+from txgate.plan import prepare
+from txgate.runtime.gateway import GatewayService
 from txgate.tls.certs import CertifiedKey, private_key_pem
 from txgate.testing.client import GatewayClient, Response
 from txgate.testing.network import MemoryNetwork

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tls_unit -*-
 """Certificate and key loading and checks: pure functions over cryptography objects."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_pinning_e2e -*-
 """Upstream TLS: one pre-built client context, verification with reasons, chain checks in the handshake."""
 from __future__ import annotations
 

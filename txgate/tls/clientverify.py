@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_mtls_e2e -*-
 """Client-certificate verification inside the server handshake: trust store, CRLs, depth, callback.
 
 One `ClientVerifier` per listener configures every `SSL.Context` of that listener (the default one

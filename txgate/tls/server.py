@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tls_unit -*-
 """Server-side TLS: pre-built contexts per certificate, SNI, versions, ciphers, ALPN, sessions."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_proxy_unit -*-
 """One persistent HTTP/1.1 connection to an upstream target (plain or TLS)."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_pool_unit -*-
 """Per-target connection pools: keep-alive reuse, a cap on connections, a bounded wait queue."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_proxy_handler_unit -*-
 """The proxy handler: one downstream request forwarded over a pooled upstream connection."""
 from __future__ import annotations
 

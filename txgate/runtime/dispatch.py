@@ -14,7 +14,7 @@ from txgate.http.router import Router, strip_prefix
 from txgate.tls.clientauth import ALLOWED, NOT_ALLOWED, PEER, REQUIRED
 from txgate.upstream.proxy import ProxyHandler, Upstream
 
-log = Logger()
+log = Logger(namespace="txgate.dispatch")
 XFCC = b"x-forwarded-client-cert"
 
 
