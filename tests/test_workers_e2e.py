@@ -391,3 +391,17 @@ def test_a_worker_dying_five_times_within_a_minute_is_replaced_with_backoff(two_
     gw.wait_log(r"worker 0 \(pid \d+\) ready", timeout=20)
     assert len(re.findall(r"died 5 times", gw.output())) == 1
     assert get(gw.port)[0] == 200
+
+
+def test_admin_reload_answers_once_every_worker_has_swapped(two_workers):
+    gw = two_workers(config(admin=True))
+    admin = int(gw.wait_log(r"admin API on http://127\.0\.0\.1:(\d+) ").group(1))
+    gw.config_path.write_text(config(admin=True).replace("path = /echo", "path = /moved"))
+    c = http.client.HTTPConnection("127.0.0.1", admin, timeout=60)
+    c.request("POST", "/reload", headers={"Content-Length": "0"})
+    r = c.getresponse()
+    assert (r.status, json.loads(r.read())) == (200, {"ok": True, "message": "1 listeners, 1 APIs; 2 workers"})
+    assert len(re.findall(r"reloaded \(admin API\): 1 listeners, 1 APIs\n", gw.output())) == 2  # both, before
+    for i in range(1, 9):
+        assert get(gw.port, "/moved/x", source=f"127.0.0.{i}")[0] == 200
+        assert get(gw.port, "/echo/x", source=f"127.0.0.{i}")[0] == 404
