@@ -52,6 +52,7 @@ CLIENT_REFUSAL_RESULTS = {
     "client_certificate_invalid": "invalid_certificate",
     "client_crl_expired": "invalid_certificate",
     "client_crl_not_yet_valid": "invalid_certificate",
+    "client_crl_missing": "invalid_certificate",
 }
 
 

@@ -43,9 +43,10 @@ GATEWAY_KEYS = {
 }
 ADMIN_KEYS = {"bind", "client_ca", "token_file", "allowed_hosts"}
 LISTENER_KEYS = {
-    "bind", "tls", "certificate", "sni", "min_tls", "max_tls", "ciphers", "tls13_ciphersuites",
+    "bind", "tls", "certificate", "sni", "min_tls", "max_tls", "ciphers", "tls13_ciphersuites", "groups",
     "alpn", "session_tickets", "max_header_bytes", "header_timeout", "idle_timeout",
-    "max_connections", "client_auth", "client_ca", "client_crl", "verify_depth", "announce_client_cas",
+    "max_connections", "client_auth", "client_ca", "client_crl", "client_crl_missing", "verify_depth",
+    "announce_client_cas",
 }
 CLIENT_AUTH_MODES = ("none", "optional", "require")
 SECTION_KINDS = ("gateway", "security", "admin", "listener:NAME", "api:NAME")
@@ -84,6 +85,9 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
     if not tls and (client_auth != "none" or client_ca or crls):
         key = "client_auth" if client_auth != "none" else ("client_ca" if client_ca else "client_crl")
         section.fail(key, "client certificates need TLS (this listener has tls = off)")
+    crl_missing = section.choice("client_crl_missing", "refuse", ("refuse", "allow"))
+    if section.has("client_crl_missing") and not crls:
+        section.fail("client_crl_missing", "has no effect without client_crl")
     alpn = tuple(section.words("alpn") or ("h2", "http/1.1"))
     for proto in alpn:
         if proto not in ("h2", "http/1.1"):
@@ -99,6 +103,7 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
         max_tls=max_tls,
         ciphers=section.str("ciphers"),
         tls13_ciphersuites=section.str("tls13_ciphersuites"),
+        groups=_groups(section),
         alpn=alpn,
         session_tickets=section.bool("session_tickets", True),
         max_header_bytes=section.number("max_header_bytes", 65536, integer=True, minimum=1024),
@@ -108,9 +113,16 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
         client_auth=client_auth,
         client_ca=client_ca,
         client_crl=crls,
+        client_crl_missing=crl_missing,
         verify_depth=section.number("verify_depth", 4, integer=True, minimum=0),
         announce_client_cas=section.bool("announce_client_cas", True),
     )
+
+
+def _groups(section: Section) -> str | None:
+    """`groups`: key-exchange groups, separated by blanks, commas or colons, as one OpenSSL list."""
+    v = section.str("groups")
+    return None if v is None else ":".join(v.replace(",", " ").replace(":", " ").split())
 
 
 def parse_text(text: str, path: str) -> Config:

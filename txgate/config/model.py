@@ -148,6 +148,7 @@ class ListenerConfig:
     max_tls: str = "1.3"
     ciphers: str | None = None
     tls13_ciphersuites: str | None = None
+    groups: str | None = None  # None: txgate.tls.server.DEFAULT_GROUPS
     alpn: tuple[str, ...] = ("h2", "http/1.1")
     session_tickets: bool = True
     max_header_bytes: int = 65536
@@ -158,6 +159,7 @@ class ListenerConfig:
     client_auth: str = "none"
     client_ca: str | None = None
     client_crl: tuple[str, ...] = ()
+    client_crl_missing: str = "refuse"  # or "allow": a CA of the chain without a CRL is not checked
     verify_depth: int = 4
     announce_client_cas: bool = True
 
@@ -196,6 +198,7 @@ class ApiConfig:
     connect_timeout: float = 5.0
     timeout: float = 30.0
     max_body_bytes: int = 0
+    max_response_header_bytes: int = 65536
     max_connections: int = 64
     max_pending: int = 256
     # Upstream trust (pinning issue). None means "not set here: use [security]".

@@ -25,7 +25,7 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
     section = f"listener:{ln.name}"
     try:
         check_tls_settings(min_tls=ln.min_tls, max_tls=ln.max_tls, ciphers=ln.ciphers,
-                           tls13_ciphersuites=ln.tls13_ciphersuites)
+                           tls13_ciphersuites=ln.tls13_ciphersuites, groups=ln.groups)
     except TLSSettingError as e:
         raise ConfigError(config.path, section, e.key, f"rejected by OpenSSL: {e}") from None
     if ln.certificate.local:
@@ -54,7 +54,8 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
     try:
         plan.server_tls[ln.name] = ServerTLS(
             default=default, sni=sni, min_tls=ln.min_tls, max_tls=ln.max_tls, ciphers=ln.ciphers,
-            tls13_ciphersuites=ln.tls13_ciphersuites, alpn=ln.alpn, session_tickets=ln.session_tickets,
+            tls13_ciphersuites=ln.tls13_ciphersuites, groups=ln.groups, alpn=ln.alpn,
+            session_tickets=ln.session_tickets,
             client_verifier=plan.client_verifiers.get(ln.name),
         )
     except TLSSettingError as e:

@@ -81,7 +81,7 @@ def build_upstream(api: ApiConfig, plan: Plan, reactor):
             reactor, t,
             tls_creator=plan.upstream_tls.get((api.name, t.label)),
             max_connections=api.max_connections, max_pending=api.max_pending,
-            connect_timeout=api.connect_timeout,
+            connect_timeout=api.connect_timeout, max_response_header_bytes=api.max_response_header_bytes,
         )
         for t in api.upstreams
     ]
