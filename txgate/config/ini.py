@@ -12,6 +12,7 @@ from txgate.config.hostnames import WILDCARD_RULE, wildcard_ok
 from txgate.config.model import (
     ADMIN_DEFAULT_BIND,
     TLS_VERSIONS,
+    WORKER_AFFINITY,
     AcmeConfig,
     AdminConfig,
     AdminConfigError,
@@ -40,6 +41,7 @@ upstream = builtin:echo
 
 GATEWAY_KEYS = {
     "state_dir", "access_log", "log_format", "shutdown_timeout", "store", "store_secret_file", "expiry_warning_days",
+    "workers", "worker_affinity",
 }
 ADMIN_KEYS = {"bind", "client_ca", "token_file", "allowed_hosts"}
 LISTENER_KEYS = {
@@ -217,6 +219,9 @@ def parse_text(text: str, path: str) -> Config:
                 store=parse_store_url(s, "store"),
                 store_secret_file=secret_file,
                 expiry_warning_days=s.number("expiry_warning_days", 30, integer=True, minimum=1),
+                workers=None if s.str("workers", "auto") == "auto" else s.number("workers", 1, integer=True,
+                                                                               minimum=1),
+                worker_affinity=s.choice("worker_affinity", "client_address", WORKER_AFFINITY),
             )
         elif name == "admin":
             admin = parse_admin(Section(path, name, values, ADMIN_KEYS))

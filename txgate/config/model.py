@@ -93,6 +93,13 @@ class GatewayConfig:
     store: str = "dir"
     store_secret_file: str | None = None
     expiry_warning_days: int = 30
+    # Worker processes under `twistd txgate`: None = auto (the CPUs this process may run on).
+    workers: int | None = None
+    # How a worker is chosen for a new connection: "client_address" (same client, same worker) or "none".
+    worker_affinity: str = "client_address"
+
+
+WORKER_AFFINITY = ("client_address", "none")
 
 
 @dataclass(frozen=True)
