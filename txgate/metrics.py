@@ -75,7 +75,7 @@ class Metrics:
         self.acme_orders: dict[str, int] = {}  # result (ok or an error code) -> orders
         self._facade: Any = None
         # OCSP (txgate.ocsp): failure counts by reason; ocsp_source() -> [(certificate, age | None, missing)].
-        self.ocsp_failures: dict[str, int] = {}
+        self.ocsp_failures: dict[tuple[str], int] = {}
         self.ocsp_source: Any = None
         self.registry.register(_Collector(self))
 
@@ -108,7 +108,8 @@ class Metrics:
 
     def ocsp_fetch_failed(self, reason: str) -> None:
         """One OCSP fetch (staple refresh or client check) that gave no usable answer."""
-        self.ocsp_failures[reason] = self.ocsp_failures.get(reason, 0) + 1
+        key = (reason,)
+        self.ocsp_failures[key] = self.ocsp_failures.get(key, 0) + 1
 
     # -- scrape ------------------------------------------------------------------------------
     def exposition(self) -> tuple[bytes, str]:
@@ -165,8 +166,8 @@ class Metrics:
     def _collect_ocsp(self) -> Iterable[Any]:
         failures = CounterMetricFamily("txgate_ocsp_fetch_failures", "OCSP fetches without a usable answer, by reason.",
                                        labels=("reason",))
-        for reason, n in sorted(self.ocsp_failures.items()):
-            failures.add_metric((reason,), n)
+        for labels, n in sorted(self.ocsp_failures.items()):
+            failures.add_metric(labels, n)
         age = GaugeMetricFamily("txgate_ocsp_staple_age_seconds", "Seconds since thisUpdate of each current staple.",
                                 labels=("certificate",))
         missing = GaugeMetricFamily("txgate_ocsp_must_staple_missing",
