@@ -3,7 +3,7 @@
 
 Each worker counts on the hot path exactly as a single gateway does (``txgate.metrics.Metrics``:
 plain ints), and every ``FLUSH`` seconds (and when it stops) adds what changed to prometheus_client
-``Counter``s and a ``livesum`` ``Gauge`` that live in ``PROMETHEUS_MULTIPROC_DIR``
+``Counter``s, ``Histogram``s (txgate.metrics_traffic) and ``livesum`` ``Gauge``s that live in ``PROMETHEUS_MULTIPROC_DIR``
 (``state_dir/metrics``, one file per process and kind). The supervisor serves ``/metrics``: the
 library's ``MultiProcessCollector`` sums the workers' files, the supervisor's own counts (its admin
 API handshakes) are added to the same series, and it adds ``txgate_workers`` and
@@ -19,6 +19,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.samples import Sample
 
 from txgate.metrics import Metrics
+from txgate.metrics_traffic import TrafficFlusher
 
 FLUSH = 0.5
 
@@ -45,6 +46,7 @@ class WorkerMetrics(Metrics):
                                      "valid response to staple.", ("certificate",), registry=None,
                                      multiprocess_mode="livemax")
         self._sent: dict[tuple, int] = {}
+        self._traffic = TrafficFlusher(self.traffic)  # durations, bytes, open connections
 
     def flush(self) -> None:
         """Add the counts since the last flush to the shared files; set the upstream gauge."""
@@ -57,6 +59,7 @@ class WorkerMetrics(Metrics):
                 if delta:
                     counter.labels(*(str(k) for k in key)).inc(delta)
                     sent[skey] = n
+        self._traffic.flush()
         facade = self._facade
         if facade is not None:
             for api, n in facade.upstream_connections().items():

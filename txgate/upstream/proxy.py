@@ -64,6 +64,7 @@ class ProxyHandler:
         "upstream", "stream", "clock", "method", "target", "header_block", "host_override", "head_only", "chunked", "api", "upstream_label",
         "conn", "pool", "tried", "buffer", "buffered", "body_done", "done", "started", "sent_body",
         "last", "last_error", "reused", "body_bytes", "paused_downstream", "retryable", "client_paused",
+        "sent_at", "upstream_seconds",
     )
 
     def __init__(self, upstream: Upstream, stream, head, target: bytes, header_block: bytes,
@@ -97,6 +98,8 @@ class ProxyHandler:
         self.paused_downstream = False
         self.client_paused = False
         self.retryable = not head.has_body and head.method in IDEMPOTENT
+        self.sent_at = 0.0
+        self.upstream_seconds: float | None = None  # request sent -> response head (metrics)
 
     # -- start -------------------------------------------------------------------------
     def start(self) -> None:
@@ -126,6 +129,7 @@ class ProxyHandler:
         host = self.host_override or self.pool.host_value
         line = b"%s %s%s HTTP/1.1\r\nhost: %s\r\n" % (
             self.method, self.pool.base_path, self.target, host)
+        self.sent_at = self.clock.seconds()
         conn.start(self, line + self.header_block, self.head_only)
         if self.buffer:
             for chunk in self.buffer:
@@ -200,6 +204,7 @@ class ProxyHandler:
             return
         self.started = True
         self._touch()
+        self.upstream_seconds = self.last - self.sent_at
         self.stream.start_response(status, downstream_response_headers(headers, VIA_H1), content_length)
 
     def response_body(self, data: bytes) -> None:
