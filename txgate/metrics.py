@@ -35,6 +35,7 @@ reactor thread, and so does the scrape (the admin API runs in the same reactor).
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry
@@ -47,6 +48,7 @@ from txgate.metrics_traffic import Traffic, add_platform_collectors, build_info,
 log = Logger()
 
 NO_API = "-"
+RECENT_FAILURES = 20  # failed handshakes kept for the status page
 UNKNOWN_VERSION = "unknown"
 
 # mTLS refusal codes (txgate.tls.clientverify, txgate.tls.clientauth) -> handshake result label.
@@ -84,6 +86,8 @@ class Metrics:
         # OCSP (txgate.ocsp): failure counts by reason; ocsp_source() -> [(certificate, age | None, missing)].
         self.ocsp_failures: dict[tuple[str], int] = {}
         self.ocsp_source: Any = None
+        # (when, listener, client, result) of the last failed downstream handshakes (the status page).
+        self.failures: deque = deque(maxlen=RECENT_FAILURES)
         self.registry.register(_Collector(self))
         if platform:
             add_platform_collectors(self.registry)
@@ -118,6 +122,14 @@ class Metrics:
         handshakes[key] = handshakes.get(key, 0) + 1
         if seconds is not None:
             self.traffic.handshake_seconds(listener, seconds)
+
+    def handshake_failure(self, when: float, listener: str, client: str, result: str) -> None:
+        """Remember one failed downstream handshake (a bounded ring, newest last)."""
+        self.failures.append((when, listener, client, result))
+
+    def recent_handshake_failures(self) -> list[tuple[float, str, str, str]]:
+        """The remembered failed handshakes, newest first."""
+        return sorted(self.failures, reverse=True)
 
     def connection_opened(self, listener: str) -> None:
         """A downstream connection was accepted on ``listener``."""

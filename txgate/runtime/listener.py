@@ -182,6 +182,9 @@ class Negotiator(Protocol):
                 else:
                     result = failure.outcome.value
                 metrics.handshake(self.info.listener, None, result)
+                if result != "aborted":  # scanners and health checks that just connect are no news
+                    metrics.handshake_failure(self.factory.clock.seconds(), self.info.listener,
+                                              self.info.client_host, result)
 
     def _client_certificate_refused(self, failure: HandshakeFailure) -> str | None:
         """Log the one line of a handshake refused for its client certificate; its reason code, or None."""

@@ -146,6 +146,7 @@ class ProxyHandler:
         if self.done:
             return
         self.last_error = err
+        pool.last_failure = (err.code, self.clock.seconds())
         # Next target when a connection could not be made; a TLS failure is not retried
         # elsewhere (it is a trust problem, not an availability one).
         if self.tried < len(self.upstream.pools) and not isinstance(err, UpstreamTLSError):
@@ -205,6 +206,7 @@ class ProxyHandler:
         self.started = True
         self._touch()
         self.upstream_seconds = self.last - self.sent_at
+        self.pool.last_success = self.last
         self.stream.start_response(status, downstream_response_headers(headers, VIA_H1), content_length)
 
     def response_body(self, data: bytes) -> None:
@@ -258,6 +260,8 @@ class ProxyHandler:
         """No response progress within the API's timeout: 504 upstream_timeout (or an abort once started)."""
         if self.done:
             return
+        if self.pool is not None and not self.started:
+            self.pool.last_failure = ("upstream_timeout", self.clock.seconds())
         self._fail(UpstreamTimeout(f"{self.upstream_label or self.api}: no response within {self.upstream.timeout:g}s"))
 
     def _touch(self) -> None:
