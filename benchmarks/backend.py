@@ -52,10 +52,15 @@ class Backend:
         return self._pid_for_cpu()
 
 
+def nginx_path() -> str | None:
+    """The nginx binary (on PATH or Debian's /usr/sbin/nginx), or None."""
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
 def start(pm: _procs.Procs, tmp: str, kind: str, cpu) -> Backend:
     """kind: auto | nginx | builtin."""
     port = _procs.free_port()
-    nginx = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
+    nginx = nginx_path()
     if kind == "nginx" and not nginx:
         raise RuntimeError("--backend nginx: nginx is not installed (apt-get install nginx-light)")
     if kind in ("auto", "nginx") and nginx:
