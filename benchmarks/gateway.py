@@ -49,7 +49,7 @@ access_log = {access_log}
 [listener:main]
 bind = 127.0.0.1:0
 certificate = local
-
+{listener_extra}
 [api:bench]
 path = /
 upstream = http://127.0.0.1:{upstream_port}
@@ -59,8 +59,10 @@ LISTENING = re.compile(r"listener main on https://127\.0\.0\.1:(\d+) ")
 
 
 class Gateway:
-    def __init__(self, proc, port: int, tmp: str, profile_dir) -> None:
+    def __init__(self, proc, port: int, tmp: str, profile_dir, out_path: str = "", state_dir: str = "") -> None:
         self.proc = proc
+        self.out_path = out_path or os.path.join(tmp, "gateway.out")
+        self.state_dir = state_dir
         self.pid = proc.pid
         self.port = port
         self.tmp = tmp
@@ -74,7 +76,7 @@ class Gateway:
         return self.proc.poll() is None
 
     def log_tail(self, n: int = 20) -> str:
-        with open(os.path.join(self.tmp, "gateway.out"), errors="replace") as f:
+        with open(self.out_path, errors="replace") as f:
             return "".join(f.readlines()[-n:])
 
     # --profile
@@ -97,14 +99,31 @@ class Gateway:
         return path
 
 
+def _preexec(cpu, nofile):
+    """Pin the gateway to ``cpu`` and raise its soft RLIMIT_NOFILE to ``nofile`` (capped by the hard one)."""
+    pin = _procs.pin(cpu)
+    if not nofile:
+        return pin
+
+    def run():
+        _procs.raise_nofile(nofile)
+        if pin is not None:
+            pin()
+
+    return run
+
+
 def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access_log: bool = False,
-          profile: bool = False, timeout: float = 30.0) -> Gateway:
-    d = os.path.join(tmp, "gateway")
+          profile: bool = False, timeout: float = 30.0, listener: dict | None = None, nofile: int = 0,
+          name: str = "gateway") -> Gateway:
+    """Start ``twistd -n txgate`` from ``repo``; ``listener``: extra [listener:main] keys (e.g. idle_timeout)."""
+    d = os.path.join(tmp, name)
     os.makedirs(d)
     ini = os.path.join(d, "gw.ini")
     with open(ini, "w") as f:
         f.write(GW_INI.format(state=os.path.join(d, "state"), upstream_port=upstream_port,
-                              access_log=os.path.join(d, "access.log") if access_log else "off"))
+                              access_log=os.path.join(d, "access.log") if access_log else "off",
+                              listener_extra="".join(f"{k} = {v}\n" for k, v in (listener or {}).items())))
     env = dict(os.environ, PYTHONPATH=repo + (os.pathsep + os.environ["PYTHONPATH"]
                                               if os.environ.get("PYTHONPATH") else ""))
     profile_dir = None
@@ -119,9 +138,9 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
     else:
         head = [sys.executable, "-c", RUN]
     args = head + ["-n", "--pidfile=", "txgate", "--config", ini]
-    out_path = os.path.join(tmp, "gateway.out")
+    out_path = os.path.join(tmp, f"{name}.out")
     out = open(out_path, "wb")
-    p = pm.popen(args, cwd=d, env=env, stdout=out, stderr=out, preexec_fn=_procs.pin(cpu))
+    p = pm.popen(args, cwd=d, env=env, stdout=out, stderr=out, preexec_fn=_preexec(cpu, nofile))
     deadline = time.monotonic() + timeout
     while True:
         with open(out_path, errors="replace") as f:
@@ -135,4 +154,4 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
         time.sleep(0.05)
     port = int(m.group(1))
     _procs.wait_port(port, proc=p)
-    return Gateway(p, port, tmp, profile_dir)
+    return Gateway(p, port, tmp, profile_dir, out_path, os.path.join(d, "state"))

@@ -16,6 +16,8 @@ import urllib.request
 
 from . import backend as _backend
 from . import gateway as _gateway
+from . import handshake as _handshake
+from . import idle as _idle
 from . import load as _load
 from . import procs as _procs
 
@@ -76,6 +78,16 @@ def parse_args(argv=None):
     p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (default 0)")
     p.add_argument("--load-cpu", type=int, default=1,
                    help="CPU for h2load, the scenario-3 clients and the backend (default 1)")
+    p.add_argument("--idle", type=int, default=0, metavar="N",
+                   help="instead of the scenarios: open N idle TLS connections (h1: half used for one request; "
+                        "h2: one finished stream each) to a fresh gateway per mode and report its RSS per "
+                        "connection and the latency of requests made meanwhile (see docs/benchmarks.md)")
+    p.add_argument("--idle-modes", default="h1,h2", help="with --idle: h1, h2 or both (default h1,h2)")
+    p.add_argument("--repo", default=REPO,
+                   help="the checkout whose txgate the gateway runs (PYTHONPATH), to compare two trees "
+                        "with one harness (default: this one)")
+    p.add_argument("--handshake-samples", type=int, default=400,
+                   help="in-process OpenSSL handshakes measured beside scenario 3 (0 to skip; default 400)")
     p.add_argument("--json", action="store_true",
                    help="print the results as JSON on stdout (the table then goes to stderr)")
     p.add_argument("--keep-temp", action="store_true", help="keep the temp dir (configs, logs, profiles)")
@@ -84,6 +96,12 @@ def parse_args(argv=None):
     bad = [s for s in a.scenarios if s not in TARGETS]
     if bad:
         p.error(f"--scenario: unknown {','.join(bad)} (choose from 1,2,3)")
+    a.idle_modes = [m.strip() for m in a.idle_modes.split(",") if m.strip()]
+    if any(m not in ("h1", "h2") for m in a.idle_modes) or not a.idle_modes:
+        p.error("--idle-modes: h1, h2 or h1,h2")
+    if a.idle < 0:
+        p.error("--idle must be >= 0")
+    a.repo = os.path.abspath(a.repo)
     if a.duration <= 0:
         p.error("--duration must be > 0")
     if a.tls_client == "auto":
@@ -203,6 +221,8 @@ def main(argv=None) -> int:
         log(f"CPUs available {cpus}: cannot pin the gateway to {gw_cpu} and the load to {load_cpu}; "
             "running unpinned (numbers are not comparable)")
         gw_cpu = load_cpu = None
+    if args.idle:
+        return _idle.main(args, gw_cpu, load_cpu, log)
     _load.h2load_path()
     tmp = tempfile.mkdtemp(prefix="txgate-bench-")
     pm = _procs.Procs()
@@ -212,7 +232,7 @@ def main(argv=None) -> int:
     try:
         be = _backend.start(pm, tmp, args.backend, load_cpu)
         log(f"backend: {be.kind} on 127.0.0.1:{be.port} (pid {be.worker_pid})")
-        gw = _gateway.start(pm, tmp, REPO, be.port, gw_cpu, access_log=args.access_log, profile=args.profile)
+        gw = _gateway.start(pm, tmp, args.repo, be.port, gw_cpu, access_log=args.access_log, profile=args.profile)
         log(f"gateway: pid {gw.pid} on https://127.0.0.1:{gw.port}, CPU {gw_cpu}, "
             f"access_log {'on' if args.access_log else 'off'}{', cProfile' if args.profile else ''}")
         _sanity(gw.port)
