@@ -4,7 +4,6 @@ from __future__ import annotations
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from txgate.tlswrap import DirectTLSFactory
 from zope.interface import implementer
 
 from txgate.http.exchange import ConnectionInfo, Limits
@@ -200,5 +199,7 @@ class ListenerFactory(Factory):
 
 
 def wrap_tls(factory: ListenerFactory, server_tls, clock):
-    """Put TLS under a listener factory."""
-    return DirectTLSFactory(server_tls, False, factory, clock=clock)
+    """Put TLS under a listener factory (txgate's own server-side TLS protocol; ``clock``: unused)."""
+    from txgate.tls.serverconn import TLSServerFactory
+
+    return TLSServerFactory(server_tls, factory)

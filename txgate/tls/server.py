@@ -165,6 +165,8 @@ class ServerTLS:
 
     def _build(self, ck: CertifiedKey) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        # An idle connection gives its ~34 KiB of record buffers back to the allocator (issue 17).
+        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
         ctx.set_min_proto_version(self._min)
         ctx.set_max_proto_version(self._max)
         _apply_ciphers(ctx, self._cipher_list, self._tls13)
