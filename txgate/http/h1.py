@@ -141,7 +141,7 @@ class H1Connection(Protocol):
         self.info = info
         self.limits = limits
         self.clock = clock
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = None  # made with the first bytes: an idle connection has none (~1 KiB)
         self.current: _Exchange | None = None
         self.queue: list[_Exchange] = []
         self.phase = IDLE
@@ -154,7 +154,7 @@ class H1Connection(Protocol):
         self.closer: Closer | None = None
         # Parser scratch state for the head being read.
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] | None = None
         self._header_bytes = 0
         self._parsing: _Exchange | None = None
         self._expect_continue = False
@@ -275,8 +275,11 @@ class H1Connection(Protocol):
             # After an error or the last response the byte stream is ignored.
             return
         in_head = self.phase != ACTIVE
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # Upgrades are not supported: the request was handled without the Upgrade header;
             # whatever follows is not HTTP/1.1, so the connection ends after the response.
@@ -370,6 +373,7 @@ class H1Connection(Protocol):
             raise _UnsupportedVersion(version)
         method = parser.get_method()
         headers = self._headers
+        self._headers = None  # the head keeps them; the idle connection does not
         authority = b""
         content_length = None
         chunked = False

@@ -29,6 +29,7 @@ from txgate.directwrite import no_delay
 from txgate.http.closing import Closer
 from txgate.http.errors import send_error
 from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead
+from txgate.http.h2settings import LeanSettings, lean_remote_settings
 
 
 class _QuietLog:
@@ -247,22 +248,12 @@ class H2Connection(Protocol):
         self._idle_since = 0.0
         self._transport_paused = False
         self._conn_credit = 0
-        self._resets: deque = deque()
+        self._resets: deque | None = None  # made at the first client reset (memory per idle connection)
         self._shutting_down = False
         self._goaway_last = 0
         self._closing = False
         self._lost = False
         self._closer: Closer | None = None
-        self._dispatch_table = {
-            h2.events.RequestReceived: self._on_request,
-            h2.events.DataReceived: self._on_data,
-            h2.events.StreamEnded: self._on_stream_ended,
-            h2.events.StreamReset: self._on_stream_reset,
-            h2.events.WindowUpdated: self._on_window_opened,
-            h2.events.RemoteSettingsChanged: self._on_window_opened,
-            h2.events.SettingsAcknowledged: self._on_settings_acked,
-            h2.events.ConnectionTerminated: self._on_terminated,
-        }
 
     # -- Twisted protocol ---------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -287,7 +278,8 @@ class H2Connection(Protocol):
         SC = h2.settings.SettingCodes
         # initial_values apply at once (not after the client's ACK) and all go out in the
         # first SETTINGS frame.
-        conn.local_settings = h2.settings.Settings(
+        lean_remote_settings(conn)  # memory per connection: lists, not deques (h2settings)
+        conn.local_settings = LeanSettings(
             client=False,
             initial_values={
                 SC.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
@@ -299,7 +291,6 @@ class H2Connection(Protocol):
         conn.initiate_connection()
         conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.conn = conn
-        self._resets = deque(maxlen=self.rapid_reset_limit)
         try:
             self.transport.registerProducer(self, True)
         except RuntimeError:
@@ -330,11 +321,11 @@ class H2Connection(Protocol):
                 except Exception:
                     pass
                 return
-            table = self._dispatch_table
+            table = _DISPATCH
             for ev in events:
                 fn = table.get(ev.__class__)
                 if fn is not None:
-                    fn(ev)
+                    fn(self, ev)
                 if self._closing:
                     return
             if self._conn_credit:
@@ -584,6 +575,8 @@ class H2Connection(Protocol):
         if ev.remote_reset:
             now = self.clock.seconds()
             resets = self._resets
+            if resets is None:
+                resets = self._resets = deque(maxlen=self.rapid_reset_limit)
             if len(resets) == resets.maxlen and now - resets[0] < self.rapid_reset_window:
                 log.info(
                     "h2 rapid reset from {client}: GOAWAY", client=self.info.client_host,
@@ -818,6 +811,8 @@ class H2Connection(Protocol):
         sid = s.stream_id
         streams = self._streams
         if streams.pop(sid, None) is not None and not streams:
+            if self.conn is not None:
+                self.conn.open_inbound_streams  # noqa: B018 - h2 forgets its closed streams when counting
             self._idle_since = self.clock.seconds() if not self._lost else 0.0
             if self._idle_call is None and not self._lost:
                 self._idle_call = self.clock.callLater(self.limits.idle_timeout, self._idle_check)
@@ -888,3 +883,16 @@ class H2Connection(Protocol):
             # (or keeps sending: a flood after GOAWAY must not keep the connection being read).
             self._closer = Closer(self.transport, self.clock)
             self._closer.close()
+
+
+# Event class -> handler, shared by every connection (not a dict of bound methods per connection).
+_DISPATCH = {
+    h2.events.RequestReceived: H2Connection._on_request,
+    h2.events.DataReceived: H2Connection._on_data,
+    h2.events.StreamEnded: H2Connection._on_stream_ended,
+    h2.events.StreamReset: H2Connection._on_stream_reset,
+    h2.events.WindowUpdated: H2Connection._on_window_opened,
+    h2.events.RemoteSettingsChanged: H2Connection._on_window_opened,
+    h2.events.SettingsAcknowledged: H2Connection._on_settings_acked,
+    h2.events.ConnectionTerminated: H2Connection._on_terminated,
+}
