@@ -237,6 +237,12 @@ def main(argv=None) -> int:
             f"access_log {'on' if args.access_log else 'off'}{', cProfile' if args.profile else ''}")
         _sanity(gw.port)
         url = f"https://127.0.0.1:{gw.port}/"
+        handshake = None
+        if "3" in args.scenarios and args.handshake_samples > 0:
+            handshake = _handshake.server_handshake_us(_handshake.gateway_certificate(gw.state_dir),
+                                                       args.handshake_samples)
+            log(f"OpenSSL's own server handshake, in process: {handshake['median_us']} us (median of "
+                f"{handshake['handshakes']}, {handshake['version']}, {handshake['key']})")
 
         def measure(key):
             h1 = key in ("1", "baseline")
@@ -289,6 +295,9 @@ def main(argv=None) -> int:
             row = _row(key, res, c1 - c0, l1 - l0, args, note)
             if "probe" in res:
                 row.update(tls=res["probe"], reused=res["reused"], bytes_per_conn=res["bytes_per_conn"])
+            if key == "3" and handshake and row["server_cpu_us_per_req"]:
+                row.update(openssl_handshake_us=handshake["median_us"],
+                           overhead_us_per_conn=round(row["server_cpu_us_per_req"] - handshake["median_us"], 1))
             log(f"{name}: {row['rate']:,.0f} {row['unit']}, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
                 f"gateway CPU {row['server_cpu_s']} s, errors {row['errors']}")
             rows.append(row)
@@ -332,6 +341,13 @@ def main(argv=None) -> int:
                 f"{st[0]['bytes_per_conn']:g} bytes read per connection (the probe's response: {pr['status']}, "
                 f"{pr['bytes']} bytes). s_time reports no per-connection times: p50/p99 are '-' "
                 "(--tls-client python measures them, at ~1.2x the client CPU per connection).")
+        for r in rows:
+            if "overhead_us_per_conn" in r:
+                notes.append(
+                    f"(3) OpenSSL's own server handshake for the gateway's certificate, in process (memory BIOs, "
+                    f"server side only): {r['openssl_handshake_us']:.0f} us; gateway CPU per connection "
+                    f"{r['server_cpu_us_per_req']:.0f} us - that = {r['overhead_us_per_conn']:.0f} us of the "
+                    "gateway's own per connection (Python, TCP in the kernel, the proxied request).")
         table = render(rows, meta, notes)
         prof_texts = []
         for name, path in profiles:
