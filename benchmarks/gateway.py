@@ -46,6 +46,9 @@ GW_INI = """\
 state_dir = {state}
 access_log = {access_log}
 
+[admin]
+bind = off
+
 [listener:main]
 bind = 127.0.0.1:0
 certificate = local

@@ -26,6 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import procs as _procs
+from .load import read_response
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _FRAME = struct.Struct(">I B B I")  # length (24 bits, packed with type), type, flags, stream id
@@ -98,25 +99,9 @@ def h2_exchange(s, sid: int, block: bytes, buf: bytearray, first: bool) -> None:
 def h1_exchange(s, req: bytes) -> None:
     """One keep-alive request; reads the whole response (Content-Length delimited)."""
     s.sendall(req)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before the response head")
-        buf += chunk
-    head, body = buf.split(b"\r\n\r\n", 1)
+    head = read_response(s)
     if head[9:10] != b"2":
         raise ConnectionError(f"status {head[9:12].decode(errors='replace')}")
-    need = 0
-    for line in head.split(b"\r\n")[1:]:
-        k, _, v = line.partition(b":")
-        if k.strip().lower() == b"content-length":
-            need = int(v)
-    while len(body) < need:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed in the response body")
-        body += chunk
 
 
 def _client_ctx(alpn: str) -> ssl.SSLContext:
