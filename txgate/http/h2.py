@@ -29,7 +29,7 @@ from txgate.directwrite import no_delay
 from txgate.http.closing import Closer
 from txgate.http.errors import send_error
 from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead
-from txgate.http.h2settings import LeanSettings, lean_remote_settings
+from txgate.http.h2lean import LeanSettings, slim
 
 
 class _QuietLog:
@@ -275,10 +275,10 @@ class H2Connection(Protocol):
             normalize_outbound_headers=False,
         )
         conn = h2.connection.H2Connection(config=config)
+        slim(conn)  # memory per idle connection (h2lean)
         SC = h2.settings.SettingCodes
         # initial_values apply at once (not after the client's ACK) and all go out in the
         # first SETTINGS frame.
-        lean_remote_settings(conn)  # memory per connection: lists, not deques (h2settings)
         conn.local_settings = LeanSettings(
             client=False,
             initial_values={
