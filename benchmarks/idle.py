@@ -290,14 +290,14 @@ def run_phase(pm: _procs.Procs, gw, n: int, mode: str, cpu, log) -> dict:
 
 def render(rows, meta: str) -> str:
     head = ["connections", "open", "errors", "RSS before MiB", "RSS after MiB", "KiB/conn", "anon KiB/conn",
-            "MiB at 10k", "gw CPU us/open", "new conn ms", "req p50 ms", "req p99 ms", "req max ms"]
+            "OpenSSL KiB/conn", "MiB at 10k", "gw CPU us/open", "new conn ms", "req p50 ms", "req p99 ms", "req max ms"]
     title = {"h1": "TLS h1, idle (half used once)", "h2": "TLS h2, idle (one finished stream)"}
     lines = []
     for r in rows:
         p = r["probe"]
         lines.append([title[r["mode"]], f"{r['opened']:,}", str(r["errors"]), f"{r['rss_before_mib']:.1f}",
                       f"{r['rss_after_mib']:.1f}", f"{r['kib_per_conn']:.2f}", f"{r['anon_kib_per_conn']:.2f}",
-                      f"{r['mib_at_10k']:.1f}", f"{r['gw_cpu_us_per_open']:.0f}", f"{p['new_conn_ms']:.2f}",
+                      f"{r.get('openssl_kib_per_conn') or 0:.2f}", f"{r['mib_at_10k']:.1f}", f"{r['gw_cpu_us_per_open']:.0f}", f"{p['new_conn_ms']:.2f}",
                       f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['max_ms']:.2f}"])
     widths = [max(len(head[i]), *(len(l[i]) for l in lines)) for i in range(len(head))]
 
@@ -309,7 +309,9 @@ def render(rows, meta: str) -> str:
     out += ["", meta,
             "KiB/conn = (gateway VmRSS with the connections open - before) / connections (anon: RssAnon); "
             "MiB at 10k = before + 10,000 x KiB/conn; gw CPU us/open = gateway CPU while opening / "
-            "connections (handshake, and the request of the used ones); new conn ms = a new connection's "
+            "connections (handshake, and the request of the used ones); OpenSSL KiB/conn = the C heap one idle "
+            "server connection holds in OpenSSL with this certificate (in process, glibc mallinfo2, with a "
+            "client like these: the gateway's floor per connection); new conn ms = a new connection's "
             "handshake + first request while they are open; req = 100 keep-alive requests on it (h2: "
             "streams one after another)."]
     for r in rows:
@@ -325,13 +327,22 @@ def run(args, pm: _procs.Procs, tmp: str, backend_port: int, gw_cpu, load_cpu, l
     n = args.idle
     _procs.raise_nofile(n + 1024)  # the client processes inherit it
     rows = []
+    openssl_kib = None
     for mode in args.idle_modes:
         # Idle connections must outlive the run (idle_timeout), and all of them fit (max_connections).
         gw = _gateway.start(pm, tmp, args.repo, backend_port, gw_cpu, name=f"gateway-idle-{mode}",
                             listener={"idle_timeout": 3600, "max_connections": n + 1000}, nofile=n + 1024)
         log(f"gateway ({args.repo}): pid {gw.pid} on https://127.0.0.1:{gw.port}, CPU {gw_cpu}")
         try:
-            rows.append(run_phase(pm, gw, n, mode, load_cpu, log))
+            row = run_phase(pm, gw, n, mode, load_cpu, log)
+            if openssl_kib is None:
+                from . import handshake as _handshake
+
+                ck = _handshake.gateway_certificate(gw.state_dir)
+                openssl_kib = _handshake.server_connection_kib(ck, min(n, 2000)) or 0.0
+                log(f"OpenSSL's own memory per idle server connection, in process: {openssl_kib} KiB")
+            row["openssl_kib_per_conn"] = openssl_kib
+            rows.append(row)
         finally:
             pm.stop(gw.proc)
     return rows
