@@ -30,6 +30,7 @@ try:  # The raw calls under pyOpenSSL's recv() and bio_read(), to tell "no more 
     from OpenSSL._util import lib as _lib
 
     _SSL_read = _lib.SSL_read
+    _SSL_do_handshake = _lib.SSL_do_handshake
     _BIO_read = _lib.BIO_read
     _SSL_get_error = _lib.SSL_get_error
     _WANT_READ = _lib.SSL_ERROR_WANT_READ
@@ -69,6 +70,25 @@ def read_app_data(tls) -> bytes | None:
         return tls.recv(_BUF_SIZE)
     except WantReadError:
         return None
+
+
+def handshake_step(tls) -> bool:
+    """Advance the handshake with what was fed in: True once it is complete, False while OpenSSL
+    waits for more input. Raises as do_handshake() does on a failure."""
+    if _SSL_read is not None:
+        ssl = tls._ssl
+        n = _SSL_do_handshake(ssl)
+        if n == 1:
+            return True
+        if _SSL_get_error(ssl, n) == _WANT_READ:
+            return False
+        tls._raise_ssl_error(ssl, n)
+        return True  # pragma: no cover - _raise_ssl_error raised
+    try:
+        tls.do_handshake()
+    except WantReadError:
+        return False
+    return True
 
 
 def read_tls_output(tls) -> bytes:
@@ -159,12 +179,12 @@ class TLSServerProtocol:
             if self._aborted:
                 return
             try:
-                tls.do_handshake()
-            except WantReadError:
-                self._flush()
-                return
+                done = handshake_step(tls)
             except Error:
                 self._failed(Failure())
+                return
+            if not done:
+                self._flush()
                 return
             self._done = True
             done = getattr(self.app, "handshakeCompleted", None)
@@ -399,5 +419,5 @@ class TLSServerFactory(Factory):
         return f"{inner() if inner else self.wrappedFactory.__class__.__name__} (TLS)"
 
 
-__all__ = ["TLSServerFactory", "TLSServerProtocol", "read_app_data", "read_tls_output",
+__all__ = ["TLSServerFactory", "TLSServerProtocol", "handshake_step", "read_app_data", "read_tls_output",
            "represents_eof"]
