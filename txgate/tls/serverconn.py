@@ -31,6 +31,8 @@ try:  # The raw calls under pyOpenSSL's recv() and bio_read(), to tell "no more 
 
     _SSL_read = _lib.SSL_read
     _SSL_do_handshake = _lib.SSL_do_handshake
+    _SSL_write = _lib.SSL_write
+    _BIO_write = _lib.BIO_write
     _BIO_read = _lib.BIO_read
     _SSL_get_error = _lib.SSL_get_error
     _WANT_READ = _lib.SSL_ERROR_WANT_READ
@@ -70,6 +72,25 @@ def read_app_data(tls) -> bytes | None:
         return tls.recv(_BUF_SIZE)
     except WantReadError:
         return None
+
+
+def feed(tls, data: bytes) -> None:
+    """Hand bytes received from the peer to OpenSSL (its incoming memory BIO)."""
+    if _SSL_read is not None and data.__class__ is bytes:
+        if _BIO_write(tls._into_ssl, data, len(data)) == len(data):
+            return
+    tls.bio_write(data)  # the public call (and its error) for anything else
+
+
+def encrypt(tls, data: bytes) -> int:
+    """Give OpenSSL plaintext to send (at most one record's worth); bytes taken. Raises like send()."""
+    if _SSL_read is not None and data.__class__ is bytes:
+        ssl = tls._ssl
+        n = _SSL_write(ssl, data, len(data))
+        if n > 0:
+            return n
+        tls._raise_ssl_error(ssl, n)  # WantReadError, Error: as send() raises them
+    return tls.send(data)
 
 
 def handshake_step(tls) -> bool:
@@ -174,7 +195,7 @@ class TLSServerProtocol:
         if self._lost:
             return
         tls = self._tls
-        tls.bio_write(data)
+        feed(tls, data)
         if not self._done:
             if self._aborted:
                 return
@@ -280,7 +301,7 @@ class TLSServerProtocol:
         size = len(data)
         if size <= _RECORD:
             try:
-                tls.send(data)
+                encrypt(tls, data)
             except WantReadError:
                 self._buffer(data)
                 return
@@ -292,7 +313,7 @@ class TLSServerProtocol:
         sent = 0
         while sent < size:
             try:
-                sent += tls.send(data[sent:sent + _RECORD])
+                sent += encrypt(tls, data[sent:sent + _RECORD])
             except WantReadError:
                 self._buffer(data[sent:])
                 break
@@ -419,5 +440,5 @@ class TLSServerFactory(Factory):
         return f"{inner() if inner else self.wrappedFactory.__class__.__name__} (TLS)"
 
 
-__all__ = ["TLSServerFactory", "TLSServerProtocol", "handshake_step", "read_app_data", "read_tls_output",
+__all__ = ["TLSServerFactory", "TLSServerProtocol", "encrypt", "feed", "handshake_step", "read_app_data", "read_tls_output",
            "represents_eof"]
