@@ -62,10 +62,10 @@ LISTENING = re.compile(r"listener main on https://127\.0\.0\.1:(\d+) ")
 
 
 class Gateway:
-    def __init__(self, proc, port: int, tmp: str, profile_dir, out_path: str = "", state_dir: str = "") -> None:
+    def __init__(self, proc, port: int, tmp: str, profile_dir) -> None:
         self.proc = proc
-        self.out_path = out_path or os.path.join(tmp, "gateway.out")
-        self.state_dir = state_dir
+        self.out_path = os.path.join(tmp, "gateway.out")
+        self.state_dir = os.path.join(tmp, "state")
         self.pid = proc.pid
         self.port = port
         self.tmp = tmp
@@ -73,7 +73,14 @@ class Gateway:
         self._profiles = 0
 
     def cpu(self) -> float:
-        return _procs.cpu_seconds(self.pid)
+        """utime + stime of the gateway: the process and, with workers, every worker process."""
+        total = _procs.cpu_seconds(self.pid)
+        for child in _procs.children(self.pid):
+            try:
+                total += _procs.cpu_seconds(child)
+            except OSError:  # exited meanwhile
+                pass
+        return total
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -117,16 +124,18 @@ def _preexec(cpu, nofile):
 
 
 def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access_log: bool = False,
-          profile: bool = False, timeout: float = 30.0, listener: dict | None = None, nofile: int = 0,
-          name: str = "gateway") -> Gateway:
+          profile: bool = False, timeout: float = 30.0, workers: int = 1, listener: dict | None = None,
+          nofile: int = 0, name: str = "") -> Gateway:
     """Start ``twistd -n txgate`` from ``repo``; ``listener``: extra [listener:main] keys (e.g. idle_timeout)."""
-    d = os.path.join(tmp, name)
+    d = os.path.join(tmp, name or f"gateway-{workers}w")
     os.makedirs(d)
     ini = os.path.join(d, "gw.ini")
     with open(ini, "w") as f:
-        f.write(GW_INI.format(state=os.path.join(d, "state"), upstream_port=upstream_port,
-                              access_log=os.path.join(d, "access.log") if access_log else "off",
-                              listener_extra="".join(f"{k} = {v}\n" for k, v in (listener or {}).items())))
+        text = GW_INI.format(state=os.path.join(d, "state"), upstream_port=upstream_port,
+                             access_log=os.path.join(d, "access.log") if access_log else "off",
+                             listener_extra="".join(f"{k} = {v}\n" for k, v in (listener or {}).items()))
+        # All load comes from 127.0.0.1: with client-address affinity it would all go to one worker.
+        f.write(text.replace("[gateway]\n", f"[gateway]\nworkers = {workers}\nworker_affinity = none\n", 1))
     env = dict(os.environ, PYTHONPATH=repo + (os.pathsep + os.environ["PYTHONPATH"]
                                               if os.environ.get("PYTHONPATH") else ""))
     profile_dir = None
@@ -141,7 +150,7 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
     else:
         head = [sys.executable, "-c", RUN]
     args = head + ["-n", "--pidfile=", "txgate", "--config", ini]
-    out_path = os.path.join(tmp, f"{name}.out")
+    out_path = os.path.join(d, "gateway.out")
     out = open(out_path, "wb")
     p = pm.popen(args, cwd=d, env=env, stdout=out, stderr=out, preexec_fn=_preexec(cpu, nofile))
     deadline = time.monotonic() + timeout
@@ -157,4 +166,4 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
         time.sleep(0.05)
     port = int(m.group(1))
     _procs.wait_port(port, proc=p)
-    return Gateway(p, port, tmp, profile_dir, out_path, os.path.join(d, "state"))
+    return Gateway(p, port, d, profile_dir)

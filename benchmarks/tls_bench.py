@@ -29,7 +29,7 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from txgate.http.exchange import Limits, NullHandler
-from txgate.listener import ListenerFactory
+from txgate.runtime.listener import ListenerFactory
 from txgate.tls.server import ServerTLS
 from txgate.tls.serverconn import TLSServerFactory
 from txgate.tlswrap import DirectTLSFactory

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from txgate.config import ConfigError, parse_text, select_by_host
+from txgate.plan.files import check_files
 from txgate.service import prepare
 
 BASE = "[listener:main]\nbind = 127.0.0.1:0\n"
@@ -33,7 +34,7 @@ def test_most_specific_host_pattern_wins():
 )
 def test_api_trust_key_errors(extra, message):
     with pytest.raises(ConfigError) as e:
-        parse_text(api(extra), "gw.ini")
+        check_files(parse_text(api(extra), "gw.ini"))
     assert str(e.value) == message
 
 
@@ -68,7 +69,7 @@ def test_malformed_pins_are_config_errors_at_startup(pin, fragment, tmp_path):
 
 def test_a_word_that_is_neither_pin_nor_file():
     with pytest.raises(ConfigError) as e:
-        parse_text(api("pinned_public_keys = " + "ab" * 31 + "zz"), "gw.ini")
+        check_files(parse_text(api("pinned_public_keys = " + "ab" * 31 + "zz"), "gw.ini"))
     assert str(e.value) == ("gw.ini: [api:a] pinned_public_keys: '" + "ab" * 31 + "zz' is not a pin "
                             "(expected sha256/BASE64, 64 hex digits, or a PEM file)")
 

@@ -21,8 +21,9 @@ from certs_helpers import NOW, make_ca, make_leaf
 from txgate.admin.facade import HeldCertificate
 from txgate.errors import UpstreamPinMismatch, UpstreamTLSError
 from txgate.http.exchange import Limits
-from txgate.listener import ListenerFactory, wrap_tls
-from txgate.metrics import Metrics, result_for_handshake_error, result_for_refusal
+from txgate.runtime.listener import ListenerFactory, wrap_tls
+from txgate.metrics import Metrics, result_for_refusal
+from txgate.tls.outcomes import outcome_of as result_for_handshake_error
 from txgate.tls.clientverify import ClientVerifier
 from txgate.tls.server import ServerTLS
 
@@ -209,7 +210,7 @@ def _handshake(pki, client_cert, *, mode="require", tls=True, raw: bytes | None 
     clock = Clock()
     verifier = ClientVerifier(listener="main", mode=mode, anchors=[pki["ca"].leaf])
     factory = ListenerFactory("main", _Dispatcher(metrics), Limits(), clock, tls=True, max_connections=10,
-                              client_certs=verifier)
+                              client_certs=verifier, metrics=metrics)
     server_tls = ServerTLS(default=pki["server"], client_verifier=verifier)
     sp = wrap_tls(factory, server_tls, clock).buildProtocol(None)
     if raw is not None:

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from certs_helpers import make_intermediate
 from test_clientauth_unit import make_client, make_crl
 from txgate.config import ConfigError, parse_text
+from txgate.plan.files import check_files
 from txgate.service import prepare
 from txgate.tls.clientverify import ClientVerifier
 
@@ -17,7 +18,7 @@ L = "[listener:main]\nbind = 127.0.0.1:0\n"
 
 def error(text: str) -> str:
     with pytest.raises(ConfigError) as e:
-        parse_text(text, "gw.ini")
+        check_files(parse_text(text, "gw.ini"))
     return str(e.value)
 
 

@@ -57,17 +57,17 @@ def test_reload_swaps_the_generation_behind_the_same_port(h):
     assert (result.ok, result.message) == (True, "1 listeners, 2 APIs")
     assert h.svc.ports["main"] is port and h.svc.fronts["main"] is front
     assert front.current is not old_top
-    assert front.current.wrappedFactory is h.svc.factories["main"]
-    assert h.svc.factories["main"].dispatcher.router.match("localhost", "/more/x") is not None
+    assert front.current.wrappedFactory is h.svc.current.factories["main"]
+    assert h.svc.current.factories["main"].dispatcher.router.match("localhost", "/more/x") is not None
     assert len(h.reactor.tcpServers) == 1  # no rebind
 
 
 def test_failed_reload_keeps_everything(h):
-    top, prepared = h.svc.fronts["main"].current, h.svc.prepared
+    top, prepared = h.svc.fronts["main"].current, h.svc.plan
     h.next = ConfigError("gw.ini", "api:echo", "colour", "unknown key")
     result = h.result(h.svc.reload("test"))
     assert (result.ok, result.message) == (False, "gw.ini: [api:echo] colour: unknown key")
-    assert h.svc.fronts["main"].current is top and h.svc.prepared is prepared
+    assert h.svc.fronts["main"].current is top and h.svc.plan is prepared
 
 
 def test_reloads_asked_for_while_one_runs_share_one_more_run(h):

@@ -7,8 +7,10 @@ import pytest
 from twisted.internet.task import Clock
 
 from txgate.config import ApiConfig
-from txgate.dispatch import ApiRuntime, ListenerDispatcher, normalize_path, remove_dot_segments
+from txgate.runtime.dispatch import ApiRuntime, ListenerDispatcher
+from txgate.http.paths import normalize_path, remove_dot_segments
 from txgate.http.exchange import ConnectionInfo, RequestHead
+from txgate.http.requests import dispatch_request
 from txgate.http.router import Router, prefix_matches, strip_prefix
 
 
@@ -151,7 +153,7 @@ def dispatcher(*apis):
 def run(d, target: bytes, host=b"api.test", method=b"GET"):
     s = FakeStream()
     head = RequestHead(method, target, host, [(b"host", host)], None, False, b"1.1")
-    h = d.dispatch(s, head)
+    h = dispatch_request(d, s, head)
     h.body_finished()
     return s, (json.loads(s.body) if s.body else None)
 
@@ -205,7 +207,7 @@ def test_normalize_path_merges_slashes_and_decodes_unreserved(raw, expected):
 
 @pytest.mark.parametrize("raw", ["/admin%2fusers", "/a%5Cb", "/a\\b", "/a%00b"])
 def test_normalize_path_refuses_ambiguous_paths(raw):
-    from txgate.dispatch import UnsafePath
+    from txgate.http.paths import UnsafePath
 
     with pytest.raises(UnsafePath):
         normalize_path(raw)

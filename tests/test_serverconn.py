@@ -11,9 +11,10 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from certs_helpers import make_ca, make_leaf
+from txgate.tls.outcomes import represents_eof
 from txgate.tls.server import ServerTLS
 from txgate.tlswrap import DirectTLSFactory
-from txgate.tls.serverconn import TLSServerFactory, read_app_data, read_tls_output, represents_eof
+from txgate.tls.serverconn import TLSServerFactory, read_app_data, read_tls_output
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from conftest import TWISTD, gateway_env, txgate_cli
-from txgate.config import ConfigError, check_state_dir, parse_text
+from txgate.config import ConfigError, parse_text
+from txgate.plan.files import check_state_dir
 
 BASE = """
 [gateway]

@@ -9,6 +9,7 @@ import pytest
 from certs_helpers import make_leaf, pem_chain, pem_key
 from conftest import run_gateway_once, txgate_cli
 from txgate.config import ConfigError, parse_text
+from txgate.plan.files import check_files
 from txgate.service import ServiceFacade, GatewayService, open_gateway_store, prepare, store_secret
 from txgate.store import open_store
 
@@ -18,7 +19,7 @@ SECRET = b"0123456789abcdef0123456789abcdef"
 
 def error(text: str, path: str = "gw.ini") -> str:
     with pytest.raises(ConfigError) as info:
-        parse_text(text, path)
+        check_files(parse_text(text, path))
     message = str(info.value)
     assert "\n" not in message
     return message

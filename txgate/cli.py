@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cli -*-
 """The `txgate` command: check, pin, version, store (list, rollback); ca, cert, csr, selfsigned in cli_certs."""
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import sys
 def cmd_check(args) -> int:
     """Validate a gw.ini exactly as startup does, without binding or writing anything."""
     from txgate import config as _config
-    from txgate.service import open_gateway_store, prepare
+    from txgate.plan import prepare
+    from txgate.plan.files import check_files
+    from txgate.plan.store import open_gateway_store
 
     store = None
     try:
         cfg = _config.load(args.config) if args.config else _config.default_config()
+        check_files(cfg)
         if cfg.store_refs():
             store = open_gateway_store(cfg, create=False)
         prepared = prepare(cfg, create_state=False, store=store)
@@ -58,6 +62,8 @@ def _presented_chain(hostport: str, servername: str | None, timeout: float = 10.
 
     from OpenSSL import SSL
 
+    from txgate.config.hostnames import is_ip
+
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"--connect expects HOST:PORT, got '{hostport}'")
@@ -68,7 +74,7 @@ def _presented_chain(hostport: str, servername: str | None, timeout: float = 10.
     try:
         conn = SSL.Connection(ctx, sock)
         name = servername or host
-        if not _looks_like_ip(name):
+        if not is_ip(name):
             conn.set_tlsext_host_name(name.encode("idna"))
         conn.set_connect_state()
         conn.setblocking(True)
@@ -81,16 +87,6 @@ def _presented_chain(hostport: str, servername: str | None, timeout: float = 10.
         return chain
     finally:
         sock.close()
-
-
-def _looks_like_ip(name: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        return False
 
 
 def cmd_pin(args) -> int:
@@ -139,10 +135,12 @@ def cmd_pin(args) -> int:
 def _open_store(args):
     """The store of the gw.ini in --config (or the embedded defaults), or (None, exit status) after one line."""
     from txgate import config as _config
-    from txgate.service import open_gateway_store
+    from txgate.plan.files import check_files
+    from txgate.plan.store import open_gateway_store
 
     try:
         cfg = _config.load(args.config) if args.config else _config.default_config()
+        check_files(cfg)
         store = open_gateway_store(cfg, create=False)
     except _config.ConfigError as e:
         print(f"txgate store: configuration error: {e}", file=sys.stderr)

@@ -1,71 +1,105 @@
-"""Errors users see: each has a stable code used in JSON bodies, log lines and metrics."""
+# -*- test-case-name: tests.test_requests -*-
+"""Errors users see: each class is one (status, code, default message) of the error responses.
+
+The code is the contract: JSON bodies, log lines and metrics labels use it. Every error
+response txgate writes (h1, h2, dispatch, the proxy) comes from one of these.
+"""
 from __future__ import annotations
 
 
 class GatewayError(Exception):
-    """A request-level failure with a stable code and an HTTP status."""
+    """A request-level failure with a stable code, an HTTP status and a message."""
 
     code = "internal_error"
     status = 500
+    # The message when none is given ("" means the code).
+    default_message = ""
 
     def __init__(self, message: str = "", code: str | None = None, status: int | None = None) -> None:
-        super().__init__(message or self.code)
-        self.message = message or self.code
+        message = message or self.default_message or self.code
+        super().__init__(message)
+        self.message = message
         if code is not None:
             self.code = code
         if status is not None:
             self.status = status
 
-
-class NoRoute(GatewayError):
-    code, status = "no_route", 404
-
-
-class BadRequest(GatewayError):
-    code, status = "bad_request", 400
-
-
-class RequestTooLarge(GatewayError):
-    code, status = "request_too_large", 413
+    def __init_subclass__(cls, code: str | None = None, status: int | None = None, message: str = "", **kw) -> None:
+        super().__init_subclass__(**kw)
+        if code is not None:
+            cls.code = code
+        if status is not None:
+            cls.status = status
+        if message:
+            cls.default_message = message
 
 
-class HeadersTooLarge(GatewayError):
-    code, status = "headers_too_large", 431
+class InternalError(GatewayError, message="internal error"):
+    """Something failed inside txgate (the log has the traceback)."""
 
 
-class ClientCertificateRequired(GatewayError):
-    code, status = "client_certificate_required", 403
-
-    def __init__(self, message: str = "this API requires a client certificate", **kw) -> None:
-        super().__init__(message, **kw)
+class BadRequest(GatewayError, code="bad_request", status=400):
+    """A malformed or ambiguous request."""
 
 
-class ClientCertificateNotAllowed(GatewayError):
-    code, status = "client_certificate_not_allowed", 403
-
-    def __init__(self, message: str = "this client certificate is not allowed for this API", **kw) -> None:
-        super().__init__(message, **kw)
+class TransferCodingNotSupported(GatewayError, code="transfer_coding_not_supported", status=501):
+    """A request body in a transfer coding other than chunked (RFC 9112 6.1)."""
 
 
-class UpstreamUnavailable(GatewayError):
-    code, status = "upstream_unavailable", 502
+class NoRoute(GatewayError, code="no_route", status=404):
+    """No API for the request's host and path."""
 
 
-class UpstreamTLSError(GatewayError):
-    code, status = "upstream_tls_error", 502
+class RequestTooLarge(GatewayError, code="request_too_large", status=413):
+    """A request body over the API's max_body_bytes."""
 
 
-class UpstreamTimeout(GatewayError):
-    code, status = "upstream_timeout", 504
+class HeadersTooLarge(GatewayError, code="headers_too_large", status=431,
+                      message="request headers are too large"):
+    """A request head over the listener's max_header_bytes."""
 
 
-class UpstreamBusy(GatewayError):
-    code, status = "upstream_busy", 503
+class VersionNotSupported(GatewayError, code="http_version_not_supported", status=505):
+    """An HTTP version other than 1.0, 1.1 and 2."""
 
 
-class UpstreamProtocolError(GatewayError):
-    code, status = "upstream_protocol_error", 502
+class ClientCertificateRequired(GatewayError, code="client_certificate_required", status=403,
+                                message="this API requires a client certificate"):
+    """An mTLS API reached without a client certificate."""
 
 
-class UpstreamPinMismatch(UpstreamTLSError):
-    code, status = "upstream_pin_mismatch", 502
+class ClientCertificateNotAllowed(GatewayError, code="client_certificate_not_allowed", status=403,
+                                  message="this client certificate is not allowed for this API"):
+    """An mTLS API reached with a certificate its allowlist does not name."""
+
+
+class UpstreamUnavailable(GatewayError, code="upstream_unavailable", status=502):
+    """No upstream target could be reached."""
+
+
+class UpstreamTLSError(GatewayError, code="upstream_tls_error", status=502):
+    """The TLS handshake with the upstream failed."""
+
+
+class UpstreamPinMismatch(UpstreamTLSError, code="upstream_pin_mismatch"):
+    """The upstream's certificate chain matched none of the API's pins."""
+
+
+class UpstreamTimeout(GatewayError, code="upstream_timeout", status=504):
+    """The upstream did not answer in time."""
+
+
+class UpstreamBusy(GatewayError, code="upstream_busy", status=503):
+    """Every connection to the upstream is in use and the queue is full."""
+
+
+class UpstreamProtocolError(GatewayError, code="upstream_protocol_error", status=502):
+    """The upstream's response was not valid HTTP/1.1."""
+
+
+class UpstreamHeadersTooLarge(UpstreamProtocolError, code="upstream_headers_too_large"):
+    """The upstream's response head grew past the API's max_response_header_bytes."""
+
+
+class UpstreamTruncated(GatewayError, code="upstream_truncated", status=502):
+    """The upstream's response ended before its framing said it would (logged; the client sees the cut)."""

@@ -1,6 +1,7 @@
+# -*- test-case-name: tests.test_expiry -*-
 """Expiry monitoring: every certificate the gateway holds, checked on a timer, logged without flooding.
 
-Contract (for ``txgate.service``)::
+Contract (for ``txgate.runtime``)::
 
     monitor = ExpiryMonitor(facade, reactor, warning_days=config.gateway.expiry_warning_days)
     monitor.setServiceParent(top)   # a twisted Service: checks at start, then every ``interval`` seconds

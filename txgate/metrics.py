@@ -1,11 +1,11 @@
+# -*- test-case-name: tests.test_metrics -*-
 """Prometheus metrics of the gateway: its own registry, hot-path counters, facade-fed gauges.
 
-Contract (for ``txgate.service``)::
+Contract (for ``txgate.runtime``)::
 
     metrics = Metrics()                                  # one per process; survives reloads
-    ListenerDispatcher(..., metrics=metrics)             # -> request_done(handler, status) per request;
-                                                         #    the listener reads ``dispatcher.metrics`` for
-                                                         #    handshake outcomes (no other wiring)
+    ListenerDispatcher(..., metrics=metrics)             # -> request_done(handler, status) per request
+    ListenerFactory(..., metrics=metrics)                # -> handshake(listener, version, result) per handshake
     AdminService(facade, admin_config, reactor, metrics=metrics)   # serves GET /metrics and calls
                                                          #    metrics.attach(facade) for the scrape-time gauges
     metrics.exposition() -> (bytes, content_type)        # the Prometheus text format
@@ -19,6 +19,7 @@ Series::
                                                          #   aborted | failed; upstream TLS as listener "upstream:API"
     txgate_certificate_expiry_timestamp_seconds{name,role,fingerprint}   # facade.held_certificates() at scrape
     txgate_upstream_connections{api}                     # facade.upstream_connections() at scrape
+    txgate_acme_orders_total{result}                     # ACME orders: ok or an error code (txgate.acme)
 
 The two counters sit on the hot path (one call per request, one per handshake). They are plain
 ints in a dict keyed by the label tuple: no lock, no label formatting, no ``labels()`` lookup per
@@ -52,31 +53,13 @@ CLIENT_REFUSAL_RESULTS = {
     "client_certificate_invalid": "invalid_certificate",
     "client_crl_expired": "invalid_certificate",
     "client_crl_not_yet_valid": "invalid_certificate",
+    "client_crl_missing": "invalid_certificate",
 }
-
-# OpenSSL reason fragments of a handshake that never agreed on a protocol (plain HTTP on a TLS
-# port, no common version or cipher, a scanner): "protocol_error" rather than "failed".
-_PROTOCOL_FRAGMENTS = (
-    "wrong version number", "http request", "https proxy request", "unsupported protocol",
-    "no shared cipher", "unknown protocol", "version too low", "no protocols available",
-    "packet length too long", "record layer failure", "no application protocol", "inappropriate fallback",
-)
 
 
 def result_for_refusal(code: str) -> str:
     """The handshake result label of an mTLS refusal or allowlist decision code."""
     return CLIENT_REFUSAL_RESULTS.get(code, "failed")
-
-
-def result_for_handshake_error(why: str) -> str:
-    """The result label of a handshake that failed for another reason (``why``: OpenSSL's text or the exception)."""
-    text = why.lower()
-    if "connectiondone" in text or "connectionlost" in text or "connection was closed" in text:
-        return "aborted"
-    for fragment in _PROTOCOL_FRAGMENTS:
-        if fragment in text:
-            return "protocol_error"
-    return "failed"
 
 
 class Metrics:
@@ -86,6 +69,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.requests: dict[tuple[str, int], int] = {}
         self.handshakes: dict[tuple[str, str, str], int] = {}
+        self.acme_orders: dict[str, int] = {}  # result (ok or an error code) -> orders
         self._facade: Any = None
         self.registry.register(_Collector(self))
 
@@ -112,6 +96,10 @@ class Metrics:
         handshakes = self.handshakes
         handshakes[key] = handshakes.get(key, 0) + 1
 
+    def acme_order(self, result: str) -> None:
+        """One finished ACME order: ``ok`` or its error code (txgate.acme)."""
+        self.acme_orders[result] = self.acme_orders.get(result, 0) + 1
+
     # -- scrape ------------------------------------------------------------------------------
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of the registry, and its content type."""
@@ -131,6 +119,12 @@ class Metrics:
         for labels, n in sorted(self.handshakes.items()):
             handshakes.add_metric(labels, n)
         yield handshakes
+        if self.acme_orders:  # only on gateways with ACME certificates
+            orders = CounterMetricFamily("txgate_acme_orders", "ACME orders, by result (ok or an error code).",
+                                         labels=("result",))
+            for result, n in sorted(self.acme_orders.items()):
+                orders.add_metric((result,), n)
+            yield orders
         expiry = GaugeMetricFamily(
             "txgate_certificate_expiry_timestamp_seconds",
             "notAfter of every certificate the gateway holds, in every role (Unix time).",

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_negotiator_unit -*-
 """TLS wrapping without Twisted's small-write aggregation.
 
 Twisted's default TLS transport (`BufferingTLSTransport`) queues every write and flushes it
@@ -14,3 +15,10 @@ class DirectTLSFactory(TLSMemoryBIOFactory):
     """`TLSMemoryBIOFactory` whose connections write to OpenSSL at once."""
 
     protocol = TLSMemoryBIOProtocol
+
+    def buildProtocol(self, addr):
+        """No TLS protocol for a connection the wrapped factory refuses (None: the port closes the socket)."""
+        inner = self.wrappedFactory.buildProtocol(addr)
+        if inner is None:
+            return None
+        return self.protocol(self, inner)

@@ -1,6 +1,7 @@
+# -*- test-case-name: tests.test_admin -*-
 """What the admin API and the expiry monitor may ask of the running gateway (and nothing more).
 
-`txgate.service` implements this; `txgate.admin` and `txgate.metrics` only use it, so the admin
+`txgate.runtime.facade.ServiceFacade` implements this; `txgate.admin` and `txgate.metrics` only use it, so the admin
 room never imports the service's internals.
 """
 from __future__ import annotations

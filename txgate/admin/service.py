@@ -1,6 +1,7 @@
+# -*- test-case-name: tests.test_admin_e2e -*-
 """``AdminService``: the admin API listener (a twisted Service), plain HTTP or mTLS, optional bearer token.
 
-Contract (for ``txgate.service``)::
+Contract (for ``txgate.runtime``)::
 
     from txgate.admin.config import AdminConfig
     from txgate.admin.service import AdminService
@@ -88,11 +89,11 @@ def _version(transport: Any) -> str | None:
 
 
 def _log_failed_handshake(site: AdminSite, transport: Any, reason: Any) -> None:
-    from txgate.listener import _handshake_error
-    from txgate.metrics import result_for_handshake_error, result_for_refusal
+    from txgate.metrics import result_for_refusal
     from txgate.tls.clientverify import MISSING_REASON
+    from txgate.tls.outcomes import HandshakeOutcome, classify_handshake_failure
 
-    why = _handshake_error(reason)
+    failure = classify_handshake_failure(reason)
     state = None
     try:
         state = site.client_verifier.state_of(transport.getHandle())
@@ -100,7 +101,7 @@ def _log_failed_handshake(site: AdminSite, transport: Any, reason: Any) -> None:
         pass
     code = getattr(state, "reason", None)
     detail = getattr(state, "detail", None)
-    if code is None and "peer did not return a certificate" in why:
+    if code is None and failure.no_client_certificate:
         code, detail = MISSING_REASON, "no client certificate sent"
     client = getattr(transport.getPeer(), "host", "?")
     if code is not None:
@@ -108,9 +109,9 @@ def _log_failed_handshake(site: AdminSite, transport: Any, reason: Any) -> None:
         log.info("admin API: TLS handshake with {client} refused: {code}: {detail}",
                  client=client, code=code, detail=detail)
     else:
-        result = result_for_handshake_error(why)
-        if result != "aborted":
-            log.info("admin API: TLS handshake with {client} failed: {why}", client=client, why=why)
+        result = failure.outcome.value
+        if failure.outcome is not HandshakeOutcome.ABORTED:
+            log.info("admin API: TLS handshake with {client} failed: {why}", client=client, why=failure.why)
     if site.metrics is not None:
         site.metrics.handshake("admin", _version(transport), result)
 

@@ -1,4 +1,5 @@
-"""JSON error responses: ``{"error": CODE, "message": "..."}``."""
+# -*- test-case-name: tests.test_requests -*-
+"""JSON error responses: ``{"error": CODE, "message": "..."}`` for a `GatewayError`."""
 from __future__ import annotations
 
 import json
@@ -8,19 +9,14 @@ from txgate.errors import GatewayError
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-def error_body(code: str, message: str) -> bytes:
-    """The JSON body of an error response."""
-    return json.dumps({"error": code, "message": message}).encode() + b"\n"
-
-
-def send_error(stream, status: int, code: str, message: str) -> None:
-    """Answer a stream with a complete JSON error response."""
-    body = error_body(code, message)
-    stream.start_response(status, list(JSON_HEADERS), len(body))
-    stream.write(body)
-    stream.finish()
+def error_body(err: GatewayError) -> bytes:
+    """The JSON body of the error response for ``err``."""
+    return json.dumps({"error": err.code, "message": err.message}).encode() + b"\n"
 
 
 def send_gateway_error(stream, err: GatewayError) -> None:
-    """Answer a stream with the JSON response for a `GatewayError`."""
-    send_error(stream, err.status, err.code, err.message)
+    """Answer a stream with the complete JSON response for a `GatewayError`."""
+    body = error_body(err)
+    stream.start_response(err.status, list(JSON_HEADERS), len(body))
+    stream.write(body)
+    stream.finish()

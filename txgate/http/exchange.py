@@ -1,7 +1,10 @@
+# -*- test-case-name: tests.test_h1_unit -*-
 """The contract between downstream protocols (HTTP/1.1, HTTP/2) and request handlers.
 
 A downstream protocol parses one request head, builds a `RequestHead`, and asks the
-dispatcher for a handler: ``handler = dispatcher.dispatch(stream, head)``.  From then on:
+dispatcher for a handler: ``handler = dispatcher.dispatch(stream, head)``.  The dispatcher
+decides and does not write: a refused request gets a `txgate.http.requests.Refusal`, which
+the protocol answers with its error (`requests.dispatch_request`).  From then on:
 
 * the protocol feeds the request body to the handler: ``handler.body_received(data)``
   and finally ``handler.body_finished()``; if the client goes away or resets the stream,
@@ -20,6 +23,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from twisted.logger import Logger
+
+log = Logger()
+
 
 class ConnectionInfo:
     """Per-connection facts, computed once when the connection (or its handshake) is up."""
@@ -28,13 +35,11 @@ class ConnectionInfo:
         "listener",
         "client_host",
         "client_port",
-        "local_port",
         "tls",
         "sni",
         "tls_version",
         "cipher",
         "alpn",
-        "peer_certificate",
         "extra",
     )
 
@@ -43,20 +48,16 @@ class ConnectionInfo:
         listener: str,
         client_host: str,
         client_port: int,
-        local_port: int = 0,
         tls: bool = False,
     ) -> None:
         self.listener = listener
         self.client_host = client_host
         self.client_port = client_port
-        self.local_port = local_port
         self.tls = tls
         self.sni: str | None = None
         self.tls_version: str | None = None
         self.cipher: str | None = None
         self.alpn: str | None = None
-        # DER bytes of the client's certificate (mTLS), when there is one.
-        self.peer_certificate: bytes | None = None
         # Room for later per-connection decisions (allowlists), keyed by API name.
         self.extra: dict = {}
 
@@ -138,6 +139,30 @@ class Stream(Protocol):
         """Deliver request body again."""
 
 
+class StreamRecord:
+    """What both protocols keep of one request for its access-log line (h1 and h2 streams extend it)."""
+
+    __slots__ = ("info", "head", "handler", "status", "bytes_in", "bytes_out", "started")
+
+    def __init__(self, info: ConnectionInfo, head: RequestHead | None, started: float) -> None:
+        self.info = info
+        self.head = head
+        self.handler = None
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = started
+
+    def report(self, dispatcher: Dispatcher, ended: float, handler: Handler | None) -> None:
+        """Hand the finished request to ``dispatcher.log_request`` (a failure there is only logged)."""
+        try:
+            dispatcher.log_request(
+                self.info, self.head, self.status, self.bytes_in, self.bytes_out, handler, self.started, ended
+            )
+        except Exception:
+            log.failure("access log failed")
+
+
 class Handler(Protocol):
     """The request-processing side of one request (proxy, echo, error responder)."""
 
@@ -155,7 +180,8 @@ class Handler(Protocol):
 class Dispatcher(Protocol):
     """Chooses and creates the handler of each request (routing, policy, errors)."""
 
-    def dispatch(self, stream: Stream, head: RequestHead) -> Handler: ...
+    def dispatch(self, stream: Stream, head: RequestHead) -> Handler:
+        """The request's handler, or a `Refusal` for the protocol to answer (nothing written here)."""
 
     def log_request(
         self,

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_h1_unit -*-
 """Downstream HTTP/1.1 server protocol: httptools parsing, streaming both ways, keep-alive."""
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from twisted.python.failure import Failure
 
 from txgate.directwrite import no_delay
 from txgate.http.closing import GRACE, Closer, abort_connection
-from txgate.http.errors import error_body, send_error
-from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead
+from txgate.errors import BadRequest, GatewayError, HeadersTooLarge, InternalError
+from txgate.http.errors import error_body, send_gateway_error
+from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead, StreamRecord
+from txgate.http.requests import dispatch_request, h1_request_head
 
 log = Logger()
 
@@ -31,23 +34,14 @@ def status_line(status: int) -> bytes:
     return line
 
 
-class _Exchange:
+class _Exchange(StreamRecord):
     """One request on the connection: the `Stream` the handler answers through."""
 
-    __slots__ = (
-        "conn", "info", "head", "handler", "status", "bytes_in", "bytes_out", "started",
-        "chunked", "pending", "done", "request_complete", "keep_alive", "head_only", "queued_body",
-    )
+    __slots__ = ("conn", "chunked", "pending", "done", "request_complete", "keep_alive", "head_only", "queued_body")
 
     def __init__(self, conn: H1Connection, head: RequestHead, keep_alive: bool, started: float) -> None:
+        super().__init__(conn.info, head, started)
         self.conn = conn
-        self.info = conn.info
-        self.head = head
-        self.handler = None
-        self.status = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.started = started
         self.chunked = False
         self.pending: bytes | None = None
         self.done = False
@@ -286,19 +280,16 @@ class H1Connection(Protocol):
             if self._parsing is not None:
                 self._parsing.keep_alive = False
             return
-        except _Refusal as e:
-            self._protocol_error(e.status, e.code, e.message)
-            return
         except httptools.HttpParserError as e:
             # Exceptions raised in parser callbacks arrive wrapped, with the original as context.
             cause = e.__context__
-            if isinstance(cause, _Refusal):
-                self._protocol_error(cause.status, cause.code, cause.message)
+            if isinstance(cause, GatewayError):
+                self._protocol_error(cause)
             elif cause is None or isinstance(cause, httptools.HttpParserError):
-                self._protocol_error(400, "bad_request", f"malformed HTTP/1.1 request: {cause or e}")
+                self._protocol_error(BadRequest(f"malformed HTTP/1.1 request: {cause or e}"))
             else:
                 log.failure("request handling failed", failure=Failure(cause))
-                self._protocol_error(500, "internal_error", "internal error")
+                self._protocol_error(InternalError())
             return
         if self.phase == HEADERS:
             # A head that did not arrive whole: it must be complete within header_timeout.
@@ -309,11 +300,12 @@ class H1Connection(Protocol):
             # count raw bytes too, or one endless header line would never hit the limit.
             self._raw_head_bytes += len(data)
             if self._raw_head_bytes > self.limits.max_header_bytes + 1024:
-                self._protocol_error(_HeadersTooLarge.status, _HeadersTooLarge.code, _HeadersTooLarge.message)
+                self._protocol_error(HeadersTooLarge())
 
-    def _protocol_error(self, status: int, code: str, message: str) -> None:
+    def _protocol_error(self, err: GatewayError) -> None:
         """Answer a broken request directly and close: the byte stream cannot be trusted."""
-        body = error_body(code, message)
+        body = error_body(err)
+        status = err.status
         cur = self.current
         if cur is not None and not cur.done and not cur.status and cur is self._parsing:
             # The request being streamed turned malformed (e.g. a bad chunk) before any response
@@ -321,7 +313,7 @@ class H1Connection(Protocol):
             cur.done = True
             if cur.handler is not None:
                 try:
-                    cur.handler.stream_lost(Failure(ValueError(message)))
+                    cur.handler.stream_lost(Failure(ValueError(err.message)))
                 except Exception:
                     log.failure("handler.stream_lost failed")
             self.current = None
@@ -358,52 +350,21 @@ class H1Connection(Protocol):
         self._url += url
         self._header_bytes += len(url)
         if self._header_bytes > self.limits.max_header_bytes:
-            raise _HeadersTooLarge()
+            raise HeadersTooLarge()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self.limits.max_header_bytes:
-            raise _HeadersTooLarge()
+            raise HeadersTooLarge()
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        version = parser.get_http_version().encode()
-        if version not in (b"1.1", b"1.0"):
-            raise _UnsupportedVersion(version)
-        method = parser.get_method()
-        headers = self._headers
+        head, self._expect_continue = h1_request_head(
+            parser.get_method(), self._url, parser.get_http_version().encode(), self._headers
+        )
         self._headers = None  # the head keeps them; the idle connection does not
-        authority = b""
-        content_length = None
-        chunked = False
-        for k, v in headers:
-            if k == b"host":
-                if authority:
-                    raise httptools.HttpParserError("more than one Host header")
-                authority = v.strip()
-            elif k == b"content-length":
-                content_length = int(v)
-            elif k == b"transfer-encoding":
-                chunked = True
-            elif k == b"expect" and v.lower() == b"100-continue":
-                self._expect_continue = True
         self._raw_head_bytes = 0
-        target = self._url
-        if not target.startswith(b"/"):
-            if target.startswith((b"http://", b"https://")):
-                rest = target.split(b"://", 1)[1]
-                auth, slash, path = rest.partition(b"/")
-                authority = auth or authority
-                target = b"/" + path
-            elif method == b"OPTIONS" and target == b"*":
-                pass
-            else:
-                raise httptools.HttpParserError("unsupported request target")
-        if not authority and version == b"1.1":
-            raise httptools.HttpParserError("HTTP/1.1 request without a Host header")
-        has_body = chunked or bool(content_length)
-        head = RequestHead(method, target, authority, headers, None if chunked else content_length, has_body, version)
         keep_alive = parser.should_keep_alive() and not self.shutting_down
         ex = _Exchange(self, head, keep_alive, self.mark if self.phase == HEADERS else self.clock.seconds())
         self._parsing = ex
@@ -420,13 +381,13 @@ class H1Connection(Protocol):
         self.phase = ACTIVE
         expect = self._expect_continue and ex.queued_body is None
         try:
-            ex.handler = self.dispatcher.dispatch(ex, ex.head)
+            dispatch_request(self.dispatcher, ex, ex.head)
         except Exception:
             log.failure("dispatch failed")
             ex.handler = _NULL_HANDLER
             if not ex.status:
                 ex.keep_alive = False
-                send_error(ex, 500, "internal_error", "internal error")
+                send_gateway_error(ex, InternalError())
             else:
                 ex.abort()
             return
@@ -499,31 +460,7 @@ class H1Connection(Protocol):
         self._update_reading()
 
     def _log(self, ex: _Exchange) -> None:
-        try:
-            self.dispatcher.log_request(
-                self.info, ex.head, ex.status, ex.bytes_in, ex.bytes_out, ex.handler,
-                ex.started, self.clock.seconds(),
-            )
-        except Exception:
-            log.failure("access log failed")
-
-
-class _Refusal(Exception):
-    """A request refused while parsing: the status, code and message of its error response."""
-
-    status, code, message = 400, "bad_request", "bad request"
-
-
-class _UnsupportedVersion(_Refusal):
-    status, code = 505, "http_version_not_supported"
-
-    def __init__(self, version: bytes) -> None:
-        super().__init__(version)
-        self.message = f"HTTP/{version.decode()} is not supported here"
-
-
-class _HeadersTooLarge(_Refusal):
-    status, code, message = 431, "headers_too_large", "request headers are too large"
+        ex.report(self.dispatcher, self.clock.seconds(), ex.handler)
 
 
 _NULL_HANDLER = NullHandler()

@@ -1,15 +1,18 @@
-"""Header rules at each hop: hop-by-hop removal, forwarding headers, Via."""
+# -*- test-case-name: tests.test_headers -*-
+"""Header rules at each hop: hop-by-hop and connection-specific sets, forwarding headers, Via."""
 from __future__ import annotations
 
-HOP_BY_HOP = frozenset(
+# Connection-specific headers: never valid in HTTP/2 (RFC 9113 8.2.2).
+H2_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+# Dropped from an HTTP/2 response head (h2 frames the body itself; TE is request-only).
+H2_RESPONSE_DROP = H2_CONNECTION_SPECIFIC | frozenset({b"te", b"content-length"})
+# Hop-by-hop headers (RFC 9110 7.6.1 and the usual extras): never forwarded by a proxy.
+HOP_BY_HOP = H2_CONNECTION_SPECIFIC | frozenset(
     {
-        b"connection",
-        b"keep-alive",
         b"te",
         b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-connection",
         b"proxy-authenticate",
         b"proxy-authorization",
         b"http2-settings",

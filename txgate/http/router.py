@@ -1,7 +1,10 @@
+# -*- test-case-name: tests.test_routing -*-
 """Routing: host (exact, then wildcard, then any), then the longest path prefix."""
 from __future__ import annotations
 
 from typing import Generic, Iterable, TypeVar
+
+from txgate.config.hostnames import wildcard_parent
 
 T = TypeVar("T")
 
@@ -58,12 +61,11 @@ class Router(Generic[T]):
             found = self._scan(entries, path)
             if found:
                 return found
-        if self._wild:
-            dot = host.find(".")
-            if dot > 0:
-                entries = self._wild.get(host[dot + 1:])
-                if entries:
-                    found = self._scan(entries, path)
-                    if found:
-                        return found
+        parent = wildcard_parent(host) if self._wild else None
+        if parent is not None:
+            entries = self._wild.get(parent)
+            if entries:
+                found = self._scan(entries, path)
+                if found:
+                    return found
         return self._scan(self._any, path)

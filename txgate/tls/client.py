@@ -1,7 +1,7 @@
+# -*- test-case-name: tests.test_pinning_e2e -*-
 """Upstream TLS: one pre-built client context, verification with reasons, chain checks in the handshake."""
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, Callable
 
 from OpenSSL import SSL, crypto
@@ -14,9 +14,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txgate.config.hostnames import is_ip
 from txgate.errors import GatewayError, UpstreamTLSError
-from txgate.tls.certs import CertificateError, CertifiedKey, cert_names, format_time, subject_label
-from txgate.tls.server import DEFAULT_CIPHERS, OP_NO_RENEGOTIATION, tls_version
+from txgate.tls.certs import CertificateError, CertifiedKey, cert_names, format_time, signature_usage_problem, subject_label
+from txgate.tls.server import DEFAULT_CIPHERS, OP_NO_RENEGOTIATION, TLSSettingError, tls_version
 
 log = Logger()
 
@@ -73,14 +74,6 @@ def verify_error_reason(errno: int, cert: Any, depth: int) -> str:
     return f"{text} [depth {depth}: {label}]"
 
 
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 @implementer(IOpenSSLClientConnectionCreator)
 class UpstreamTLS:
     """Creates client TLS connections to one upstream name with verification, SNI and ALPN."""
@@ -99,7 +92,7 @@ class UpstreamTLS:
     ) -> None:
         name = server_name.strip().strip("[]")
         self.server_name = name
-        self._is_ip = _is_ip(name)
+        self._is_ip = is_ip(name)
         self._sni = None if self._is_ip else name.rstrip(".").encode("idna")
         self._verify = verify
         self._chain_check = chain_check
@@ -110,7 +103,7 @@ class UpstreamTLS:
             if tls13_ciphersuites:
                 ctx.set_tls13_ciphersuites(tls13_ciphersuites.encode("ascii"))
         except SSL.Error as e:
-            raise ValueError(f"invalid cipher configuration: {e}") from None
+            raise TLSSettingError("upstream_ciphers", f"invalid cipher configuration: {e}") from None
         ctx.set_options(SSL.OP_NO_COMPRESSION | OP_NO_RENEGOTIATION)
         ctx.set_alpn_protos([b"http/1.1"])
         if ca_path is not None:
@@ -165,7 +158,7 @@ class UpstreamTLS:
                     ders[depth] = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
                     if depth != 0:
                         return True
-                    reason = self._identity_mismatch(cert)
+                    reason = self._identity_mismatch(cert) or _usage_problem(cert)
                     if reason is not None:
                         return fail(UpstreamTLSError(reason))
                     chain = [ders[d] for d in sorted(ders)]
@@ -181,7 +174,8 @@ class UpstreamTLS:
                         self._chain_check(chain)
                     except Exception as e:
                         return fail(e)
-                state["proto"] = None
+                # The protocol is kept: OpenSSL may still report an error after this success at depth 0
+                # (name constraints, policies), and its reason must reach the request.
                 state["done"] = True
                 return True
             except BaseException as e:  # pyOpenSSL would swallow it: fail closed, keep the reason.
@@ -201,6 +195,11 @@ class UpstreamTLS:
             names = cert_names(c) or [f"CN={subject_label(c)} (no SAN)"]
             return f"hostname mismatch: certificate is for {', '.join(names)}; expected {self.server_name}"
         return None
+
+
+def _usage_problem(cert: Any) -> str | None:
+    problem = signature_usage_problem(cert.to_cryptography())
+    return None if problem is None else f"{problem} [depth 0: {subject_label(cert.to_cryptography())}]"
 
 
 _ALERT_REASONS: list[tuple[str, str]] = [
@@ -244,3 +243,16 @@ def tls_failure_reason(failure: Failure) -> str:
     if isinstance(exc, (ConnectionDone, ConnectionLost)):
         return "connection closed during the TLS handshake"
     return f"handshake failure: {failure.getErrorMessage()}"
+
+
+def upstream_tls_error(label: str, failure: Failure, *, in_handshake: bool) -> UpstreamTLSError:
+    """The error a request sees when TLS with upstream target ``label`` failed (in or after the handshake)."""
+    exc = failure.value
+    if isinstance(exc, UpstreamTLSError):
+        # Raised by our own checks (verification, pins): its code and reason stand, named by target.
+        exc.message = f"{label}: {exc.message}"
+        return exc
+    # TLS 1.3: a server checks our client certificate after our side finished the handshake, so
+    # its alert can arrive in place of the response ("TLS failure" rather than "handshake failed").
+    what = "TLS handshake failed" if in_handshake else "TLS failure"
+    return UpstreamTLSError(f"{label}: {what}: {tls_failure_reason(failure)}")

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_clientauth_unit -*-
 """Client-certificate allowlists: per-connection facts in, a decision out (no sockets, no reactor).
 
 An API with ``mtls = require`` has one `Allowlist`, built at startup from its `client_certificates`
@@ -9,7 +10,6 @@ that per connection and API.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from txgate import pins as _pins
+from txgate.config.tokens import FINGERPRINT, PIN, token_kind
+from txgate.tls.certs import is_ca
 
 ALLOWED = "allowed"
 REQUIRED = "client_certificate_required"
@@ -187,14 +189,6 @@ class Entries:
         return bool(self.pins or self.fingerprints or self.cas)
 
 
-def is_ca(cert: x509.Certificate) -> bool:
-    """True for a certificate with basicConstraints cA=TRUE."""
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
 def load_entries(tokens: Sequence[str]) -> Entries:
     """Parse entries: ``sha256/`` pins, 64-hex fingerprints, PEM files; ValueError names the entry.
 
@@ -203,10 +197,11 @@ def load_entries(tokens: Sequence[str]) -> Entries:
     """
     out = Entries()
     for token in tokens:
-        if token.lower().startswith("sha256/"):
+        kind = token_kind(token)
+        if kind == PIN:
             out.pins.append(_pins.parse_pin(token))
             continue
-        if len(token) == 64 and all(c in "0123456789abcdefABCDEF" for c in token) and not os.path.exists(token):
+        if kind == FINGERPRINT:
             out.fingerprints.append(bytes.fromhex(token))
             continue
         try:

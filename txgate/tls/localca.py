@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_state_dir -*-
 """The embedded local CA: a persistent P-256 root that issues short-lived server certificates."""
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.logger import Logger
 
+from txgate.config.hostnames import is_ip
 from txgate.fileio import make_private_dir, write_private_file
 from txgate.tls.builders import BACKDATE, build_leaf, self_signed_ca
 from txgate.tls.certs import (
@@ -107,7 +109,7 @@ class LocalCA:
     def _leaf_paths(self, names: list[str]) -> tuple[str, str]:
         digest = hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:12]
         # Name order must not matter: the same set of names maps to the same files.
-        dns = sorted(n for n in names if not _is_ip(n)) or sorted(names)
+        dns = sorted(n for n in names if not is_ip(n)) or sorted(names)
         stem = re.sub(r"[^a-z0-9.-]", "_", dns[0].replace("*", "wildcard"))[:48]
         base = os.path.join(self.state_dir, "local", f"{stem}-{digest}")
         return base + ".pem", base + "-key.pem"
@@ -176,14 +178,6 @@ class LocalCA:
             not_after=not_after, authority_key_identifier=aki,
         )
         return CertifiedKey(chain=(cert, ca_cert), key=key)
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _new_ca(now: datetime) -> CertifiedKey:

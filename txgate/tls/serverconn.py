@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from OpenSSL.SSL import Error, SysCallError, WantReadError, ZeroReturnError
+from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet._producer_helpers import _PullToPush
 from twisted.internet.interfaces import IConsumer, INegotiated, IPushProducer, ISystemHandle, ITransport
 from twisted.internet.main import CONNECTION_LOST
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from txgate.tls.outcomes import represents_eof
 
 try:  # The raw calls under pyOpenSSL's recv() and bio_read(), to tell "no more data" without raising.
     from OpenSSL._util import ffi as _ffi
@@ -43,18 +45,6 @@ except Exception:  # pragma: no cover - other pyOpenSSL builds: the public calls
     _SSL_read = None
 
 _RECORD = 1 << 14  # a TLS record's plaintext at most: writes are fed to OpenSSL in pieces of this size
-
-
-def represents_eof(error: Error) -> bool:
-    """Does this OpenSSL error stand for the peer closing TCP without close_notify?"""
-    if isinstance(error, SysCallError):
-        reason = error.args[1]
-    else:
-        queue = error.args[0]
-        if not queue:
-            return True  # OpenSSL 4 reports an unexpected EOF with an empty error queue
-        reason = queue[-1][2]
-    return str(reason).casefold().startswith("unexpected eof")
 
 
 def read_app_data(tls) -> bytes | None:
@@ -440,5 +430,5 @@ class TLSServerFactory(Factory):
         return f"{inner() if inner else self.wrappedFactory.__class__.__name__} (TLS)"
 
 
-__all__ = ["TLSServerFactory", "TLSServerProtocol", "encrypt", "feed", "handshake_step", "read_app_data", "read_tls_output",
-           "represents_eof"]
+__all__ = ["TLSServerFactory", "TLSServerProtocol", "encrypt", "feed", "handshake_step", "read_app_data",
+           "read_tls_output"]

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_pool_unit -*-
 """Per-target connection pools: keep-alive reuse, a cap on connections, a bounded wait queue."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from txgate.tlswrap import DirectTLSFactory
 
 from txgate.config import Target
 from txgate.errors import GatewayError, UpstreamBusy, UpstreamTimeout, UpstreamTLSError, UpstreamUnavailable
+from txgate.tls.client import upstream_tls_error
 from txgate.upstream.connection import UpstreamConnection
 
 log = Logger()
@@ -34,7 +36,8 @@ class TargetPool:
     """Connections to one target for one API (TLS settings are per API)."""
 
     def __init__(self, reactor, target: Target, *, tls_creator=None, max_connections: int = 64,
-                 max_pending: int = 256, connect_timeout: float = 5.0) -> None:
+                 max_pending: int = 256, connect_timeout: float = 5.0,
+                 max_response_header_bytes: int = 65536) -> None:
         self.reactor = reactor
         self.target = target
         self.label = target.label
@@ -46,6 +49,7 @@ class TargetPool:
         self.max_connections = max_connections
         self.max_pending = max_pending
         self.connect_timeout = connect_timeout
+        self.max_response_header_bytes = max_response_header_bytes
         self.idle: list[UpstreamConnection] = []
         self.busy = 0  # connections handed out
         self.connecting = 0
@@ -56,7 +60,6 @@ class TargetPool:
         if tls_creator is not None:
             factory = DirectTLSFactory(tls_creator, True, factory, clock=reactor)
         self.factory = factory
-        self.connects = 0
         self.closed = False
         self._sweep_call = None
 
@@ -93,7 +96,6 @@ class TargetPool:
 
     def _connect(self) -> None:
         self.connecting += 1
-        self.connects += 1
         t = self.target
         self.reactor.connectTCP(t.host, t.port, self.factory, timeout=self.connect_timeout)
 
@@ -139,14 +141,11 @@ class TargetPool:
     def _classify(self, reason, timed_out: bool = False) -> GatewayError:
         exc = reason.value
         if isinstance(exc, UpstreamTLSError):
-            exc.message = f"{self.label}: {exc.message}"
-            return exc
+            return upstream_tls_error(self.label, reason, in_handshake=True)
         if timed_out or isinstance(exc, (ierror.TimeoutError, ierror.UserError)):
             return UpstreamTimeout(f"{self.label}: connect timed out after {self.connect_timeout:g}s")
         if self.tls_creator is not None and not isinstance(exc, (ierror.ConnectionRefusedError, ierror.DNSLookupError, ierror.NoRouteError)):
-            from txgate.tls.client import tls_failure_reason
-
-            return UpstreamTLSError(f"{self.label}: TLS handshake failed: {tls_failure_reason(reason)}")
+            return upstream_tls_error(self.label, reason, in_handshake=True)
         if isinstance(exc, ierror.ConnectionRefusedError):
             return UpstreamUnavailable(f"{self.label}: connection refused")
         if isinstance(exc, ierror.DNSLookupError):

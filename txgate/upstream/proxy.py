@@ -1,11 +1,13 @@
+# -*- test-case-name: tests.test_proxy_handler_unit -*-
 """The proxy handler: one downstream request forwarded over a pooled upstream connection."""
 from __future__ import annotations
 
 from twisted.logger import Logger
 
-from txgate.errors import UpstreamTLSError, GatewayError, RequestTooLarge, UpstreamBusy, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from txgate.errors import UpstreamTLSError, GatewayError, RequestTooLarge, UpstreamBusy, UpstreamTimeout, UpstreamUnavailable
 from txgate.http.errors import send_gateway_error
 from txgate.http.headers import VIA_H1, downstream_response_headers
+from txgate.tls.client import upstream_tls_error
 
 log = Logger()
 
@@ -38,7 +40,7 @@ class Upstream:
         self._tick_call = None
         cutoff = clock.seconds() - self.timeout + 1e-9
         for handler in [h for h in self.active if h.last <= cutoff]:
-            handler._timed_out()
+            handler.timed_out()
         if self.active:
             self._tick_call = clock.callLater(self.tick, self._sweep, clock)
 
@@ -238,19 +240,17 @@ class ProxyHandler:
         from OpenSSL.SSL import Error as SSLError
 
         if isinstance(getattr(reason, "value", None), SSLError):
-            # TLS 1.3: the server checks our client certificate after our side finished the
-            # handshake, so its alert arrives in place of the response.
-            from txgate.tls.client import tls_failure_reason
-
-            self._fail(UpstreamTLSError(f"{self.upstream_label}: TLS failure: {tls_failure_reason(reason)}"))
+            self._fail(upstream_tls_error(self.upstream_label, reason, in_handshake=False))
             return
         why = reason.getErrorMessage() if hasattr(reason, "getErrorMessage") else str(reason)
         self._fail(UpstreamUnavailable(f"{self.upstream_label}: connection lost: {why}"))
 
-    def upstream_protocol_error(self, conn, message: str, response_started: bool) -> None:
-        self._fail(UpstreamProtocolError(f"{self.upstream_label}: {message}"))
+    def upstream_error(self, err: GatewayError) -> None:
+        """The upstream broke the exchange (bad or oversized head, response cut short): fail with err."""
+        self._fail(err)
 
-    def _timed_out(self) -> None:
+    def timed_out(self) -> None:
+        """No response progress within the API's timeout: 504 upstream_timeout (or an abort once started)."""
         if self.done:
             return
         self._fail(UpstreamTimeout(f"{self.upstream_label or self.api}: no response within {self.upstream.timeout:g}s"))

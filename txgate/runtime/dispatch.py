@@ -1,85 +1,21 @@
-"""Per-listener request dispatch: route, check, rewrite headers, hand to echo or the proxy."""
+# -*- test-case-name: tests.test_routing -*-
+"""Per-listener request dispatch: route, check, rewrite headers; a handler (echo, proxy) or a refusal."""
 from __future__ import annotations
 
 from twisted.logger import Logger
 
 from txgate.config import ApiConfig
-from txgate.errors import BadRequest, ClientCertificateNotAllowed, ClientCertificateRequired, NoRoute, RequestTooLarge
+from txgate.errors import ClientCertificateNotAllowed, ClientCertificateRequired, GatewayError, NoRoute, RequestTooLarge
 from txgate.http.echo import EchoHandler
-from txgate.http.errors import send_gateway_error
-from txgate.http.exchange import NullHandler
 from txgate.http.headers import VIA_H1, VIA_H2, upstream_request_headers
+from txgate.http.paths import routing_path
+from txgate.http.requests import Refusal
 from txgate.http.router import Router, strip_prefix
 from txgate.tls.clientauth import ALLOWED, NOT_ALLOWED, PEER, REQUIRED
 from txgate.upstream.proxy import ProxyHandler, Upstream
 
-log = Logger()
+log = Logger(namespace="txgate.dispatch")
 XFCC = b"x-forwarded-client-cert"
-
-
-def remove_dot_segments(path: str) -> str:
-    """RFC 3986 5.2.4 on a path: '/a/./b/../c' -> '/a/c' (so prefixes cannot be escaped)."""
-    out: list[str] = []
-    segments = path.split("/")
-    for i, seg in enumerate(segments[1:], 1):
-        if seg == "..":
-            if out:
-                out.pop()
-            if i == len(segments) - 1:
-                out.append("")
-        elif seg == ".":
-            if i == len(segments) - 1:
-                out.append("")
-        else:
-            out.append(seg)
-    return "/" + "/".join(out)
-
-
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = "0123456789abcdefABCDEF"
-
-
-class UnsafePath(ValueError):
-    """A path that different upstreams would read differently (encoded '/', '\\', NUL)."""
-
-
-def _decode_unreserved(path: str) -> str:
-    """RFC 3986 6.2.2.2: '%61' -> 'a' for unreserved characters; other escapes stay (upper-cased)."""
-    out = []
-    i = 0
-    n = len(path)
-    while i < n:
-        c = path[i]
-        if c == "%" and i + 2 < n and path[i + 1] in _HEX and path[i + 2] in _HEX:
-            ch = chr(int(path[i + 1:i + 3], 16))
-            if ch in _UNRESERVED:
-                out.append(ch)
-            elif ch in "/\\\x00":
-                raise UnsafePath(f"encoded {ch!r} in the path")
-            else:
-                out.append("%" + path[i + 1:i + 3].upper())
-            i += 3
-            continue
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
-def normalize_path(path: str) -> str:
-    """The path routing and the upstream both see: unreserved escapes decoded, '//' merged, dot
-    segments removed, so that '/%61dmin', '//admin' and '/x/../admin' cannot skip an API's policy
-    at '/admin' while an upstream reads them as '/admin'. Raises UnsafePath for encoded '/', '\\'
-    and NUL, and for raw '\\' or NUL (some servers treat '\\' as '/')."""
-    if "\\" in path or "\x00" in path:
-        raise UnsafePath("'\\' or NUL in the path")
-    if "%" in path:
-        path = _decode_unreserved(path)
-    if "//" in path:
-        while "//" in path:
-            path = path.replace("//", "/")
-    if "." in path:
-        path = remove_dot_segments(path)
-    return path
 
 
 class ApiRuntime:
@@ -102,27 +38,31 @@ class ApiRuntime:
 class ListenerDispatcher:
     """The `Dispatcher` of one listener."""
 
-    def __init__(self, listener: str, apis: list[ApiRuntime], clock, access_log, metrics=None) -> None:
+    def __init__(self, listener: str, apis: list[ApiRuntime], clock, access_log, metrics=None, *,
+                 challenges=None, redirect_https: bool = False) -> None:
         self.listener = listener
+        # tls = off listeners: pending ACME HTTP-01 tokens (txgate.acme.challenges.ChallengeBoard), and
+        # whether every other request is redirected to https.
+        self.challenges = challenges
+        self.redirect_https = redirect_https
         self.router: Router[ApiRuntime] = Router((a.config.hosts, a.prefix, a) for a in apis)
         self.clock = clock
         self.access_log = access_log
         self.metrics = metrics
 
     def dispatch(self, stream, head):
-        """Route one request and return its handler (the response may already be sent)."""
+        """Route one request and return its handler, or a `Refusal` the protocol answers."""
         try:
-            path = normalize_path(head.path.decode("latin-1"))
-        except UnsafePath as e:
-            send_gateway_error(stream, BadRequest(f"ambiguous request path: {e}"))
-            return NullHandler()
-        if not path.startswith("/"):
-            send_gateway_error(stream, BadRequest("request target must be an absolute path"))
-            return NullHandler()
+            path = routing_path(head.path)
+        except GatewayError as err:
+            return Refusal(err)
+        if self.challenges is not None or self.redirect_https:
+            special = self._plain_http(stream, head, path)
+            if special is not None:
+                return special
         found = self.router.match(head.host, path)
         if found is None:
-            send_gateway_error(stream, NoRoute(f"no API for host '{head.host}' and path '{path}'"))
-            return NullHandler()
+            return Refusal(NoRoute(f"no API for host '{head.host}' and path '{path}'"))
         prefix, api = found
         cfg = api.config
         if api.allowlist is not None:
@@ -131,11 +71,9 @@ class ListenerDispatcher:
                 decision = self._decide(stream.info, api)
             if decision != ALLOWED:
                 err = ClientCertificateRequired() if decision == REQUIRED else ClientCertificateNotAllowed()
-                send_gateway_error(stream, err)
-                return NullHandler(api.name)
+                return Refusal(err, api.name)
         if cfg.max_body_bytes and head.content_length is not None and head.content_length > cfg.max_body_bytes:
-            send_gateway_error(stream, RequestTooLarge(f"request body exceeds {cfg.max_body_bytes} bytes"))
-            return NullHandler(api.name)
+            return Refusal(RequestTooLarge(f"request body exceeds {cfg.max_body_bytes} bytes"), api.name)
         if cfg.strip_path:
             path = strip_prefix(prefix, path)
         info = stream.info
@@ -169,6 +107,20 @@ class ListenerDispatcher:
         )
         handler.start()
         return handler
+
+    def _plain_http(self, stream, head, path: str):
+        """An ACME HTTP-01 answer, a redirect to https (redirect_https), or None (route as usual)."""
+        from txgate.http.static import StaticHandler, https_location
+
+        if self.challenges is not None and head.method in (b"GET", b"HEAD"):
+            answer = self.challenges.http_answer(path)
+            if answer is not None:
+                return StaticHandler(stream, 200, [(b"content-type", b"text/plain")], answer.encode("ascii"),
+                                     "acme:http-01")
+        if self.redirect_https:
+            return StaticHandler(stream, 308, [(b"location", https_location(head.authority, head.target))], b"",
+                                 "redirect:https")
+        return None
 
     def _decide(self, info, api: ApiRuntime) -> str:
         """The allowlist decision for this connection and API: computed once, cached in ``info.extra``."""

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_negotiator_unit -*-
 """Downstream connections: TLS wrapping, ALPN choice of HTTP/1.1 or HTTP/2, connection limits."""
 from __future__ import annotations
 
@@ -8,21 +9,10 @@ from zope.interface import implementer
 
 from txgate.http.exchange import ConnectionInfo, Limits
 from txgate.http.h1 import H1Connection
+from txgate.tls.outcomes import HandshakeFailure, HandshakeOutcome, classify_handshake_failure
+from txgate.tls.serverconn import TLSServerFactory
 
-log = Logger()
-
-
-def _handshake_error(reason) -> str:
-    value = getattr(reason, "value", reason)
-    args = getattr(value, "args", None)
-    if args and isinstance(args[0], list) and args[0]:
-        parts = []
-        for item in args[0]:
-            if isinstance(item, tuple) and len(item) >= 3:
-                parts.append(str(item[2]))
-        if parts:
-            return "; ".join(parts)
-    return f"{value.__class__.__name__}: {value}" if str(value) else value.__class__.__name__
+log = Logger(namespace="txgate.listener")
 
 
 @implementer(IHandshakeListener)
@@ -63,8 +53,7 @@ class Negotiator(Protocol):
         info.sni, info.tls_version, info.cipher, info.alpn = connection_facts(self.transport)
         if self.factory.client_certs:
             self._capture_client_certificate()
-        # metrics hook: one O(1) count per handshake (the dispatcher carries the Metrics, if any).
-        metrics = getattr(self.factory.dispatcher, "metrics", None)
+        metrics = self.factory.metrics  # one O(1) count per handshake
         if metrics is not None:
             metrics.handshake(info.listener, info.tls_version, "ok")
         self._start(info.alpn)
@@ -86,7 +75,6 @@ class Negotiator(Protocol):
             # No callback facts (e.g. a resumed session): never claim a verified chain.
             verified = bool(called and state.verified)
             cas = state.ca_fingerprints if verified else ()
-            self.info.peer_certificate = der
             self.info.extra[PEER] = PeerCertificate(der, verified, cas, cert)
         except Exception:
             # Fail closed: the connection then has no client certificate for any API.
@@ -94,6 +82,11 @@ class Negotiator(Protocol):
 
     def _start(self, alpn: str | None) -> None:
         f = self.factory
+        if alpn == "acme-tls/1":
+            # An ACME TLS-ALPN-01 validation: the handshake was the answer (RFC 8737 section 3).
+            self.inner = Protocol()  # not a failed handshake; nothing more is read
+            self.transport.loseConnection()
+            return
         if alpn == "h2":
             from txgate.http.h2 import H2Connection
 
@@ -116,25 +109,24 @@ class Negotiator(Protocol):
         if self.inner is not None:
             self.inner.connectionLost(reason)
         elif self.tls:
-            why = _handshake_error(reason)
-            refused = self.factory.client_certs and self._client_certificate_refused(why)
-            if not refused and "ConnectionDone" not in why and "ConnectionLost" not in why:
+            failure = classify_handshake_failure(reason)
+            refused = self.factory.client_certs and self._client_certificate_refused(failure)
+            if not refused and failure.outcome is not HandshakeOutcome.ABORTED:
                 log.info("TLS handshake with {client} on {listener} failed: {why}",
-                         client=self.info.client_host, listener=self.info.listener, why=why)
-            # metrics hook: the failed handshake's result (a refusal reason code, or its kind).
-            metrics = getattr(self.factory.dispatcher, "metrics", None)
+                         client=self.info.client_host, listener=self.info.listener, why=failure.why)
+            metrics = self.factory.metrics  # the failed handshake's result (a refusal reason code, or its kind)
             if metrics is not None:
-                from txgate.metrics import result_for_handshake_error, result_for_refusal
+                from txgate.metrics import result_for_refusal
 
                 if refused:
                     result = result_for_refusal(refused)
                 elif self.handshake_timed_out:
                     result = "timeout"
                 else:
-                    result = result_for_handshake_error(why)
+                    result = failure.outcome.value
                 metrics.handshake(self.info.listener, None, result)
 
-    def _client_certificate_refused(self, why: str) -> str | None:
+    def _client_certificate_refused(self, failure: HandshakeFailure) -> str | None:
         """Log the one line of a handshake refused for its client certificate; its reason code, or None."""
         from txgate.tls.clientverify import MISSING_REASON
 
@@ -145,7 +137,7 @@ class Negotiator(Protocol):
             pass
         code = getattr(state, "reason", None)
         detail = getattr(state, "detail", None)
-        if code is None and "peer did not return a certificate" in why:
+        if code is None and failure.no_client_certificate:
             code, detail = MISSING_REASON, "no client certificate sent"
         if code is None:
             return None
@@ -162,11 +154,12 @@ class Negotiator(Protocol):
 
 
 class ListenerFactory(Factory):
-    """Builds one Negotiator per accepted connection; refuses connections above the limit."""
+    """Builds one Negotiator per accepted connection; the one place that refuses connections above the limit."""
 
     def __init__(self, name: str, dispatcher, limits: Limits, clock, *, tls: bool, max_connections: int,
-                 client_certs=None) -> None:
+                 client_certs=None, metrics=None) -> None:
         self.name = name
+        self.metrics = metrics  # txgate.metrics.Metrics: handshake outcomes (None: not counted)
         # The listener's ClientVerifier when it asks for client certificates: captured at handshakeCompleted.
         self.client_certs = client_certs
         self.dispatcher = dispatcher
@@ -180,7 +173,7 @@ class ListenerFactory(Factory):
     def accepting(self) -> bool:
         """False (and a throttled warning) when max_connections are open: refuse the connection.
 
-        Checked in front of the TLS wrapper too, which cannot handle a refused inner protocol."""
+        ``wrap_tls`` passes the refusal through, so nothing is built for it (TLS included)."""
         if len(self.connections) < self.max_connections:
             return True
         self.refused += 1
@@ -199,7 +192,7 @@ class ListenerFactory(Factory):
 
 
 def wrap_tls(factory: ListenerFactory, server_tls, clock):
-    """Put TLS under a listener factory (txgate's own server-side TLS protocol; ``clock``: unused)."""
-    from txgate.tls.serverconn import TLSServerFactory
+    """Put TLS under a listener factory: txgate's own server-side TLS protocol (``clock``: unused).
 
+    A connection the factory refuses gets no TLS protocol either (``TLSServerFactory`` passes the None on)."""
     return TLSServerFactory(server_tls, factory)

@@ -1,0 +1,115 @@
+"""The listener's negotiator in memory (txgate.testing): ALPN choice, handshake failures, their logs and metrics."""
+from __future__ import annotations
+
+import pytest
+
+from memory_fixtures import make, other_pki, pki  # noqa: F401 (fixtures)
+from txgate.testing import MemoryGateway
+
+
+def handshakes(gw: MemoryGateway) -> dict:
+    return {(version, result): n for (_listener, version, result), n in gw.metrics.handshakes.items()}
+
+
+# -- ALPN ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("offered, expected", [
+    (("h2", "http/1.1"), "h2"),
+    (("http/1.1", "h2"), "h2"),  # the server's preference decides
+    (("h2",), "h2"),
+    (("http/1.1",), "http/1.1"),
+])
+def test_alpn_chooses_the_protocol(make, offered, expected):
+    gw = make(upstream="builtin:echo")
+    client = gw.client(alpn=offered)
+    assert client.alpn == expected
+    response = client.get("/a/x")
+    assert response.status == 200 and response.json()["path"] == "/a/x"
+    assert (response.stream_id is not None) == (expected == "h2")
+
+
+def test_no_alpn_is_http11(make):
+    gw = make(upstream="builtin:echo")
+    client = gw.client(alpn=None)
+    assert client.alpn is None
+    response = client.get("/a/x")
+    assert response.status == 200 and response.stream_id is None
+
+
+def test_listener_without_h2_answers_http11_to_h2_capable_clients(make):
+    gw = make(upstream="builtin:echo", listener="alpn = http/1.1\n")
+    client = gw.client(alpn=("h2", "http/1.1"))
+    assert client.alpn == "http/1.1"
+    assert client.get("/a/x").status == 200
+
+
+def test_successful_handshake_is_counted_with_its_version(make):
+    gw = make(upstream="builtin:echo")
+    gw.client().get("/a/x")
+    assert handshakes(gw) == {("TLSv1.3", "ok"): 1}
+
+
+# -- handshake failures --------------------------------------------------------------------------------
+def test_plain_http_on_the_tls_port_is_a_protocol_error(make):
+    gw = make(upstream="builtin:echo")
+    client = gw.client(tls=False)
+    client.request("GET", "/a/x")
+    gw.flush()
+    assert client.closed
+    lines = gw.logs.matching(r"TLS handshake with 127\.0\.0\.1 on main failed: ")
+    assert len(lines) == 1 and "http request" in lines[0].lower()
+    assert handshakes(gw) == {("unknown", "protocol_error"): 1}
+
+
+def test_client_that_distrusts_the_certificate_is_logged_with_the_alert(make, other_pki):
+    gw = make(upstream="builtin:echo")
+    client = gw.client(ca=other_pki)
+    assert client.closed and client.alpn is None
+    lines = gw.logs.matching(r"TLS handshake with 127\.0\.0\.1 on main failed: ")
+    assert len(lines) == 1 and "unknown ca" in lines[0].lower()
+    assert handshakes(gw) == {("unknown", "failed"): 1}
+
+
+def test_client_leaving_before_the_handshake_is_aborted_without_a_log_line(make):
+    gw = make(upstream="builtin:echo")
+    client = gw.client(tls=False)
+    client.close()
+    assert gw.logs.matching(r"TLS handshake") == []
+    assert handshakes(gw) == {("unknown", "aborted"): 1}
+
+
+def test_handshake_not_finished_within_header_timeout_is_closed(make):
+    gw = make(upstream="builtin:echo", listener="header_timeout = 3\n")
+    client = gw.client(tls=False)  # connects and never sends a ClientHello
+    gw.advance(2.9)
+    assert not client.closed
+    gw.advance(0.2)
+    assert client.closed
+    assert gw.logs.matching(r"TLS handshake from 127\.0\.0\.1 not completed within 3(\.0)?s; closing")
+    assert handshakes(gw) == {("unknown", "timeout"): 1}
+
+
+def test_missing_client_certificate_is_refused_with_its_code(make, pki):
+    gw = make(upstream="builtin:echo", listener=f"client_auth = require\nclient_ca = {pki.ca_path}\n")
+    client = gw.client()
+    gw.flush()
+    assert client.closed
+    assert gw.logs.matching(r"TLS handshake with 127\.0\.0\.1 on main refused: client_certificate_required: no client certificate sent")
+    assert gw.logs.matching(r"TLS handshake with .* failed") == []
+    assert handshakes(gw) == {("unknown", "no_certificate"): 1}
+
+
+def test_client_certificate_is_accepted_and_the_request_served(make, pki):
+    gw = make(upstream="builtin:echo", listener=f"client_auth = require\nclient_ca = {pki.ca_path}\n")
+    client = gw.client(certificate=pki.issue(client=True, common_name="client-a"))
+    response = client.get("/a/x")
+    assert response.status == 200
+    assert handshakes(gw) == {("TLSv1.3", "ok"): 1}
+
+
+def test_connections_above_max_connections_are_refused_with_a_warning(make):
+    gw = make(upstream="builtin:echo", listener="max_connections = 1\n")
+    first = gw.client()
+    second = gw.client()
+    assert not first.closed and second.closed
+    assert gw.logs.matching(r"listener main: 1 connections open \(max_connections\); refusing new ones")
+    assert first.get("/a/x").status == 200
