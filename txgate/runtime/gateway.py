@@ -88,17 +88,19 @@ class GatewayService(Service):
         self.store_listing: list = []  # CertInfo of the store entries (refreshed on changes)
         # Runs blocking work (file and store reads, context building) off the reactor thread.
         self.run_blocking = self._in_thread
-        from txgate.acme.challenges import ChallengeBoard
-
-        # Pending ACME challenges, answered by every generation's listeners (see txgate.acme).
-        self.challenges = ChallengeBoard()
-        # Called with the new Config after each successful reload (e.g. the ACME service follows it).
-        self.on_reload: list = []
         # Worker processes (txgate.runtime.workers): "single" listens and serves; a "supervisor" serves no
         # traffic (no generation, no ports); a "worker" adopts the supervisor's sockets (listener name ->
         # (fd, family)) and leaves store watching to the supervisor.
         self.role = role
         self.listen_fds = listen_fds or {}
+        from txgate.acme.challenges import ChallengeBoard
+        from txgate.acme.shelves import open_shelf
+
+        # Pending ACME challenges, answered by every generation's listeners (see txgate.acme): kept where
+        # the process that answers sees them (the supervisor orders, its workers answer; a fleet shares Redis).
+        self.challenges = ChallengeBoard(open_shelf(role, self.config.gateway.state_dir, store, reactor))
+        # Called with the new Config after each successful reload (e.g. the ACME service follows it).
+        self.on_reload: list = []
 
     def _in_thread(self, fn, *args):
         from twisted.internet.threads import deferToThreadPool
