@@ -43,3 +43,48 @@ def test_two_workers_answer_the_supervisors_challenges_and_both_serve_the_certif
     directory = gw.workdir / "txgate-state" / "run" / "acme-challenges"
     assert oct(directory.stat().st_mode & 0o777) == "0o700"
     assert [p.name for p in directory.iterdir()] == []
+
+
+# -- a fleet on one Redis store: the gateway the CA reaches is not the one that orders ---------------
+from test_store_redis import redis_server  # noqa: E402,F401 (a fixture)
+
+BYSTANDER = """
+[gateway]
+state_dir = ./txgate-state
+access_log = off
+{store}
+
+[admin]
+bind = off
+
+[listener:http]
+bind = 127.0.0.1:{http_port}
+tls = off
+
+[listener:https]
+bind = 127.0.0.1:{tls_port}
+"""
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("challenge", ["http-01", "tls-alpn-01"])
+def test_a_gateway_of_the_fleet_that_did_not_order_answers_the_challenge(acme_env, tmp_path, redis_server,  # noqa: F811
+                                                                         challenge):
+    from test_store import SECRET
+
+    redis_server.client().flushdb()
+    secret = tmp_path / "store-secret"
+    secret.write_bytes(SECRET)
+    store = f"store = {redis_server.url()}\nstore_secret_file = {secret}"
+    start_pebble, start_gateway = acme_env
+    b_http, b_tls = free_port(), free_port()
+    pebble = start_pebble(b_http, b_tls)  # the CA validates against gateway B only
+    b = start_gateway(BYSTANDER.format(store=store, http_port=b_http, tls_port=b_tls), name="b")
+    a_http, a_tls = free_port(), free_port()
+    a = start_gateway(_config(pebble, a_http, a_tls, challenge).replace("[gateway]\n", f"[gateway]\n{store}\n"),
+                      name="a")
+    a.wait_log(r"acme: certificate for www.acme-test.example issued", timeout=90)
+    root = tmp_path / "pebble-root.pem"
+    root.write_bytes(pebble.root_pem())
+    poll(lambda: _served_by_pebble(a, a_tls, str(root)), 20, 0.2, "the ACME certificate being served by A")
+    assert "ordering" not in b.output()

@@ -92,3 +92,46 @@ def test_a_supervisor_starts_with_an_empty_directory_and_a_worker_keeps_it(tmp_p
     ChallengeBoard(open_shelf("worker", state)).add_http("old", "old.thumb")
     assert ChallengeBoard(open_shelf("worker", state)).pending == 1
     assert ChallengeBoard(open_shelf("supervisor", state)).pending == 0
+
+
+# -- Redis: every gateway of a fleet answers -------------------------------------------------------
+from test_store_redis import redis_server  # noqa: E402,F401 (a fixture)
+
+
+@pytest.fixture
+def two_stores(redis_server, tmp_path):  # noqa: F811
+    from test_store import SECRET, open_store
+
+    redis_server.client().flushdb()
+    stores = [open_store(redis_server.url(), str(tmp_path / f"s{i}"), SECRET) for i in range(2)]
+    yield stores
+    for s in stores:
+        s.close()
+
+
+def test_redis_shelf_answers_on_the_gateway_that_did_not_write(two_stores, redis_server):  # noqa: F811
+    from conftest import poll
+    from txgate.acme.redis_shelf import RedisShelf
+
+    ordering = ChallengeBoard(open_shelf("single", "unused", two_stores[0]))
+    ordering.add_http("early", "early.thumb")  # before the other gateway follows: found by its first re-read
+    other = ChallengeBoard(RedisShelf.for_store(two_stores[1], settle=0))
+    poll(lambda: other.http_answer(PREFIX + "early") == "early.thumb", 5, 0.01, "the re-read entry")
+    ordering.add_http("tok", "tok.thumb")
+    ordering.add_alpn("www.example.com", "a.thumb")
+    poll(lambda: other.http_answer(PREFIX + "tok") == "tok.thumb", 5, 0.01, "the published http-01 entry")
+    cert, _key = poll(lambda: other.alpn_pair("www.example.com"), 5, 0.01, "the published tls-alpn-01 entry")
+    assert cert.extensions.get_extension_for_oid(ACME_IDENTIFIER_OID).critical
+    ttl = redis_server.client().ttl("txgate:store:acme-challenge:http:tok")
+    assert 0 < ttl <= 900
+    ordering.remove_http("tok")
+    ordering.remove_alpn("www.example.com")
+    poll(lambda: other.http_answer(PREFIX + "tok") is None and other.alpn_pair("www.example.com") is None, 5, 0.01,
+         "the removals")
+    # A key that expired (no message) is dropped by the next re-read.
+    redis_server.client().delete("txgate:store:acme-challenge:http:early")
+    other.shelf.follower.resync_every = 0.1
+    poll(lambda: other.http_answer(PREFIX + "early") is None, 5, 0.01, "the expired entry gone")
+    # Closing the store stops the follower thread.
+    two_stores[1].close()
+    assert not other.shelf.follower._thread.is_alive()

@@ -149,14 +149,14 @@ class PairCache:
                 del self._pairs[k]
 
 
-def open_shelf(role: str, state_dir: str, store=None, reactor=None):
+def open_shelf(role: str, state_dir: str, store=None):
     """The shelf of a gateway process in ``role`` (``single``, ``supervisor``, ``worker``): see ``shelf_kind``.
     A supervisor empties the directory first (what an earlier run left is no pending order of ours)."""
     kind = shelf_kind(role, getattr(store, "_r", None) is not None)
     if kind == "redis":
         from txgate.acme.redis_shelf import RedisShelf
 
-        return RedisShelf.for_store(store, reactor, writer=role != "worker")
+        return RedisShelf.for_store(store, reader=role != "supervisor")
     if kind == "directory":
         shelf = DirectoryShelf(os.path.join(state_dir, CHALLENGE_DIR))
         if role == "supervisor":

@@ -98,7 +98,7 @@ class GatewayService(Service):
 
         # Pending ACME challenges, answered by every generation's listeners (see txgate.acme): kept where
         # the process that answers sees them (the supervisor orders, its workers answer; a fleet shares Redis).
-        self.challenges = ChallengeBoard(open_shelf(role, self.config.gateway.state_dir, store, reactor))
+        self.challenges = ChallengeBoard(open_shelf(role, self.config.gateway.state_dir, store))
         # Called with the new Config after each successful reload (e.g. the ACME service follows it).
         self.on_reload: list = []
 
