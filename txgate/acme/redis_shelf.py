@@ -14,7 +14,6 @@ telling the CA to validate, so that the other gateways have the entry by then.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -125,32 +124,23 @@ class _Follower(Subscription):
         self._thread.start()
 
     def _run(self) -> None:
-        backoff = 0.1
-        while not self._stop.is_set():
-            pubsub = self.shelf._r.pubsub()
-            try:
-                pubsub.subscribe(self.shelf.channel)
-                last = None
-                while not self._stop.is_set():
-                    msg = pubsub.get_message(timeout=0.2)
-                    if msg is not None and msg["type"] == "subscribe" or (
-                            last is not None and time.monotonic() - last >= self.resync_every):
-                        self.shelf.resync()  # after (re)subscribing: nothing published meanwhile is missed
-                        last = time.monotonic()
-                        backoff = 0.1
-                        self.synced.set()
-                    elif msg is not None and msg["type"] == "message":
-                        self.shelf.apply(msg["data"])
-            except Exception as e:
-                if self._stop.is_set():
-                    break
-                log.warn("acme: challenges from {redis} not followed ({error}); retrying in {delay}s",
-                         redis=self.shelf._label, error=str(e), delay=backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    pubsub.close()
+        from txgate.store.redis_backend import follow_channel
+
+        last = [0.0]
+
+        def resync():
+            self.shelf.resync()  # after (re)subscribing: nothing published meanwhile is missed
+            last[0] = time.monotonic()
+            self.synced.set()
+
+        def idle():
+            if self.synced.is_set() and time.monotonic() - last[0] >= self.resync_every:
+                resync()
+
+        follow_channel(self.shelf._r, self.shelf.channel, self._stop, resync, self.shelf.apply,
+                       lambda error, delay: log.warn("acme: challenges from {redis} not followed ({error}); retrying "
+                                                     "in {delay}s", redis=self.shelf._label, error=error, delay=delay),
+                       idle)
 
     def close(self) -> None:
         self._stop.set()
