@@ -92,17 +92,19 @@ class GatewayService(Service):
 
         # OCSP staple refreshers and the client-status cache: one per process, carried across reloads.
         self.ocsp = OCSPService(reactor, run_blocking=lambda fn, *a: self.run_blocking(fn, *a), metrics=metrics)
-        from txgate.acme.challenges import ChallengeBoard
-
-        # Pending ACME challenges, answered by every generation's listeners (see txgate.acme).
-        self.challenges = ChallengeBoard()
-        # Called with the new Config after each successful reload (e.g. the ACME service follows it).
-        self.on_reload: list = []
         # Worker processes (txgate.runtime.workers): "single" listens and serves; a "supervisor" serves no
         # traffic (no generation, no ports); a "worker" adopts the supervisor's sockets (listener name ->
         # (fd, family)) and leaves store watching to the supervisor.
         self.role = role
         self.listen_fds = listen_fds or {}
+        from txgate.acme.challenges import ChallengeBoard
+        from txgate.acme.shelves import open_shelf
+
+        # Pending ACME challenges, answered by every generation's listeners (see txgate.acme): kept where
+        # the process that answers sees them (the supervisor orders, its workers answer; a fleet shares Redis).
+        self.challenges = ChallengeBoard(open_shelf(role, self.config.gateway.state_dir, store))
+        # Called with the new Config after each successful reload (e.g. the ACME service follows it).
+        self.on_reload: list = []
 
     def _in_thread(self, fn, *args):
         from twisted.internet.threads import deferToThreadPool

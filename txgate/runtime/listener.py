@@ -5,12 +5,12 @@ from __future__ import annotations
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from txgate.tlswrap import DirectTLSFactory
 from zope.interface import implementer
 
 from txgate.http.exchange import ConnectionInfo, Limits
 from txgate.http.h1 import H1Connection
 from txgate.tls.outcomes import HandshakeFailure, HandshakeOutcome, classify_handshake_failure
+from txgate.tls.serverconn import TLSServerFactory
 
 log = Logger(namespace="txgate.listener")
 
@@ -254,5 +254,7 @@ class ListenerFactory(Factory):
 
 
 def wrap_tls(factory: ListenerFactory, server_tls, clock):
-    """Put TLS under a listener factory (a connection it refuses gets no TLS protocol either)."""
-    return DirectTLSFactory(server_tls, False, factory, clock=clock)
+    """Put TLS under a listener factory: txgate's own server-side TLS protocol (``clock``: unused).
+
+    A connection the factory refuses gets no TLS protocol either (``TLSServerFactory`` passes the None on)."""
+    return TLSServerFactory(server_tls, factory)
