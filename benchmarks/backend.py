@@ -13,7 +13,8 @@ from . import procs as _procs
 
 BODY = b"hello\n"
 
-NGINX_CONF = """\
+# One worker, files in DIR, no access log, long keep-alive: the start of every nginx the harness runs.
+NGINX_HEAD = """\
 {user}worker_processes 1;
 daemon off;
 pid {dir}/nginx.pid;
@@ -28,6 +29,9 @@ http {{
     scgi_temp_path {dir}/scgi;
     keepalive_requests 100000;
     keepalive_timeout 120s;
+"""
+
+NGINX_CONF = NGINX_HEAD + """\
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{

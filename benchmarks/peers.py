@@ -11,22 +11,9 @@ import datetime
 import os
 
 from . import procs as _procs
+from .backend import NGINX_HEAD
 
-NGINX_PROXY_CONF = """\
-{user}worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-events {{ worker_connections 8192; multi_accept on; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    keepalive_requests 100000;
-    keepalive_timeout 120s;
+NGINX_PROXY_CONF = NGINX_HEAD + """\
     http2_max_requests 1000000;
     upstream backend {{
         server 127.0.0.1:{upstream_port};

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import socket
 
-from conftest import ADMIN_EPHEMERAL, curl
+from conftest import curl
+from test_metrics_traffic import GW
 from txgate.tls.serverconn import PLAIN_HTTP_HINT, looks_like_plain_http
 
-GW = ADMIN_EPHEMERAL + """
-[gateway]
-state_dir = ./txgate-state
-
-[listener:main]
-bind = 127.0.0.1:0
-
-[api:echo]
-path = /echo
-upstream = builtin:echo
-"""
 
 
 def test_first_bytes_decide():
@@ -30,8 +20,8 @@ def test_first_bytes_decide():
     assert not looks_like_plain_http(b"")
 
 
-def test_plain_http_on_a_tls_port_gets_400_with_a_hint(gateway_factory):
-    gw = gateway_factory(GW)
+def test_plain_http_on_a_tls_port_gets_400_with_a_hint(gateway_factory, backend):
+    gw = gateway_factory(GW.format(backend=backend.url()))
     r = curl("-sS", "-i", "--max-time", "10", f"http://127.0.0.1:{gw.port}/echo/x")
     assert r.returncode == 0, r.stderr
     head, _, body = r.stdout.partition(b"\r\n\r\n")

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import poll
+from test_metrics_traffic import CTX
+from test_metrics_traffic import GW as TRAFFIC_GW
 from txgate.admin.facade import HeldCertificate, TargetState, target_state
 from txgate.admin.status import days_left, expiry_class, render_status
 
@@ -59,33 +61,8 @@ def test_page_escapes_everything_it_shows():
 
 # -- a real gateway ----------------------------------------------------------------------------------------
 
-GW = """
-[gateway]
-state_dir = ./txgate-state
-
-[listener:main]
-bind = 127.0.0.1:0
-
-[listener:plain]
-bind = 127.0.0.1:0
-tls = off
-
-[api:echo]
-path = /echo
-upstream = builtin:echo
-
-[api:back]
-path = /back
-upstream = {backend}
-
-[admin]
-bind = 127.0.0.1:0
-{admin}
-"""
-
-NO_VERIFY = ssl.create_default_context()
-NO_VERIFY.check_hostname = False
-NO_VERIFY.verify_mode = ssl.CERT_NONE
+# The traffic test's gateway (echo, a proxied API, loopback admin), plus a plain HTTP listener.
+GW = TRAFFIC_GW + "{admin}\n\n[listener:plain]\nbind = 127.0.0.1:0\ntls = off\n"
 
 
 def fetch(port: int, path: str = "/", headers: dict | None = None) -> tuple[int, dict, str]:
@@ -104,7 +81,7 @@ def failed_handshake(port: int) -> None:
 
 
 def proxied(port: int) -> int:
-    c = http.client.HTTPSConnection("localhost", port, context=NO_VERIFY, timeout=20)
+    c = http.client.HTTPSConnection("localhost", port, context=CTX, timeout=20)
     c.request("GET", "/back/x")
     r = c.getresponse()
     r.read()
