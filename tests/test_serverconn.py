@@ -150,7 +150,7 @@ def test_garbage_fails_the_handshake_with_the_openssl_error(server_tls):
 
 
 def test_plain_http_gets_a_400_in_clear_and_fails_the_handshake(server_tls):
-    from twisted.test.proto_helpers import StringTransport
+    from twisted.internet.testing import StringTransport
 
     from txgate.tls.outcomes import HandshakeOutcome, PlainHTTPRequest, classify_handshake_failure
     from txgate.tls.serverconn import PLAIN_HTTP_HINT
