@@ -26,7 +26,7 @@ def makeService(options):
         cfg = loader()
         top = _make(cfg, loader=loader)
     except _config.ConfigError as e:
-        sys.stderr.write(f"txgate: configuration error: {e}\n")
+        sys.stderr.write("".join(f"txgate: configuration error: {line}\n" for line in e.lines()))
         sys.stderr.flush()
         raise SystemExit(1)
     CleanExitOnSignals().setServiceParent(top)

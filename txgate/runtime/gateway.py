@@ -127,6 +127,7 @@ class GatewayService(Service):
             self.fronts[ln.name] = front
             self.binds[ln.name] = (ln.host, ln.port)
             self._log_listening(gen, ln)
+        self._record_running()
         if self.store is not None:
             from txgate.store import DeferredStore
 
@@ -137,6 +138,24 @@ class GatewayService(Service):
                 log.error("store: cannot subscribe to changes ({error}); reload with SIGHUP after store writes",
                           error=str(e))
             self._refresh_listing()
+
+    def _record_running(self) -> None:
+        """Tell `txgate check` which addresses this gateway holds (state_dir/running.json)."""
+        import os
+
+        from txgate.plan.running import write_running
+
+        if not os.path.isdir(self.config.gateway.state_dir):
+            return
+        binds = [(ln.host, ln.port) for ln in self.config.listeners if ln.port]
+        adm = self.config.admin
+        if adm.enabled and self.plan.admin_available and adm.port:
+            binds.append((adm.host, adm.port))
+        try:
+            write_running(self.config.gateway.state_dir, os.getpid(), binds)
+        except OSError as e:
+            log.warn("cannot write {state_dir}/running.json ({error}): txgate check will find the ports busy",
+                     state_dir=self.config.gateway.state_dir, error=e.strerror or str(e))
 
     def _generations(self) -> list[Generation]:
         return [g for g in [self.current, *self.retiring] if g is not None]
@@ -172,6 +191,11 @@ class GatewayService(Service):
                 gen.access_log.close()
         if self.store is not None:
             yield self.run_blocking(self.store.close)
+        import os
+
+        from txgate.plan.running import remove_running
+
+        remove_running(self.config.gateway.state_dir, os.getpid())
         log.info("txgate stopped")
 
     @defer.inlineCallbacks
@@ -265,6 +289,7 @@ class GatewayService(Service):
         self.current = gen
         self.plan = plan
         self.config = cfg
+        self._record_running()
         for name in moves.closed:
             log.info("listener {name} stopped listening on {address} (removed or moved)", name=name,
                      address=closed_at[name])
