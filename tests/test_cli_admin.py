@@ -152,10 +152,12 @@ def test_store_put_through_the_admin_api_and_offline(tmp_path, gateway_factory, 
     gw.wait_log(r"admin API: stored web \(id [0-9a-f]+, version 2, key yes\)")
     proc = txgate_cli("store", "list", "--config", str(cfg), cwd=workdir)
     assert proc.returncode == 0 and "web@2" in proc.stdout and "versions=1,2" in proc.stdout
-    # A refusal through the API is one line and exit 1.
+    # A refusal through the API is one line and exit 1: the key of another certificate.
+    (tmp_path / "other-key.pem").write_bytes(pem_key(web))
     proc = txgate_cli("store", "put", "--config", str(cfg), "web", str(tmp_path / "web.pem"),
-                      str(tmp_path / "web.pem"), cwd=workdir)
-    assert proc.returncode == 1 and proc.stderr.startswith("txgate store put: ") and proc.stdout == ""
+                      str(tmp_path / "other-key.pem"), cwd=workdir)
+    assert proc.returncode == 1 and proc.stderr.startswith("txgate store put: key_mismatch: "), proc.stderr
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1
 
 
 @pytest.mark.parametrize("flag", ["--version", "-V"])

@@ -1,27 +1,91 @@
-"""twistd glue: `twistd txgate --config gw.ini`."""
+# -*- test-case-name: tests.test_signals_e2e,tests.test_config_e2e,tests.test_cli_admin -*-
+"""twistd glue: `twistd txgate --config gw.ini`: options, help, daemon-mode defaults, signal handlers."""
 from __future__ import annotations
 
-import signal
+import os
 import sys
 
-from twisted.application.service import Service
 from twisted.python import usage
+
+from txgate.runtime.signals import CleanExitOnSignals, ReloadOnSignal, ReopenOnSignal, handle_signals
+
+__all__ = ["CleanExitOnSignals", "Options", "ReloadOnSignal", "ReopenOnSignal", "makeService"]
+
+HELP = """
+Running it:
+  twistd -n txgate -c gw.ini       in the foreground (systemd, containers, a terminal): logs and the
+                                   access log (access_log = -) go to stdout
+  twistd txgate -c gw.ini          as a daemon: logs go to STATE_DIR/txgate.log unless --logfile or
+                                   --syslog says otherwise, and access_log = - means STATE_DIR/access.log
+  --pidfile=PATH                   twistd's pid file; without it STATE_DIR/twistd.pid ([gateway]
+                                   state_dir), so gateways with their own state_dir start side by side;
+                                   --pidfile= (empty) writes none (what systemd units use with -n)
+
+Signals:
+  SIGHUP           reload gw.ini and the certificate store (as `txgate reload` and POST /reload);
+                   a configuration with mistakes is refused and the running one kept
+  SIGUSR1          reopen the access log and txgate's log file (after logrotate moved them)
+  SIGTERM, SIGINT  stop accepting, finish requests in flight (up to shutdown_timeout), exit 0
+
+Check a configuration first with `txgate check -c gw.ini`; `txgate --help` lists the other commands.
+"""
+
+
+def _load_quietly(path: str | None):
+    """The Config, or None when it does not parse (makeService then reports why)."""
+    from txgate import config as _config
+
+    try:
+        return _config.load(path) if path else _config.default_config()
+    except _config.ConfigError:
+        return None
 
 
 class Options(usage.Options):
+    synopsis = "[twistd options] txgate [--config gw.ini]"
     optParameters = [["config", "c", None, "path to gw.ini (default: the embedded defaults)"]]
 
+    def getUsage(self, width=None) -> str:
+        return super().getUsage(width) + HELP
+
     def postOptions(self) -> None:
-        pass
+        parent = getattr(self, "parent", None)
+        if parent is None:
+            return
+        cfg = _load_quietly(self["config"])
+        if cfg is None:
+            return
+        state_dir = cfg.gateway.state_dir
+        # Defaults that keep a gateway's files with its state (twistd's own: ./twistd.pid, ./twistd.log).
+        if parent.get("pidfile") == "twistd.pid":
+            parent["pidfile"] = os.path.abspath(os.path.join(state_dir, "twistd.pid"))
+        if not parent.get("nodaemon") and not parent.get("logfile") and not parent.get("syslog"):
+            parent["logfile"] = os.path.abspath(os.path.join(state_dir, "txgate.log"))
+        self.daemon = not parent.get("nodaemon")
+        self.state_dir = state_dir
+        if cfg.gateway.log_format == "json" and not parent.get("logger"):
+            from txgate.runtime.logs import use_json_for_twistd
+
+            parent["logger"] = use_json_for_twistd(parent.get("logfile"))
 
 
 def makeService(options):
-    """Validate the configuration (one line on stderr and exit 1 on a mistake) and build the service."""
+    """Validate the configuration (one line per mistake on stderr and exit 1) and build the service."""
     from txgate import config as _config
     from txgate.runtime.assemble import makeService as _make
+    from txgate.runtime.logs import daemon_access_log
 
     path = options["config"]
-    loader = (lambda: _config.load(path)) if path else _config.default_config
+    load = (lambda: _config.load(path)) if path else _config.default_config
+    daemon = getattr(options, "daemon", False)
+    if daemon:
+        # stdout is closed in daemon mode: `access_log = -` goes to state_dir/access.log instead.
+        os.makedirs(options.state_dir, mode=0o700, exist_ok=True)
+
+        def loader():
+            return daemon_access_log(load())
+    else:
+        loader = load
     try:
         cfg = loader()
         top = _make(cfg, loader=loader)
@@ -29,52 +93,5 @@ def makeService(options):
         sys.stderr.write("".join(f"txgate: configuration error: {line}\n" for line in e.lines()))
         sys.stderr.flush()
         raise SystemExit(1)
-    CleanExitOnSignals().setServiceParent(top)
-    ReloadOnSignal(top.getServiceNamed("txgate")).setServiceParent(top)
+    handle_signals(top)
     return top
-
-
-class ReloadOnSignal(Service):
-    """SIGHUP reloads the gateway (config file and store), like the facade's ``reload``."""
-
-    def __init__(self, gateway) -> None:
-        self.gateway = gateway
-
-    def privilegedStartService(self) -> None:
-        # Installed before any child's startService (which logs the listeners): once a listener is
-        # announced, SIGHUP reloads instead of killing the process. The reactor leaves SIGHUP alone.
-        super().privilegedStartService()
-        from twisted.internet import reactor
-
-        def handler(signum, frame):
-            reactor.callFromThread(self.gateway.reload, "SIGHUP")
-
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, handler)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
-class CleanExitOnSignals(Service):
-    """SIGTERM/SIGINT stop the reactor gracefully and twistd exits 0.
-
-    twistd re-raises the terminating signal after shutdown (exit status 143); a gateway that
-    drained cleanly is a success, so these handlers stop the reactor themselves.
-    """
-
-    def startService(self) -> None:
-        super().startService()
-        from twisted.internet import reactor
-
-        def handler(signum, frame):
-            reactor.callFromThread(reactor.stop)
-
-        def install():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, handler)
-
-        # After the reactor has installed its own handlers (it does so while starting up).
-        reactor.callLater(0, install)

@@ -44,7 +44,7 @@ def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
     from txgate.expiry import ExpiryMonitor
     from txgate.metrics import Metrics
 
-    log.info("SPKI pin backend: {backend}", backend=_pins.describe_backend())
+    _pins.announce()  # once per process, whoever asks first
     metrics = Metrics()
     top = MultiService()
     gateway = GatewayService(plan, reactor, loader=loader, store=store, metrics=metrics)

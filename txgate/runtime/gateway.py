@@ -157,6 +157,19 @@ class GatewayService(Service):
             log.warn("cannot write {state_dir}/running.json ({error}): txgate check will find the ports busy",
                      state_dir=self.config.gateway.state_dir, error=e.strerror or str(e))
 
+    def reopen_logs(self, reason: str = "SIGUSR1", announce: bool = True) -> None:
+        """Reopen the access log files and txgate's own log file (logrotate moved them)."""
+        from txgate.runtime.logs import reopen_all
+
+        seen = set()
+        for gen in self._generations():
+            if id(gen.access_log) not in seen:
+                seen.add(id(gen.access_log))
+                gen.access_log.reopen()
+        reopen_all()
+        if announce:
+            log.info("log files reopened ({reason})", reason=reason)
+
     def _generations(self) -> list[Generation]:
         return [g for g in [self.current, *self.retiring] if g is not None]
 
@@ -246,6 +259,8 @@ class GatewayService(Service):
             return ReloadResult(False, f"{e.__class__.__name__}: {e}")
         for w in plan.warnings:
             log.warn("{warning}", warning=w)
+        # A reload also reopens the log files (as nginx does): a moved access log is let go.
+        self.reopen_logs(reason, announce=False)
         log.info("reloaded ({reason}): {summary}", reason=reason, summary=summary)
         if self.store is not None:
             self._refresh_listing()
