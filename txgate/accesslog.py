@@ -62,8 +62,9 @@ class AccessLog:
             authority = head.authority.decode("latin-1")
             path = head.target.decode("latin-1")
             proto = "HTTP/" + head.version.decode()
+            rid = head.request_id.decode("ascii") or "-"
         else:
-            method = authority = path = proto = "-"
+            method = authority = path = proto = rid = "-"
         if self.fmt == "json":
             line = json.dumps(
                 {
@@ -84,15 +85,16 @@ class AccessLog:
                     "api": api,
                     "upstream": upstream,
                     "duration_ms": round((ended - started) * 1000, 3),
+                    "request_id": rid,
                 },
                 separators=(",", ":"),
             )
         else:
-            line = '%s %s %s:%s sni=%s tls=%s cipher=%s alpn=%s "%s %s %s %s" %d in=%d out=%d api=%s upstream=%s %.3fms' % (
+            line = '%s %s %s:%s sni=%s tls=%s cipher=%s alpn=%s "%s %s %s %s" %d in=%d out=%d api=%s upstream=%s %.3fms id=%s' % (
                 self._time(ended), info.listener, info.client_host, info.client_port,
                 info.sni or "-", info.tls_version or "-", info.cipher or "-", info.alpn or "-",
                 method, authority or "-", path, proto, status, bytes_in, bytes_out,
-                api or "-", upstream or "-", (ended - started) * 1000,
+                api or "-", upstream or "-", (ended - started) * 1000, rid,
             )
         self.lines.append(line)
         if len(self.lines) >= 256:

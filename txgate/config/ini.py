@@ -39,6 +39,7 @@ upstream = builtin:echo
 
 GATEWAY_KEYS = {
     "state_dir", "access_log", "log_format", "shutdown_timeout", "store", "store_secret_file", "expiry_warning_days",
+    "error_detail",
 }
 ADMIN_KEYS = {"bind", "client_ca", "token_file", "allowed_hosts"}
 LISTENER_KEYS = {
@@ -239,6 +240,7 @@ def parse_gateway(s: Section) -> GatewayConfig:
         store=parse_store_url(s, "store"),
         store_secret_file=s.str("store_secret_file"),
         expiry_warning_days=s.number("expiry_warning_days", 30, integer=True, minimum=1),
+        error_detail=s.bool("error_detail", False),
     )
 
 

@@ -89,6 +89,8 @@ class GatewayConfig:
     store: str = "dir"
     store_secret_file: str | None = None
     expiry_warning_days: int = 30
+    # Error bodies carry the details (upstream URLs, TLS reasons) instead of a generic message: development only.
+    error_detail: bool = False
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ def build_generation(plan: Plan, reactor, *, connections: dict[str, set], metric
             runtimes[api.name] = ApiRuntime(api, up, plan.allowlists.get(api.name))
         for ln in cfg.listeners:
             apis = [runtimes[a.name] for a in cfg.apis_for(ln.name)]
-            dispatcher = ListenerDispatcher(ln.name, apis, reactor, access_log, metrics=metrics)
+            dispatcher = ListenerDispatcher(ln.name, apis, reactor, access_log, metrics=metrics,
+                                            error_detail=cfg.gateway.error_detail)
             limits = Limits(ln.max_header_bytes, ln.header_timeout, ln.idle_timeout)
             factory = ListenerFactory(ln.name, dispatcher, limits, reactor, tls=ln.tls,
                                       max_connections=ln.max_connections,
@@ -85,4 +86,5 @@ def build_upstream(api: ApiConfig, plan: Plan, reactor):
         )
         for t in api.upstreams
     ]
-    return Upstream(api.name, pools, timeout=api.timeout, max_body_bytes=api.max_body_bytes)
+    return Upstream(api.name, pools, timeout=api.timeout, max_body_bytes=api.max_body_bytes,
+                    error_detail=plan.config.gateway.error_detail)
