@@ -58,22 +58,28 @@ def cmd_store_list(args) -> int:
 
 def cmd_store_rollback(args) -> int:
     """Make the previous version of NAME current again (history is kept)."""
+    return _write_store(args, "txgate store rollback", lambda store: store.rollback(args.name),
+                        "reload the running gateway to serve it: kill -HUP <pid>, or POST /reload on the admin API")
+
+
+def _write_store(args, prog: str, write, hint: str, *, create: bool = False) -> int:
+    """Open the store, ``write(store) -> Entry``, say which version is current (and, for a directory
+    store, that a running gateway needs a reload: it notifies only within one process)."""
     from txgate.store import StoreError
 
-    cfg, store = _open_store(args)
+    cfg, store = _open_store(args, create=create)
     if store is None:
         return 1
     try:
-        entry = store.rollback(args.name)
+        entry = write(store)
     except StoreError as e:
-        print(f"txgate store rollback: {e.code}: {e.reason}", file=sys.stderr)
+        print(f"{prog}: {e.code}: {e.reason}", file=sys.stderr)
         return 1
     finally:
         store.close()
     print(f"{entry.name}: version {entry.version} is current (id {entry.id})")
     if cfg.gateway.store == "dir":
-        # Directory stores notify only within one process: tell the running gateway.
-        print("reload the running gateway to serve it: kill -HUP <pid>, or POST /reload on the admin API")
+        print(hint)
     return 0
 
 
@@ -109,27 +115,8 @@ def cmd_store_put(args) -> int:
             print(f"txgate store put: {reply.body.get('error', reply.status)}: {reply.body.get('message', '')}",
                   file=sys.stderr)
             return 1
-    return _put_offline(args, chain, key)
-
-
-def _put_offline(args, chain: bytes, key: bytes) -> int:
-    from txgate.store import StoreError
-
-    cfg, store = _open_store(args, create=True)
-    if store is None:
-        return 1
-    try:
-        entry = store.put(args.name, chain, key)
-    except StoreError as e:
-        print(f"txgate store put: {e.code}: {e.reason}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-    print(f"{entry.name}: version {entry.version} is current (id {entry.id})")
-    if cfg.gateway.store == "dir":
-        # Directory stores notify only within one process: tell a running gateway.
-        print(RELOAD_HINT)
-    return 0
+    return _write_store(args, "txgate store put", lambda store: store.put(args.name, chain, key), RELOAD_HINT,
+                        create=True)
 
 
 def register_store_commands(sub) -> None:

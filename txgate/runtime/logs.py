@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_signals_e2e,tests.test_logs_unit -*-
+# -*- test-case-name: tests.test_signals_e2e -*-
 """txgate's service log: JSON lines (``log_format = json``), reopenable log files, daemon-mode defaults.
 
 With ``log_format = json`` every line the process writes is one JSON object: access log lines
