@@ -4,8 +4,9 @@ from setuptools.command.build_ext import build_ext
 
 
 class optional_build_ext(build_ext):
-    """Build the native SPKI module when a C compiler and OpenSSL headers are there; without them
-    txgate installs anyway and uses its pure-Python fallback (`txgate version` says which)."""
+    """Build each native module (SPKI core, HTTP/2 engine) when a C compiler and its library's headers
+    are there; without them txgate installs anyway and uses the pure-Python fallback (`txgate version`
+    says which)."""
 
     def build_extension(self, ext):
         try:
@@ -34,11 +35,15 @@ setup(
         "idna>=3.4",
         "redis>=5.0",
         "prometheus_client>=0.20",
+        # ACME messages, JWS, nonces, ARI's renewal_time (txgate.acme; docs/acme.md); tested with 5.9.
+        "acme>=5.0",
+        "josepy>=2.0",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "pyyaml>=6", "openapi-spec-validator>=0.7"]},
     entry_points={"console_scripts": ["txgate=txgate.cli:main"]},
-    # txgate._spki: the native SPKI core (native/), linked against the system libcrypto.
+    # txgate._spki: the native SPKI core (native/), linked against the system libcrypto;
+    # txgate._nghttp2: the native HTTP/2 engine's glue, linked against the system libnghttp2.
     setup_requires=["cffi>=1.17"],
-    cffi_modules=["native/spki_build.py:ffibuilder"],
+    cffi_modules=["native/spki_build.py:ffibuilder", "native/h2_build.py:ffibuilder"],
     cmdclass={"build_ext": optional_build_ext},
 )

@@ -1,13 +1,17 @@
 """Shared fixtures: certificates (built once per session), a real gateway process, real backends."""
 from __future__ import annotations
 
+import configparser
 import os
+import pickle
 import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +26,21 @@ from certs_helpers import make_ca, make_intermediate, make_leaf, write_ca, write
 
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 LISTEN_RE = re.compile(r"listener (\S+) on (https?)://(\S+):(\d+) ")
+ADMIN_RE = r"admin API on (https?)://(\S+):(\d+) \(auth: "
+# Test gateways never bind the admin API's default 127.0.0.1:9901 (other gateways on the host may hold it):
+# put this (or `bind = off`) in every config; the port is read from the startup line (Gateway.admin_port).
+ADMIN_EPHEMERAL = "[admin]\nbind = 127.0.0.1:0\n"
+STOP_TIMEOUT = 15.0
+
+
+def admin_on_default_address(config_text: str) -> bool:
+    """True when the config leaves the admin API on its fixed default address (no `[admin] bind`)."""
+    cp = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        cp.read_string(config_text)
+    except configparser.Error:
+        return False  # not an INI the gateway would start with: it fails before binding anything
+    return not (cp.has_section("admin") and cp.has_option("admin", "bind"))
 
 
 def poll(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
@@ -36,6 +55,52 @@ def poll(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "
         time.sleep(interval)
 
 
+NOBODY = 65534
+
+
+def unprivileged(fn):
+    """Return fn() computed by an unprivileged user, so permission checks hold for root too (CI runs as root).
+
+    Not root: fn() here. Root: a forked child drops to nobody and sends fn()'s (picklable) result back;
+    an exception in the child fails the test with its text.
+    """
+    if os.geteuid() != 0:
+        return fn()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                payload = pickle.dumps((True, fn()))
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                payload = pickle.dumps((False, f"{e.__class__.__name__}: {e}"))
+            with os.fdopen(w, "wb") as f:
+                f.write(payload)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    ok, value = pickle.loads(data)
+    if not ok:
+        raise AssertionError(f"as an unprivileged user: {value}")
+    return value
+
+
+@pytest.fixture
+def open_tmp():
+    """A temporary directory every user can reach (pytest's tmp_path is private to its owner)."""
+    path = Path(tempfile.mkdtemp(prefix="txgate-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def gateway_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -44,7 +109,11 @@ def gateway_env() -> dict:
 
 
 class Gateway:
-    """A real `twistd -n txgate --config gw.ini` process on ephemeral ports."""
+    """A real `twistd -n txgate --config gw.ini` process on ephemeral ports.
+
+    Listeners and the admin API bind port 0; the ports are read from the startup log lines. A config
+    that would bind the admin API's default fixed port is refused at start() (add ADMIN_EPHEMERAL).
+    """
 
     def __init__(self, workdir: Path, config_text: str, extra_args: tuple = ()) -> None:
         self.workdir = Path(workdir)
@@ -62,6 +131,9 @@ class Gateway:
                 *self.extra_args]
 
     def start(self, expect_listeners: int | None = None) -> Gateway:
+        if admin_on_default_address(self.config_path.read_text()):
+            raise AssertionError("this test gateway would bind the admin API's default 127.0.0.1:9901: "
+                                 "add [admin] bind = 127.0.0.1:0 (conftest.ADMIN_EPHEMERAL) or bind = off")
         self.proc = subprocess.Popen(
             self.command(), cwd=self.workdir, env=gateway_env(), stdin=subprocess.DEVNULL,
             stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"),
@@ -97,13 +169,19 @@ class Gateway:
         return poll(lambda: rx.search(self.output()), timeout, what=f"log line /{pattern}/")
 
     @property
+    def admin_port(self) -> int:
+        """The admin API's port, from its startup line (`admin API on http://127.0.0.1:PORT (auth: ...)`)."""
+        return int(self.wait_log(ADMIN_RE).group(3))
+
+    @property
     def ca(self) -> str:
         return str(self.workdir / "txgate-state" / "ca.pem")
 
     def signal(self, sig) -> None:
         self.proc.send_signal(sig)
 
-    def stop(self, timeout: float = 15.0) -> int:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, wait until the deadline, then SIGKILL and fail: a gateway that will not stop is a bug."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
@@ -112,7 +190,20 @@ class Gateway:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError("gateway did not stop on SIGTERM")
+            raise AssertionError(f"gateway in {self.workdir} did not stop within {timeout}s of SIGTERM "
+                                 f"(killed):\n{self.output()[-4000:]}\n{self.errors()[-4000:]}") from None
+
+
+def stop_all(gateways: list[Gateway]) -> None:
+    """Stop every gateway (each gets its SIGTERM and deadline), then fail the test if any would not stop."""
+    failures = []
+    for gw in gateways:
+        try:
+            gw.stop()
+        except AssertionError as e:
+            failures.append(str(e))
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
 
 
 @pytest.fixture
@@ -126,11 +217,7 @@ def gateway_factory(tmp_path):
         return gw.start()
 
     yield start
-    for gw in started:
-        try:
-            gw.stop()
-        except AssertionError:
-            pass
+    stop_all(started)
 
 
 def run_gateway_once(tmp_path: Path, config_text: str, timeout: float = 30) -> subprocess.CompletedProcess:

@@ -10,7 +10,9 @@ command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v nghttp >/dev/null || missing+=(nghttp2-client)
 command -v nginx >/dev/null || missing+=(nginx-light)
 command -v gcc >/dev/null || missing+=(gcc)
+command -v pebble >/dev/null || missing+=(pebble)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+dpkg -s libnghttp2-dev >/dev/null 2>&1 || missing+=(libnghttp2-dev)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         export DEBIAN_FRONTEND=noninteractive
@@ -23,6 +25,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY="${PYTHON:-python3}"
+# The build tools first: a fresh venv has too old a setuptools and no wheel for the packaging tests.
+"$PY" -m pip install -q --disable-pip-version-check -r tests/build-requirements.txt
 # compat mode exposes twisted/plugins/ and builds native code in place.
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat
 exec "$PY" -m pytest -q -p no:cacheprovider "$@"

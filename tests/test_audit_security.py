@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from certs_helpers import make_ca, make_intermediate, make_leaf, write_ca, write_pair
-from conftest import Backend, curl
+from conftest import ADMIN_EPHEMERAL, Backend, curl
 from test_clientauth_unit import make_client
 from txgate.pins import format_pin, spki_sha256
 
@@ -43,7 +43,7 @@ def test_ca_entry_of_one_api_does_not_admit_its_clients_to_another_mtls_api(gate
     partner_ca = write_ca(tmp_path, "partner", partner)
     partner_client = write_pair(tmp_path, "partner-client", make_client(partner, "partner-client"))
     corp_client = write_pair(tmp_path, "corp-client", make_client(corp, "corp-client"))
-    gw = gateway_factory(f"""
+    gw = gateway_factory(ADMIN_EPHEMERAL + f"""
 [gateway]
 state_dir = ./state
 
@@ -87,7 +87,7 @@ def test_pins_only_mode_is_not_satisfied_by_an_appended_public_ca_certificate(ga
     _, key = write_pair(tmp_path, "attacker", attacker)
     b = Backend(tls=(str(cert), key))
     try:
-        gw = gateway_factory(f"""
+        gw = gateway_factory(ADMIN_EPHEMERAL + f"""
 [gateway]
 state_dir = ./state
 

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from certs_helpers import make_ca, make_leaf, write_pair
-from conftest import txgate_cli
+from conftest import ADMIN_EPHEMERAL, txgate_cli
 
 
 def openssl_pin(cert_path: str) -> str:
@@ -61,7 +61,7 @@ def test_pin_of_a_bad_file_is_one_line_and_exit_1(tmp_path):
 
 
 def test_pin_connect_prints_every_presented_certificate(gateway_factory):
-    gw = gateway_factory("[gateway]\nstate_dir = ./state\n[listener:main]\nbind = 127.0.0.1:0\n[api:e]\nupstream = builtin:echo\n")
+    gw = gateway_factory(ADMIN_EPHEMERAL + "[gateway]\nstate_dir = ./state\n[listener:main]\nbind = 127.0.0.1:0\n[api:e]\nupstream = builtin:echo\n")
     r = txgate_cli("pin", "--connect", f"127.0.0.1:{gw.port}", "--servername", "localhost")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()

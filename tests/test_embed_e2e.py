@@ -6,12 +6,12 @@ import signal
 import subprocess
 import sys
 
-from conftest import LISTEN_RE, REPO, curl, gateway_env, poll
+from conftest import ADMIN_EPHEMERAL, LISTEN_RE, STOP_TIMEOUT, REPO, curl, gateway_env, poll
 
 
 def test_examples_embed_serves_and_stops_cleanly(tmp_path):
     cfg = tmp_path / "gw.ini"
-    cfg.write_text("[gateway]\nstate_dir = ./state\n[listener:main]\nbind = 127.0.0.1:0\n[api:echo]\npath = /echo\nupstream = builtin:echo\n")
+    cfg.write_text(ADMIN_EPHEMERAL + "[gateway]\nstate_dir = ./state\n[listener:main]\nbind = 127.0.0.1:0\n[api:echo]\npath = /echo\nupstream = builtin:echo\n")
     out = tmp_path / "out.log"
     proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "embed.py"), str(cfg)], cwd=tmp_path,
                             env=gateway_env(), stdout=open(out, "wb"), stderr=subprocess.STDOUT)
@@ -22,5 +22,11 @@ def test_examples_embed_serves_and_stops_cleanly(tmp_path):
         assert json.loads(r.stdout)["path"] == "/echo/embedded"
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
+        try:
+            code = proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"examples/embed.py did not stop on SIGINT (killed):\n{out.read_text()}") from None
+    assert code == 0
     assert "txgate stopped" in out.read_text()

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import Gateway, curl, poll
+from conftest import ADMIN_EPHEMERAL, Gateway, curl, poll
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("curl") is None,
                                 reason="needs openssl and curl")
@@ -88,7 +88,7 @@ def gw(pki, tmp_path_factory):
     d, e, w = pki["default"], pki["exact"], pki["wild"]
     tls = f"certificate = {d[0]} {d[1]}\n"
     config = (
-        "[gateway]\naccess_log = -\n"
+        ADMIN_EPHEMERAL + "[gateway]\naccess_log = -\n"
         f"[listener:main]\nbind = 127.0.0.1:0\n{tls}"
         f"sni =\n  api.example.com = {e[0]} {e[1]}\n  *.example.com = {w[0]} {w[1]}\n"
         f"[listener:strict]\nbind = 127.0.0.1:0\n{tls}min_tls = 1.3\n"
@@ -138,7 +138,9 @@ def test_tls11_refused_at_the_default(gw):
     # SECLEVEL=0 so the client really offers TLS 1.1 (OpenSSL 3 refuses to otherwise).
     code, out = s_client(gw.ports["main"], "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
     assert code != 0, out
-    assert "Cipher is (NONE)" in out or "alert protocol version" in out, out
+    # The server answers the TLS 1.1 ClientHello with a protocol_version alert (70); nothing is negotiated.
+    assert "alert protocol version" in out and "SSL alert number 70" in out, out
+    assert "Cipher is (NONE)" in out, out
     gw.wait_log(r"TLS handshake with 127\.0\.0\.1 on main failed: .*(unsupported protocol|version)")
 
 
@@ -239,7 +241,7 @@ def _ipv6_available() -> bool:
 
 @pytest.mark.skipif(not _ipv6_available(), reason="::1 is not available")
 def test_ipv6_listener(gateway_factory):
-    gw6 = gateway_factory("[listener:v6]\nbind = [::1]:0\n" + ECHO)
+    gw6 = gateway_factory(ADMIN_EPHEMERAL + "[listener:v6]\nbind = [::1]:0\n" + ECHO)
     path = f"/echo/{uuid.uuid4().hex}"
     r = curl("-g", "--cacert", gw6.ca, f"https://[::1]:{gw6.port}{path}")
     assert r.returncode == 0, r.stderr
@@ -263,7 +265,7 @@ def test_text_access_log_carries_tls_facts(gw):
 def test_json_access_log_to_file(gateway_factory, tmp_path):
     log_path = tmp_path / "logs" / "access.jsonl"
     log_path.parent.mkdir()
-    gwj = gateway_factory(f"[gateway]\naccess_log = {log_path}\nlog_format = json\n"
+    gwj = gateway_factory(ADMIN_EPHEMERAL + f"[gateway]\naccess_log = {log_path}\nlog_format = json\n"
                           "[listener:main]\nbind = 127.0.0.1:0\n" + ECHO)
     paths = [f"/echo/{uuid.uuid4().hex}" for _ in range(3)]
     for flag, p in zip(("--http1.1", "--http2", "--http2"), paths):
@@ -290,7 +292,7 @@ def test_json_access_log_to_file(gateway_factory, tmp_path):
 
 
 def test_access_log_off(gateway_factory):
-    gwo = gateway_factory("[gateway]\naccess_log = off\n[listener:main]\nbind = 127.0.0.1:0\n" + ECHO)
+    gwo = gateway_factory(ADMIN_EPHEMERAL + "[gateway]\naccess_log = off\n[listener:main]\nbind = 127.0.0.1:0\n" + ECHO)
     r = curl("--cacert", gwo.ca, gwo.url("/echo/quiet"))
     assert r.returncode == 0, r.stderr
     assert gwo.stop() == 0  # stopping flushes the access log: any line would be out now

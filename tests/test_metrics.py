@@ -21,7 +21,7 @@ from certs_helpers import NOW, make_ca, make_leaf
 from txgate.admin.facade import HeldCertificate
 from txgate.errors import UpstreamPinMismatch, UpstreamTLSError
 from txgate.http.exchange import Limits
-from txgate.listener import ListenerFactory, wrap_tls
+from txgate.runtime.listener import ListenerFactory, wrap_tls
 from txgate.metrics import Metrics, result_for_refusal
 from txgate.tls.outcomes import outcome_of as result_for_handshake_error
 from txgate.tls.clientverify import ClientVerifier

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from certs_helpers import make_ca, make_intermediate, write_ca, write_pair
-from conftest import Backend, Gateway, curl
+from conftest import ADMIN_EPHEMERAL, Backend, Gateway, curl, poll
 from test_clientauth_unit import make_client, make_crl
 from test_listener_e2e import s_client, subject_cn
 from txgate.pins import format_pin, spki_sha256
@@ -56,11 +56,15 @@ def pki(certs, tmp_path_factory):
     crl_pem.write_bytes(make_crl(inter, [clients["revoked"].leaf]).public_bytes(serialization.Encoding.PEM))
     crl_der = d / "root.crl"
     crl_der.write_bytes(make_crl(root, []).public_bytes(serialization.Encoding.DER))
+    # Every CA of a verified chain needs a current CRL (client_crl_missing = refuse).
+    others_pem = d / "other-intermediates.crl.pem"
+    others_pem.write_bytes(b"".join(make_crl(ca, []).public_bytes(serialization.Encoding.PEM)
+                                    for ca in (other_inter, deep)))
     server = certs.leaf("mtls-server", ["localhost", "127.0.0.1"])
     sni = certs.leaf("mtls-sni", ["api.example.com"])
     return {
         "dir": d, "clients": clients, "paths": paths, "root_pem": certs.root_pem, "inter_pem": str(inter_pem),
-        "crls": f"{crl_pem} {crl_der}", "server": server, "sni": sni,
+        "crls": f"{crl_pem} {crl_der} {others_pem}", "server": server, "sni": sni,
         "other_root_pem": write_ca(d, "stranger-root", stranger),
     }
 
@@ -79,7 +83,7 @@ def gw(pki, backend, tmp_path_factory):
     both = "listeners = req opt\n"
     self_pin = format_pin(spki_sha256(der(c["self"].leaf)))
     client_fp = hashlib.sha256(der(c["client"].leaf)).hexdigest()
-    config = f"""
+    config = ADMIN_EPHEMERAL + f"""
 [gateway]
 access_log = -
 
@@ -251,7 +255,15 @@ def test_require_refusal_is_one_log_line(gw, pki):
     tag = "expired"
     before = gw.output().count("on req refused: client_certificate_expired")
     curl("--cacert", pki["root_pem"], *cert_args(pki, tag), url(gw, "req", "/public/x"))
-    gw.wait_log(r"on req refused: client_certificate_expired: certificate has expired \(depth 0, 'CN=expired'\)")
+    # The gateway is shared by the module: earlier refusals are in its log already, so wait for the
+    # count to grow, then for a later request's access line before counting (no second line came).
+    poll(lambda: gw.output().count("on req refused: client_certificate_expired") > before,
+         what="the refusal's log line")
+    later = f"/public/after-{uuid.uuid4().hex}"
+    assert curl("--cacert", pki["root_pem"], *cert_args(pki, "web"), url(gw, "req", later)).returncode == 0
+    gw.wait_log(rf'"GET \S+ {later} HTTP/\S+" 200 ')
+    assert re.search(r"on req refused: client_certificate_expired: certificate has expired \(depth 0, 'CN=expired'\)",
+                     gw.output())
     lines = gw.output().count("on req refused: client_certificate_expired")
     assert lines == before + 1
     assert "TLS handshake with 127.0.0.1 on req failed" not in gw.output()

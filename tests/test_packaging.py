@@ -1,8 +1,9 @@
 """The wheel `pip install .` installs: the twistd plugin (without shadowing Twisted's own `twisted` and
 `twisted.plugins` packages), the native SPKI module, the CLI and its console script.
 
-Built offline (`pip wheel --no-deps --no-build-isolation`) from a copy of the tracked files, so the
-build neither needs the network nor leaves build/ or *.egg-info in the working tree.
+Built offline (`pip wheel --no-deps --no-build-isolation --no-index`) from a copy of the tracked files, so
+the build neither needs the network nor leaves build/ or *.egg-info in the working tree; the build tools
+come from the environment (tests/build-requirements.txt, installed by tests/run.sh).
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def _build_wheel(tmp_path_factory, env=None) -> Path:
          "-w", str(out), "."],
         cwd=src, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 0, (proc.stdout + proc.stderr + "\n(built without isolation: this environment "
+                                  "needs tests/build-requirements.txt, which tests/run.sh installs)")
     [whl] = out.glob("txgate-*.whl")
     return whl
 

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from certs_helpers import NOW, make_ca, make_leaf, pem_chain, write_pair
-from conftest import Backend, curl
+from conftest import ADMIN_EPHEMERAL, Backend, curl
 from txgate.pins import format_pin, spki_sha256
 
 
@@ -46,7 +46,7 @@ WRONG_PIN = "sha256/" + "A" * 43 + "="
 
 
 def api_config(upstream: str, ca: str, extra: str = "", security: str = "") -> str:
-    return f"""
+    return ADMIN_EPHEMERAL + f"""
 [gateway]
 state_dir = ./state
 {security}

@@ -17,11 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from certs_helpers import make_leaf, pem_chain, pem_key
-from conftest import Gateway, poll, txgate_cli
+from conftest import ADMIN_EPHEMERAL, Gateway, poll, txgate_cli
 from txgate.store import open_store
 
 SECRET = b"reload-test-secret-0123456789abcdef"
-ADMIN_OFF = "[admin]\nbind = 127.0.0.1:0\n"
 
 
 def served_fingerprint(port: int, servername: str = "localhost") -> str:
@@ -71,24 +70,12 @@ def write_pair(directory, ck) -> None:
 
 
 @pytest.fixture
-def gateways(tmp_path):
-    started: list[Gateway] = []
-
-    def start(text: str, name: str = "gw", env: dict | None = None) -> Gateway:
-        gw = Gateway(tmp_path / name, text)
-        started.append(gw)
-        return gw.start()
-
-    yield start
-    for gw in started:
-        try:
-            gw.stop()
-        except AssertionError:
-            pass
+def gateways(gateway_factory):
+    return gateway_factory
 
 
 def file_config(workdir) -> str:
-    return (ADMIN_OFF + f"[listener:main]\nbind = 127.0.0.1:0\ncertificate = {workdir}/cert.pem {workdir}/key.pem\n"
+    return (ADMIN_EPHEMERAL + f"[listener:main]\nbind = 127.0.0.1:0\ncertificate = {workdir}/cert.pem {workdir}/key.pem\n"
             "[api:echo]\npath = /echo\nupstream = builtin:echo\n")
 
 
@@ -245,7 +232,7 @@ def test_ten_reloads_under_continuous_load_fail_no_request(gateways, certs, tmp_
 
 
 def store_config(state_dir, secret_file, store: str = "dir") -> str:
-    return (ADMIN_OFF + f"[gateway]\nstate_dir = {state_dir}\nstore = {store}\nstore_secret_file = {secret_file}\n"
+    return (ADMIN_EPHEMERAL + f"[gateway]\nstate_dir = {state_dir}\nstore = {store}\nstore_secret_file = {secret_file}\n"
             "[listener:main]\nbind = 127.0.0.1:0\ncertificate = store:web\n"
             "[api:echo]\npath = /echo\nupstream = builtin:echo\n")
 
@@ -319,10 +306,6 @@ def test_two_gateways_sharing_redis_serve_a_new_certificate_within_two_seconds(g
     store.close()
 
 
-def admin_port(gw: Gateway) -> int:
-    return int(gw.wait_log(r"admin API on http://127\.0\.0\.1:(\d+) ").group(1))
-
-
 def admin(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
     import json
 
@@ -344,7 +327,7 @@ def test_admin_api_upload_is_served_without_sighup_and_reload_works(gateways, ce
     e1 = store.put("web", pem_chain(v1), pem_key(v1))
     store.close()
     gw = gateways(store_config(state, secret))
-    port = admin_port(gw)
+    port = gw.admin_port
     assert served_fingerprint(gw.port) == fingerprint(v1)
 
     status, listing = admin(port, "GET", "/certs")

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 
 from txgate.config import ApiConfig
 from txgate.testing.gateway import LogCapture
-from txgate.dispatch import ApiRuntime, ListenerDispatcher
+from txgate.runtime.dispatch import ApiRuntime, ListenerDispatcher
 from txgate.http.paths import normalize_path, remove_dot_segments
 from txgate.http.exchange import ConnectionInfo, RequestHead
 from txgate.http.requests import dispatch_request

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 
 from certs_helpers import make_ca, make_leaf
 from txgate.http.exchange import Limits
-from txgate.listener import ListenerFactory, wrap_tls
+from txgate.runtime.listener import ListenerFactory, wrap_tls
 from txgate.runtime.reload import Coalescer, Debounce, plan_port_moves, store_change_reason
 from txgate.tls.outcomes import HandshakeOutcome, classify_handshake_failure
 from txgate.tls.server import ServerTLS

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from backends import H2Client, StreamingBackend, rss_kib
-from conftest import curl, poll
+from conftest import ADMIN_EPHEMERAL, curl, poll
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -22,7 +22,7 @@ RSS_BOUND_KIB = 64 * 1024
 def streaming(gateway_factory):
     be = StreamingBackend()
     gw = gateway_factory(
-        "[listener:main]\nbind = 127.0.0.1:0\n\n"
+        ADMIN_EPHEMERAL + "[listener:main]\nbind = 127.0.0.1:0\n\n"
         f"[api:stream]\npath = /\nupstream = {be.url()}\ntimeout = 60\n"
     )
     yield gw, be

@@ -27,6 +27,7 @@ from tests.certs_helpers import (
     write_ca,
     write_pair,
 )
+from conftest import unprivileged
 from txgate.errors import UpstreamTLSError
 from txgate.tls.certs import (
     CertificateError,
@@ -180,12 +181,17 @@ def test_load_certified_key_error_messages(tmp_path: Any, pki: dict[str, Any]) -
     assert err(fut_cert, fut_key).startswith(f"{fut_cert}: certificate not valid before ")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_load_certified_key_permission_denied(tmp_path: Any, pki: dict[str, Any]) -> None:
-    cert_path, key_path = write_pair(tmp_path, "good", pki["exact"])
+def test_load_certified_key_permission_denied(open_tmp: Any, pki: dict[str, Any]) -> None:
+    cert_path, key_path = write_pair(open_tmp, "good", pki["exact"])
+    os.chmod(cert_path, 0o644)
     os.chmod(key_path, 0)
-    with pytest.raises(CertificateError, match="permission denied"):
-        load_certified_key(cert_path, key_path, now=NOW)
+
+    def attempt() -> str:
+        with pytest.raises(CertificateError, match="permission denied") as info:
+            load_certified_key(cert_path, key_path, now=NOW)
+        return str(info.value)
+
+    assert "permission denied" in unprivileged(attempt)  # root reads any file
 
 
 def test_load_ca_bundle(tmp_path: Any, pki: dict[str, Any]) -> None:

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_embed_e2e -*-
 """txgate: a Twisted TLS API gateway with a small C core."""
 from __future__ import annotations
 

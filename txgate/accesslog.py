@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_listener_e2e -*-
 """The access log: one line per request, text or JSON, written without the logging machinery."""
 from __future__ import annotations
 

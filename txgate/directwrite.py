@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_h1_unit -*-
 """Send on the socket at once when nothing is queued (Twisted defers every write a turn).
 
 Twisted's TCP transport queues each write and sends it on the next reactor turn, after an

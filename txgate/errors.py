@@ -50,6 +50,11 @@ class BadRequest(GatewayError, code="bad_request", status=400, public="malformed
     """A malformed or ambiguous request."""
 
 
+class TransferCodingNotSupported(GatewayError, code="transfer_coding_not_supported", status=501,
+                                 public="transfer coding not supported"):
+    """A request body in a transfer coding other than chunked (RFC 9112 6.1)."""
+
+
 class NoRoute(GatewayError, code="no_route", status=404, public="no API for this host and path"):
     """No API for the request's host and path."""
 
@@ -106,3 +111,12 @@ class UpstreamBusy(GatewayError, code="upstream_busy", status=503, public="the u
 class UpstreamProtocolError(GatewayError, code="upstream_protocol_error", status=502,
                             public="the upstream service sent an invalid response"):
     """The upstream's response was not valid HTTP/1.1."""
+
+
+class UpstreamHeadersTooLarge(UpstreamProtocolError, code="upstream_headers_too_large"):
+    """The upstream's response head grew past the API's max_response_header_bytes."""
+
+
+class UpstreamTruncated(GatewayError, code="upstream_truncated", status=502,
+                        public="the upstream service's response was cut short"):
+    """The upstream's response ended before its framing said it would (logged; the client sees the cut)."""

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_expiry -*-
 """Expiry monitoring: every certificate the gateway holds, checked on a timer, logged without flooding.
 
 Contract (for ``txgate.runtime``)::

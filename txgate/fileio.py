@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_store -*-
 """Safe file writing: private files (0600 from the first byte, atomic) and private directories (0700).
 
 API: write_private_file(path, data, mode=0o600, *, exclusive=False), write_public_file(path, data),

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_pins -*-
 """SPKI pins: the only door to the native SPKI core (``txgate._spki``) and its pure-Python fallback.
 
 A pin is the SHA-256 of a certificate's DER SubjectPublicKeyInfo (as in HPKP, OkHttp, curl's

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_negotiator_unit -*-
 """TLS wrapping without Twisted's small-write aggregation.
 
 Twisted's default TLS transport (`BufferingTLSTransport`) queues every write and flushes it

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_admin -*-
 """The admin API as a `twisted.web` resource: certificate store operations, reload, health, metrics.
 
 Every answer is JSON (``/metrics`` excepted: Prometheus text); every error is

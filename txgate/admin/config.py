@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_admin -*-
 """The admin API's settings: ``AdminConfig`` (one class, in ``txgate.config.model``) and the token-file reader.
 
 ``AdminConfig(bind_host="127.0.0.1", bind_port=9901, client_ca=None, token_file=None,

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_admin -*-
 """What the admin API and the expiry monitor may ask of the running gateway (and nothing more).
 
 `txgate.runtime.facade.ServiceFacade` implements this; `txgate.admin` and `txgate.metrics` only use it, so the admin

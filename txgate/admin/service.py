@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_admin_e2e -*-
 """``AdminService``: the admin API listener (a twisted Service), plain HTTP or mTLS, optional bearer token.
 
 Contract (for ``txgate.runtime``)::

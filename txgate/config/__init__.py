@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config -*-
 """gw.ini -> frozen, typed configuration objects; every error names file, section and key.
 
 ``model`` holds the objects, ``ini`` (with ``sections`` and ``apis``) the syntax, ``hostnames`` the

@@ -6,11 +6,13 @@ import configparser
 import dataclasses
 from urllib.parse import urlsplit
 
+from txgate.config.acme import ACME_KEYS, parse_acme, resolve_acme_specs
 from txgate.config.apis import API_KEYS, SECURITY_KEYS, check_overlaps, parse_api, parse_security
 from txgate.config.hostnames import WILDCARD_RULE, wildcard_ok
 from txgate.config.model import (
     ADMIN_DEFAULT_BIND,
     TLS_VERSIONS,
+    AcmeConfig,
     AdminConfig,
     AdminConfigError,
     Config,
@@ -43,9 +45,10 @@ GATEWAY_KEYS = {
 }
 ADMIN_KEYS = {"bind", "client_ca", "token_file", "allowed_hosts"}
 LISTENER_KEYS = {
-    "bind", "tls", "certificate", "sni", "min_tls", "max_tls", "ciphers", "tls13_ciphersuites",
+    "bind", "tls", "certificate", "sni", "min_tls", "max_tls", "ciphers", "tls13_ciphersuites", "groups",
     "alpn", "session_tickets", "max_header_bytes", "header_timeout", "idle_timeout",
-    "max_connections", "client_auth", "client_ca", "client_crl", "verify_depth", "announce_client_cas",
+    "max_connections", "client_auth", "client_ca", "client_crl", "client_crl_missing", "verify_depth",
+    "announce_client_cas", "redirect_https",
 }
 CLIENT_AUTH_MODES = ("none", "optional", "require")
 SECTION_KINDS = ("gateway", "security", "admin", "listener:NAME", "api:NAME")
@@ -64,7 +67,7 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
     """Validate one `[listener:NAME]` section."""
     host, port = parse_bind(section, "bind")
     tls = section.bool("tls", True)
-    cert = parse_cert_spec(section, "certificate", section.str("certificate", "local"))
+    cert = parse_cert_spec(section, "certificate", section.str("certificate", "local"), acme=True)
     sni = []
     for line in section.lines("sni"):
         sname, sep, rest = line.partition("=")
@@ -73,7 +76,7 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
             section.fail("sni", f"expected 'NAME = CERT.pem KEY.pem', got '{line}'")
         if not wildcard_ok(sname):
             section.fail("sni", f"'{sname}': {WILDCARD_RULE}")
-        sni.append((sname, parse_cert_spec(section, "sni", rest.strip())))
+        sni.append((sname, parse_cert_spec(section, "sni", rest.strip(), acme=True)))
     min_tls = _tls_version(section, "min_tls", "1.2", warnings)
     max_tls = _tls_version(section, "max_tls", "1.3", warnings)
     if TLS_VERSIONS.index(min_tls) > TLS_VERSIONS.index(max_tls):
@@ -84,6 +87,9 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
     if not tls and (client_auth != "none" or client_ca or crls):
         key = "client_auth" if client_auth != "none" else ("client_ca" if client_ca else "client_crl")
         section.fail(key, "client certificates need TLS (this listener has tls = off)")
+    crl_missing = section.choice("client_crl_missing", "refuse", ("refuse", "allow"))
+    if section.has("client_crl_missing") and not crls:
+        section.fail("client_crl_missing", "has no effect without client_crl")
     alpn = tuple(section.words("alpn") or ("h2", "http/1.1"))
     for proto in alpn:
         if proto not in ("h2", "http/1.1"):
@@ -99,6 +105,7 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
         max_tls=max_tls,
         ciphers=section.str("ciphers"),
         tls13_ciphersuites=section.str("tls13_ciphersuites"),
+        groups=_groups(section),
         alpn=alpn,
         session_tickets=section.bool("session_tickets", True),
         max_header_bytes=section.number("max_header_bytes", 65536, integer=True, minimum=1024),
@@ -108,9 +115,27 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
         client_auth=client_auth,
         client_ca=client_ca,
         client_crl=crls,
+        client_crl_missing=crl_missing,
         verify_depth=section.number("verify_depth", 4, integer=True, minimum=0),
         announce_client_cas=section.bool("announce_client_cas", True),
+        # None until the APIs are known (parse_text): on by default for a tls = off listener without APIs.
+        redirect_https=_redirect_https(section, tls),
     )
+
+
+def _groups(section: Section) -> str | None:
+    """`groups`: key-exchange groups, separated by blanks, commas or colons, as one OpenSSL list."""
+    v = section.str("groups")
+    return None if v is None else ":".join(v.replace(",", " ").replace(":", " ").split())
+
+
+def _redirect_https(section: Section, tls: bool) -> bool | None:
+    """`redirect_https`: only on a tls = off listener; None when not set (the default is decided later)."""
+    if not section.has("redirect_https"):
+        return None
+    if tls:
+        section.fail("redirect_https", "only a tls = off listener redirects to https")
+    return section.bool("redirect_https", False)
 
 
 def parse_text(text: str, path: str) -> Config:
@@ -140,6 +165,7 @@ def parse_text(text: str, path: str) -> Config:
     gateway = GatewayConfig()
     security = SecurityConfig()
     admin = AdminConfig()
+    acme = AcmeConfig()
     listener_sections: list[tuple[str, dict]] = []
     api_sections: list[tuple[str, dict]] = []
     for name in parser.sections():
@@ -149,6 +175,8 @@ def parse_text(text: str, path: str) -> Config:
             gateway = _collect(errors, parse_gateway, Section(path, name, values, GATEWAY_KEYS, errors)) or gateway
         elif name == "admin":
             admin = _collect(errors, parse_admin, Section(path, name, values, ADMIN_KEYS, errors)) or admin
+        elif name == "acme":
+            acme = _collect(errors, parse_acme, Section(path, name, values, ACME_KEYS, errors)) or acme
         elif name == "security":
             security = _collect(errors, parse_security, Section(path, name, values, SECURITY_KEYS, errors)) or security
         elif kind == "listener" and sep and rest.strip():
@@ -156,7 +184,7 @@ def parse_text(text: str, path: str) -> Config:
         elif kind == "api" and sep and rest.strip():
             api_sections.append((rest.strip(), values))
         else:
-            known = ["gateway", "security", "admin"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
+            known = ["gateway", "security", "admin", "acme"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
             hint = suggest(name, known) or f" (expected one of {', '.join(SECTION_KINDS)})"
             errors.append(ConfigError(path, name, None, "unknown section" + hint))
 
@@ -186,6 +214,7 @@ def parse_text(text: str, path: str) -> Config:
         if api is not None:
             apis.append(api)
     _collect(errors, check_overlaps, path, apis, names)
+    listeners = _collect(errors, _finish_listeners, path, acme, listeners, apis) or listeners
     plain = {ln.name for ln in listeners if not ln.tls}
     for api in apis:
         if api.mtls:
@@ -206,7 +235,21 @@ def parse_text(text: str, path: str) -> Config:
     raise_collected(first_per_key(errors))
     admin = dataclasses.replace(admin, state_dir=gateway.state_dir)
     return Config(path=path, gateway=gateway, listeners=tuple(listeners), apis=tuple(apis), security=security,
-                  admin=admin, warnings=tuple(warnings))
+                  admin=admin, acme=acme, warnings=tuple(warnings))
+
+
+def _finish_listeners(path: str, acme: AcmeConfig, listeners: list, apis: list) -> list:
+    """What needs the APIs: ACME names of `certificate = acme`, the redirect_https default."""
+    def apis_for(name: str) -> list:
+        return [a for a in apis if a.listeners is None or name in a.listeners]
+
+    out = []
+    for ln in resolve_acme_specs(path, acme, listeners, apis_for):
+        redirect = ln.redirect_https
+        if redirect is None:
+            redirect = not ln.tls and not apis_for(ln.name)
+        out.append(dataclasses.replace(ln, redirect_https=redirect))
+    return out
 
 
 def _collect(errors: list[ConfigError], parse, *args):

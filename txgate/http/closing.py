@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_h1_unit -*-
 """Closing a downstream connection so that a hostile peer cannot keep it open.
 
 `loseConnection()` on a TLS transport sends close_notify and then waits for the peer's, with the

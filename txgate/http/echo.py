@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_routing -*-
 """builtin:echo: an embedded backend that describes the request it received, as JSON."""
 from __future__ import annotations
 

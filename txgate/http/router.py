@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_routing -*-
 """Routing: host (exact, then wildcard, then any), then the longest path prefix."""
 from __future__ import annotations
 

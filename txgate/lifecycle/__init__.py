@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle -*-
 """Certificate lifecycle: a private CA, issuing, CSRs, self-signed certificates, describing certificates.
 
 Pure functions over cryptography objects (``now`` is always passed in); file writing goes through

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle -*-
 """A private CA kept in a directory: ``ca.pem`` (0644) and ``ca-key.pem`` (0600)."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle -*-
 """Certificate signing requests: build one for a key, load one and verify its signature."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle -*-
 """Issuing certificates: leaves signed by a private CA, CSRs signed by it, and self-signed leaves."""
 from __future__ import annotations
 

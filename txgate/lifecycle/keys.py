@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle -*-
 """Keys, names and errors shared by the certificate lifecycle tools."""
 from __future__ import annotations
 

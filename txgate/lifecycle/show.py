@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle -*-
 """Human-readable description of certificates (``txgate cert show``)."""
 from __future__ import annotations
 

@@ -26,15 +26,14 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
     ``gateway_binds`` are addresses the running gateway of this config holds (free for the port check).
     Independent checks all run: every mistake is raised at once (``ConfigErrors``).
     """
-    from txgate.plan import checks
-    from txgate.plan.files import check_files, check_state_dir
-    from txgate.plan.clientauth import prepare_client_auth
-    from txgate.plan.listeners import prepare_listeners
-    from txgate.plan.upstreams import prepare_upstreams
-
     from txgate.config.ini import first_per_key
     from txgate.config.model import ConfigError, raise_collected
-    from txgate.plan.files import warn_open_keys
+    from txgate.plan import checks
+    from txgate.plan.acme import acme_warnings
+    from txgate.plan.clientauth import prepare_client_auth
+    from txgate.plan.files import check_files, check_state_dir, warn_open_keys
+    from txgate.plan.listeners import prepare_listeners
+    from txgate.plan.upstreams import prepare_upstreams
 
     check_files(config)  # every unreadable file at once; the steps below would only repeat them
     now = now or datetime.now(timezone.utc)
@@ -63,4 +62,5 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
         step(prepare_upstreams, config, plan, now, store=store)
     raise_collected(first_per_key(errors))
     warn_open_keys(config, plan)
+    acme_warnings(config, plan)
     return plan

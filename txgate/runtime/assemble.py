@@ -58,4 +58,19 @@ def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
                                            allowed_hosts=adm.allowed_hosts)
         AdminService(facade, admin_config, gateway.reactor, metrics=metrics).setServiceParent(top)
     ExpiryMonitor(facade, gateway.reactor, warning_days=config.gateway.expiry_warning_days).setServiceParent(top)
+    if config.acme.present or config.acme_certificates():
+        add_acme(top, gateway, config, metrics)
     return top
+
+
+def add_acme(top: MultiService, gateway: GatewayService, config: Config, metrics=None):
+    """The ACME service: issues and renews the config's ACME certificates into the gateway's store."""
+    from txgate.acme.service import AcmeService
+    from txgate.plan.store import store_secret
+
+    acme = AcmeService(lambda: gateway.config, gateway.store, gateway.challenges, gateway.reactor,
+                       secret=store_secret(config), metrics=metrics)
+    gateway.on_reload.append(lambda cfg: acme.sync())
+    acme.setServiceParent(top)
+    top.acme = acme
+    return acme

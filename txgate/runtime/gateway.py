@@ -78,6 +78,12 @@ class GatewayService(Service):
         self.store_listing: list = []  # CertInfo of the store entries (refreshed on changes)
         # Runs blocking work (file and store reads, context building) off the reactor thread.
         self.run_blocking = self._in_thread
+        from txgate.acme.challenges import ChallengeBoard
+
+        # Pending ACME challenges, answered by every generation's listeners (see txgate.acme).
+        self.challenges = ChallengeBoard()
+        # Called with the new Config after each successful reload (e.g. the ACME service follows it).
+        self.on_reload: list = []
 
     def _in_thread(self, fn, *args):
         from twisted.internet.threads import deferToThreadPool
@@ -86,7 +92,7 @@ class GatewayService(Service):
 
     def _build(self, plan: Plan) -> Generation:
         return build_generation(plan, self.reactor, connections=self.connections, metrics=self.metrics,
-                                previous=self.current)
+                                previous=self.current, challenges=self.challenges)
 
     def _listen(self, ln: ListenerConfig, front: Front):
         """Listen on a listener's bind with ``front``; a failure is a ConfigError naming its bind."""
@@ -118,6 +124,9 @@ class GatewayService(Service):
         self._flusher = task.LoopingCall(self._flush_logs)
         self._flusher.clock = self.reactor
         self._flusher.start(0.5, now=False)
+        for section, names in self.plan.acme_placeholders:
+            log.info("[{section}]: no ACME certificate for {names} yet: serving one from the local CA until it is "
+                     "issued", section=section, names=" ".join(names))
         if self.plan.local_ca_path:
             log.info("local CA certificate: {path} (clients can trust it with: curl --cacert {path})",
                      path=self.plan.local_ca_path)
@@ -262,6 +271,11 @@ class GatewayService(Service):
         # A reload also reopens the log files (as nginx does): a moved access log is let go.
         self.reopen_logs(reason, announce=False)
         log.info("reloaded ({reason}): {summary}", reason=reason, summary=summary)
+        for hook in self.on_reload:
+            try:
+                hook(plan.config)
+            except Exception:
+                log.failure("after-reload hook failed")
         if self.store is not None:
             self._refresh_listing()
         return ReloadResult(True, summary)

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_store -*-
 """The certificate store: chains with optional private keys (encrypted at rest), by ID or versioned name.
 
 Backends: a directory (``state_dir/store/``) and Redis (``redis://HOST:PORT/DB``, pub/sub change

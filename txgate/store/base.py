@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_store -*-
 """The store interface (``Store``) and the backend-independent logic (``RecordStore``).
 
 A backend only moves JSON-able records: entries by ID, name records (version history), pending

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_store -*-
 """Encryption of private keys at rest: AES-256-GCM under a key derived with HKDF-SHA256 from the store secret."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_store -*-
 """``DeferredStore``: the blocking Store API run in a thread pool, returning Deferreds (for the reactor thread)."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_store_redis -*-
 """The Redis backend: the same records in Redis hashes, and pub/sub change messages for fleets.
 
 Keys (prefix ``txgate:store:``): ``entry:<ID>``, ``name:<NAME>``, ``pending:<NAME>`` (hashes with a

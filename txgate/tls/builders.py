@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle -*-
 """Certificate builders shared by the local CA and the lifecycle commands."""
 from __future__ import annotations
 

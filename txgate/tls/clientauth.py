@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_clientauth_unit -*-
 """Client-certificate allowlists: per-connection facts in, a decision out (no sockets, no reactor).
 
 An API with ``mtls = require`` has one `Allowlist`, built at startup from its `client_certificates`

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_state_dir -*-
 """The embedded local CA: a persistent P-256 root that issues short-lived server certificates."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_pinning_e2e -*-
 """Pin and verify: the upstream handshake's chain check against an operator's SPKI pins."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_negotiator_unit -*-
 """Downstream connections: TLS wrapping, ALPN choice of HTTP/1.1 or HTTP/2, connection limits."""
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from txgate.http.exchange import ConnectionInfo, Limits
 from txgate.http.h1 import H1Connection
 from txgate.tls.outcomes import HandshakeFailure, HandshakeOutcome, classify_handshake_failure
 
-log = Logger()
+log = Logger(namespace="txgate.listener")
 
 
 @implementer(IHandshakeListener)
@@ -81,6 +82,11 @@ class Negotiator(Protocol):
 
     def _start(self, alpn: str | None) -> None:
         f = self.factory
+        if alpn == "acme-tls/1":
+            # An ACME TLS-ALPN-01 validation: the handshake was the answer (RFC 8737 section 3).
+            self.inner = Protocol()  # not a failed handshake; nothing more is read
+            self.transport.loseConnection()
+            return
         if alpn == "h2":
             from txgate.http.h2 import H2Connection
 
