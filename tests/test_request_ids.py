@@ -86,7 +86,7 @@ def test_error_detail_on_puts_the_details_in_the_body(pki):  # noqa: F811
 
 def test_the_access_log_carries_the_id(gateway_factory, tmp_path):
     log_path = tmp_path / "access.json"
-    gw = gateway_factory(f"[gateway]\naccess_log = {log_path}\nlog_format = json\n[listener:main]\nbind = 127.0.0.1:0\n"
+    gw = gateway_factory(f"[gateway]\naccess_log = {log_path}\nlog_format = json\n[admin]\nbind = 127.0.0.1:0\n[listener:main]\nbind = 127.0.0.1:0\n"
                          "[api:echo]\npath = /echo\nupstream = builtin:echo\n")
     r = curl("-H", "X-Request-Id: from-curl-1", "--cacert", gw.ca, gw.url("/echo/id"))
     assert r.returncode == 0, r.stderr

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import LISTEN_RE, REPO, TWISTD, curl, gateway_env, poll
 
-ECHO = "[listener:main]\nbind = 127.0.0.1:0\n[api:echo]\npath = /echo\nupstream = builtin:echo\n"
+ECHO = "[admin]\nbind = 127.0.0.1:0\n[listener:main]\nbind = 127.0.0.1:0\n[api:echo]\npath = /echo\nupstream = builtin:echo\n"
 
 
 def _get(gw, path: str) -> None:
@@ -100,7 +100,7 @@ def test_json_log_format_makes_every_line_json(gateway_factory):
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_no_factory_noise_and_one_pin_backend_line(gateway_factory, backend, fmt):
-    gw = gateway_factory(f"[gateway]\nlog_format = {fmt}\n[listener:main]\nbind = 127.0.0.1:0\n"
+    gw = gateway_factory(f"[gateway]\nlog_format = {fmt}\n[admin]\nbind = 127.0.0.1:0\n[listener:main]\nbind = 127.0.0.1:0\n"
                          f"[api:up]\npath = /\nupstream = {backend.url()}\n"
                          "pinned_public_keys = sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
                          "upstream_verify = off\n", name=fmt)
