@@ -54,6 +54,26 @@ def test_check_passes_on_the_config_of_the_running_gateway_then_reload(running):
     assert running.proc.poll() is None
 
 
+def test_check_passes_on_the_config_of_a_running_gateway_with_two_workers(tmp_path, gateway_factory):
+    from txgate.plan.running import read_running
+
+    gw = gateway_factory(_config(tmp_path, free_port(), free_port()), name="workers", workers="2")
+    gw.wait_log(r"2 workers serving")
+    cfg = str(gw.config_path)
+    state = str(gw.workdir / "txgate-state")
+    # The supervisor holds the sockets and records them; the workers leave running.json to it.
+    assert read_running(state)[0] == gw.proc.pid
+    proc = txgate_cli("check", "--config", cfg, cwd=gw.workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{cfg}: OK (1 listeners, 1 APIs)\n"
+    proc = txgate_cli("reload", "--config", cfg, cwd=gw.workdir)
+    assert proc.returncode == 0, proc.stderr
+    proc = txgate_cli("check", "--config", cfg, cwd=gw.workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert gw.stop() == 0
+    assert read_running(state, alive=lambda pid: True) == (None, set())
+
+
 def test_check_still_finds_a_port_held_by_another_process(tmp_path):
     import socket
 

@@ -1,5 +1,5 @@
-"""Signals and daemon mode with real processes: SIGUSR1 and reload reopen logs, SIGHUP in an embedding
-program, twistd without -n (pid file, log file and access log under state_dir), JSON log lines."""
+"""Signals and daemon mode with real processes: SIGUSR1 and reload reopen logs (worker processes too), SIGHUP
+in an embedding program, twistd without -n (pid file, log file and access log under state_dir), JSON log lines."""
 from __future__ import annotations
 
 import json
@@ -34,6 +34,32 @@ def test_sigusr1_and_reload_reopen_a_moved_access_log(gateway_factory, tmp_path)
         _get(gw, path)
         poll(lambda: log_path.exists() and path in log_path.read_text(), what=f"{path} in the reopened file")
         assert path not in (tmp_path / f"access.log.{n}").read_text()
+    assert gw.stop() == 0
+
+
+def test_sigusr1_makes_every_worker_reopen_a_moved_access_log(gateway_factory, tmp_path):
+    from test_workers_e2e import get, workers_of
+    from txgate.runtime.steering import worker_for
+
+    log_path = tmp_path / "access.log"
+    gw = gateway_factory(f"[gateway]\naccess_log = {log_path}\n" + ECHO, workers="2")
+    gw.wait_log(r"2 workers serving")
+    # One client address steered to each worker (worker_affinity = client_address).
+    sources = {slot: next(f"127.0.0.{i}" for i in range(1, 64) if worker_for(f"127.0.0.{i}", 2) == slot)
+               for slot in (0, 1)}
+    pids = workers_of(gw)
+    for slot, src in sources.items():
+        assert get(gw.port, f"/echo/before-{slot}", source=src)[0] == 200
+    poll(lambda: all(f"/echo/before-{s}" in log_path.read_text() for s in sources), what="both workers' lines")
+    os.rename(log_path, tmp_path / "access.log.1")
+    gw.signal(signal.SIGUSR1)
+    gw.wait_log(r"log files reopened \(SIGUSR1\)")
+    for slot, src in sources.items():
+        assert get(gw.port, f"/echo/after-{slot}", source=src)[0] == 200
+    poll(lambda: log_path.exists() and all(f"/echo/after-{s}" in log_path.read_text() for s in sources),
+         what="both workers' lines in the reopened file")
+    assert "/echo/after-" not in (tmp_path / "access.log.1").read_text()
+    assert workers_of(gw) == pids  # nobody restarted
     assert gw.stop() == 0
 
 

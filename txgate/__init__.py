@@ -18,6 +18,9 @@ def makeService(config, reactor=None, *, loader=None):
         path = config
         config = _config.load(path)
         loader = loader or (lambda: _config.load(path))
+    from txgate.runtime.workers import check_single_process
+
+    check_single_process(config)  # worker processes are for `twistd txgate`, not an embedding application
     return _make(config, reactor, loader=loader)
 
 

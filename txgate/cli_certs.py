@@ -128,7 +128,13 @@ def cmd_cert_show(args: Any) -> int:
     from txgate.lifecycle.show import format_certificates, load_any_certificates
     from txgate.tls.certs import read_pem_file
 
-    sys.stdout.write(format_certificates(load_any_certificates(read_pem_file(args.file), args.file)))
+    certs = load_any_certificates(read_pem_file(args.file), args.file)
+    sys.stdout.write(format_certificates(certs))
+    from txgate.ocsp.show import cached_status_line
+
+    line = cached_status_line(certs, args.state_dir)
+    if line:
+        sys.stdout.write(line + "\n")
     return 0
 
 
@@ -244,11 +250,14 @@ def register_cert_commands(sub: Any) -> None:
     show = add_command(
         cert_sub, "show", func=cmd_cert_show, summary="subject, SANs, validity, key, fingerprint and SPKI pin",
         description="Describe each certificate in FILE: subject, issuer, names, validity, key, SHA-256 "
-                    "fingerprint (for client_certificates) and SPKI pin (for pinned_public_keys).",
+                    "fingerprint (for client_certificates) and SPKI pin (for pinned_public_keys), then the "
+                    "gateway's cached OCSP status of the leaf (from --state-dir) when it has one.",
         exits={0: "described", 1: "FILE cannot be read or holds no certificate"},
         examples=("txgate cert show api.pem",),
     )
     show.add_argument("file", metavar="FILE", help="a PEM chain or a DER certificate")
+    show.add_argument("--state-dir", default="./txgate-state",
+                      help="where the gateway keeps OCSP responses (its cached status of the leaf is shown)")
 
     csr = add_command(
         sub, "csr", func=cmd_csr,

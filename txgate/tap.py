@@ -26,6 +26,9 @@ Signals:
                    a configuration with mistakes is refused and the running one kept
   SIGUSR1          reopen the access log and txgate's log file (after logrotate moved them)
   SIGTERM, SIGINT  stop accepting, finish requests in flight (up to shutdown_timeout), exit 0
+  With worker processes ([gateway] workers, --workers) signal the supervisor (the pid file's
+  process): it validates a reload once and hands it to every worker, and has every worker reopen
+  its access log on SIGUSR1.
 
 Check a configuration first with `txgate check -c gw.ini`; `txgate --help` lists the other commands.
 """
@@ -42,13 +45,19 @@ def _load_quietly(path: str | None):
 
 
 class Options(usage.Options):
-    synopsis = "[twistd options] txgate [--config gw.ini]"
-    optParameters = [["config", "c", None, "path to gw.ini (default: the embedded defaults)"]]
+    synopsis = "[twistd options] txgate [--config gw.ini] [--workers auto|N]"
+    optParameters = [
+        ["config", "c", None, "path to gw.ini (default: the embedded defaults)"],
+        ["workers", "w", None, "worker processes: auto or N, overriding [gateway] workers"],
+    ]
 
     def getUsage(self, width=None) -> str:
         return super().getUsage(width) + HELP
 
     def postOptions(self) -> None:
+        w = self["workers"]
+        if w is not None and w != "auto" and not (w.isdigit() and int(w) >= 1):
+            raise usage.UsageError(f"--workers: expected auto or an integer >= 1, got '{w}'")
         parent = getattr(self, "parent", None)
         if parent is None:
             return
@@ -74,24 +83,45 @@ def makeService(options):
     from txgate import config as _config
     from txgate.runtime.assemble import makeService as _make
     from txgate.runtime.logs import daemon_access_log
+    from txgate.runtime.workers import resolve_workers
 
     path = options["config"]
     load = (lambda: _config.load(path)) if path else _config.default_config
-    daemon = getattr(options, "daemon", False)
-    if daemon:
-        # stdout is closed in daemon mode: `access_log = -` goes to state_dir/access.log instead.
+    if getattr(options, "daemon", False):
+        # stdout is closed in daemon mode: `access_log = -` goes to state_dir/access.log instead
+        # (for worker processes too: they get the configs this loader returns).
         os.makedirs(options.state_dir, mode=0o700, exist_ok=True)
 
         def loader():
             return daemon_access_log(load())
     else:
         loader = load
+    if options["workers"] is not None:
+        loader = _with_workers(loader, None if options["workers"] == "auto" else int(options["workers"]))
     try:
         cfg = loader()
-        top = _make(cfg, loader=loader)
+        count = resolve_workers(cfg.gateway.workers)
+        if count > 1:
+            from txgate.runtime.supervised import make_supervised_service
+
+            top = make_supervised_service(cfg, count, loader=loader)
+        else:
+            top = _make(cfg, loader=loader)
     except _config.ConfigError as e:
         sys.stderr.write("".join(f"txgate: configuration error: {line}\n" for line in e.lines()))
         sys.stderr.flush()
         raise SystemExit(1)
     handle_signals(top)
     return top
+
+
+def _with_workers(loader, workers):
+    """A loader whose configs carry the command line's --workers instead of gw.ini's."""
+    import dataclasses
+
+    def load():
+        cfg = loader()
+        return dataclasses.replace(cfg, gateway=dataclasses.replace(cfg.gateway, workers=workers))
+
+    return load
+

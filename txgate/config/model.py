@@ -123,6 +123,13 @@ class GatewayConfig:
     expiry_warning_days: int = 30
     # Error bodies carry the details (upstream URLs, TLS reasons) instead of a generic message: development only.
     error_detail: bool = False
+    # Worker processes under `twistd txgate`: None = auto (the CPUs this process may run on).
+    workers: int | None = None
+    # How a worker is chosen for a new connection: "client_address" (same client, same worker) or "none".
+    worker_affinity: str = "client_address"
+
+
+WORKER_AFFINITY = ("client_address", "none")
 
 
 @dataclass(frozen=True)
@@ -217,6 +224,12 @@ class ListenerConfig:
     client_crl_missing: str = "refuse"  # or "allow": a CA of the chain without a CRL is not checked
     verify_depth: int = 4
     announce_client_cas: bool = True
+    # OCSP (txgate.ocsp): stapling for this listener's certificates, status checks of client certificates.
+    ocsp_stapling: str = "auto"  # auto | on | off
+    ocsp_responder: str | None = None
+    client_ocsp: str = "off"  # off | soft | hard
+    client_ocsp_responder: str | None = None
+    client_ocsp_timeout: float = 2.0
     # tls = off: answer everything but ACME HTTP-01 challenges with 308 to https (default: on without APIs).
     redirect_https: bool | None = False
 

@@ -17,11 +17,12 @@ from txgate.runtime.gateway import GatewayService
 log = Logger(namespace="txgate.service")
 
 
-def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
+def makeService(config: Config, reactor=None, *, loader=None, gateway_class=None, metrics=None) -> MultiService:
     """Build the gateway as a MultiService (validates first; raises ConfigError).
 
     ``loader`` re-reads the configuration on reload (``lambda: txgate.config.load(path)``); without
-    it a reload rebuilds from the same Config (the store may still have changed).
+    it a reload rebuilds from the same Config (the store may still have changed). The supervisor of
+    worker processes (``txgate.runtime.supervised``) passes its own ``gateway_class`` and ``metrics``.
     """
     # Validate before anything is created in state_dir: the files gw.ini names first, then the store
     # is opened first only when the config refers to it (and then must already exist), else after
@@ -45,9 +46,10 @@ def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
     from txgate.metrics import Metrics
 
     _pins.announce()  # once per process, whoever asks first
-    metrics = Metrics()
+    if metrics is None:
+        metrics = Metrics()
     top = MultiService()
-    gateway = GatewayService(plan, reactor, loader=loader, store=store, metrics=metrics)
+    gateway = (gateway_class or GatewayService)(plan, reactor, loader=loader, store=store, metrics=metrics)
     gateway.setServiceParent(top)
     facade = ServiceFacade(gateway)
     top.facade = facade
