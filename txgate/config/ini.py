@@ -16,9 +16,11 @@ from txgate.config.model import (
     Config,
     ConfigError,
     GatewayConfig,
+    KubernetesConfig,
     ListenerConfig,
     SecurityConfig,
 )
+from txgate.config.kubernetes import KUBERNETES_KEYS, parse_kubernetes
 from txgate.config.sections import Section, parse_bind, parse_cert_spec, suggest
 
 DEFAULT_CONFIG = """\
@@ -47,7 +49,7 @@ LISTENER_KEYS = {
     "announce_client_cas",
 }
 CLIENT_AUTH_MODES = ("none", "optional", "require")
-SECTION_KINDS = ("gateway", "security", "admin", "listener:NAME", "api:NAME")
+SECTION_KINDS = ("gateway", "security", "admin", "kubernetes", "listener:NAME", "api:NAME")
 
 
 def _tls_version(section: Section, key: str, default: str, warnings: list[str]) -> str:
@@ -72,7 +74,7 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
             section.fail("sni", f"expected 'NAME = CERT.pem KEY.pem', got '{line}'")
         if not wildcard_ok(sname):
             section.fail("sni", f"'{sname}': {WILDCARD_RULE}")
-        sni.append((sname, parse_cert_spec(section, "sni", rest.strip())))
+        sni.append((sname, parse_cert_spec(section, "sni", rest.strip(), sname)))
     min_tls = _tls_version(section, "min_tls", "1.2", warnings)
     max_tls = _tls_version(section, "max_tls", "1.3", warnings)
     if TLS_VERSIONS.index(min_tls) > TLS_VERSIONS.index(max_tls):
@@ -149,6 +151,7 @@ def parse_text(text: str, path: str) -> Config:
     gateway = GatewayConfig()
     security = SecurityConfig()
     admin = AdminConfig()
+    kubernetes = KubernetesConfig()
     listener_sections: list[tuple[str, dict]] = []
     api_sections: list[tuple[str, dict]] = []
     for name in parser.sections():
@@ -169,6 +172,8 @@ def parse_text(text: str, path: str) -> Config:
             )
         elif name == "admin":
             admin = parse_admin(Section(path, name, values, ADMIN_KEYS))
+        elif name == "kubernetes":
+            kubernetes = parse_kubernetes(Section(path, name, values, KUBERNETES_KEYS))
         elif name == "security":
             security = parse_security(Section(path, name, values, SECURITY_KEYS))
         elif kind == "listener" and sep and rest.strip():
@@ -176,7 +181,7 @@ def parse_text(text: str, path: str) -> Config:
         elif kind == "api" and sep and rest.strip():
             api_sections.append((rest.strip(), values))
         else:
-            known = ["gateway", "security", "admin"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
+            known = ["gateway", "security", "admin", "kubernetes"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
             hint = suggest(name, known) or f" (expected one of {', '.join(SECTION_KINDS)})"
             raise ConfigError(path, name, None, "unknown section" + hint)
 
@@ -218,7 +223,7 @@ def parse_text(text: str, path: str) -> Config:
                                   f"{admin.host}:{admin.port} is already used by [listener:{ln.name}]")
     admin = dataclasses.replace(admin, state_dir=gateway.state_dir)
     return Config(path=path, gateway=gateway, listeners=tuple(listeners), apis=tuple(apis), security=security,
-                  admin=admin, warnings=tuple(warnings))
+                  admin=admin, kubernetes=kubernetes, warnings=tuple(warnings))
 
 
 def _binds_overlap(a: str, b: str) -> bool:

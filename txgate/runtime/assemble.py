@@ -27,6 +27,7 @@ def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
     # is opened first only when the config refers to it (and then must already exist), else after
     # everything else checked out.
     check_files(config)
+    access = kubernetes_access(config)
     store = open_gateway_store(config, create=False) if config.store_refs() else None
     try:
         plan = prepare(config, store=store)
@@ -58,4 +59,22 @@ def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
                                            allowed_hosts=adm.allowed_hosts)
         AdminService(facade, admin_config, gateway.reactor, metrics=metrics).setServiceParent(top)
     ExpiryMonitor(facade, gateway.reactor, warning_days=config.gateway.expiry_warning_days).setServiceParent(top)
+    if access is not None:
+        from txgate.k8s.service import KubernetesSource
+
+        KubernetesSource(config, access, store, gateway.reactor).setServiceParent(top)
     return top
+
+
+def kubernetes_access(config: Config):
+    """The API server access when the config uses Kubernetes certificates (else None); errors name [kubernetes]."""
+    if not config.kubernetes_specs():
+        return None
+    from txgate.config import ConfigError
+    from txgate.k8s.kubeconfig import KubeconfigError, find_access
+
+    k = config.kubernetes
+    try:
+        return find_access(k.kubeconfig, k.context)
+    except KubeconfigError as e:
+        raise ConfigError(config.path, "kubernetes", "kubeconfig", str(e)) from None

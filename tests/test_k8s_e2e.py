@@ -1,0 +1,177 @@
+"""End to end: a real gateway (twistd) following Secrets and CSRs on the stand-in API server (tests/k8s_apiserver.py)."""
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+
+import pytest
+from certs_helpers import make_ca, make_leaf, pem_chain, pem_key
+from conftest import curl, poll
+from cryptography import x509
+
+from k8s_apiserver import FakeApiServer
+
+SIGNER = "example.com/txgate"
+
+
+@pytest.fixture
+def api(tmp_path):
+    server = FakeApiServer(tmp_path)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def site_ca():
+    return make_ca("site CA")
+
+
+def config(kubeconfig: str, certificate: str, extra: str = "") -> str:
+    return f"""\
+[gateway]
+state_dir = ./txgate-state
+
+[admin]
+bind = off
+
+[kubernetes]
+kubeconfig = {kubeconfig}
+{extra}
+[listener:main]
+bind = 127.0.0.1:0
+certificate = {certificate}
+
+[api:echo]
+path = /
+hosts = site.example localhost
+upstream = builtin:echo
+"""
+
+
+def served(port: int) -> x509.Certificate:
+    """The leaf certificate the gateway presents (no verification: the caller compares it)."""
+    pem = ssl.get_server_certificate(("127.0.0.1", port), timeout=5)
+    return x509.load_pem_x509_certificate(pem.encode())
+
+
+def curl_ok(port: int, ca_path: str, host: str = "site.example") -> bool:
+    r = curl("--cacert", ca_path, "--resolve", f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/echo", "-o",
+             os.devnull, "-w", "%{http_code}")
+    return r.returncode == 0 and r.stdout == b"200"
+
+
+def write_ca(tmp_path, ca) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    path = tmp_path / "site-ca.pem"
+    path.write_bytes(ca.leaf.public_bytes(serialization.Encoding.PEM))
+    return str(path)
+
+
+def test_secret_served_updated_broken_and_watch_recovery(api, tmp_path, gateway_factory, site_ca):
+    v1 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v1), pem_key(v1))
+    gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig"), "k8s-secret:web/site-tls"))
+    ca_path = write_ca(tmp_path, site_ca)
+    poll(lambda: served(gw.port) == v1.leaf, 10, what="the Secret's certificate served")
+    assert curl_ok(gw.port, ca_path)
+    # A new certificate in the Secret is served without a restart.
+    v2 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v2), pem_key(v2))
+    poll(lambda: served(gw.port) == v2.leaf, 2.5, what="the updated Secret served within 2 s")
+    assert curl_ok(gw.port, ca_path)
+    # A broken version (key of another certificate) keeps the previous certificate, with one log line.
+    v3 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v3), pem_key(v1))
+    gw.wait_log(r"k8s-secret:web/site-tls: tls.key does not match the certificate in tls.crt; keeping the previous")
+    assert served(gw.port) == v2.leaf
+    # The server drops the watch: txgate resumes it.
+    api.drop_watches()
+    v4 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v4), pem_key(v4))
+    poll(lambda: served(gw.port) == v4.leaf, 10, what="the Secret followed after a dropped watch")
+    # History compacted (410 Gone on resume): txgate lists again.
+    api.compact()
+    v5 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v5), pem_key(v5))
+    gw.wait_log(r"resourceVersion \d+ is gone; listing again")
+    poll(lambda: served(gw.port) == v5.leaf, 10, what="the Secret followed after 410 Gone")
+    assert curl_ok(gw.port, ca_path)
+
+
+def test_token_file_rotation_is_picked_up(api, tmp_path, gateway_factory, site_ca):
+    token = tmp_path / "token"
+    token.write_text("token-1\n")
+    api.tokens = {"token-1"}
+    v1 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v1), pem_key(v1))
+    gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig", token_file=token), "k8s-secret:web/site-tls"))
+    poll(lambda: served(gw.port) == v1.leaf, 10, what="the Secret's certificate served")
+    # The token rotates: the old one is no longer accepted, the file holds the new one.
+    api.tokens = {"token-2"}
+    token.write_text("token-2\n")
+    api.drop_watches()
+    v2 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v2), pem_key(v2))
+    poll(lambda: served(gw.port) == v2.leaf, 15, what="the Secret followed with the rotated token")
+
+
+def _issuer(cert: x509.Certificate) -> str:
+    return cert.issuer.rfc4514_string()
+
+
+def test_csr_issued_after_approval_and_renewed(api, tmp_path, gateway_factory):
+    api.max_seconds = 9  # the signer issues 9 s certificates: renewal at 2/3 of the lifetime (6 s)
+    gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig"), f"k8s-csr:{SIGNER}",
+                                "csr_expiration_seconds = 600\npod_name = gw-0\n"))
+    gw.wait_log(r"no certificate from Kubernetes yet")
+    assert "stand-in" not in _issuer(served(gw.port))  # the local-CA placeholder
+    first = poll(api.csr_names, 10, what="a CSR submitted")[0]
+    assert first.startswith("txgate-gw-0-")
+    spec = api.csrs[first]["spec"]
+    assert spec["signerName"] == SIGNER and spec["expirationSeconds"] == 600
+    assert spec["usages"] == ["digital signature", "key encipherment", "server auth"]
+    api.approve(first)
+    poll(lambda: "stand-in cluster signer" in _issuer(served(gw.port)), 10, what="the signed certificate served")
+    assert curl_ok(gw.port, api.signer_ca_path, host="localhost")
+    leaf = served(gw.port)
+    second = poll(lambda: [n for n in api.csr_names() if n != first], 15, what="a renewal CSR")[0]
+    api.approve(second)
+    poll(lambda: served(gw.port) != leaf, 10, what="the renewed certificate served")
+    assert served(gw.port).public_key().public_bytes(*_spki()) != leaf.public_key().public_bytes(*_spki())
+
+
+def _spki():
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+
+
+def test_csr_denied_is_reported(api, tmp_path, gateway_factory):
+    gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig"), f"k8s-csr:{SIGNER}"))
+    name = poll(api.csr_names, 10, what="a CSR submitted")[0]
+    api.deny(name, "NotOurs", "this gateway may not have that name")
+    gw.wait_log(rf"CertificateSigningRequest {name} denied: NotOurs: this gateway may not have that name")
+
+
+def test_missing_permission_is_a_clear_error(api, tmp_path, gateway_factory, site_ca):
+    api.allowed = {("list", "secrets"), ("get", "secrets")}  # no watch
+    v1 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v1), pem_key(v1))
+    gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig"), "k8s-secret:web/site-tls"))
+    gw.wait_log(r'watch failed \(403 Forbidden: secrets is forbidden: User "system:serviceaccount:txgate:txgate" '
+                r'cannot watch resource "secrets"')
+    poll(lambda: served(gw.port) == v1.leaf, 10, what="the listed certificate served")  # the list still worked
+
+
+def test_kubectl_reads_the_stand_in(api, tmp_path, site_ca):
+    """The stand-in's fidelity, checked with the real kubectl: discovery and JSON get of Secrets and CSRs."""
+    v1 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v1), pem_key(v1))
+    kc = api.kubeconfig(tmp_path / "kubeconfig")
+    base = ["kubectl", "--kubeconfig", kc, "--cache-dir", str(tmp_path / "kcache")]
+    r = subprocess.run(base + ["get", "secret", "site-tls", "-n", "web", "-o", "jsonpath={.type}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "kubernetes.io/tls"
