@@ -49,7 +49,7 @@ LISTENER_KEYS = {
     "announce_client_cas",
 }
 CLIENT_AUTH_MODES = ("none", "optional", "require")
-SECTION_KINDS = ("gateway", "security", "admin", "kubernetes", "listener:NAME", "api:NAME")
+SECTION_KINDS = ("gateway", "security", "admin", "listener:NAME", "api:NAME")
 
 
 def _tls_version(section: Section, key: str, default: str, warnings: list[str]) -> str:
