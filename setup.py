@@ -33,7 +33,8 @@ setup(
         "redis>=5.0",
         "prometheus_client>=0.20",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "pyyaml>=6", "openapi-spec-validator>=0.7"]},
+    # pyyaml reads kubeconfig files (k8s-secret: and k8s-csr: certificates).
+    extras_require={"kubernetes": ["pyyaml>=6"], "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "pyyaml>=6", "openapi-spec-validator>=0.7"]},
     entry_points={"console_scripts": ["txgate=txgate.cli:main"]},
     # txgate._spki: the native SPKI core (native/), linked against the system libcrypto;
     # txgate._nghttp2: the native HTTP/2 engine's glue, linked against the system libnghttp2.

@@ -3,10 +3,13 @@
 It implements only what txgate and the tests' kubectl calls use, following the real API's shapes:
 discovery (``/version``, ``/api``, ``/apis``, the ``v1`` and ``certificates.k8s.io/v1`` resource lists),
 Secrets (get, list with ``fieldSelector=metadata.name=``, watch with ``resourceVersion``, bookmarks and
-410 Gone as an ``ERROR`` event, create and replace), CertificateSigningRequests (create, get, list, watch,
-the ``/approval`` subresource in JSON, conditions as the real API sets them) with a test signer that
-writes ``status.certificate`` honouring ``expirationSeconds``; bearer-token authentication (401) and
-per-resource permissions (403 Status objects worded like the real ones).
+410 Gone as an ``ERROR`` event, create, replace and the merge patch of ``kubectl apply``),
+CertificateSigningRequests (create, get, list, watch, the ``/approval`` subresource in JSON and in the
+protobuf envelope ``kubectl certificate approve`` sends, conditions as the real API sets them) with a
+test signer that writes ``status.certificate`` honouring ``expirationSeconds``; bearer-token
+authentication (401) and per-resource permissions (403 Status objects worded like the real ones).
+Not implemented: Table responses (kubectl falls back to its default columns), OpenAPI documents
+(use ``kubectl apply --validate=false``), client-certificate authentication.
 
 It is a stdlib ``ThreadingHTTPServer`` over TLS run in a thread; the test API (``put_secret``,
 ``approve``, ``deny``, ``drop_watches``, ``compact``) changes its state directly.
@@ -226,6 +229,70 @@ class FakeApiServer:
         return self.allowed is None or (verb, resource) in self.allowed
 
 
+def merge_patch(target: dict, patch: dict) -> dict:
+    """A JSON merge patch (RFC 7396): maps merge, null deletes, anything else replaces."""
+    for k, v in patch.items():
+        if v is None:
+            target.pop(k, None)
+        elif isinstance(v, dict) and isinstance(target.get(k), dict):
+            merge_patch(target[k], v)
+        else:
+            target[k] = v
+    return target
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, i
+
+
+def proto_fields(data: bytes) -> list[tuple[int, bytes | int]]:
+    """The (field number, value) pairs of a protobuf message (wire types 0, 1, 2, 5)."""
+    out, i = [], 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(data, i)
+        elif wire == 2:
+            n, i = _varint(data, i)
+            value, i = data[i:i + n], i + n
+        elif wire == 1:
+            value, i = data[i:i + 8], i + 8
+        elif wire == 5:
+            value, i = data[i:i + 4], i + 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        out.append((field, value))
+    return out
+
+
+def csr_conditions_from_protobuf(body: bytes) -> list[dict]:
+    """status.conditions of a CertificateSigningRequest in the Kubernetes protobuf envelope
+    ('k8s\\0' + runtime.Unknown{raw: CSR{status(3): {conditions(1): [{type(1), reason(2), message(3), status(6)}]}}})."""
+    if not body.startswith(b"k8s\x00"):
+        raise ValueError("no k8s protobuf magic")
+    raw = next(v for f, v in proto_fields(body[4:]) if f == 2)
+    conditions = []
+    for f, st in proto_fields(raw):
+        if f != 3:
+            continue
+        for g, cond in proto_fields(st):
+            if g != 1:
+                continue
+            names = {1: "type", 2: "reason", 3: "message", 6: "status"}
+            c = {names[h]: v.decode() for h, v in proto_fields(cond) if h in names}
+            c.setdefault("status", "True")
+            conditions.append(c)
+    return conditions
+
+
 def _handler(api: FakeApiServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -248,7 +315,8 @@ def _handler(api: FakeApiServer):
             n = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(n) if n else b""
             if self.headers.get("Content-Type", "").startswith("application/vnd.kubernetes.protobuf"):
-                return None
+                # kubectl certificate approve/deny send protobuf: only the conditions are read.
+                return {"status": {"conditions": csr_conditions_from_protobuf(raw)}}
             return json.loads(raw or b"{}")
 
         def authorized(self, verb: str, resource: str, namespace: str | None) -> bool:
@@ -272,6 +340,9 @@ def _handler(api: FakeApiServer):
 
         def do_PUT(self) -> None:
             self.route("PUT")
+
+        def do_PATCH(self) -> None:
+            self.route("PATCH")
 
         def route(self, method: str) -> None:
             parts = urlsplit(self.path)
@@ -325,9 +396,16 @@ def _handler(api: FakeApiServer):
                 if obj is None:
                     return self.fail(404, "NotFound", f'secrets "{name}" not found')
                 return self.send_json(200, obj)
-            verb = "create" if method == "POST" else "update"
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}[method]
             if not self.authorized(verb, "secrets", ns):
                 return
+            if method == "PATCH":  # `kubectl apply`: a strategic merge patch, which for a Secret merges maps
+                with api.lock:
+                    old = api.secrets.get((ns, name))
+                    old = json.loads(json.dumps(old)) if old else None
+                if old is None:
+                    return self.fail(404, "NotFound", f'secrets "{name}" not found')
+                return self.send_json(200, api.store_secret(merge_patch(old, self.body())))
             obj = self.body()
             obj.setdefault("metadata", {})["namespace"] = ns
             exists = (ns, obj["metadata"].get("name")) in api.secrets

@@ -49,6 +49,33 @@ upstream = builtin:echo
 """
 
 
+def kubectl(api, tmp_path, *args, stdin: str | None = None) -> str:
+    """Run the real kubectl against the stand-in; its stdout (fails the test on a non-zero exit)."""
+    kc = tmp_path / "kubeconfig-kubectl"
+    if not kc.exists():
+        api.kubeconfig(kc)
+    r = subprocess.run(["kubectl", "--kubeconfig", str(kc), "--cache-dir", str(tmp_path / "kcache"), *args],
+                       input=stdin, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stderr}"
+    return r.stdout
+
+
+def apply_secret(api, tmp_path, namespace: str, name: str, leaf, key_of=None) -> None:
+    """`kubectl create secret tls --dry-run=client -o yaml | kubectl apply -f -` with ``leaf`` (and another key)."""
+    import base64
+
+    crt, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    crt.write_bytes(pem_chain(leaf))
+    key.write_bytes(pem_key(leaf))
+    manifest = kubectl(api, tmp_path, "-n", namespace, "create", "secret", "tls", name, "--cert", str(crt),
+                       "--key", str(key), "--dry-run=client", "-o", "yaml")
+    if key_of is not None:  # kubectl refuses a mismatched pair: edit the manifest, as a hand edit would
+        good, bad = (base64.b64encode(pem_key(k)).decode() for k in (leaf, key_of))
+        assert good in manifest
+        manifest = manifest.replace(good, bad)
+    kubectl(api, tmp_path, "-n", namespace, "apply", "--validate=false", "-f", "-", stdin=manifest)
+
+
 def served(port: int) -> x509.Certificate:
     """The leaf certificate the gateway presents (no verification: the caller compares it)."""
     pem = ssl.get_server_certificate(("127.0.0.1", port), timeout=5)
@@ -71,30 +98,30 @@ def write_ca(tmp_path, ca) -> str:
 
 def test_secret_served_updated_broken_and_watch_recovery(api, tmp_path, gateway_factory, site_ca):
     v1 = make_leaf(site_ca, ["site.example"])
-    api.put_secret("web", "site-tls", pem_chain(v1), pem_key(v1))
+    apply_secret(api, tmp_path, "web", "site-tls", v1)
     gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig"), "k8s-secret:web/site-tls"))
     ca_path = write_ca(tmp_path, site_ca)
     poll(lambda: served(gw.port) == v1.leaf, 10, what="the Secret's certificate served")
     assert curl_ok(gw.port, ca_path)
     # A new certificate in the Secret is served without a restart.
     v2 = make_leaf(site_ca, ["site.example"])
-    api.put_secret("web", "site-tls", pem_chain(v2), pem_key(v2))
-    poll(lambda: served(gw.port) == v2.leaf, 2.5, what="the updated Secret served within 2 s")
+    apply_secret(api, tmp_path, "web", "site-tls", v2)
+    poll(lambda: served(gw.port) == v2.leaf, 2, what="the updated Secret served within 2 s")
     assert curl_ok(gw.port, ca_path)
     # A broken version (key of another certificate) keeps the previous certificate, with one log line.
     v3 = make_leaf(site_ca, ["site.example"])
-    api.put_secret("web", "site-tls", pem_chain(v3), pem_key(v1))
+    apply_secret(api, tmp_path, "web", "site-tls", v3, key_of=v1)
     gw.wait_log(r"k8s-secret:web/site-tls: tls.key does not match the certificate in tls.crt; keeping the previous")
     assert served(gw.port) == v2.leaf
     # The server drops the watch: txgate resumes it.
     api.drop_watches()
     v4 = make_leaf(site_ca, ["site.example"])
-    api.put_secret("web", "site-tls", pem_chain(v4), pem_key(v4))
+    apply_secret(api, tmp_path, "web", "site-tls", v4)
     poll(lambda: served(gw.port) == v4.leaf, 10, what="the Secret followed after a dropped watch")
     # History compacted (410 Gone on resume): txgate lists again.
     api.compact()
     v5 = make_leaf(site_ca, ["site.example"])
-    api.put_secret("web", "site-tls", pem_chain(v5), pem_key(v5))
+    apply_secret(api, tmp_path, "web", "site-tls", v5)
     gw.wait_log(r"resourceVersion \d+ is gone; listing again")
     poll(lambda: served(gw.port) == v5.leaf, 10, what="the Secret followed after 410 Gone")
     assert curl_ok(gw.port, ca_path)
@@ -132,12 +159,14 @@ def test_csr_issued_after_approval_and_renewed(api, tmp_path, gateway_factory):
     spec = api.csrs[first]["spec"]
     assert spec["signerName"] == SIGNER and spec["expirationSeconds"] == 600
     assert spec["usages"] == ["digital signature", "key encipherment", "server auth"]
-    api.approve(first)
+    listed = kubectl(api, tmp_path, "get", "csr")
+    assert first in listed
+    kubectl(api, tmp_path, "certificate", "approve", first)
     poll(lambda: "stand-in cluster signer" in _issuer(served(gw.port)), 10, what="the signed certificate served")
     assert curl_ok(gw.port, api.signer_ca_path, host="localhost")
     leaf = served(gw.port)
     second = poll(lambda: [n for n in api.csr_names() if n != first], 15, what="a renewal CSR")[0]
-    api.approve(second)
+    kubectl(api, tmp_path, "certificate", "approve", second)
     poll(lambda: served(gw.port) != leaf, 10, what="the renewed certificate served")
     assert served(gw.port).public_key().public_bytes(*_spki()) != leaf.public_key().public_bytes(*_spki())
 
@@ -151,8 +180,8 @@ def _spki():
 def test_csr_denied_is_reported(api, tmp_path, gateway_factory):
     gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig"), f"k8s-csr:{SIGNER}"))
     name = poll(api.csr_names, 10, what="a CSR submitted")[0]
-    api.deny(name, "NotOurs", "this gateway may not have that name")
-    gw.wait_log(rf"CertificateSigningRequest {name} denied: NotOurs: this gateway may not have that name")
+    kubectl(api, tmp_path, "certificate", "deny", name)
+    gw.wait_log(rf"CertificateSigningRequest {name} denied: KubectlDeny: This CSR was denied by kubectl certificate deny")
 
 
 def test_missing_permission_is_a_clear_error(api, tmp_path, gateway_factory, site_ca):

@@ -123,12 +123,14 @@ def in_cluster(environ, sa_dir: str = SA_DIR) -> ClusterAccess:
 
 def find_access(kubeconfig: str | None, context: str | None, environ=None) -> ClusterAccess:
     """The kubeconfig named in gw.ini, else the first file of $KUBECONFIG, else the in-cluster settings."""
-    import yaml
-
     environ = os.environ if environ is None else environ
     path = kubeconfig or (environ.get("KUBECONFIG") or "").split(os.pathsep)[0] or None
     if path is None:
         return in_cluster(environ)
+    try:
+        import yaml
+    except ImportError:
+        raise KubeconfigError(f"{path}: reading a kubeconfig needs PyYAML (pip install 'txgate[kubernetes]')") from None
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
