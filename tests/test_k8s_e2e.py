@@ -88,6 +88,42 @@ def curl_ok(port: int, ca_path: str, host: str = "site.example") -> bool:
     return r.returncode == 0 and r.stdout == b"200"
 
 
+class Load:
+    """Requests in a loop (a new TLS connection each, verified against the site CA) until stopped."""
+
+    def __init__(self, port: int, ca_path: str) -> None:
+        import threading
+
+        self.port, self.ok, self.failures = port, 0, []
+        self.ctx = ssl.create_default_context(cafile=ca_path)
+        self.running = True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        import http.client
+
+        while self.running:
+            conn = http.client.HTTPSConnection("site.example", self.port, context=self.ctx, timeout=10)
+            conn._create_connection = lambda addr, *a, **kw: __import__("socket").create_connection(
+                ("127.0.0.1", addr[1]), *a, **kw)
+            try:
+                conn.request("GET", "/echo")
+                status = conn.getresponse().status
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append(status)
+            except Exception as e:
+                self.failures.append(repr(e))
+            finally:
+                conn.close()
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join(15)
+
+
 def write_ca(tmp_path, ca) -> str:
     from cryptography.hazmat.primitives import serialization
 
@@ -103,10 +139,16 @@ def test_secret_served_updated_broken_and_watch_recovery(api, tmp_path, gateway_
     ca_path = write_ca(tmp_path, site_ca)
     poll(lambda: served(gw.port) == v1.leaf, 10, what="the Secret's certificate served")
     assert curl_ok(gw.port, ca_path)
-    # A new certificate in the Secret is served without a restart.
+    # A new certificate in the Secret is served without a restart, with no failed request meanwhile.
+    load = Load(gw.port, ca_path)
     v2 = make_leaf(site_ca, ["site.example"])
-    apply_secret(api, tmp_path, "web", "site-tls", v2)
-    poll(lambda: served(gw.port) == v2.leaf, 2, what="the updated Secret served within 2 s")
+    try:
+        apply_secret(api, tmp_path, "web", "site-tls", v2)
+        poll(lambda: served(gw.port) == v2.leaf, 2, what="the updated Secret served within 2 s")
+        poll(lambda: load.ok > 20, 10, what="requests after the switch")
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:3]
     assert curl_ok(gw.port, ca_path)
     # A broken version (key of another certificate) keeps the previous certificate, with one log line.
     v3 = make_leaf(site_ca, ["site.example"])
@@ -204,3 +246,30 @@ def test_kubectl_reads_the_stand_in(api, tmp_path, site_ca):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "kubernetes.io/tls"
+
+
+def served_sni(port: int, name: str) -> x509.Certificate:
+    """The leaf presented for SNI ``name``."""
+    import socket
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        with ctx.wrap_socket(sock, server_hostname=name) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def test_reload_follows_a_secret_added_to_the_config(api, tmp_path, gateway_factory, site_ca):
+    import signal
+
+    a, b = make_leaf(site_ca, ["site.example"]), make_leaf(site_ca, ["b.example"])
+    apply_secret(api, tmp_path, "web", "site-tls", a)
+    apply_secret(api, tmp_path, "web", "b-tls", b)
+    text = config(api.kubeconfig(tmp_path / "kubeconfig"), "k8s-secret:web/site-tls")
+    gw = gateway_factory(text)
+    poll(lambda: served(gw.port) == a.leaf, 10, what="the first Secret served")
+    gw.config_path.write_text(text.replace("certificate = k8s-secret:web/site-tls",
+                                           "certificate = k8s-secret:web/site-tls\nsni = b.example = k8s-secret:web/b-tls"))
+    gw.signal(signal.SIGHUP)
+    poll(lambda: served_sni(gw.port, "b.example") == b.leaf, 10, what="the Secret added by a reload served")
+    assert served(gw.port) == a.leaf

@@ -116,6 +116,8 @@ class SecretFollower:
     @defer.inlineCallbacks
     def _apply(self, obj: dict):
         """Write a good Secret version to the store; log a bad one and keep the previous certificate."""
+        if not self.running:  # no longer named by the running config
+            return
         try:
             secret = parse_tls_secret(obj, datetime.now(timezone.utc))
         except SecretProblem as e:

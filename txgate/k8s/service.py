@@ -59,39 +59,74 @@ def pod_name(config: Config, environ=None) -> str:
 
 
 class KubernetesSource(Service):
-    """Follows the config's Secrets and CSRs into the store (started with the gateway)."""
+    """Follows the running config's Secrets and CSRs into the store (started with the gateway).
+
+    ``current_config`` gives the configuration in use (it changes on reload): every ``SYNC`` seconds
+    the Secrets and CSRs it names are compared with those followed, and the difference started or stopped.
+    """
 
     name = "kubernetes"
+    SYNC = 1.0
 
-    def __init__(self, config: Config, access, store, reactor) -> None:
+    def __init__(self, config: Config, access, store, reactor, current_config=None) -> None:
         self.config, self.access, self.store, self.reactor = config, access, store, reactor
+        self.current_config = current_config or (lambda: self.config)
         self.client = None
-        self.followers: list = []
-        self.issuers: list = []
+        self.dstore = None
+        self.workers: dict = {}  # want key -> SecretFollower or CsrIssuer
+        self._synced = None
+        self._loop = None
 
     def startService(self) -> None:
         super().startService()
+        from twisted.internet import task
+
         from txgate.k8s.client import KubeClient
-        from txgate.k8s.secrets import SecretFollower
         from txgate.store import DeferredStore
 
         self.client = KubeClient(self.access, self.reactor)
-        dstore = DeferredStore(self.store, self.reactor)
+        self.dstore = DeferredStore(self.store, self.reactor)
         log.info("kubernetes: API server {server} ({source})", server=self.access.server, source=self.access.source)
-        for ns, name, store_name in secret_wants(self.config):
-            f = SecretFollower(self.client, dstore, ns, name, store_name, self.reactor)
-            self.followers.append(f)
-            f.start()
-        pod = pod_name(self.config)
-        for want in csr_wants(self.config):
-            issuer = CsrIssuer(self.client, dstore, want, self.reactor, pod=pod,
-                               expiration_seconds=self.config.kubernetes.csr_expiration_seconds)
-            self.issuers.append(issuer)
-            issuer.start()
+        self._loop = task.LoopingCall(self.sync)
+        self._loop.clock = self.reactor
+        self._loop.start(self.SYNC, now=True)
+
+    def wanted(self, config: Config) -> dict:
+        """want key -> a factory of its worker, for everything ``config`` names."""
+        from txgate.k8s.secrets import SecretFollower
+
+        out = {}
+        for ns, name, store_name in secret_wants(config):
+            out[("secret", ns, name, store_name)] = (
+                lambda ns=ns, name=name, sn=store_name: SecretFollower(self.client, self.dstore, ns, name, sn,
+                                                                       self.reactor))
+        pod = pod_name(config)
+        seconds = config.kubernetes.csr_expiration_seconds
+        for want in csr_wants(config):
+            out[("csr", want, pod, seconds)] = (
+                lambda want=want: CsrIssuer(self.client, self.dstore, want, self.reactor, pod=pod,
+                                            expiration_seconds=seconds))
+        return out
+
+    def sync(self) -> None:
+        """Start the workers the running config needs and stop those it no longer names."""
+        config = self.current_config()
+        if config is self._synced:
+            return
+        self._synced = config
+        wanted = self.wanted(config)
+        for key in [k for k in self.workers if k not in wanted]:
+            self.workers.pop(key).stop()
+        for key, make in wanted.items():
+            if key not in self.workers:
+                self.workers[key] = worker = make()
+                worker.start()
 
     def stopService(self):
         super().stopService()
-        for worker in self.followers + self.issuers:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        for worker in self.workers.values():
             worker.stop()
         if self.client is not None:
             return self.client.close()

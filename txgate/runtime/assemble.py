@@ -62,7 +62,8 @@ def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
     if access is not None:
         from txgate.k8s.service import KubernetesSource
 
-        KubernetesSource(config, access, store, gateway.reactor).setServiceParent(top)
+        KubernetesSource(config, access, store, gateway.reactor,
+                         current_config=lambda: gateway.config).setServiceParent(top)
     return top
 
 
