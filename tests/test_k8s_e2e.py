@@ -137,7 +137,9 @@ def test_secret_served_updated_broken_and_watch_recovery(api, tmp_path, gateway_
     apply_secret(api, tmp_path, "web", "site-tls", v1)
     gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig"), "k8s-secret:web/site-tls"))
     ca_path = write_ca(tmp_path, site_ca)
-    poll(lambda: served(gw.port) == v1.leaf, 10, what="the Secret's certificate served")
+    # Startup read the Secret before listening: the first connection already gets its certificate.
+    assert served(gw.port) == v1.leaf
+    assert "no certificate from Kubernetes yet" not in gw.output()
     assert curl_ok(gw.port, ca_path)
     # A new certificate in the Secret is served without a restart, with no failed request meanwhile.
     load = Load(gw.port, ca_path)
@@ -227,12 +229,13 @@ def test_csr_denied_is_reported(api, tmp_path, gateway_factory):
 
 
 def test_missing_permission_is_a_clear_error(api, tmp_path, gateway_factory, site_ca):
-    api.allowed = {("list", "secrets"), ("get", "secrets")}  # no watch
+    api.allowed = {("list", "secrets")}  # no get (startup read), no watch
     v1 = make_leaf(site_ca, ["site.example"])
     api.put_secret("web", "site-tls", pem_chain(v1), pem_key(v1))
     gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig"), "k8s-secret:web/site-tls"))
     gw.wait_log(r'watch failed \(403 Forbidden: secrets is forbidden: User "system:serviceaccount:txgate:txgate" '
                 r'cannot watch resource "secrets"')
+    gw.wait_log(r'k8s-secret:web/site-tls: cannot read it at startup \(403 Forbidden: .*cannot get resource "secrets"')
     poll(lambda: served(gw.port) == v1.leaf, 10, what="the listed certificate served")  # the list still worked
 
 

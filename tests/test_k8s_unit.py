@@ -64,8 +64,8 @@ def test_bad_k8s_words_name_section_and_key(word, message):
 def test_kubernetes_section_defaults_and_errors():
     cfg = parse()
     k = cfg.kubernetes
-    assert (k.kubeconfig, k.context, k.csr_expiration_seconds, k.pod_name) == (
-        None, None, 86400, None)
+    assert (k.kubeconfig, k.context, k.csr_expiration_seconds, k.startup_timeout, k.pod_name) == (
+        None, None, 86400, 10.0, None)
     cfg = parse(head="[kubernetes]\nkubeconfig = /k\ncontext = c\ncsr_expiration_seconds = 3600\npod_name = gw-1\n")
     assert (cfg.kubernetes.kubeconfig, cfg.kubernetes.context, cfg.kubernetes.csr_expiration_seconds,
             cfg.kubernetes.pod_name) == ("/k", "c", 3600, "gw-1")

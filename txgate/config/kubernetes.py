@@ -11,7 +11,7 @@ import re
 
 from txgate.config.model import CertSpec, KubernetesConfig
 
-KUBERNETES_KEYS = {"kubeconfig", "context", "csr_expiration_seconds", "pod_name"}
+KUBERNETES_KEYS = {"kubeconfig", "context", "csr_expiration_seconds", "startup_timeout", "pod_name"}
 SECRET_PREFIX = "k8s-secret:"
 CSR_PREFIX = "k8s-csr:"
 # The API server refuses expirationSeconds below 600.
@@ -34,6 +34,7 @@ def parse_kubernetes(section) -> KubernetesConfig:
         context=section.str("context"),
         csr_expiration_seconds=section.number("csr_expiration_seconds", 86400, integer=True,
                                               minimum=MIN_CSR_SECONDS),
+        startup_timeout=section.number("startup_timeout", 10.0),
         pod_name=pod,
     )
 

@@ -149,6 +149,7 @@ class KubernetesConfig:
     kubeconfig: str | None = None  # None: $KUBECONFIG, then the in-cluster service account
     context: str | None = None  # None: the kubeconfig's current-context
     csr_expiration_seconds: int = 86400
+    startup_timeout: float = 10.0  # how long startup reads the Secrets before listening (0: not at all)
     pod_name: str | None = None  # None: $POD_NAME, then the host name (CSR names are per replica)
 
 

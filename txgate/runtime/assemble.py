@@ -30,6 +30,13 @@ def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
     access = kubernetes_access(config)
     store = open_gateway_store(config, create=False) if config.store_refs() else None
     try:
+        if access is not None:
+            from txgate.k8s.bootstrap import fetch_secrets
+            from txgate.k8s.service import secret_wants
+
+            if store is None:
+                store = open_gateway_store(config)
+            fetch_secrets(access, secret_wants(config), store, config.kubernetes.startup_timeout)
         plan = prepare(config, store=store)
         if store is None:
             store = open_gateway_store(config)
