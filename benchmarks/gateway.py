@@ -68,7 +68,14 @@ class Gateway:
         self._profiles = 0
 
     def cpu(self) -> float:
-        return _procs.cpu_seconds(self.pid)
+        """utime + stime of the gateway: the process and, with workers, every worker process."""
+        total = _procs.cpu_seconds(self.pid)
+        for child in _procs.children(self.pid):
+            try:
+                total += _procs.cpu_seconds(child)
+            except OSError:  # exited meanwhile
+                pass
+        return total
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -98,13 +105,15 @@ class Gateway:
 
 
 def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access_log: bool = False,
-          profile: bool = False, timeout: float = 30.0) -> Gateway:
-    d = os.path.join(tmp, "gateway")
+          profile: bool = False, timeout: float = 30.0, workers: int = 1) -> Gateway:
+    d = os.path.join(tmp, f"gateway-{workers}w")
     os.makedirs(d)
     ini = os.path.join(d, "gw.ini")
     with open(ini, "w") as f:
-        f.write(GW_INI.format(state=os.path.join(d, "state"), upstream_port=upstream_port,
-                              access_log=os.path.join(d, "access.log") if access_log else "off"))
+        text = GW_INI.format(state=os.path.join(d, "state"), upstream_port=upstream_port,
+                             access_log=os.path.join(d, "access.log") if access_log else "off")
+        # All load comes from 127.0.0.1: with client-address affinity it would all go to one worker.
+        f.write(text.replace("[gateway]\n", f"[gateway]\nworkers = {workers}\nworker_affinity = none\n", 1))
     env = dict(os.environ, PYTHONPATH=repo + (os.pathsep + os.environ["PYTHONPATH"]
                                               if os.environ.get("PYTHONPATH") else ""))
     profile_dir = None
@@ -119,7 +128,7 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
     else:
         head = [sys.executable, "-c", RUN]
     args = head + ["-n", "--pidfile=", "txgate", "--config", ini]
-    out_path = os.path.join(tmp, "gateway.out")
+    out_path = os.path.join(d, "gateway.out")
     out = open(out_path, "wb")
     p = pm.popen(args, cwd=d, env=env, stdout=out, stderr=out, preexec_fn=_procs.pin(cpu))
     deadline = time.monotonic() + timeout
@@ -135,4 +144,4 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
         time.sleep(0.05)
     port = int(m.group(1))
     _procs.wait_port(port, proc=p)
-    return Gateway(p, port, tmp, profile_dir)
+    return Gateway(p, port, d, profile_dir)

@@ -76,11 +76,24 @@ def parse_args(argv=None):
     p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (default 0)")
     p.add_argument("--load-cpu", type=int, default=1,
                    help="CPU for h2load, the scenario-3 clients and the backend (default 1)")
+    p.add_argument("--workers", default="1",
+                   help="gateway worker processes, or a comma-separated list measured one after the other in one "
+                        "run (e.g. 1,2); with more than one worker the gateway, the load and the backend are not "
+                        "pinned, and the gateway uses worker_affinity = none (the load comes from one address) "
+                        "(default 1)")
     p.add_argument("--json", action="store_true",
                    help="print the results as JSON on stdout (the table then goes to stderr)")
     p.add_argument("--keep-temp", action="store_true", help="keep the temp dir (configs, logs, profiles)")
     a = p.parse_args(argv)
     a.scenarios = [s.strip() for s in a.scenario.split(",") if s.strip()]
+    try:
+        a.workers = [int(w) for w in a.workers.split(",") if w.strip()]
+    except ValueError:
+        p.error("--workers: expected integers, e.g. 1 or 1,2")
+    if not a.workers or min(a.workers) < 1:
+        p.error("--workers: expected integers >= 1")
+    if a.profile and max(a.workers) > 1:
+        p.error("--profile: with --workers 1 only (it profiles the process twistd started)")
     bad = [s for s in a.scenarios if s not in TARGETS]
     if bad:
         p.error(f"--scenario: unknown {','.join(bad)} (choose from 1,2,3)")
@@ -210,15 +223,14 @@ def main(argv=None) -> int:
     interrupted = failed = False
     be = None
     try:
+        pinned = max(args.workers) == 1
+        if not pinned:
+            gw_cpu = load_cpu = None
         be = _backend.start(pm, tmp, args.backend, load_cpu)
         log(f"backend: {be.kind} on 127.0.0.1:{be.port} (pid {be.worker_pid})")
-        gw = _gateway.start(pm, tmp, REPO, be.port, gw_cpu, access_log=args.access_log, profile=args.profile)
-        log(f"gateway: pid {gw.pid} on https://127.0.0.1:{gw.port}, CPU {gw_cpu}, "
-            f"access_log {'on' if args.access_log else 'off'}{', cProfile' if args.profile else ''}")
-        _sanity(gw.port)
-        url = f"https://127.0.0.1:{gw.port}/"
+        gw = None
 
-        def measure(key):
+        def measure(key, workers=1):
             h1 = key in ("1", "baseline")
             conns = args.connections or (10 if key == "2" else 20)
             streams = args.streams if key == "2" else 1
@@ -239,12 +251,12 @@ def main(argv=None) -> int:
                 log(f"{name}: warm-up {args.warmup:g}s")
                 run(args.warmup)
             log(f"{name}: measuring {args.duration:g}s")
-            pid = be.worker_pid if key == "baseline" else gw.pid
+            server_cpu = (lambda: _procs.cpu_seconds(be.worker_pid)) if key == "baseline" else gw.cpu
             if key != "baseline":
                 gw.profile_start()
-            c0, l0 = _procs.cpu_seconds(pid), _load.children_cpu()
-            res = run(args.duration, os.path.join(tmp, f"h2load-{key}.log"))
-            c1, l1 = _procs.cpu_seconds(pid), _load.children_cpu()
+            c0, l0 = server_cpu(), _load.children_cpu()
+            res = run(args.duration, os.path.join(tmp, f"h2load-{key}-{workers}w.log"))
+            c1, l1 = server_cpu(), _load.children_cpu()
             if key != "baseline":
                 prof = gw.profile_stop()
                 if prof:
@@ -252,6 +264,8 @@ def main(argv=None) -> int:
                 if not gw.alive():
                     raise RuntimeError("the gateway died:\n" + gw.log_tail())
             note = "profiled" if args.profile and key != "baseline" else ""
+            if key != "baseline" and args.workers != [1]:
+                note = (note + ", " if note else "") + f"workers={workers}"
             if res.get("alpn") and key in ("1", "2") and res["alpn"] != ("http/1.1" if h1 else "h2"):
                 note = (note + ", " if note else "") + f"ALPN {res['alpn']}"
             if "probe" in res:   # openssl s_time: what was negotiated, what the gateway answered
@@ -267,14 +281,24 @@ def main(argv=None) -> int:
                 for line in res["errors_text"]:
                     log(f"{name}: s_time: {line[0] if line else '?'}")
             row = _row(key, res, c1 - c0, l1 - l0, args, note)
+            row["workers"] = workers if key != "baseline" else None
             if "probe" in res:
                 row.update(tls=res["probe"], reused=res["reused"], bytes_per_conn=res["bytes_per_conn"])
             log(f"{name}: {row['rate']:,.0f} {row['unit']}, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
                 f"gateway CPU {row['server_cpu_s']} s, errors {row['errors']}")
             rows.append(row)
 
-        for key in args.scenarios:
-            measure(key)
+        for workers in args.workers:
+            gw = _gateway.start(pm, tmp, REPO, be.port, gw_cpu, access_log=args.access_log, profile=args.profile,
+                                workers=workers)
+            log(f"gateway: pid {gw.pid} on https://127.0.0.1:{gw.port}, {workers} worker(s), CPU "
+                f"{gw_cpu if gw_cpu is not None else 'unpinned'}, access_log {'on' if args.access_log else 'off'}"
+                f"{', cProfile' if args.profile else ''}")
+            _sanity(gw.port)
+            url = f"https://127.0.0.1:{gw.port}/"
+            for key in args.scenarios:
+                measure(key, workers)
+            pm.stop(gw.proc, timeout=60)
         if args.baseline:
             # The backend alone on the gateway's core, the load on the other one, as for scenario 1.
             wpid = be.worker_pid

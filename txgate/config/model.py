@@ -50,6 +50,15 @@ class CertSpec:
         """Whether the certificate comes from the Kubernetes API (a Secret or a CSR)."""
         return self.k8s_secret is not None or self.k8s_csr is not None
 
+    # `acme` / `acme:NAME ...`: the names of a certificate from the [acme] server (() until the
+    # listener's API hosts are filled in), kept in the store under ``acme_slot``.
+    acme: tuple[str, ...] | None = None
+
+    @property
+    def acme_slot(self) -> str | None:
+        """The store name of an ACME certificate: ``acme/`` + its first name."""
+        return f"acme/{self.acme[0]}" if self.acme else None
+
     @property
     def label(self) -> str:
         """How the spec is written in gw.ini (for messages)."""
@@ -57,11 +66,35 @@ class CertSpec:
             return f"k8s-secret:{self.k8s_secret}"
         if self.k8s_csr is not None:
             return f"k8s-csr:{self.k8s_csr}"
+        if self.acme is not None:
+            return "acme:" + " ".join(self.acme) if self.acme else "acme"
         if self.store_ref is not None:
             return f"store:{self.store_ref}"
         if self.local:
             return "local"
         return f"{self.cert_path} {self.key_path}"
+
+
+LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+CHALLENGES = ("tls-alpn-01", "http-01")
+KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "rsa2048", "rsa4096")
+
+
+@dataclass(frozen=True)
+class AcmeConfig:
+    """`[acme]`: the ACME server, account and issuance settings (``present``: the section is written)."""
+
+    present: bool = False
+    directory: str = LETSENCRYPT
+    email: str | None = None
+    ca_bundle: str | None = None
+    challenges: tuple[str, ...] = CHALLENGES
+    key_type: str = "ecdsa-p256"
+    renew_ratio: float = 0.33
+    eab_kid: str | None = None
+    eab_hmac_key_file: str | None = None
+    agree_tos: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +107,13 @@ class GatewayConfig:
     store: str = "dir"
     store_secret_file: str | None = None
     expiry_warning_days: int = 30
+    # Worker processes under `twistd txgate`: None = auto (the CPUs this process may run on).
+    workers: int | None = None
+    # How a worker is chosen for a new connection: "client_address" (same client, same worker) or "none".
+    worker_affinity: str = "client_address"
+
+
+WORKER_AFFINITY = ("client_address", "none")
 
 
 @dataclass(frozen=True)
@@ -179,6 +219,8 @@ class ListenerConfig:
     client_crl_missing: str = "refuse"  # or "allow": a CA of the chain without a CRL is not checked
     verify_depth: int = 4
     announce_client_cas: bool = True
+    # tls = off: answer everything but ACME HTTP-01 challenges with 308 to https (default: on without APIs).
+    redirect_https: bool | None = False
 
 
 @dataclass(frozen=True)
@@ -253,6 +295,7 @@ class Config:
     security: SecurityConfig = SecurityConfig()
     admin: AdminConfig = AdminConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
+    acme: AcmeConfig = AcmeConfig()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def apis_for(self, listener: str) -> tuple[ApiConfig, ...]:
@@ -281,12 +324,21 @@ class Config:
         """The certificate specs that come from the Kubernetes API (``cert_specs`` entries)."""
         return [item for item in self.cert_specs() if item[3].kubernetes]
 
+    def acme_certificates(self) -> list[tuple[str, ...]]:
+        """The names of every ACME certificate in use (one entry per distinct list of names)."""
+        out: list[tuple[str, ...]] = []
+        for _section, _key, _user, spec in self.cert_specs():
+            if spec.acme and spec.acme not in out:
+                out.append(spec.acme)
+        return out
+
     def store_refs(self) -> dict[str, list[str]]:
-        """Store references in use (as written after `store:`) -> who uses them."""
+        """Store references in use (as written after `store:`, and ACME slots) -> who uses them."""
         refs: dict[str, list[str]] = {}
         for _section, _key, user, spec in self.cert_specs():
-            if spec.store_ref is not None:
-                users = refs.setdefault(spec.store_ref, [])
+            ref = spec.store_ref if spec.store_ref is not None else spec.acme_slot
+            if ref is not None:
+                users = refs.setdefault(ref, [])
                 if user not in users:
                     users.append(user)
         return refs

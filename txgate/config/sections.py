@@ -116,7 +116,8 @@ def parse_bind(section: Section, key: str) -> tuple[str, int]:
     return host, n
 
 
-_STORE_REF_RE = re.compile(r"^(?:[0-9a-fA-F]{64}|[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?:@[1-9][0-9]*)?)$")
+_STORE_REF_RE = re.compile(r"^(?:[0-9a-fA-F]{64}|[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,127})?"
+                           r"(?:@[1-9][0-9]*)?)$")
 
 
 def parse_store_ref(section: Section, key: str, word: str) -> str:
@@ -129,9 +130,10 @@ def parse_store_ref(section: Section, key: str, word: str) -> str:
     return ref.lower() if is_hex64(ref) else ref
 
 
-def parse_cert_spec(section: Section, key: str, value: str, use: str | None = None) -> CertSpec:
+def parse_cert_spec(section: Section, key: str, value: str, use: str | None = None, *, acme: bool = False) -> CertSpec:
     """`local`, `CERT.pem KEY.pem` (checked on disk by ``txgate.plan.files``), `store:NAME` / `store:ID`,
-    `k8s-secret:NAMESPACE/NAME` or `k8s-csr:SIGNER` (``use``: the sni name, which tells CSRs apart)."""
+    `k8s-secret:NAMESPACE/NAME` or `k8s-csr:SIGNER` (``use``: the sni name, which tells CSRs apart);
+    with ``acme`` (listener certificates) also `acme` / `acme:NAME ...` (``txgate.config.acme``)."""
     from txgate.config.kubernetes import is_k8s_word, parse_k8s_spec
 
     words = value.split()
@@ -142,6 +144,12 @@ def parse_cert_spec(section: Section, key: str, value: str, use: str | None = No
             section.fail(key, f"expected one Kubernetes source (k8s-secret:NAMESPACE/NAME or k8s-csr:SIGNER), "
                               f"got '{value}'")
         return parse_k8s_spec(section, key, words[0], use)
+    if acme:
+        from txgate.config.acme import parse_acme_spec
+
+        spec = parse_acme_spec(section, key, words)
+        if spec is not None:
+            return spec
     if words and words[0].startswith("store:"):
         if len(words) != 1:
             section.fail(key, f"expected one store reference (store:NAME or store:ID), got '{value}'")

@@ -61,12 +61,12 @@ def pod_name(config: Config, environ=None) -> str:
 class KubernetesSource(Service):
     """Follows the running config's Secrets and CSRs into the store (started with the gateway).
 
-    ``current_config`` gives the configuration in use (it changes on reload): every ``SYNC`` seconds
-    the Secrets and CSRs it names are compared with those followed, and the difference started or stopped.
+    ``current_config`` gives the configuration in use (it changes on reload); ``sync`` (called at start
+    and after each reload) compares the Secrets and CSRs it names with those followed, and starts or
+    stops the difference.
     """
 
     name = "kubernetes"
-    SYNC = 1.0
 
     def __init__(self, config: Config, access, store, reactor, current_config=None) -> None:
         self.config, self.access, self.store, self.reactor = config, access, store, reactor
@@ -75,21 +75,16 @@ class KubernetesSource(Service):
         self.dstore = None
         self.workers: dict = {}  # want key -> SecretFollower or CsrIssuer
         self._synced = None
-        self._loop = None
 
     def startService(self) -> None:
         super().startService()
-        from twisted.internet import task
-
         from txgate.k8s.client import KubeClient
         from txgate.store import DeferredStore
 
         self.client = KubeClient(self.access, self.reactor)
         self.dstore = DeferredStore(self.store, self.reactor)
         log.info("kubernetes: API server {server} ({source})", server=self.access.server, source=self.access.source)
-        self._loop = task.LoopingCall(self.sync)
-        self._loop.clock = self.reactor
-        self._loop.start(self.SYNC, now=True)
+        self.sync()
 
     def wanted(self, config: Config) -> dict:
         """want key -> a factory of its worker, for everything ``config`` names."""
@@ -110,6 +105,8 @@ class KubernetesSource(Service):
 
     def sync(self) -> None:
         """Start the workers the running config needs and stop those it no longer names."""
+        if not self.running:
+            return
         config = self.current_config()
         if config is self._synced:
             return
@@ -124,8 +121,6 @@ class KubernetesSource(Service):
 
     def stopService(self):
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
         for worker in self.workers.values():
             worker.stop()
         if self.client is not None:

@@ -30,6 +30,8 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
         raise ConfigError(config.path, section, e.key, f"rejected by OpenSSL: {e}") from None
     if ln.certificate.local:
         default = local.issue(local_names(config, ln)) if create_state else None
+    elif ln.certificate.acme is not None:
+        default = acme_pair(plan, section, ln.certificate, local, store, now, create_state=create_state)
     else:
         default = load_pair(config, section, "certificate", ln.certificate, now, plan, store)
         if default is None and create_state:  # a Kubernetes certificate not there yet: a local placeholder
@@ -43,6 +45,10 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
             if not create_state:
                 continue
             ck = local.issue([name])
+        elif spec.acme is not None:
+            ck = acme_pair(plan, section, spec, local, store, now, create_state=create_state)
+            if ck is None:
+                continue
         else:
             ck = load_pair(config, section, "sni", spec, now, plan, store)
             if ck is None:  # a Kubernetes certificate not there yet
@@ -70,6 +76,27 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
         raise ConfigError(config.path, section, e.key, _openssl_message(e)) from None
     except Exception as e:  # e.g. a key that does not match its certificate
         raise ConfigError(config.path, section, "certificate", _openssl_message(e)) from None
+
+
+def acme_pair(plan: Plan, section: str, spec, local: LocalIssuer, store, now: datetime, *, create_state: bool):
+    """The ACME certificate of ``spec`` from the store (``acme/NAME``), or a local-CA placeholder for its
+    names until it is issued (None without create_state)."""
+    from txgate.store import StoreError
+    from txgate.tls.certs import names_cover
+
+    slot = spec.acme_slot
+    got = None
+    if store is not None:
+        try:
+            got = store.get(slot)
+        except StoreError:
+            got = None
+    if got is not None and got.key is not None and now < got.info.not_after \
+            and all(names_cover(got.chain[0], n) for n in spec.acme):
+        plan.store_ids[slot] = got.id
+        return got.certified_key()
+    plan.acme_placeholders.append((section, spec.acme))
+    return local.issue(list(spec.acme)) if create_state else None
 
 
 def local_names(config: Config, listener: ListenerConfig) -> list[str]:

@@ -67,6 +67,9 @@ def reload_notes(new: Config, running: Config) -> list[str]:
                                                                running.kubernetes.context):
         notes.append(f"{new.path}: [kubernetes] kubeconfig, context: changes take effect at the next restart "
                      "(the running API server connection is kept)")
+    if (gw_new.workers, gw_new.worker_affinity) != (gw_old.workers, gw_old.worker_affinity):
+        notes.append(f"{new.path}: [gateway] workers: workers and worker_affinity changes take effect at the "
+                     "next restart")
     return notes
 
 

@@ -15,6 +15,8 @@ from txgate.tls.certs import CertifiedKey
 
 log = Logger()
 
+ACME_TLS_ALPN = b"acme-tls/1"
+
 #: TLS <= 1.2 default: forward secrecy and AEAD only, ECDSA first, then RSA.
 DEFAULT_CIPHERS = ":".join(
     [
@@ -204,6 +206,8 @@ class ServerTLS:
         self._verify = verify
         # Shared by every context so a session resumes whichever SNI context it was made under.
         self._sid_ctx = session_id_context or os.urandom(16)
+        # Pending TLS-ALPN-01 challenges (txgate.acme.challenges.ChallengeBoard), attached by the runtime.
+        self.challenges: Any = None
         self.default_context = self._build(default)
         self._exact: dict[str, SSL.Context] = {}
         self._wildcard: dict[str, SSL.Context] = {}
@@ -237,8 +241,8 @@ class ServerTLS:
         ctx.check_privatekey()
         ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER if self._client_verifier is None else SSL.SESS_CACHE_OFF)
         ctx.set_session_id(self._sid_ctx)
-        if self._alpn:
-            ctx.set_alpn_select_callback(self._select_alpn)
+        # Always: the ALPN callback also answers ACME TLS-ALPN-01 (RFC 8737) challenges.
+        ctx.set_alpn_select_callback(self._select_alpn)
         if self._client_verifier is not None:
             self._client_verifier.configure(ctx)
         elif self._verify is not None:
@@ -249,10 +253,25 @@ class ServerTLS:
         return ctx
 
     def _select_alpn(self, conn: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+        if ACME_TLS_ALPN in offered and self.challenges is not None:
+            pair = self._acme_pair(conn)
+            if pair is not None:
+                # RFC 8737: the challenge certificate, for a client that offers acme-tls/1, and only then.
+                conn.use_certificate(pair[0])
+                conn.use_privatekey(pair[1])
+                return ACME_TLS_ALPN
         for proto in self._alpn:
             if proto in offered:
                 return proto
         return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    def _acme_pair(self, conn: SSL.Connection):
+        try:
+            raw = conn.get_servername()
+            return self.challenges.alpn_pair(raw.decode("ascii", "replace") if raw else None)
+        except Exception:
+            log.failure("ACME challenge certificate selection failed")
+            return None
 
     def context_for(self, server_name: str | None) -> SSL.Context:
         """The context for an SNI name: exact match, then one-label wildcard, then the default."""
