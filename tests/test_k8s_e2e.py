@@ -276,3 +276,42 @@ def test_reload_follows_a_secret_added_to_the_config(api, tmp_path, gateway_fact
     gw.signal(signal.SIGHUP)
     poll(lambda: served_sni(gw.port, "b.example") == b.leaf, 10, what="the Secret added by a reload served")
     assert served(gw.port) == a.leaf
+
+
+def rbac_permissions() -> set:
+    """(verb, resource) pairs the example RBAC manifests grant (examples/kubernetes/rbac.yaml)."""
+    import yaml
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "kubernetes" / "rbac.yaml"
+    allowed = set()
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") in ("Role", "ClusterRole"):
+            for rule in doc["rules"]:
+                allowed |= {(v, r) for v in rule["verbs"] for r in rule["resources"]}
+    return allowed
+
+
+def test_example_rbac_is_enough_and_minimal(api, tmp_path, gateway_factory, site_ca):
+    allowed = rbac_permissions()
+    assert allowed == {("get", "secrets"), ("list", "secrets"), ("watch", "secrets"),
+                       ("create", "certificatesigningrequests"), ("get", "certificatesigningrequests")}
+    v1 = make_leaf(site_ca, ["site.example"])
+    apply_secret(api, tmp_path, "web", "site-tls", v1)
+    api.allowed = allowed
+    text = config(api.kubeconfig(tmp_path / "kubeconfig"), "k8s-secret:web/site-tls")
+    text = text.replace("[api:echo]", "[listener:signed]\nbind = 127.0.0.1:0\ncertificate = k8s-csr:example.com/txgate\n\n"
+                                      "[api:echo]")
+    gw = gateway_factory(text)
+    assert served(gw.ports["main"]) == v1.leaf
+    name = poll(api.csr_names, 10, what="a CSR submitted")[0]
+    api.allowed = None  # the operator approving is not txgate
+    kubectl(api, tmp_path, "certificate", "approve", name)
+    api.allowed = allowed
+    poll(lambda: "stand-in cluster signer" in _issuer(served(gw.ports["signed"])), 10, what="the CSR's certificate")
+    v2 = make_leaf(site_ca, ["site.example"])
+    api.allowed = None
+    apply_secret(api, tmp_path, "web", "site-tls", v2)
+    api.allowed = allowed
+    poll(lambda: served(gw.ports["main"]) == v2.leaf, 5, what="the updated Secret")
+    assert "403" not in gw.output() and "Forbidden" not in gw.output()
