@@ -249,3 +249,21 @@ def test_renew_at_two_thirds_and_split_names():
     assert renew_at(start, start + timedelta(hours=3)) == start + timedelta(hours=2)
     assert split_names(["localhost", "127.0.0.1", "::1", "a.example"]) == (["localhost", "a.example"],
                                                                            ["127.0.0.1", "::1"])
+
+
+def test_txgate_check_reports_a_kubeconfig_problem(tmp_path):
+    from conftest import txgate_cli
+
+    kc = tmp_path / "kc"
+    kc.write_text("current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+                  "clusters: [{name: k, cluster: {server: 'https://api:6443'}}]\n"
+                  "users: [{name: u, user: {exec: {command: aws}}}]\n")
+    gw = tmp_path / "gw.ini"
+    gw.write_text(f"[kubernetes]\nkubeconfig = {kc}\n" + BASE.format(cert="k8s-secret:web/site", more="", api=""))
+    r = txgate_cli("check", "--config", str(gw), cwd=tmp_path)
+    assert r.returncode == 1
+    assert f"[kubernetes] kubeconfig: {kc}: user 'u' uses an exec plugin, which txgate does not run" in r.stderr
+    kc.write_text(kc.read_text().replace("{exec: {command: aws}}", "{token: t}"))
+    r = txgate_cli("check", "--config", str(gw), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "k8s-secret:web/site: no certificate from Kubernetes yet" in r.stderr

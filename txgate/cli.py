@@ -11,12 +11,14 @@ def cmd_check(args) -> int:
     from txgate import config as _config
     from txgate.plan import prepare
     from txgate.plan.files import check_files
+    from txgate.plan.kubernetes import kubernetes_access
     from txgate.plan.store import open_gateway_store
 
     store = None
     try:
         cfg = _config.load(args.config) if args.config else _config.default_config()
         check_files(cfg)
+        kubernetes_access(cfg)
         if cfg.store_refs():
             store = open_gateway_store(cfg, create=False)
         prepared = prepare(cfg, create_state=False, store=store)

@@ -9,6 +9,7 @@ from txgate.config import Config
 from txgate.plan import prepare
 from txgate.plan.checks import check_default_admin_port
 from txgate.plan.files import check_files
+from txgate.plan.kubernetes import kubernetes_access
 from txgate.plan.store import open_gateway_store
 from txgate.runtime.facade import ServiceFacade
 from txgate.runtime.gateway import GatewayService
@@ -90,17 +91,3 @@ def add_acme(top: MultiService, gateway: GatewayService, config: Config, metrics
     acme.setServiceParent(top)
     top.acme = acme
     return acme
-
-
-def kubernetes_access(config: Config):
-    """The API server access when the config uses Kubernetes certificates (else None); errors name [kubernetes]."""
-    if not config.kubernetes_specs():
-        return None
-    from txgate.config import ConfigError
-    from txgate.k8s.kubeconfig import KubeconfigError, find_access
-
-    k = config.kubernetes
-    try:
-        return find_access(k.kubeconfig, k.context)
-    except KubeconfigError as e:
-        raise ConfigError(config.path, "kubernetes", "kubeconfig", str(e)) from None
