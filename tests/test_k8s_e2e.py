@@ -315,3 +315,39 @@ def test_example_rbac_is_enough_and_minimal(api, tmp_path, gateway_factory, site
     api.allowed = allowed
     poll(lambda: served(gw.ports["main"]) == v2.leaf, 10, what="the updated Secret")
     assert "Forbidden" not in gw.output()  # API errors are logged with their Status reason
+
+
+def test_txgate_k8s_csr_command(api, tmp_path):
+    import threading
+
+    from conftest import txgate_cli
+
+    kc = api.kubeconfig(tmp_path / "kubeconfig")
+    result = {}
+    run = threading.Thread(target=lambda: result.setdefault("r", txgate_cli(
+        "k8s", "csr", "--signer", SIGNER, "--name", "ops-cert", "--dns", "ops.example", "--out",
+        str(tmp_path / "ops"), "--kubeconfig", kc, "--timeout", "60", "--expiration-seconds", "3600")))
+    run.start()
+    poll(lambda: "ops-cert" in api.csr_names(), 30, what="the CSR submitted")
+    kubectl(api, tmp_path, "certificate", "approve", "ops-cert")
+    run.join(90)
+    r = result["r"]
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout
+    cert = x509.load_pem_x509_certificate((tmp_path / "ops.crt").read_bytes())
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == ["ops.example"]
+    assert (tmp_path / "ops.key").stat().st_mode & 0o777 == 0o600
+    assert api.csrs["ops-cert"]["spec"]["expirationSeconds"] == 3600
+    # Denied: reported with the reason, nothing written.
+    done = {}
+    run = threading.Thread(target=lambda: done.setdefault("r", txgate_cli(
+        "k8s", "csr", "--signer", SIGNER, "--name", "ops-2", "--dns", "x.example", "--out", str(tmp_path / "x"),
+        "--kubeconfig", kc, "--timeout", "60")))
+    run.start()
+    poll(lambda: "ops-2" in api.csr_names(), 30, what="the second CSR submitted")
+    kubectl(api, tmp_path, "certificate", "deny", "ops-2")
+    run.join(90)
+    assert done["r"].returncode == 1
+    assert "ops-2 denied: KubectlDeny" in done["r"].stderr
+    assert not (tmp_path / "x.key").exists()

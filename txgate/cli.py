@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     st_rb.add_argument("--config", "-c", help="path to gw.ini (default: the embedded defaults)")
     st_rb.set_defaults(func=cmd_store_rollback)
     from txgate.cli_certs import register_cert_commands; register_cert_commands(sub)  # noqa: E702
+    from txgate.cli_k8s import register_k8s_commands; register_k8s_commands(sub)  # noqa: E702
     return p
 
 

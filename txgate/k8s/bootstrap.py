@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_k8s_e2e -*-
-"""Startup, before the reactor runs: read the Secrets the config names once (bounded), so listeners start with them.
+"""Blocking API calls, for when no reactor runs: the startup read of Secrets, and the `txgate k8s` command.
 
-This is the only blocking Kubernetes code: it runs in ``makeService``, before anything listens and
-before the reactor starts; everything after that (watches, CSRs) goes through ``txgate.k8s.client``.
-A Secret that cannot be read in time is left to the watch (the listener starts with a placeholder).
+``fetch_secrets`` runs in ``makeService``, before anything listens and before the reactor starts, so
+listeners start with the Secrets' certificates (bounded; a Secret not read in time is left to the
+watch and its listener starts with a placeholder). Everything in the running gateway (watches, CSRs)
+goes through ``txgate.k8s.client``.
 """
 from __future__ import annotations
 
@@ -42,16 +43,39 @@ def _context(access: ClusterAccess) -> ssl.SSLContext:
     return ctx
 
 
-def fetch_secrets(access: ClusterAccess, wants, store, timeout: float) -> None:
-    """GET each wanted Secret (namespace, name, store name) and put a good one in the store; within ``timeout``."""
+def blocking_request(access: ClusterAccess, method: str, path: str, body: dict | None = None, *,
+                     timeout: float = 30.0, ctx: ssl.SSLContext | None = None) -> dict:
+    """One JSON request; the decoded answer, or ApiError for a 4xx/5xx answer (OSError when unreachable)."""
     from txgate.k8s.client import TokenSource, api_error
 
+    parts = urlsplit(access.server)
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=ctx or _context(access),
+                                       timeout=timeout)
+    try:
+        headers = {"Accept": "application/json", "User-Agent": "txgate"}
+        token = TokenSource(access.token, access.token_file).current()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        if resp.status >= 400:
+            raise api_error(resp.status, raw)
+        return json.loads(raw)
+    finally:
+        conn.close()
+
+
+def fetch_secrets(access: ClusterAccess, wants, store, timeout: float) -> None:
+    """GET each wanted Secret (namespace, name, store name) and put a good one in the store; within ``timeout``."""
     if not wants or timeout <= 0:
         return
     deadline = time.monotonic() + timeout
-    parts = urlsplit(access.server)
     ctx = _context(access)
-    token = TokenSource(access.token, access.token_file).current()
     for ns, name, store_name in wants:
         left = deadline - time.monotonic()
         label = f"k8s-secret:{ns}/{name}"
@@ -59,25 +83,15 @@ def fetch_secrets(access: ClusterAccess, wants, store, timeout: float) -> None:
             log.warn("{label}: not read within [kubernetes] startup_timeout; starting with a placeholder",
                      label=label)
             continue
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=ctx, timeout=left)
         try:
-            headers = {"Accept": "application/json", "User-Agent": "txgate"}
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
-            conn.request("GET", secret_path(ns, name), headers=headers)
-            resp = conn.getresponse()
-            body = resp.read()
-            if resp.status >= 400:
-                raise api_error(resp.status, body)
-            secret = parse_tls_secret(json.loads(body), datetime.now(timezone.utc))
+            obj = blocking_request(access, "GET", secret_path(ns, name), timeout=left, ctx=ctx)
+            secret = parse_tls_secret(obj, datetime.now(timezone.utc))
             _put_if_new(store, store_name, secret)
         except SecretProblem as e:
             log.warn("{label}: {reason}; not served", label=label, reason=str(e))
         except Exception as e:
             log.warn("{label}: cannot read it at startup ({error}); starting with a placeholder", label=label,
                      error=str(e) or e.__class__.__name__)
-        finally:
-            conn.close()
 
 
 def _put_if_new(store, store_name: str, secret) -> None:
