@@ -351,3 +351,23 @@ def test_txgate_k8s_csr_command(api, tmp_path):
     assert done["r"].returncode == 1
     assert "ops-2 denied: KubectlDeny" in done["r"].stderr
     assert not (tmp_path / "x.key").exists()
+
+
+def test_fleet_each_replica_has_its_own_key_and_csr(api, tmp_path, gateway_factory, site_ca):
+    v1 = make_leaf(site_ca, ["site.example"])
+    apply_secret(api, tmp_path, "web", "site-tls", v1)
+    kc = api.kubeconfig(tmp_path / "kubeconfig")
+    text = config(kc, "k8s-secret:web/site-tls").replace(
+        "[api:echo]", "[listener:signed]\nbind = 127.0.0.1:0\ncertificate = k8s-csr:example.com/txgate\n\n[api:echo]")
+    gws = [gateway_factory(text.replace("[listener:main]", f"pod_name = gw-{n}\n\n[listener:main]"), name=f"gw-{n}")
+           for n in ("a", "b")]
+    names = poll(lambda: len(api.csr_names()) >= 2 and api.csr_names(), 15, what="one CSR per replica")
+    assert sorted(n.split("-k8s-csr")[0] for n in names) == ["txgate-gw-a", "txgate-gw-b"]
+    for name in names:
+        kubectl(api, tmp_path, "certificate", "approve", name)
+    for gw in gws:
+        assert served(gw.ports["main"]) == v1.leaf  # both follow the same Secret
+        poll(lambda gw=gw: "stand-in cluster signer" in _issuer(served(gw.ports["signed"])), 10,
+             what="each replica's signed certificate")
+    keys = {served(gw.ports["signed"]).public_key().public_bytes(*_spki()) for gw in gws}
+    assert len(keys) == 2
