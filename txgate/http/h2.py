@@ -37,6 +37,7 @@ from txgate.errors import GatewayError, InternalError
 from txgate.http.closing import Closer
 from txgate.http.errors import send_gateway_error
 from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead
+from txgate.http.h2lean import LeanSettings, slim
 from txgate.http.h2stream import HIGH_WATER, LOW_WATER, H2Stream, StreamLost
 from txgate.http.requests import dispatch_request, h2_request_head
 
@@ -97,7 +98,7 @@ class H2Connection(Protocol):
         self._idle_since = 0.0
         self._transport_paused = False
         self._conn_credit = 0
-        self._resets: deque = deque()
+        self._resets: deque | None = None  # made at the first client reset (memory per idle connection)
         self._shutting_down = False
         self._goaway_last = 0
         self._closing = False
@@ -134,10 +135,11 @@ class H2Connection(Protocol):
             normalize_outbound_headers=False,
         )
         conn = h2.connection.H2Connection(config=config)
+        slim(conn)  # memory per idle connection (h2lean)
         SC = h2.settings.SettingCodes
         # initial_values apply at once (not after the client's ACK) and all go out in the
         # first SETTINGS frame.
-        conn.local_settings = h2.settings.Settings(
+        conn.local_settings = LeanSettings(
             client=False,
             initial_values={
                 SC.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
@@ -149,7 +151,6 @@ class H2Connection(Protocol):
         conn.initiate_connection()
         conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.conn = conn
-        self._resets = deque(maxlen=self.rapid_reset_limit)
         try:
             self.transport.registerProducer(self, True)
         except RuntimeError:
@@ -363,6 +364,8 @@ class H2Connection(Protocol):
         if ev.remote_reset:
             now = self.clock.seconds()
             resets = self._resets
+            if resets is None:
+                resets = self._resets = deque(maxlen=self.rapid_reset_limit)
             if len(resets) == resets.maxlen and now - resets[0] < self.rapid_reset_window:
                 log.info(
                     "h2 rapid reset from {client}: GOAWAY", client=self.info.client_host,
@@ -576,6 +579,8 @@ class H2Connection(Protocol):
         sid = s.stream_id
         streams = self._streams
         if streams.pop(sid, None) is not None and not streams:
+            if self.conn is not None:
+                self.conn.open_inbound_streams  # noqa: B018 - h2 forgets its closed streams when counting
             self._idle_since = self.clock.seconds() if not self._lost else 0.0
             if self._idle_call is None and not self._lost:
                 self._idle_call = self.clock.callLater(self.limits.idle_timeout, self._idle_check)

@@ -24,6 +24,8 @@ class Plan:
     store_ids: dict = field(default_factory=dict)
     # False when the default admin bind (not written in gw.ini) is busy: the admin API is then off.
     admin_available: bool = True
+    # OCSP stapling: txgate.ocsp.check.cert_key -> txgate.ocsp.staple.StapleTarget (holders in the contexts).
+    staples: dict = field(default_factory=dict)
     # ACME certificates not issued yet (a local-CA placeholder serves meanwhile): (section, names).
     acme_placeholders: list = field(default_factory=list)
 
