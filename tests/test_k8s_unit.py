@@ -267,3 +267,51 @@ def test_txgate_check_reports_a_kubeconfig_problem(tmp_path):
     r = txgate_cli("check", "--config", str(gw), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "k8s-secret:web/site: no certificate from Kubernetes yet" in r.stderr
+
+
+# -- the Secret follower's loop (fake client, fake clock) -------------------------------------------
+
+class FakeClient:
+    """Answers list requests with no items and runs scripted watches (lists of events, then the end)."""
+
+    def __init__(self, watches):
+        self.watches, self.lists, self.watch_calls = list(watches), 0, []
+
+    def request(self, method, path, body=None, query=None):
+        from twisted.internet import defer
+
+        self.lists += 1
+        return defer.succeed({"items": [], "metadata": {"resourceVersion": str(10 * self.lists)}})
+
+    def watch(self, path, query, on_event):
+        from twisted.internet import defer
+
+        self.watch_calls.append(query["resourceVersion"])
+        for event in (self.watches.pop(0) if self.watches else []):
+            on_event(event)
+        return defer.succeed(None)
+
+
+def test_follower_backs_off_when_watches_end_at_once_and_relists_on_410():
+    from twisted.internet.task import Clock
+
+    from txgate.k8s.secrets import SecretFollower
+
+    clock = Clock()
+    gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}
+    bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}}
+    client = FakeClient([[bookmark], [gone]])
+    f = SecretFollower(client, None, "web", "s", "k8s-secret.web.s", clock)
+    f.start()
+    assert (client.lists, client.watch_calls) == (1, ["10"])  # list, then watch from its resourceVersion
+    assert f.listed.called
+    clock.advance(0.5)  # the watch ended at once: back off 0.5 s, resume from the bookmark (15); that
+    # watch says 410 Gone: list again at once and watch from the new list's resourceVersion (20).
+    assert (client.lists, client.watch_calls) == (2, ["10", "15", "20"])
+    clock.advance(0.5)
+    assert len(client.watch_calls) == 3  # the backoff doubled (1 s): not yet
+    clock.advance(0.5)
+    assert len(client.watch_calls) == 4
+    f.stop()
+    clock.advance(60)
+    assert len(client.watch_calls) == 4

@@ -57,14 +57,17 @@ class SecretFollower:
                 if self.rv is None:
                     yield self._list()
                 self._gone = False
+                started = self.reactor.seconds()
                 yield self.client.watch(secret_path(self.namespace), {
                     "fieldSelector": f"metadata.name={self.name}", "resourceVersion": self.rv,
                     "allowWatchBookmarks": "true", "timeoutSeconds": str(self.WATCH_SECONDS)}, self._event)
                 yield self._queue
                 if self._gone:
                     raise Gone()
-                self._backoff = self.BACKOFF_MIN
-                continue  # a watch that ended normally resumes at once
+                if self.reactor.seconds() - started >= self.BACKOFF_MIN:
+                    self._backoff = self.BACKOFF_MIN
+                    continue  # a watch that ended normally resumes at once
+                why = "the watch ended at once"  # a server that closes every watch: back off, do not spin
             except Gone:
                 log.info("{label}: resourceVersion {rv} is gone; listing again", label=self.label, rv=self.rv)
                 self.rv = None
