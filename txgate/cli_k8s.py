@@ -62,17 +62,29 @@ def cmd_k8s_csr(args) -> int:
 
 def register_k8s_commands(sub: Any) -> None:
     """Add ``k8s csr`` to the ``txgate`` subparsers ``sub``."""
-    k8s = sub.add_parser("k8s", help="certificates from a Kubernetes cluster")
-    k8s_sub = k8s.add_subparsers(dest="k8s_command", required=True)
-    c = k8s_sub.add_parser("csr", help="get a certificate signed through a CertificateSigningRequest")
+    from txgate.cli_help import add_command, add_group
+
+    k8s_sub = add_group(sub, "k8s", dest="k8s_command", summary="certificates from a Kubernetes cluster",
+                        description="Certificates signed through the certificates.k8s.io API (docs/kubernetes.md).")
+    c = add_command(
+        k8s_sub, "csr", func=cmd_k8s_csr, summary="get a certificate signed through a CertificateSigningRequest",
+        description="""
+            Make a key here, submit a CertificateSigningRequest named NAME for it (server auth with the
+            --dns/--ip names, or --client: client auth with CN = NAME), wait for its approval and
+            status.certificate, then write PREFIX.crt and PREFIX.key (mode 0600). The key never leaves
+            this machine.""",
+        exits={0: "the certificate and key were written",
+               1: "denied, failed, timed out, or an API or file error (one line; nothing written)"},
+        examples=("txgate k8s csr --signer example.com/my-signer --name web-1 --dns web.example.com",
+                  "txgate k8s csr --signer kubernetes.io/kube-apiserver-client --name ops --client --out ops"),
+    )
     c.add_argument("--signer", required=True, help="signerName, e.g. example.com/my-signer")
     c.add_argument("--name", required=True, help="the CSR's object name (and the client certificate's CN)")
     c.add_argument("--dns", action="append", default=[], help="a DNS name (repeatable)")
     c.add_argument("--ip", action="append", default=[], help="an IP address (repeatable)")
     c.add_argument("--client", action="store_true", help="a client certificate (usage client auth, CN = --name)")
-    c.add_argument("--out", help="write OUT.crt and OUT.key (default: the --name)")
+    c.add_argument("--out", metavar="PREFIX", help="write PREFIX.crt and PREFIX.key (default: the --name)")
     c.add_argument("--kubeconfig", help="default: $KUBECONFIG, then in-cluster")
     c.add_argument("--context", help="default: the kubeconfig's current-context")
     c.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the certificate (300)")
     c.add_argument("--expiration-seconds", type=int, default=86400, help="spec.expirationSeconds (86400)")
-    c.set_defaults(func=cmd_k8s_csr)

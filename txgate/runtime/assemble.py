@@ -54,7 +54,7 @@ def makeService(config: Config, reactor=None, *, loader=None, gateway_class=None
     from txgate.expiry import ExpiryMonitor
     from txgate.metrics import Metrics
 
-    log.info("SPKI pin backend: {backend}", backend=_pins.describe_backend())
+    _pins.announce()  # once per process, whoever asks first
     if metrics is None:
         metrics = Metrics()
     top = MultiService()
