@@ -38,6 +38,7 @@ upstream = builtin:echo
 
 GATEWAY_KEYS = {
     "state_dir", "access_log", "log_format", "shutdown_timeout", "store", "store_secret_file", "expiry_warning_days",
+    "h2_engine",
 }
 ADMIN_KEYS = {"bind", "client_ca", "token_file", "allowed_hosts"}
 LISTENER_KEYS = {
@@ -46,6 +47,7 @@ LISTENER_KEYS = {
     "max_connections", "client_auth", "client_ca", "client_crl", "verify_depth", "announce_client_cas",
 }
 CLIENT_AUTH_MODES = ("none", "optional", "require")
+H2_ENGINES = ("auto", "native", "python")  # txgate.http.h2engine.CHOICES (config imports stdlib only)
 SECTION_KINDS = ("gateway", "security", "admin", "listener:NAME", "api:NAME")
 
 
@@ -154,6 +156,7 @@ def parse_text(text: str, path: str) -> Config:
                 store=parse_store_url(s, "store"),
                 store_secret_file=secret_file,
                 expiry_warning_days=s.number("expiry_warning_days", 30, integer=True, minimum=1),
+                h2_engine=s.choice("h2_engine", "auto", H2_ENGINES),
             )
         elif name == "admin":
             admin = parse_admin(Section(path, name, values, ADMIN_KEYS))

@@ -61,6 +61,8 @@ class GatewayConfig:
     store: str = "dir"
     store_secret_file: str | None = None
     expiry_warning_days: int = 30
+    # The HTTP/2 engine: "auto" (native when built), "native" (libnghttp2) or "python" (hyper-h2).
+    h2_engine: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
     now = now or datetime.now(timezone.utc)
     plan = Plan(config=config, warnings=list(config.warnings))
     checks.check_access_log(config)
+    checks.check_h2_engine(config, plan)
     check_state_dir(config)
     checks.check_admin(config, plan)
     prepare_client_auth(config, plan, now)

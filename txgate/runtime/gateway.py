@@ -118,6 +118,9 @@ class GatewayService(Service):
         self._flusher = task.LoopingCall(self._flush_logs)
         self._flusher.clock = self.reactor
         self._flusher.start(0.5, now=False)
+        from txgate.http.h2engine import describe_engine
+
+        log.info("HTTP/2 engine: {engine}", engine=describe_engine(self.config.gateway.h2_engine))
         if self.plan.local_ca_path:
             log.info("local CA certificate: {path} (clients can trust it with: curl --cacert {path})",
                      path=self.plan.local_ca_path)

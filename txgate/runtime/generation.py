@@ -61,7 +61,8 @@ def build_generation(plan: Plan, reactor, *, connections: dict[str, set], metric
             limits = Limits(ln.max_header_bytes, ln.header_timeout, ln.idle_timeout)
             factory = ListenerFactory(ln.name, dispatcher, limits, reactor, tls=ln.tls,
                                       max_connections=ln.max_connections,
-                                      client_certs=plan.client_verifiers.get(ln.name), metrics=metrics)
+                                      client_certs=plan.client_verifiers.get(ln.name), metrics=metrics,
+                                      h2_engine=plan.h2_engine)
             factory.connections = connections.setdefault(ln.name, set())
             gen.factories[ln.name] = factory
             gen.tops[ln.name] = wrap_tls(factory, plan.server_tls[ln.name], reactor) if ln.tls else factory

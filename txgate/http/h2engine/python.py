@@ -4,6 +4,7 @@ native engine is tested against."""
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import h2.config
 import h2.connection
@@ -16,6 +17,7 @@ from h2.stream import StreamState
 from hyperframe.frame import GoAwayFrame
 
 from txgate.http.h2engine.base import (
+    ENHANCE_YOUR_CALM,
     INTERNAL_ERROR,
     NO_ERROR,
     PROTOCOL_ERROR,
@@ -69,6 +71,10 @@ class PythonEngine:
         self._over = False
         self._refuse_above: int | None = None
         self._refused: set[int] = set()
+        self._open: set[int] = set()      # accepted streams, pruned against h2's states when full
+        self._refused_total = 0
+        self._replies = 0                 # PING/SETTINGS ACKs queued since the last data_to_send()
+        self._failure: ProtocolFailure | None = None
         self._conn_credit = 0
         self._acks: dict[int, int] = {}
         self._ack_threshold = max(1, settings.initial_window_size // 2)
@@ -82,6 +88,7 @@ class PythonEngine:
             h2.events.RemoteSettingsChanged: self._on_settings,
             h2.events.SettingsAcknowledged: self._on_settings_acked,
             h2.events.ConnectionTerminated: self._on_goaway,
+            h2.events.PingReceived: self._on_ping,
         }
 
     # -- setup -------------------------------------------------------------------------------
@@ -100,6 +107,10 @@ class PythonEngine:
         )
         self._set_decoder_limit()
         conn.initiate_connection()
+        # Advertised above; h2 itself gets a higher ceiling, since it makes a stream over the limit a
+        # connection error: `_on_request` refuses it with RST_STREAM(REFUSED_STREAM) instead.
+        conn.local_settings._settings[SC.MAX_CONCURRENT_STREAMS] = deque([
+            s.max_concurrent_streams + s.max_refused_streams + 16])
         if s.connection_window_size > 65535:
             conn.increment_flow_control_window(s.connection_window_size - 65535)
         # hyper-h2 buffers CONTINUATION frames up to a fixed backlog of 64 (HEADERS included).
@@ -132,6 +143,12 @@ class PythonEngine:
             fn = table.get(ev.__class__)
             if fn is not None:
                 fn(ev, out)
+        if self._failure is None and self._replies > self.settings.max_control_replies:
+            self._failure = ProtocolFailure(ENHANCE_YOUR_CALM, "too many PING/SETTINGS to acknowledge")
+        if self._failure is not None:
+            self._over = True
+            self._queue_goaway(self._failure.error_code)
+            return [self._failure]
         if self._conn_credit >= self._credit_threshold:
             credit, self._conn_credit = self._conn_credit, 0
             self._conn.increment_flow_control_window(credit)
@@ -143,6 +160,17 @@ class PythonEngine:
             self._refused.add(sid)
             self._conn.reset_stream(sid, REFUSED_STREAM)
             return
+        if len(self._open) >= self.settings.max_concurrent_streams:
+            streams = self._conn.streams
+            self._open = {i for i in self._open if (st := streams.get(i)) is not None and not st.closed}
+            if len(self._open) >= self.settings.max_concurrent_streams:
+                self._refused.add(sid)
+                self._refused_total += 1
+                if self._refused_total > self.settings.max_refused_streams:
+                    self._failure = ProtocolFailure(ENHANCE_YOUR_CALM, "too many streams over the concurrency limit")
+                self._conn.reset_stream(sid, REFUSED_STREAM)
+                return
+        self._open.add(sid)
         out.append(RequestReceived(sid, ev.headers, ev.stream_ended is not None))
 
     def _on_data(self, ev, out: list) -> None:
@@ -171,7 +199,11 @@ class PythonEngine:
         out.append(WindowOpened(ev.stream_id))
 
     def _on_settings(self, ev, out: list) -> None:
+        self._replies += 1
         out.append(WindowOpened(0))
+
+    def _on_ping(self, ev, out: list) -> None:
+        self._replies += 1
 
     def _on_settings_acked(self, ev, out: list) -> None:
         self._set_decoder_limit()
@@ -279,6 +311,7 @@ class PythonEngine:
     def data_to_send(self) -> bytes:
         """Every byte queued so far."""
         data = self._conn.data_to_send()
+        self._replies = 0
         if self._out:
             self._out.append(data)
             data = b"".join(self._out)
