@@ -194,6 +194,9 @@ def test_head_clock_walks_frames_split_anywhere():
     c = HeadClock()
     c.feed(preface + head[:12])
     assert c.pending and c.heads == 2
+    c = HeadClock()
+    c.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 1, 0, b"") + frame(6, 0, 0, b"12345678"))
+    assert c.pending  # a SETTINGS ACK (or anything else) first is no preface
 
 
 # -- (8) streams over SETTINGS_MAX_CONCURRENT_STREAMS ------------------------------------------------

@@ -8,13 +8,15 @@ _MAGIC = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _HEADERS = 0x1
 _CONTINUATION = 0x9
 _END_HEADERS = 0x4
+_SETTINGS = 0x4
+_ACK = 0x1
 
 
 class HeadClock:
     """Feed it every byte the client sends; `pending` is True while the preface or a request head
     is incomplete, and `heads` counts the heads begun (a new one restarts the timer)."""
 
-    __slots__ = ("_magic", "_hdr", "_left", "_in_head", "_block_open", "_first_done", "heads")
+    __slots__ = ("_magic", "_hdr", "_left", "_in_head", "_block_open", "_first", "_first_done", "heads")
 
     def __init__(self) -> None:
         self._magic = _MAGIC       # preface bytes still expected
@@ -22,7 +24,8 @@ class HeadClock:
         self._left = 0             # payload bytes left in the current frame
         self._in_head = False      # the current frame is HEADERS or CONTINUATION
         self._block_open = False   # a header block waits for CONTINUATION (no END_HEADERS yet)
-        self._first_done = False   # the client's first frame (its SETTINGS) is complete
+        self._first = None         # the first frame is SETTINGS without ACK (None: not seen yet)
+        self._first_done = False   # ... and it is complete: the preface is over
         self.heads = 1             # the preface counts as the first head
 
     @property
@@ -47,7 +50,7 @@ class HeadClock:
                 pos += step
                 if left:
                     break
-                self._first_done = True
+                self._first_done = self._first
                 continue
             hdr = self._hdr
             if hdr or n - pos < 9:
@@ -63,6 +66,9 @@ class HeadClock:
                 pos += 9
             left = (hdr[0] << 16) | (hdr[1] << 8) | hdr[2]
             kind = hdr[3]
+            if self._first is None:
+                # A preface whose first frame is not a SETTINGS frame never completes.
+                self._first = kind == _SETTINGS and not hdr[4] & _ACK
             if kind == _HEADERS or kind == _CONTINUATION:
                 if kind == _HEADERS and not self._block_open:
                     self.heads += 1
@@ -72,5 +78,5 @@ class HeadClock:
                 self._in_head = False
                 self._block_open = False
             if not left:
-                self._first_done = True
+                self._first_done = self._first
         self._left = left
