@@ -45,6 +45,7 @@ GW_INI = """\
 [gateway]
 state_dir = {state}
 access_log = {access_log}
+h2_engine = {h2_engine}
 
 [listener:main]
 bind = 127.0.0.1:0
@@ -59,8 +60,10 @@ LISTENING = re.compile(r"listener main on https://127\.0\.0\.1:(\d+) ")
 
 
 class Gateway:
-    def __init__(self, proc, port: int, tmp: str, profile_dir) -> None:
+    def __init__(self, proc, port: int, tmp: str, profile_dir, out_path: str, pm: _procs.Procs) -> None:
         self.proc = proc
+        self.out_path = out_path
+        self.pm = pm
         self.pid = proc.pid
         self.port = port
         self.tmp = tmp
@@ -74,8 +77,12 @@ class Gateway:
         return self.proc.poll() is None
 
     def log_tail(self, n: int = 20) -> str:
-        with open(os.path.join(self.tmp, "gateway.out"), errors="replace") as f:
+        with open(self.out_path, errors="replace") as f:
             return "".join(f.readlines()[-n:])
+
+    def stop(self) -> None:
+        """SIGTERM (then SIGKILL) the gateway: the next engine's gateway takes its core."""
+        self.pm.stop(self.proc)
 
     # --profile
     def profile_start(self) -> None:
@@ -98,13 +105,14 @@ class Gateway:
 
 
 def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access_log: bool = False,
-          profile: bool = False, timeout: float = 30.0) -> Gateway:
-    d = os.path.join(tmp, "gateway")
+          profile: bool = False, timeout: float = 30.0, h2_engine: str = "auto") -> Gateway:
+    d = os.path.join(tmp, "gateway" if h2_engine == "auto" else f"gateway-{h2_engine}")
     os.makedirs(d)
     ini = os.path.join(d, "gw.ini")
     with open(ini, "w") as f:
         f.write(GW_INI.format(state=os.path.join(d, "state"), upstream_port=upstream_port,
-                              access_log=os.path.join(d, "access.log") if access_log else "off"))
+                              access_log=os.path.join(d, "access.log") if access_log else "off",
+                              h2_engine=h2_engine))
     env = dict(os.environ, PYTHONPATH=repo + (os.pathsep + os.environ["PYTHONPATH"]
                                               if os.environ.get("PYTHONPATH") else ""))
     profile_dir = None
@@ -119,7 +127,7 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
     else:
         head = [sys.executable, "-c", RUN]
     args = head + ["-n", "--pidfile=", "txgate", "--config", ini]
-    out_path = os.path.join(tmp, "gateway.out")
+    out_path = os.path.join(d, "gateway.out")
     out = open(out_path, "wb")
     p = pm.popen(args, cwd=d, env=env, stdout=out, stderr=out, preexec_fn=_procs.pin(cpu))
     deadline = time.monotonic() + timeout
@@ -135,4 +143,4 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
         time.sleep(0.05)
     port = int(m.group(1))
     _procs.wait_port(port, proc=p)
-    return Gateway(p, port, tmp, profile_dir)
+    return Gateway(p, port, tmp, profile_dir, out_path, pm)

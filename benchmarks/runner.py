@@ -76,6 +76,10 @@ def parse_args(argv=None):
     p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (default 0)")
     p.add_argument("--load-cpu", type=int, default=1,
                    help="CPU for h2load, the scenario-3 clients and the backend (default 1)")
+    p.add_argument("--h2-engine", default="auto",
+                   help="comma-separated [gateway] h2_engine values (auto, native, python): one gateway per "
+                        "engine, each measured on every scenario in turn; with two or more, the table adds "
+                        "scenario 2's CPU per request and requests per CPU-second side by side (default auto)")
     p.add_argument("--json", action="store_true",
                    help="print the results as JSON on stdout (the table then goes to stderr)")
     p.add_argument("--keep-temp", action="store_true", help="keep the temp dir (configs, logs, profiles)")
@@ -84,6 +88,10 @@ def parse_args(argv=None):
     bad = [s for s in a.scenarios if s not in TARGETS]
     if bad:
         p.error(f"--scenario: unknown {','.join(bad)} (choose from 1,2,3)")
+    a.h2_engines = [s.strip() for s in a.h2_engine.split(",") if s.strip()]
+    bad = [s for s in a.h2_engines if s not in ("auto", "native", "python")]
+    if bad or not a.h2_engines:
+        p.error(f"--h2-engine: unknown {','.join(bad) or '(none)'} (choose from auto, native, python)")
     if a.duration <= 0:
         p.error("--duration must be > 0")
     if a.tls_client == "auto":
@@ -101,13 +109,37 @@ def _fmt_ms(us):
     return "-" if us is None else f"{us / 1000:.2f}"
 
 
-def _row(key, res, gw_cpu, load_cpu, args, note=""):
+def engine_comparison(rows) -> list[str]:
+    """Notes comparing the engines' rows of scenario 2 (and each against scenario 1 on the same gateway)."""
+    by = {(r.get("engine"), r["scenario"]): r for r in rows}
+    engines = [e for e in dict.fromkeys(r.get("engine") for r in rows) if (e, "2") in by]
+    if len(engines) < 2:
+        return []
+    notes = []
+    per = {e: by[(e, "2")]["server_cpu_us_per_req"] for e in engines}
+    for e in engines:
+        r2, r1 = by[(e, "2")], by.get((e, "1"))
+        text = (f"h2 engine {e}: scenario 2 {r2['rate']:,.0f} req/s, {per[e]:.0f} gateway CPU us/req "
+                f"({1e6 / per[e]:,.0f} req per CPU-second)" if per[e] else f"h2 engine {e}: no requests")
+        if r1 and r1["server_cpu_us_per_req"] and per[e]:
+            text += f"; scenario 1 on the same gateway {r1['server_cpu_us_per_req']:.0f} us/req: h2/h1 per CPU-second " \
+                    f"{r1['server_cpu_us_per_req'] / per[e]:.2f}x"
+        notes.append(text)
+    base = engines[-1]
+    for e in engines[:-1]:
+        if per[e] and per[base]:
+            notes.append(f"scenario 2 requests per gateway CPU-second, {e} / {base}: {per[base] / per[e]:.2f}x")
+    return notes
+
+
+def _row(key, res, gw_cpu, load_cpu, args, note="", engine=None):
     lat = res["lat_us"]
     n = res["succeeded"]
     errors = res["failed"] + res["errored"] + res["timeout"] + res["non_2xx"]
     row = {
         "scenario": key,
-        "title": TITLES[key].format(streams=args.streams),
+        "title": TITLES[key].format(streams=args.streams) + (f" [h2 {engine}]" if engine and key != "baseline" else ""),
+        "engine": engine,
         "command": res["cmd"],
         "alpn": res.get("alpn"),
         "rate": round(res["rps"], 1),
@@ -212,18 +244,14 @@ def main(argv=None) -> int:
     try:
         be = _backend.start(pm, tmp, args.backend, load_cpu)
         log(f"backend: {be.kind} on 127.0.0.1:{be.port} (pid {be.worker_pid})")
-        gw = _gateway.start(pm, tmp, REPO, be.port, gw_cpu, access_log=args.access_log, profile=args.profile)
-        log(f"gateway: pid {gw.pid} on https://127.0.0.1:{gw.port}, CPU {gw_cpu}, "
-            f"access_log {'on' if args.access_log else 'off'}{', cProfile' if args.profile else ''}")
-        _sanity(gw.port)
-        url = f"https://127.0.0.1:{gw.port}/"
+        gw = url = engine = None
 
         def measure(key):
             h1 = key in ("1", "baseline")
             conns = args.connections or (10 if key == "2" else 20)
             streams = args.streams if key == "2" else 1
             target_url = f"http://127.0.0.1:{be.port}/" if key == "baseline" else url
-            name = TITLES[key].format(streams=args.streams)
+            name = TITLES[key].format(streams=args.streams) + ("" if key == "baseline" else f" [h2 {engine}]")
 
             def run(duration, log_file=None):
                 if key == "3" and args.tls_client == "openssl":
@@ -266,15 +294,24 @@ def main(argv=None) -> int:
                         f"{res['bytes_per_conn']:g} B/conn, probe {pr['status']!r} {pr['bytes']} B")
                 for line in res["errors_text"]:
                     log(f"{name}: s_time: {line[0] if line else '?'}")
-            row = _row(key, res, c1 - c0, l1 - l0, args, note)
+            row = _row(key, res, c1 - c0, l1 - l0, args, note, engine=None if key == "baseline" else engine)
             if "probe" in res:
                 row.update(tls=res["probe"], reused=res["reused"], bytes_per_conn=res["bytes_per_conn"])
             log(f"{name}: {row['rate']:,.0f} {row['unit']}, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
                 f"gateway CPU {row['server_cpu_s']} s, errors {row['errors']}")
             rows.append(row)
 
-        for key in args.scenarios:
-            measure(key)
+        for engine in args.h2_engines:
+            if gw is not None:
+                gw.stop()
+            gw = _gateway.start(pm, tmp, REPO, be.port, gw_cpu, access_log=args.access_log, profile=args.profile,
+                                h2_engine=engine)
+            log(f"gateway: pid {gw.pid} on https://127.0.0.1:{gw.port}, CPU {gw_cpu}, h2_engine {engine}, "
+                f"access_log {'on' if args.access_log else 'off'}{', cProfile' if args.profile else ''}")
+            _sanity(gw.port)
+            url = f"https://127.0.0.1:{gw.port}/"
+            for key in args.scenarios:
+                measure(key)
         if args.baseline:
             # The backend alone on the gateway's core, the load on the other one, as for scenario 1.
             wpid = be.worker_pid
@@ -302,7 +339,7 @@ def main(argv=None) -> int:
                 f"streams, 3 = {args.tls_clients} "
                 f"{'openssl s_time' if args.tls_client == 'openssl' else 'Python ssl client'} processes; access_log "
                 f"{'on' if args.access_log else 'off'}; {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        notes = []
+        notes = engine_comparison(rows)
         st = [r for r in rows if r.get("tls")]
         if st:
             pr = st[0]["tls"]
