@@ -32,6 +32,9 @@ setup(
         "idna>=3.4",
         "redis>=5.0",
         "prometheus_client>=0.20",
+        # ACME messages, JWS, nonces, ARI's renewal_time (txgate.acme; docs/acme.md); tested with 5.9.
+        "acme>=5.0",
+        "josepy>=2.0",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "pyyaml>=6", "openapi-spec-validator>=0.7"]},
     entry_points={"console_scripts": ["txgate=txgate.cli:main"]},

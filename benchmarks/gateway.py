@@ -60,10 +60,8 @@ LISTENING = re.compile(r"listener main on https://127\.0\.0\.1:(\d+) ")
 
 
 class Gateway:
-    def __init__(self, proc, port: int, tmp: str, profile_dir, out_path: str, pm: _procs.Procs) -> None:
+    def __init__(self, proc, port: int, tmp: str, profile_dir) -> None:
         self.proc = proc
-        self.out_path = out_path
-        self.pm = pm
         self.pid = proc.pid
         self.port = port
         self.tmp = tmp
@@ -71,18 +69,21 @@ class Gateway:
         self._profiles = 0
 
     def cpu(self) -> float:
-        return _procs.cpu_seconds(self.pid)
+        """utime + stime of the gateway: the process and, with workers, every worker process."""
+        total = _procs.cpu_seconds(self.pid)
+        for child in _procs.children(self.pid):
+            try:
+                total += _procs.cpu_seconds(child)
+            except OSError:  # exited meanwhile
+                pass
+        return total
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def log_tail(self, n: int = 20) -> str:
-        with open(self.out_path, errors="replace") as f:
+        with open(os.path.join(self.tmp, "gateway.out"), errors="replace") as f:
             return "".join(f.readlines()[-n:])
-
-    def stop(self) -> None:
-        """SIGTERM (then SIGKILL) the gateway: the next engine's gateway takes its core."""
-        self.pm.stop(self.proc)
 
     # --profile
     def profile_start(self) -> None:
@@ -105,14 +106,16 @@ class Gateway:
 
 
 def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access_log: bool = False,
-          profile: bool = False, timeout: float = 30.0, h2_engine: str = "auto") -> Gateway:
-    d = os.path.join(tmp, "gateway" if h2_engine == "auto" else f"gateway-{h2_engine}")
+          profile: bool = False, timeout: float = 30.0, workers: int = 1, h2_engine: str = "auto") -> Gateway:
+    d = os.path.join(tmp, f"gateway-{workers}w" + ("" if h2_engine == "auto" else f"-{h2_engine}"))
     os.makedirs(d)
     ini = os.path.join(d, "gw.ini")
     with open(ini, "w") as f:
-        f.write(GW_INI.format(state=os.path.join(d, "state"), upstream_port=upstream_port,
-                              access_log=os.path.join(d, "access.log") if access_log else "off",
-                              h2_engine=h2_engine))
+        text = GW_INI.format(state=os.path.join(d, "state"), upstream_port=upstream_port,
+                             access_log=os.path.join(d, "access.log") if access_log else "off",
+                             h2_engine=h2_engine)
+        # All load comes from 127.0.0.1: with client-address affinity it would all go to one worker.
+        f.write(text.replace("[gateway]\n", f"[gateway]\nworkers = {workers}\nworker_affinity = none\n", 1))
     env = dict(os.environ, PYTHONPATH=repo + (os.pathsep + os.environ["PYTHONPATH"]
                                               if os.environ.get("PYTHONPATH") else ""))
     profile_dir = None
@@ -143,4 +146,4 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
         time.sleep(0.05)
     port = int(m.group(1))
     _procs.wait_port(port, proc=p)
-    return Gateway(p, port, tmp, profile_dir, out_path, pm)
+    return Gateway(p, port, d, profile_dir)

@@ -78,13 +78,27 @@ def parse_args(argv=None):
                    help="CPU for h2load, the scenario-3 clients and the backend (default 1)")
     p.add_argument("--h2-engine", default="auto",
                    help="comma-separated [gateway] h2_engine values (auto, native, python): one gateway per "
-                        "engine, each measured on every scenario in turn; with two or more, the table adds "
-                        "scenario 2's CPU per request and requests per CPU-second side by side (default auto)")
+                        "engine (and per --workers value), each measured on every scenario in turn; with two or "
+                        "more, the table adds scenario 2's CPU per request and requests per CPU-second side by "
+                        "side (default auto)")
+    p.add_argument("--workers", default="1",
+                   help="gateway worker processes, or a comma-separated list measured one after the other in one "
+                        "run (e.g. 1,2); with more than one worker the gateway, the load and the backend are not "
+                        "pinned, and the gateway uses worker_affinity = none (the load comes from one address) "
+                        "(default 1)")
     p.add_argument("--json", action="store_true",
                    help="print the results as JSON on stdout (the table then goes to stderr)")
     p.add_argument("--keep-temp", action="store_true", help="keep the temp dir (configs, logs, profiles)")
     a = p.parse_args(argv)
     a.scenarios = [s.strip() for s in a.scenario.split(",") if s.strip()]
+    try:
+        a.workers = [int(w) for w in a.workers.split(",") if w.strip()]
+    except ValueError:
+        p.error("--workers: expected integers, e.g. 1 or 1,2")
+    if not a.workers or min(a.workers) < 1:
+        p.error("--workers: expected integers >= 1")
+    if a.profile and max(a.workers) > 1:
+        p.error("--profile: with --workers 1 only (it profiles the process twistd started)")
     bad = [s for s in a.scenarios if s not in TARGETS]
     if bad:
         p.error(f"--scenario: unknown {','.join(bad)} (choose from 1,2,3)")
@@ -111,24 +125,27 @@ def _fmt_ms(us):
 
 def engine_comparison(rows) -> list[str]:
     """Notes comparing the engines' rows of scenario 2 (and each against scenario 1 on the same gateway)."""
-    by = {(r.get("engine"), r["scenario"]): r for r in rows}
-    engines = [e for e in dict.fromkeys(r.get("engine") for r in rows) if (e, "2") in by]
-    if len(engines) < 2:
+    by = {(r.get("engine"), r.get("workers"), r["scenario"]): r for r in rows}
+    gws = [g for g in dict.fromkeys((r.get("engine"), r.get("workers")) for r in rows) if g + ("2",) in by]
+    if len({e for e, _ in gws}) < 2:
         return []
     notes = []
-    per = {e: by[(e, "2")]["server_cpu_us_per_req"] for e in engines}
-    for e in engines:
-        r2, r1 = by[(e, "2")], by.get((e, "1"))
-        text = (f"h2 engine {e}: scenario 2 {r2['rate']:,.0f} req/s, {per[e]:.0f} gateway CPU us/req "
-                f"({1e6 / per[e]:,.0f} req per CPU-second)" if per[e] else f"h2 engine {e}: no requests")
-        if r1 and r1["server_cpu_us_per_req"] and per[e]:
-            text += f"; scenario 1 on the same gateway {r1['server_cpu_us_per_req']:.0f} us/req: h2/h1 per CPU-second " \
-                    f"{r1['server_cpu_us_per_req'] / per[e]:.2f}x"
+    per = {g: by[g + ("2",)]["server_cpu_us_per_req"] for g in gws}
+    for g in gws:
+        r2, r1 = by[g + ("2",)], by.get(g + ("1",))
+        label = f"h2 engine {g[0]}" + (f", {g[1]} worker(s)" if g[1] not in (None, 1) else "")
+        text = (f"{label}: scenario 2 {r2['rate']:,.0f} req/s, {per[g]:.0f} gateway CPU us/req "
+                f"({1e6 / per[g]:,.0f} req per CPU-second)" if per[g] else f"{label}: no requests")
+        if r1 and r1["server_cpu_us_per_req"] and per[g]:
+            text += (f"; scenario 1 on the same gateway {r1['server_cpu_us_per_req']:.0f} us/req: h2/h1 per "
+                     f"CPU-second {r1['server_cpu_us_per_req'] / per[g]:.2f}x")
         notes.append(text)
-    base = engines[-1]
-    for e in engines[:-1]:
-        if per[e] and per[base]:
-            notes.append(f"scenario 2 requests per gateway CPU-second, {e} / {base}: {per[base] / per[e]:.2f}x")
+    for w in dict.fromkeys(g[1] for g in gws):
+        same = [g for g in gws if g[1] == w]
+        base = same[-1]
+        for g in same[:-1]:
+            if per[g] and per[base]:
+                notes.append(f"scenario 2 requests per gateway CPU-second, {g[0]} / {base[0]}: {per[base] / per[g]:.2f}x")
     return notes
 
 
@@ -138,7 +155,7 @@ def _row(key, res, gw_cpu, load_cpu, args, note="", engine=None):
     errors = res["failed"] + res["errored"] + res["timeout"] + res["non_2xx"]
     row = {
         "scenario": key,
-        "title": TITLES[key].format(streams=args.streams) + (f" [h2 {engine}]" if engine and key != "baseline" else ""),
+        "title": TITLES[key].format(streams=args.streams) + (f" [h2 {engine}]" if engine else ""),
         "engine": engine,
         "command": res["cmd"],
         "alpn": res.get("alpn"),
@@ -242,16 +259,20 @@ def main(argv=None) -> int:
     interrupted = failed = False
     be = None
     try:
+        pinned = max(args.workers) == 1
+        if not pinned:
+            gw_cpu = load_cpu = None
         be = _backend.start(pm, tmp, args.backend, load_cpu)
         log(f"backend: {be.kind} on 127.0.0.1:{be.port} (pid {be.worker_pid})")
-        gw = url = engine = None
+        gw = None
 
-        def measure(key):
+        def measure(key, workers=1, engine=None):
             h1 = key in ("1", "baseline")
             conns = args.connections or (10 if key == "2" else 20)
             streams = args.streams if key == "2" else 1
             target_url = f"http://127.0.0.1:{be.port}/" if key == "baseline" else url
-            name = TITLES[key].format(streams=args.streams) + ("" if key == "baseline" else f" [h2 {engine}]")
+            engine = None if key == "baseline" or args.h2_engines == ["auto"] else engine
+            name = TITLES[key].format(streams=args.streams) + (f" [h2 {engine}]" if engine else "")
 
             def run(duration, log_file=None):
                 if key == "3" and args.tls_client == "openssl":
@@ -267,12 +288,12 @@ def main(argv=None) -> int:
                 log(f"{name}: warm-up {args.warmup:g}s")
                 run(args.warmup)
             log(f"{name}: measuring {args.duration:g}s")
-            pid = be.worker_pid if key == "baseline" else gw.pid
+            server_cpu = (lambda: _procs.cpu_seconds(be.worker_pid)) if key == "baseline" else gw.cpu
             if key != "baseline":
                 gw.profile_start()
-            c0, l0 = _procs.cpu_seconds(pid), _load.children_cpu()
-            res = run(args.duration, os.path.join(tmp, f"h2load-{key}.log"))
-            c1, l1 = _procs.cpu_seconds(pid), _load.children_cpu()
+            c0, l0 = server_cpu(), _load.children_cpu()
+            res = run(args.duration, os.path.join(tmp, f"h2load-{key}-{workers}w-{engine or 'auto'}.log"))
+            c1, l1 = server_cpu(), _load.children_cpu()
             if key != "baseline":
                 prof = gw.profile_stop()
                 if prof:
@@ -280,6 +301,8 @@ def main(argv=None) -> int:
                 if not gw.alive():
                     raise RuntimeError("the gateway died:\n" + gw.log_tail())
             note = "profiled" if args.profile and key != "baseline" else ""
+            if key != "baseline" and args.workers != [1]:
+                note = (note + ", " if note else "") + f"workers={workers}"
             if res.get("alpn") and key in ("1", "2") and res["alpn"] != ("http/1.1" if h1 else "h2"):
                 note = (note + ", " if note else "") + f"ALPN {res['alpn']}"
             if "probe" in res:   # openssl s_time: what was negotiated, what the gateway answered
@@ -294,24 +317,26 @@ def main(argv=None) -> int:
                         f"{res['bytes_per_conn']:g} B/conn, probe {pr['status']!r} {pr['bytes']} B")
                 for line in res["errors_text"]:
                     log(f"{name}: s_time: {line[0] if line else '?'}")
-            row = _row(key, res, c1 - c0, l1 - l0, args, note, engine=None if key == "baseline" else engine)
+            row = _row(key, res, c1 - c0, l1 - l0, args, note, engine=engine)
+            row["workers"] = workers if key != "baseline" else None
             if "probe" in res:
                 row.update(tls=res["probe"], reused=res["reused"], bytes_per_conn=res["bytes_per_conn"])
             log(f"{name}: {row['rate']:,.0f} {row['unit']}, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
                 f"gateway CPU {row['server_cpu_s']} s, errors {row['errors']}")
             rows.append(row)
 
-        for engine in args.h2_engines:
-            if gw is not None:
-                gw.stop()
-            gw = _gateway.start(pm, tmp, REPO, be.port, gw_cpu, access_log=args.access_log, profile=args.profile,
-                                h2_engine=engine)
-            log(f"gateway: pid {gw.pid} on https://127.0.0.1:{gw.port}, CPU {gw_cpu}, h2_engine {engine}, "
-                f"access_log {'on' if args.access_log else 'off'}{', cProfile' if args.profile else ''}")
-            _sanity(gw.port)
-            url = f"https://127.0.0.1:{gw.port}/"
-            for key in args.scenarios:
-                measure(key)
+        for workers in args.workers:
+            for engine in args.h2_engines:
+                gw = _gateway.start(pm, tmp, REPO, be.port, gw_cpu, access_log=args.access_log,
+                                    profile=args.profile, workers=workers, h2_engine=engine)
+                log(f"gateway: pid {gw.pid} on https://127.0.0.1:{gw.port}, {workers} worker(s), CPU "
+                    f"{gw_cpu if gw_cpu is not None else 'unpinned'}, h2_engine {engine}, access_log "
+                    f"{'on' if args.access_log else 'off'}{', cProfile' if args.profile else ''}")
+                _sanity(gw.port)
+                url = f"https://127.0.0.1:{gw.port}/"
+                for key in args.scenarios:
+                    measure(key, workers, engine)
+                pm.stop(gw.proc, timeout=60)
         if args.baseline:
             # The backend alone on the gateway's core, the load on the other one, as for scenario 1.
             wpid = be.worker_pid

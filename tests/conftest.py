@@ -145,9 +145,13 @@ class Gateway:
 
     Listeners and the admin API bind port 0; the ports are read from the startup log lines. A config
     that would bind the admin API's default fixed port is refused at start() (add ADMIN_EPHEMERAL).
+
+    Tests run one process (`--workers 1`, what they assert about: one log, one reload) unless they pass
+    ``workers`` ("auto", "2", or None for the gw.ini value); tests/test_workers_e2e.py runs workers.
     """
 
-    def __init__(self, workdir: Path, config_text: str, extra_args: tuple = (), h2_engine: str | None = None) -> None:
+    def __init__(self, workdir: Path, config_text: str, extra_args: tuple = (), workers: str | None = "1",
+                 h2_engine: str | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "gw.ini"
@@ -155,12 +159,14 @@ class Gateway:
         self.out_path = self.workdir / "gateway.out"
         self.err_path = self.workdir / "gateway.err"
         self.extra_args = extra_args
+        self.workers = workers
         self.proc: subprocess.Popen | None = None
         self.ports: dict[str, int] = {}
 
     def command(self) -> list[str]:
+        workers = ("--workers", self.workers) if self.workers is not None else ()
         return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "txgate", "--config", str(self.config_path),
-                *self.extra_args]
+                *workers, *self.extra_args]
 
     def start(self, expect_listeners: int | None = None) -> Gateway:
         if admin_on_default_address(self.config_path.read_text()):

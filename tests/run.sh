@@ -9,7 +9,9 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v nghttp >/dev/null || missing+=(nghttp2-client)
 command -v nginx >/dev/null || missing+=(nginx-light)
+command -v ss >/dev/null || missing+=(iproute2)  # tests/test_workers_e2e.py reads accept queues
 command -v gcc >/dev/null || missing+=(gcc)
+command -v pebble >/dev/null || missing+=(pebble)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 dpkg -s libnghttp2-dev >/dev/null 2>&1 || missing+=(libnghttp2-dev)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -536,12 +536,16 @@ def test_dates_are_enforced_in_every_mode(pki, server_pki, mode, days, reason):
 def test_revoked_certificate_refused_other_issuers_unaffected(pki, server_pki, mode):
     revoked = make_client(pki["inter"], "revoked")
     crl = make_crl(pki["inter"], [revoked.leaf])
-    verifier, tls = _server(pki, server_pki, mode, crls=[crl])
+    # (The root's CRL covers the intermediates themselves: every CA of a chain needs one.)
+    verifier, tls = _server(pki, server_pki, mode, crls=[crl, make_crl(pki["root"], [])])
     conn, failed = handshake(tls, revoked)
     assert failed == "server" and verifier.state_of(conn).reason == "client_certificate_revoked"
     conn, failed = handshake(tls, pki["client"])  # same issuer, not revoked
     assert failed is None and verifier.state_of(conn).verified
-    conn, failed = handshake(tls, pki["db"])  # another issuer, no CRL for it: not checked
+    conn, failed = handshake(tls, pki["db"])  # another issuer, no CRL for it: fails closed
+    assert failed == "server" and verifier.state_of(conn).reason == "client_crl_missing"
+    verifier, tls = _server(pki, server_pki, mode, crls=[crl, make_crl(pki["root"], [])], crl_missing="allow")
+    conn, failed = handshake(tls, pki["db"])  # unless the operator allows it: then not checked
     assert failed is None and verifier.state_of(conn).verified
 
 

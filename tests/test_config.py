@@ -54,12 +54,15 @@ def test_defaults_are_secure_and_documented():
     assert (ln.tls, ln.certificate, ln.min_tls, ln.max_tls) == (True, CertSpec(local=True), "1.2", "1.3")
     assert (ln.ciphers, ln.tls13_ciphersuites, ln.alpn, ln.session_tickets) == (None, None, ("h2", "http/1.1"), True)
     assert (ln.max_header_bytes, ln.header_timeout, ln.idle_timeout, ln.max_connections) == (65536, 10.0, 60.0, 10000)
+    assert ln.groups is None  # txgate.tls.server.DEFAULT_GROUPS
+    assert ln.client_crl_missing == "refuse"
     (api,) = cfg.apis
     assert api.upstreams == (Target("https", "example.com", 443, ""),)
     assert api.upstream_verify is True and api.upstream_ca is None and api.upstream_server_name is None
     assert (api.listeners, api.hosts, api.path, api.strip_path, api.preserve_host) == (None, (), "/", False, False)
     assert (api.connect_timeout, api.timeout, api.max_body_bytes) == (5.0, 30.0, 0)
     assert (api.max_connections, api.max_pending) == (64, 256)
+    assert api.max_response_header_bytes == 65536
     assert cfg.warnings == ()
 
 
@@ -186,6 +189,10 @@ def test_structure_errors(text, message):
         ("alpn = h3", "[listener:main] alpn: unsupported protocol 'h3' (expected h2 and/or http/1.1)"),
         ("alpn = h2,http/1.1", "[listener:main] alpn: unsupported protocol 'h2,http/1.1' (expected h2 and/or http/1.1)"),
         ("ciphers =", "[listener:main] ciphers: empty value"),
+        ("groups =", "[listener:main] groups: empty value"),
+        ("client_crl = a.crl\nclient_crl_missing = maybe",
+         "[listener:main] client_crl_missing: expected one of refuse, allow, got 'maybe'"),
+        ("client_crl_missing = allow", "[listener:main] client_crl_missing: has no effect without client_crl"),
         ("certificate = a.pem", "[listener:main] certificate: expected 'local', 'CERT.pem KEY.pem' or 'store:NAME', got 'a.pem'"),
         ("sni =\n  example.com", "[listener:main] sni: expected 'NAME = CERT.pem KEY.pem', got 'example.com'"),
         ("sni =\n  a.*.com = local",
@@ -248,6 +255,10 @@ def test_duplicate_bind_between_listeners():
         ("upstream = builtin:echo\nmax_body_bytes = -1", "max_body_bytes: must be at least 0, got -1"),
         ("upstream = builtin:echo\nmax_body_bytes = 1e6", "max_body_bytes: expected an integer, got '1e6'"),
         ("upstream = builtin:echo\nmax_pending = lots", "max_pending: expected an integer, got 'lots'"),
+        ("upstream = http://h\nmax_response_header_bytes = 100",
+         "max_response_header_bytes: must be at least 1024, got 100"),
+        ("upstream = http://h\nmax_response_header_bytes = 64k",
+         "max_response_header_bytes: expected an integer, got '64k'"),
     ],
 )
 def test_api_value_errors(extra, message):
@@ -478,6 +489,8 @@ def test_invalid_upstream_ca(tmp_path):
          "[listener:main] ciphers: rejected by OpenSSL: invalid cipher list 'TLS_AES_128_GCM_SHA256': no cipher match"),
         ("tls13_ciphersuites = TLS_NOPE",
          "[listener:main] tls13_ciphersuites: rejected by OpenSSL: invalid TLS 1.3 ciphersuites 'TLS_NOPE': no cipher match"),
+        ("groups = X25519 P-999",
+         "[listener:main] groups: rejected by OpenSSL: invalid groups list 'X25519:P-999'"),
     ],
 )
 def test_bad_cipher_strings(extra, message, certs):

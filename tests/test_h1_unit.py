@@ -417,3 +417,32 @@ def test_http09_style_request_line_is_refused():
     assert line.split()[1] == b"505"  # like HTTP/2.0 above: a version this server does not speak
     assert json.loads(body) == {"error": "http_version_not_supported", "message": "HTTP/0.9 is not supported here"}
     assert t.disconnecting
+
+
+@pytest.mark.parametrize("framing", [
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+    b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+])
+def test_http10_with_transfer_encoding_is_400_and_the_pipelined_request_is_not_served(framing):
+    # RFC 9112 6.1: the framing of an HTTP/1.0 message with Transfer-Encoding is faulty; whatever
+    # follows on the connection cannot be trusted to start where the gateway thinks it does.
+    proto, t, d, _ = connect()
+    proto.dataReceived(
+        b"POST /a HTTP/1.0\r\nConnection: keep-alive\r\n" + framing + b"\r\n"
+        b"3\r\nabc\r\n0\r\n\r\n"
+        b"GET /smuggled HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    )
+    (status, hdrs, body), = responses(t.value())
+    assert status.startswith(b"HTTP/1.1 400") and hdrs[b"connection"] == b"close"
+    assert json.loads(body)["error"] == "bad_request"
+    assert d.handlers == []
+    assert t.disconnecting
+
+
+def test_unknown_transfer_coding_is_501_and_closes():
+    proto, t, d, _ = connect()
+    proto.dataReceived(b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+    (status, hdrs, body), = responses(t.value())
+    assert status.startswith(b"HTTP/1.1 501") and json.loads(body)["error"] == "transfer_coding_not_supported"
+    assert d.handlers == [] and t.disconnecting

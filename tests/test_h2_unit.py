@@ -118,7 +118,7 @@ class Pair:
     def __init__(self, dispatcher=None, limits=None, client_config=None, **attrs):
         self.clock = MemoryReactorClock()
         self.dispatcher = dispatcher or Dispatcher()
-        self.info = ConnectionInfo("test", "192.0.2.1", 5555, 443, tls=True)
+        self.info = ConnectionInfo("test", "192.0.2.1", 5555, tls=True)
         self.server = H2Connection(self.dispatcher, self.info, limits or Limits(), self.clock, engine=self.engine)
         for k, v in attrs.items():
             setattr(self.server, k, v)

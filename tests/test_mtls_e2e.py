@@ -56,11 +56,15 @@ def pki(certs, tmp_path_factory):
     crl_pem.write_bytes(make_crl(inter, [clients["revoked"].leaf]).public_bytes(serialization.Encoding.PEM))
     crl_der = d / "root.crl"
     crl_der.write_bytes(make_crl(root, []).public_bytes(serialization.Encoding.DER))
+    # Every CA of a verified chain needs a current CRL (client_crl_missing = refuse).
+    others_pem = d / "other-intermediates.crl.pem"
+    others_pem.write_bytes(b"".join(make_crl(ca, []).public_bytes(serialization.Encoding.PEM)
+                                    for ca in (other_inter, deep)))
     server = certs.leaf("mtls-server", ["localhost", "127.0.0.1"])
     sni = certs.leaf("mtls-sni", ["api.example.com"])
     return {
         "dir": d, "clients": clients, "paths": paths, "root_pem": certs.root_pem, "inter_pem": str(inter_pem),
-        "crls": f"{crl_pem} {crl_der}", "server": server, "sni": sni,
+        "crls": f"{crl_pem} {crl_der} {others_pem}", "server": server, "sni": sni,
         "other_root_pem": write_ca(d, "stranger-root", stranger),
     }
 

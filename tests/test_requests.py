@@ -112,6 +112,11 @@ def test_h1_head_chunked_has_a_body_of_unknown_length():
     assert (head.content_length, head.has_body, expect) == (None, True, False)
 
 
+def test_h1_chunked_is_recognised_whatever_its_case_and_surrounding_blanks():
+    head, _ = h1_request_head(b"POST", b"/", b"1.1", [(b"host", b"a"), (b"transfer-encoding", b" Chunked\t")])
+    assert (head.content_length, head.has_body) == (None, True)
+
+
 def test_h1_absolute_form_target_gives_the_authority():
     head, _ = h1_request_head(b"GET", b"https://api.test:8443/x/y", b"1.1", [(b"host", b"other")])
     assert (head.target, head.authority) == (b"/x/y", b"api.test:8443")
@@ -136,6 +141,18 @@ def test_h1_options_star_and_host_less_http10_are_accepted():
         (b"GET", b"x", b"1.1", [(b"host", b"a")], 400, "malformed HTTP/1.1 request: unsupported request target"),
         (b"GET", b"*", b"1.1", [(b"host", b"a")], 400, "malformed HTTP/1.1 request: unsupported request target"),
         (b"GET", b"/", b"1.1", [], 400, "malformed HTTP/1.1 request: HTTP/1.1 request without a Host header"),
+        # RFC 9112 6.1: a Transfer-Encoding in an HTTP/1.0 message means faulty framing.
+        (b"POST", b"/", b"1.0", [(b"transfer-encoding", b"chunked")], 400,
+         "malformed HTTP/1.1 request: Transfer-Encoding in an HTTP/1.0 request"),
+        (b"POST", b"/", b"1.0", [(b"connection", b"keep-alive"), (b"transfer-encoding", b"gzip, chunked")], 400,
+         "malformed HTTP/1.1 request: Transfer-Encoding in an HTTP/1.0 request"),
+        (b"GET", b"/", b"1.0", [(b"host", b"a"), (b"transfer-encoding", b"identity")], 400,
+         "malformed HTTP/1.1 request: Transfer-Encoding in an HTTP/1.0 request"),
+        # A coding other than chunked would reach the upstream undecoded and unannounced.
+        (b"POST", b"/", b"1.1", [(b"host", b"a"), (b"transfer-encoding", b"gzip, chunked")], 501,
+         "transfer coding 'gzip, chunked' is not supported (only chunked)"),
+        (b"POST", b"/", b"1.1", [(b"host", b"a"), (b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked")], 501,
+         "transfer coding 'chunked, chunked' is not supported (only chunked)"),
     ],
 )
 def test_h1_refusals(method, target, version, headers, status, message):

@@ -12,6 +12,9 @@ def makeService(config, reactor=None):
 
     if isinstance(config, str):
         config = _config.load(config)
+    from txgate.runtime.workers import check_single_process
+
+    check_single_process(config)  # worker processes are for `twistd txgate`, not an embedding application
     return _make(config, reactor)
 
 

@@ -11,6 +11,8 @@ from twisted.logger import Logger
 
 log = Logger()
 
+PIPE_BUF = 4096  # POSIX: writes up to this size on a pipe are atomic
+
 
 class AccessLog:
     """Buffered line writer; flush() runs on a timer and at shutdown."""
@@ -85,12 +87,14 @@ class AccessLog:
             self.flush()
 
     def flush(self) -> None:
-        """Write queued lines."""
+        """Write queued lines: whole lines per write(2), so processes sharing the file never interleave mid-line."""
         if self.lines and self.file is not None:
             lines, self.lines = self.lines, []
+            fd = self.file.fileno()
             try:
-                self.file.write("\n".join(lines) + "\n")
-                self.file.flush()
+                for chunk in whole_line_chunks(lines):
+                    while chunk:
+                        chunk = chunk[os.write(fd, chunk):]
             except OSError as e:
                 log.error("access log write failed: {error}", error=str(e))
 
@@ -99,3 +103,23 @@ class AccessLog:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def whole_line_chunks(lines: list[str], limit: int = PIPE_BUF) -> list[bytes]:
+    """Lines joined into chunks of whole lines of at most ``limit`` bytes (a longer line is a chunk alone).
+
+    One write(2) each: O_APPEND files take any write whole; pipes (stdout under a supervisor) only
+    up to PIPE_BUF bytes, hence the limit."""
+    chunks: list[bytes] = []
+    cur: list[bytes] = []
+    size = 0
+    for line in lines:
+        b = line.encode("utf-8", "replace") + b"\n"
+        if cur and size + len(b) > limit:
+            chunks.append(b"".join(cur))
+            cur, size = [], 0
+        cur.append(b)
+        size += len(b)
+    if cur:
+        chunks.append(b"".join(cur))
+    return chunks

@@ -110,11 +110,11 @@ def cmd_cert_issue(args: Any) -> int:
 def cmd_cert_sign(args: Any) -> int:
     """Sign a CSR with the CA in --ca."""
     from txgate.lifecycle import load_ca, load_csr, sign_csr
-    from txgate.tls.certs import _read
+    from txgate.tls.certs import read_pem_file
 
     now = _now()
     ca = load_ca(args.ca, now=now)
-    csr = load_csr(_read(args.request), args.request)
+    csr = load_csr(read_pem_file(args.request), args.request)
     cert = sign_csr(ca, csr, days=args.days, client=args.client, now=now)
     _write(args.out, _pem_chain([cert, ca.certificate]), 0o644)
     print(f"wrote {args.out} (certificate + CA chain)")
@@ -126,9 +126,9 @@ def cmd_cert_sign(args: Any) -> int:
 def cmd_cert_show(args: Any) -> int:
     """Describe the certificates of FILE."""
     from txgate.lifecycle.show import format_certificates, load_any_certificates
-    from txgate.tls.certs import _read
+    from txgate.tls.certs import read_pem_file
 
-    sys.stdout.write(format_certificates(load_any_certificates(_read(args.file), args.file)))
+    sys.stdout.write(format_certificates(load_any_certificates(read_pem_file(args.file), args.file)))
     return 0
 
 
@@ -136,10 +136,10 @@ def cmd_cert_show(args: Any) -> int:
 def cmd_csr(args: Any) -> int:
     """Write a CSR for a new or an existing key."""
     from txgate.lifecycle import build_csr, generate_key, private_key_pem
-    from txgate.tls.certs import _read, parse_private_key
+    from txgate.tls.certs import parse_private_key, read_pem_file
 
     if args.key:
-        key = parse_private_key(_read(args.key), args.key)
+        key = parse_private_key(read_pem_file(args.key), args.key)
         new_key = False
     else:
         key = generate_key(args.key_type)

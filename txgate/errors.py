@@ -42,6 +42,10 @@ class BadRequest(GatewayError, code="bad_request", status=400):
     """A malformed or ambiguous request."""
 
 
+class TransferCodingNotSupported(GatewayError, code="transfer_coding_not_supported", status=501):
+    """A request body in a transfer coding other than chunked (RFC 9112 6.1)."""
+
+
 class NoRoute(GatewayError, code="no_route", status=404):
     """No API for the request's host and path."""
 
@@ -91,3 +95,11 @@ class UpstreamBusy(GatewayError, code="upstream_busy", status=503):
 
 class UpstreamProtocolError(GatewayError, code="upstream_protocol_error", status=502):
     """The upstream's response was not valid HTTP/1.1."""
+
+
+class UpstreamHeadersTooLarge(UpstreamProtocolError, code="upstream_headers_too_large"):
+    """The upstream's response head grew past the API's max_response_header_bytes."""
+
+
+class UpstreamTruncated(GatewayError, code="upstream_truncated", status=502):
+    """The upstream's response ended before its framing said it would (logged; the client sees the cut)."""

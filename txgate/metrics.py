@@ -19,6 +19,7 @@ Series::
                                                          #   aborted | failed; upstream TLS as listener "upstream:API"
     txgate_certificate_expiry_timestamp_seconds{name,role,fingerprint}   # facade.held_certificates() at scrape
     txgate_upstream_connections{api}                     # facade.upstream_connections() at scrape
+    txgate_acme_orders_total{result}                     # ACME orders: ok or an error code (txgate.acme)
 
 The two counters sit on the hot path (one call per request, one per handshake). They are plain
 ints in a dict keyed by the label tuple: no lock, no label formatting, no ``labels()`` lookup per
@@ -52,6 +53,7 @@ CLIENT_REFUSAL_RESULTS = {
     "client_certificate_invalid": "invalid_certificate",
     "client_crl_expired": "invalid_certificate",
     "client_crl_not_yet_valid": "invalid_certificate",
+    "client_crl_missing": "invalid_certificate",
 }
 
 
@@ -67,6 +69,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.requests: dict[tuple[str, int], int] = {}
         self.handshakes: dict[tuple[str, str, str], int] = {}
+        self.acme_orders: dict[str, int] = {}  # result (ok or an error code) -> orders
         self._facade: Any = None
         self.registry.register(_Collector(self))
 
@@ -93,6 +96,10 @@ class Metrics:
         handshakes = self.handshakes
         handshakes[key] = handshakes.get(key, 0) + 1
 
+    def acme_order(self, result: str) -> None:
+        """One finished ACME order: ``ok`` or its error code (txgate.acme)."""
+        self.acme_orders[result] = self.acme_orders.get(result, 0) + 1
+
     # -- scrape ------------------------------------------------------------------------------
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of the registry, and its content type."""
@@ -112,6 +119,12 @@ class Metrics:
         for labels, n in sorted(self.handshakes.items()):
             handshakes.add_metric(labels, n)
         yield handshakes
+        if self.acme_orders:  # only on gateways with ACME certificates
+            orders = CounterMetricFamily("txgate_acme_orders", "ACME orders, by result (ok or an error code).",
+                                         labels=("result",))
+            for result, n in sorted(self.acme_orders.items()):
+                orders.add_metric((result,), n)
+            yield orders
         expiry = GaugeMetricFamily(
             "txgate_certificate_expiry_timestamp_seconds",
             "notAfter of every certificate the gateway holds, in every role (Unix time).",

@@ -10,22 +10,36 @@ from twisted.python import usage
 
 
 class Options(usage.Options):
-    optParameters = [["config", "c", None, "path to gw.ini (default: the embedded defaults)"]]
+    optParameters = [
+        ["config", "c", None, "path to gw.ini (default: the embedded defaults)"],
+        ["workers", "w", None, "worker processes: auto or N, overriding [gateway] workers"],
+    ]
 
     def postOptions(self) -> None:
-        pass
+        w = self["workers"]
+        if w is not None and w != "auto" and not (w.isdigit() and int(w) >= 1):
+            raise usage.UsageError(f"--workers: expected auto or an integer >= 1, got '{w}'")
 
 
 def makeService(options):
     """Validate the configuration (one line on stderr and exit 1 on a mistake) and build the service."""
     from txgate import config as _config
     from txgate.runtime.assemble import makeService as _make
+    from txgate.runtime.workers import resolve_workers
 
     path = options["config"]
     loader = (lambda: _config.load(path)) if path else _config.default_config
+    if options["workers"] is not None:
+        loader = _with_workers(loader, None if options["workers"] == "auto" else int(options["workers"]))
     try:
         cfg = loader()
-        top = _make(cfg, loader=loader)
+        count = resolve_workers(cfg.gateway.workers)
+        if count > 1:
+            from txgate.runtime.supervised import make_supervised_service
+
+            top = make_supervised_service(cfg, count, loader=loader)
+        else:
+            top = _make(cfg, loader=loader)
     except _config.ConfigError as e:
         sys.stderr.write(f"txgate: configuration error: {e}\n")
         sys.stderr.flush()
@@ -33,6 +47,17 @@ def makeService(options):
     CleanExitOnSignals().setServiceParent(top)
     ReloadOnSignal(top.getServiceNamed("txgate")).setServiceParent(top)
     return top
+
+
+def _with_workers(loader, workers):
+    """A loader whose configs carry the command line's --workers instead of gw.ini's."""
+    import dataclasses
+
+    def load():
+        cfg = loader()
+        return dataclasses.replace(cfg, gateway=dataclasses.replace(cfg.gateway, workers=workers))
+
+    return load
 
 
 class ReloadOnSignal(Service):

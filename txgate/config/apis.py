@@ -11,7 +11,7 @@ from txgate.config.sections import Section, parse_cert_spec, suggest
 
 API_KEYS = {
     "listeners", "hosts", "path", "strip_path", "upstream", "upstream_ca", "upstream_server_name",
-    "upstream_verify", "preserve_host", "connect_timeout", "timeout", "max_body_bytes",
+    "upstream_verify", "preserve_host", "connect_timeout", "timeout", "max_body_bytes", "max_response_header_bytes",
     "max_connections", "max_pending", "pinned_public_keys", "pin_mode", "upstream_certificate",
     "upstream_min_tls", "upstream_ciphers", "mtls", "client_certificates", "client_subjects", "client_sans",
     "forward_client_cert",
@@ -161,6 +161,7 @@ def parse_api(section: Section, name: str, listener_names: list[str]) -> ApiConf
         connect_timeout=section.number("connect_timeout", 5.0, minimum=0.001),
         timeout=section.number("timeout", 30.0, minimum=0.001),
         max_body_bytes=section.number("max_body_bytes", 0, integer=True),
+        max_response_header_bytes=section.number("max_response_header_bytes", 65536, integer=True, minimum=1024),
         max_connections=section.number("max_connections", 64, integer=True, minimum=1),
         max_pending=section.number("max_pending", 256, integer=True),
         **_api_trust(section),

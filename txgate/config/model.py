@@ -40,15 +40,47 @@ class CertSpec:
     key_path: str | None = None
     # `store:NAME` (the current version, followed on reload), `store:NAME@VERSION` or `store:ID` (pinned).
     store_ref: str | None = None
+    # `acme` / `acme:NAME ...`: the names of a certificate from the [acme] server (() until the
+    # listener's API hosts are filled in), kept in the store under ``acme_slot``.
+    acme: tuple[str, ...] | None = None
+
+    @property
+    def acme_slot(self) -> str | None:
+        """The store name of an ACME certificate: ``acme/`` + its first name."""
+        return f"acme/{self.acme[0]}" if self.acme else None
 
     @property
     def label(self) -> str:
         """How the spec is written in gw.ini (for messages)."""
+        if self.acme is not None:
+            return "acme:" + " ".join(self.acme) if self.acme else "acme"
         if self.store_ref is not None:
             return f"store:{self.store_ref}"
         if self.local:
             return "local"
         return f"{self.cert_path} {self.key_path}"
+
+
+LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+CHALLENGES = ("tls-alpn-01", "http-01")
+KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "rsa2048", "rsa4096")
+
+
+@dataclass(frozen=True)
+class AcmeConfig:
+    """`[acme]`: the ACME server, account and issuance settings (``present``: the section is written)."""
+
+    present: bool = False
+    directory: str = LETSENCRYPT
+    email: str | None = None
+    ca_bundle: str | None = None
+    challenges: tuple[str, ...] = CHALLENGES
+    key_type: str = "ecdsa-p256"
+    renew_ratio: float = 0.33
+    eab_kid: str | None = None
+    eab_hmac_key_file: str | None = None
+    agree_tos: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +95,13 @@ class GatewayConfig:
     expiry_warning_days: int = 30
     # The HTTP/2 engine: "auto" (native when built), "native" (libnghttp2) or "python" (hyper-h2).
     h2_engine: str = "auto"
+    # Worker processes under `twistd txgate`: None = auto (the CPUs this process may run on).
+    workers: int | None = None
+    # How a worker is chosen for a new connection: "client_address" (same client, same worker) or "none".
+    worker_affinity: str = "client_address"
+
+
+WORKER_AFFINITY = ("client_address", "none")
 
 
 @dataclass(frozen=True)
@@ -143,6 +182,7 @@ class ListenerConfig:
     max_tls: str = "1.3"
     ciphers: str | None = None
     tls13_ciphersuites: str | None = None
+    groups: str | None = None  # None: txgate.tls.server.DEFAULT_GROUPS
     alpn: tuple[str, ...] = ("h2", "http/1.1")
     session_tickets: bool = True
     max_header_bytes: int = 65536
@@ -153,8 +193,11 @@ class ListenerConfig:
     client_auth: str = "none"
     client_ca: str | None = None
     client_crl: tuple[str, ...] = ()
+    client_crl_missing: str = "refuse"  # or "allow": a CA of the chain without a CRL is not checked
     verify_depth: int = 4
     announce_client_cas: bool = True
+    # tls = off: answer everything but ACME HTTP-01 challenges with 308 to https (default: on without APIs).
+    redirect_https: bool | None = False
 
 
 @dataclass(frozen=True)
@@ -191,6 +234,7 @@ class ApiConfig:
     connect_timeout: float = 5.0
     timeout: float = 30.0
     max_body_bytes: int = 0
+    max_response_header_bytes: int = 65536
     max_connections: int = 64
     max_pending: int = 256
     # Upstream trust (pinning issue). None means "not set here: use [security]".
@@ -227,6 +271,7 @@ class Config:
     apis: tuple[ApiConfig, ...] = ()
     security: SecurityConfig = SecurityConfig()
     admin: AdminConfig = AdminConfig()
+    acme: AcmeConfig = AcmeConfig()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def apis_for(self, listener: str) -> tuple[ApiConfig, ...]:
@@ -251,12 +296,21 @@ class Config:
             out.append(("security", "upstream_certificates", f"security upstream_certificates {pattern}", spec))
         return out
 
+    def acme_certificates(self) -> list[tuple[str, ...]]:
+        """The names of every ACME certificate in use (one entry per distinct list of names)."""
+        out: list[tuple[str, ...]] = []
+        for _section, _key, _user, spec in self.cert_specs():
+            if spec.acme and spec.acme not in out:
+                out.append(spec.acme)
+        return out
+
     def store_refs(self) -> dict[str, list[str]]:
-        """Store references in use (as written after `store:`) -> who uses them."""
+        """Store references in use (as written after `store:`, and ACME slots) -> who uses them."""
         refs: dict[str, list[str]] = {}
         for _section, _key, user, spec in self.cert_specs():
-            if spec.store_ref is not None:
-                users = refs.setdefault(spec.store_ref, [])
+            ref = spec.store_ref if spec.store_ref is not None else spec.acme_slot
+            if ref is not None:
+                users = refs.setdefault(ref, [])
                 if user not in users:
                     users.append(user)
         return refs

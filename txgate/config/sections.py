@@ -116,7 +116,8 @@ def parse_bind(section: Section, key: str) -> tuple[str, int]:
     return host, n
 
 
-_STORE_REF_RE = re.compile(r"^(?:[0-9a-fA-F]{64}|[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?:@[1-9][0-9]*)?)$")
+_STORE_REF_RE = re.compile(r"^(?:[0-9a-fA-F]{64}|[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,127})?"
+                           r"(?:@[1-9][0-9]*)?)$")
 
 
 def parse_store_ref(section: Section, key: str, word: str) -> str:
@@ -129,11 +130,18 @@ def parse_store_ref(section: Section, key: str, word: str) -> str:
     return ref.lower() if is_hex64(ref) else ref
 
 
-def parse_cert_spec(section: Section, key: str, value: str) -> CertSpec:
-    """`local`, `CERT.pem KEY.pem` (checked on disk by ``txgate.plan.files``) or `store:NAME` / `store:ID`."""
+def parse_cert_spec(section: Section, key: str, value: str, *, acme: bool = False) -> CertSpec:
+    """`local`, `CERT.pem KEY.pem` (checked on disk by ``txgate.plan.files``) or `store:NAME` / `store:ID`;
+    with ``acme`` (listener certificates) also `acme` / `acme:NAME ...` (``txgate.config.acme``)."""
     words = value.split()
     if words == ["local"]:
         return CertSpec(local=True)
+    if acme:
+        from txgate.config.acme import parse_acme_spec
+
+        spec = parse_acme_spec(section, key, words)
+        if spec is not None:
+            return spec
     if words and words[0].startswith("store:"):
         if len(words) != 1:
             section.fail(key, f"expected one store reference (store:NAME or store:ID), got '{value}'")

@@ -35,13 +35,11 @@ class ConnectionInfo:
         "listener",
         "client_host",
         "client_port",
-        "local_port",
         "tls",
         "sni",
         "tls_version",
         "cipher",
         "alpn",
-        "peer_certificate",
         "extra",
     )
 
@@ -50,20 +48,16 @@ class ConnectionInfo:
         listener: str,
         client_host: str,
         client_port: int,
-        local_port: int = 0,
         tls: bool = False,
     ) -> None:
         self.listener = listener
         self.client_host = client_host
         self.client_port = client_port
-        self.local_port = local_port
         self.tls = tls
         self.sni: str | None = None
         self.tls_version: str | None = None
         self.cipher: str | None = None
         self.alpn: str | None = None
-        # DER bytes of the client's certificate (mTLS), when there is one.
-        self.peer_certificate: bytes | None = None
         # Room for later per-connection decisions (allowlists), keyed by API name.
         self.extra: dict = {}
 

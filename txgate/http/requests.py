@@ -7,7 +7,7 @@ the error response, nobody else.
 """
 from __future__ import annotations
 
-from txgate.errors import BadRequest, GatewayError, HeadersTooLarge, VersionNotSupported
+from txgate.errors import BadRequest, GatewayError, HeadersTooLarge, TransferCodingNotSupported, VersionNotSupported
 from txgate.http.errors import send_gateway_error
 from txgate.http.exchange import Dispatcher, Handler, NullHandler, RequestHead, StreamRecord
 from txgate.http.headers import H2_CONNECTION_SPECIFIC
@@ -69,7 +69,7 @@ def h1_request_head(
         raise VersionNotSupported(f"HTTP/{version.decode()} is not supported here")
     authority = b""
     content_length = None
-    chunked = False
+    codings = None
     expect_continue = False
     for k, v in headers:
         if k == b"host":
@@ -79,9 +79,18 @@ def h1_request_head(
         elif k == b"content-length":
             content_length = int(v)
         elif k == b"transfer-encoding":
-            chunked = True
+            codings = v.strip() if codings is None else codings + b", " + v.strip()
         elif k == b"expect" and v.lower() == b"100-continue":
             expect_continue = True
+    chunked = codings is not None
+    if chunked:
+        if version == b"1.0":
+            # RFC 9112 6.1: the framing is faulty; the connection closes after the 400.
+            raise _malformed("Transfer-Encoding in an HTTP/1.0 request")
+        if codings.lower() != b"chunked":
+            # Any other coding would reach the upstream undecoded and no longer announced.
+            raise TransferCodingNotSupported(
+                f"transfer coding '{codings.decode('latin-1')}' is not supported (only chunked)")
     if not target.startswith(b"/"):
         if target.startswith((b"http://", b"https://")):
             rest = target.split(b"://", 1)[1]

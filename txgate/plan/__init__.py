@@ -25,6 +25,7 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
     resolves ``store:REF`` certificates; reloads pass the running one and ``check_ports=False``.
     """
     from txgate.plan import checks
+    from txgate.plan.acme import acme_warnings
     from txgate.plan.files import check_files, check_state_dir
     from txgate.plan.clientauth import prepare_client_auth
     from txgate.plan.listeners import prepare_listeners
@@ -42,4 +43,5 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
         checks.check_ports(config, plan)
     prepare_listeners(config, plan, now, create_state=create_state, store=store)
     prepare_upstreams(config, plan, now, store=store)
+    acme_warnings(config, plan)
     return plan

@@ -91,7 +91,7 @@ def _prepare_verifier(config: Config, plan: Plan, ln, shared, api_cas: dict, now
         _warn_crl_coverage(config, section, anchors, crls, plan)
     plan.client_verifiers[ln.name] = ClientVerifier(
         listener=ln.name, mode=mode, anchors=anchors, crls=crls, depth=ln.verify_depth,
-        announce=ln.announce_client_cas,
+        announce=ln.announce_client_cas, crl_missing=ln.client_crl_missing,
     )
 
 
@@ -136,9 +136,10 @@ def _check_no_entry_apis(config: Config, listener: str, mtls_apis, plan: Plan, c
 def _warn_crl_coverage(config: Config, section: str, anchors: list, crls: list, plan: Plan) -> None:
     """client_crl set: an intermediate CA in the trust store that no CRL covers is a startup warning.
 
-    The verifier lets "no CRL from this issuer" pass (unchecked), so a missing CRL silently means no
-    revocation check: for the certificates the intermediate issues (a CRL issued by it) and for the
-    intermediate itself (a CRL issued by its issuer).
+    The verifier refuses a chain with a certificate whose issuer has no CRL (or, with
+    client_crl_missing = allow, lets it pass unchecked): either way an uncovered intermediate is worth
+    knowing at startup, for the certificates it issues (a CRL issued by it) and for the intermediate
+    itself (a CRL issued by its issuer).
     """
     from cryptography.hazmat.primitives import serialization
 

@@ -42,6 +42,9 @@ def named_files(config: Config):
     for key in ("client_ca", "token_file"):
         if getattr(admin, key) is not None:
             yield "admin", key, getattr(admin, key), None
+    for key in ("ca_bundle", "eab_hmac_key_file"):
+        if getattr(config.acme, key) is not None:
+            yield "acme", key, getattr(config.acme, key), None
     for _pattern, tokens in sec.pinned_public_keys:
         yield from _token_files("security", "pinned_public_keys", tokens, "a pin")
     for _pattern, spec in sec.upstream_certificates:

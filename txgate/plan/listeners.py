@@ -25,11 +25,13 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
     section = f"listener:{ln.name}"
     try:
         check_tls_settings(min_tls=ln.min_tls, max_tls=ln.max_tls, ciphers=ln.ciphers,
-                           tls13_ciphersuites=ln.tls13_ciphersuites)
+                           tls13_ciphersuites=ln.tls13_ciphersuites, groups=ln.groups)
     except TLSSettingError as e:
         raise ConfigError(config.path, section, e.key, f"rejected by OpenSSL: {e}") from None
     if ln.certificate.local:
         default = local.issue(local_names(config, ln)) if create_state else None
+    elif ln.certificate.acme is not None:
+        default = acme_pair(plan, section, ln.certificate, local, store, now, create_state=create_state)
     else:
         default = load_pair(config, section, "certificate", ln.certificate, now, plan, store)
     if default is not None:
@@ -41,6 +43,10 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
             if not create_state:
                 continue
             ck = local.issue([name])
+        elif spec.acme is not None:
+            ck = acme_pair(plan, section, spec, local, store, now, create_state=create_state)
+            if ck is None:
+                continue
         else:
             ck = load_pair(config, section, "sni", spec, now, plan, store)
             if not names_cover(ck.leaf, name):
@@ -54,7 +60,8 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
     try:
         plan.server_tls[ln.name] = ServerTLS(
             default=default, sni=sni, min_tls=ln.min_tls, max_tls=ln.max_tls, ciphers=ln.ciphers,
-            tls13_ciphersuites=ln.tls13_ciphersuites, alpn=ln.alpn, session_tickets=ln.session_tickets,
+            tls13_ciphersuites=ln.tls13_ciphersuites, groups=ln.groups, alpn=ln.alpn,
+            session_tickets=ln.session_tickets,
             client_verifier=plan.client_verifiers.get(ln.name),
         )
     except TLSSettingError as e:
@@ -63,6 +70,27 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
         raise ConfigError(config.path, section, e.key, _openssl_message(e)) from None
     except Exception as e:  # e.g. a key that does not match its certificate
         raise ConfigError(config.path, section, "certificate", _openssl_message(e)) from None
+
+
+def acme_pair(plan: Plan, section: str, spec, local: LocalIssuer, store, now: datetime, *, create_state: bool):
+    """The ACME certificate of ``spec`` from the store (``acme/NAME``), or a local-CA placeholder for its
+    names until it is issued (None without create_state)."""
+    from txgate.store import StoreError
+    from txgate.tls.certs import names_cover
+
+    slot = spec.acme_slot
+    got = None
+    if store is not None:
+        try:
+            got = store.get(slot)
+        except StoreError:
+            got = None
+    if got is not None and got.key is not None and now < got.info.not_after \
+            and all(names_cover(got.chain[0], n) for n in spec.acme):
+        plan.store_ids[slot] = got.id
+        return got.certified_key()
+    plan.acme_placeholders.append((section, spec.acme))
+    return local.issue(list(spec.acme)) if create_state else None
 
 
 def local_names(config: Config, listener: ListenerConfig) -> list[str]:

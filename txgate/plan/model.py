@@ -26,6 +26,8 @@ class Plan:
     admin_available: bool = True
     # The HTTP/2 engine class `[gateway] h2_engine` resolves to (txgate.http.h2engine).
     h2_engine: type | None = None
+    # ACME certificates not issued yet (a local-CA placeholder serves meanwhile): (section, names).
+    acme_placeholders: list = field(default_factory=list)
 
     def warn(self, section: str, key: str, text: str) -> None:
         """Add a startup warning naming the file, section and key."""

@@ -17,11 +17,12 @@ from txgate.runtime.gateway import GatewayService
 log = Logger(namespace="txgate.service")
 
 
-def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
+def makeService(config: Config, reactor=None, *, loader=None, gateway_class=None, metrics=None) -> MultiService:
     """Build the gateway as a MultiService (validates first; raises ConfigError).
 
     ``loader`` re-reads the configuration on reload (``lambda: txgate.config.load(path)``); without
-    it a reload rebuilds from the same Config (the store may still have changed).
+    it a reload rebuilds from the same Config (the store may still have changed). The supervisor of
+    worker processes (``txgate.runtime.supervised``) passes its own ``gateway_class`` and ``metrics``.
     """
     # Validate before anything is created in state_dir: the files gw.ini names first, then the store
     # is opened first only when the config refers to it (and then must already exist), else after
@@ -45,9 +46,13 @@ def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
     from txgate.metrics import Metrics
 
     log.info("SPKI pin backend: {backend}", backend=_pins.describe_backend())
-    metrics = Metrics()
+    from txgate.http.h2engine import describe_engine
+
+    log.info("HTTP/2 engine: {engine}", engine=describe_engine(config.gateway.h2_engine))
+    if metrics is None:
+        metrics = Metrics()
     top = MultiService()
-    gateway = GatewayService(plan, reactor, loader=loader, store=store, metrics=metrics)
+    gateway = (gateway_class or GatewayService)(plan, reactor, loader=loader, store=store, metrics=metrics)
     gateway.setServiceParent(top)
     facade = ServiceFacade(gateway)
     top.facade = facade
@@ -58,4 +63,19 @@ def makeService(config: Config, reactor=None, *, loader=None) -> MultiService:
                                            allowed_hosts=adm.allowed_hosts)
         AdminService(facade, admin_config, gateway.reactor, metrics=metrics).setServiceParent(top)
     ExpiryMonitor(facade, gateway.reactor, warning_days=config.gateway.expiry_warning_days).setServiceParent(top)
+    if config.acme.present or config.acme_certificates():
+        add_acme(top, gateway, config, metrics)
     return top
+
+
+def add_acme(top: MultiService, gateway: GatewayService, config: Config, metrics=None):
+    """The ACME service: issues and renews the config's ACME certificates into the gateway's store."""
+    from txgate.acme.service import AcmeService
+    from txgate.plan.store import store_secret
+
+    acme = AcmeService(lambda: gateway.config, gateway.store, gateway.challenges, gateway.reactor,
+                       secret=store_secret(config), metrics=metrics)
+    gateway.on_reload.append(lambda cfg: acme.sync())
+    acme.setServiceParent(top)
+    top.acme = acme
+    return acme

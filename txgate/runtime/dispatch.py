@@ -38,8 +38,13 @@ class ApiRuntime:
 class ListenerDispatcher:
     """The `Dispatcher` of one listener."""
 
-    def __init__(self, listener: str, apis: list[ApiRuntime], clock, access_log, metrics=None) -> None:
+    def __init__(self, listener: str, apis: list[ApiRuntime], clock, access_log, metrics=None, *,
+                 challenges=None, redirect_https: bool = False) -> None:
         self.listener = listener
+        # tls = off listeners: pending ACME HTTP-01 tokens (txgate.acme.challenges.ChallengeBoard), and
+        # whether every other request is redirected to https.
+        self.challenges = challenges
+        self.redirect_https = redirect_https
         self.router: Router[ApiRuntime] = Router((a.config.hosts, a.prefix, a) for a in apis)
         self.clock = clock
         self.access_log = access_log
@@ -51,6 +56,10 @@ class ListenerDispatcher:
             path = routing_path(head.path)
         except GatewayError as err:
             return Refusal(err)
+        if self.challenges is not None or self.redirect_https:
+            special = self._plain_http(stream, head, path)
+            if special is not None:
+                return special
         found = self.router.match(head.host, path)
         if found is None:
             return Refusal(NoRoute(f"no API for host '{head.host}' and path '{path}'"))
@@ -98,6 +107,20 @@ class ListenerDispatcher:
         )
         handler.start()
         return handler
+
+    def _plain_http(self, stream, head, path: str):
+        """An ACME HTTP-01 answer, a redirect to https (redirect_https), or None (route as usual)."""
+        from txgate.http.static import StaticHandler, https_location
+
+        if self.challenges is not None and head.method in (b"GET", b"HEAD"):
+            answer = self.challenges.http_answer(path)
+            if answer is not None:
+                return StaticHandler(stream, 200, [(b"content-type", b"text/plain")], answer.encode("ascii"),
+                                     "acme:http-01")
+        if self.redirect_https:
+            return StaticHandler(stream, 308, [(b"location", https_location(head.authority, head.target))], b"",
+                                 "redirect:https")
+        return None
 
     def _decide(self, info, api: ApiRuntime) -> str:
         """The allowlist decision for this connection and API: computed once, cached in ``info.extra``."""

@@ -21,6 +21,15 @@ from txgate.runtime.reload import (Coalescer, Debounce, Retirer, drain_changed_c
 log = Logger(namespace="txgate.service")
 
 
+def log_listening(config, ln: ListenerConfig, host: str, port: int) -> None:
+    """The line announcing a listener (tests and tools read its port from it)."""
+    host = f"[{host}]" if ":" in host else host
+    apis = config.apis_for(ln.name)
+    log.info("listener {name} on {scheme}://{host}:{port} ({apis})", name=ln.name,
+             scheme="https" if ln.tls else "http", host=host, port=port,
+             apis=", ".join(a.name for a in apis) or "no APIs")
+
+
 class Front(Factory):
     """The factory a listening port keeps across reloads: each connection goes to the current generation."""
 
@@ -51,7 +60,8 @@ class GatewayService(Service):
     RETIRE_CHECK = 1.0
     DEBOUNCE = 0.2
 
-    def __init__(self, plan: Plan, reactor=None, *, loader=None, store=None, metrics=None) -> None:
+    def __init__(self, plan: Plan, reactor=None, *, loader=None, store=None, metrics=None,
+                 role: str = "single", listen_fds: dict | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -78,6 +88,17 @@ class GatewayService(Service):
         self.store_listing: list = []  # CertInfo of the store entries (refreshed on changes)
         # Runs blocking work (file and store reads, context building) off the reactor thread.
         self.run_blocking = self._in_thread
+        from txgate.acme.challenges import ChallengeBoard
+
+        # Pending ACME challenges, answered by every generation's listeners (see txgate.acme).
+        self.challenges = ChallengeBoard()
+        # Called with the new Config after each successful reload (e.g. the ACME service follows it).
+        self.on_reload: list = []
+        # Worker processes (txgate.runtime.workers): "single" listens and serves; a "supervisor" serves no
+        # traffic (no generation, no ports); a "worker" adopts the supervisor's sockets (listener name ->
+        # (fd, family)) and leaves store watching to the supervisor.
+        self.role = role
+        self.listen_fds = listen_fds or {}
 
     def _in_thread(self, fn, *args):
         from twisted.internet.threads import deferToThreadPool
@@ -86,12 +107,19 @@ class GatewayService(Service):
 
     def _build(self, plan: Plan) -> Generation:
         return build_generation(plan, self.reactor, connections=self.connections, metrics=self.metrics,
-                                previous=self.current)
+                                previous=self.current, challenges=self.challenges)
 
     def _listen(self, ln: ListenerConfig, front: Front):
         """Listen on a listener's bind with ``front``; a failure is a ConfigError naming its bind."""
         from twisted.internet.error import CannotListenError
 
+        if self.role == "worker":
+            from txgate.runtime.sockets import adopt
+
+            if ln.name not in self.listen_fds:
+                raise ConfigError(self.config.path, f"listener:{ln.name}", "bind",
+                                  "a new listener address needs a worker restart (the supervisor owns the sockets)")
+            return adopt(self.reactor, *self.listen_fds[ln.name], front)
         try:
             return self.reactor.listenTCP(ln.port, front, backlog=1024, interface=ln.host)
         except CannotListenError as e:
@@ -101,35 +129,41 @@ class GatewayService(Service):
                               f"{host_port(ln.host, ln.port)}: {why}") from None
 
     def _log_listening(self, gen: Generation, ln: ListenerConfig) -> None:
+        if self.role == "worker":
+            return  # the supervisor owns the sockets and announces them once
         addr = self.ports[ln.name].getHost()
-        host = f"[{addr.host}]" if ":" in addr.host else addr.host
-        apis = gen.config.apis_for(ln.name)
-        log.info("listener {name} on {scheme}://{host}:{port} ({apis})", name=ln.name,
-                 scheme="https" if ln.tls else "http", host=host, port=addr.port,
-                 apis=", ".join(a.name for a in apis) or "no APIs")
+        log_listening(gen.config, ln, addr.host, addr.port)
 
     # -- service ----------------------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
         for w in self.plan.warnings:
             log.warn("{warning}", warning=w)
+        if self.role != "worker":
+            for section, names in self.plan.acme_placeholders:
+                log.info("[{section}]: no ACME certificate for {names} yet: serving one from the local CA until it "
+                         "is issued", section=section, names=" ".join(names))
+        if self.plan.local_ca_path and self.role != "worker":
+            log.info("local CA certificate: {path} (clients can trust it with: curl --cacert {path})",
+                     path=self.plan.local_ca_path)
+        if self.role == "supervisor":
+            self._watch_store()
+            return
         gen = self._build(self.plan)
         self.current = gen
         self._flusher = task.LoopingCall(self._flush_logs)
         self._flusher.clock = self.reactor
         self._flusher.start(0.5, now=False)
-        from txgate.http.h2engine import describe_engine
-
-        log.info("HTTP/2 engine: {engine}", engine=describe_engine(self.config.gateway.h2_engine))
-        if self.plan.local_ca_path:
-            log.info("local CA certificate: {path} (clients can trust it with: curl --cacert {path})",
-                     path=self.plan.local_ca_path)
         for ln in self.config.listeners:
             front = Front(ln.name, gen.tops[ln.name])
             self.ports[ln.name] = self._listen(ln, front)
             self.fronts[ln.name] = front
             self.binds[ln.name] = (ln.host, ln.port)
             self._log_listening(gen, ln)
+        if self.role != "worker":
+            self._watch_store()
+
+    def _watch_store(self) -> None:
         if self.store is not None:
             from txgate.store import DeferredStore
 
@@ -215,7 +249,7 @@ class GatewayService(Service):
     def _reload(self, reason: str):
         try:
             plan = yield self.run_blocking(self._load_and_prepare)
-            summary = self._swap(plan)
+            summary = yield defer.maybeDeferred(self._swap, plan)
         except ConfigError as e:
             log.error("reload ({reason}) failed, keeping the running configuration: {error}",
                       reason=reason, error=str(e))
@@ -226,6 +260,11 @@ class GatewayService(Service):
         for w in plan.warnings:
             log.warn("{warning}", warning=w)
         log.info("reloaded ({reason}): {summary}", reason=reason, summary=summary)
+        for hook in self.on_reload:
+            try:
+                hook(plan.config)
+            except Exception:
+                log.failure("after-reload hook failed")
         if self.store is not None:
             self._refresh_listing()
         return ReloadResult(True, summary)

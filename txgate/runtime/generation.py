@@ -36,11 +36,13 @@ class Generation:
 
 
 def build_generation(plan: Plan, reactor, *, connections: dict[str, set], metrics=None,
-                     previous: Generation | None = None) -> Generation:
+                     previous: Generation | None = None, challenges=None) -> Generation:
     """A generation's runtime objects (nothing listens yet); reuses ``previous``'s access log if unchanged.
 
     ``connections`` (listener name -> open connections) is shared by every generation, so that
-    max_connections and shutdown see every connection of a listener.
+    max_connections and shutdown see every connection of a listener. ``challenges`` (the pending
+    ACME challenges, shared by every generation) is answered on tls = off listeners (HTTP-01) and in
+    TLS handshakes (TLS-ALPN-01).
     """
     cfg = plan.config
     if previous is not None and (previous.config.gateway.access_log, previous.config.gateway.log_format) == (
@@ -57,7 +59,9 @@ def build_generation(plan: Plan, reactor, *, connections: dict[str, set], metric
             runtimes[api.name] = ApiRuntime(api, up, plan.allowlists.get(api.name))
         for ln in cfg.listeners:
             apis = [runtimes[a.name] for a in cfg.apis_for(ln.name)]
-            dispatcher = ListenerDispatcher(ln.name, apis, reactor, access_log, metrics=metrics)
+            dispatcher = ListenerDispatcher(ln.name, apis, reactor, access_log, metrics=metrics,
+                                            challenges=None if ln.tls else challenges,
+                                            redirect_https=bool(ln.redirect_https))
             limits = Limits(ln.max_header_bytes, ln.header_timeout, ln.idle_timeout)
             factory = ListenerFactory(ln.name, dispatcher, limits, reactor, tls=ln.tls,
                                       max_connections=ln.max_connections,
@@ -65,7 +69,11 @@ def build_generation(plan: Plan, reactor, *, connections: dict[str, set], metric
                                       h2_engine=plan.h2_engine)
             factory.connections = connections.setdefault(ln.name, set())
             gen.factories[ln.name] = factory
-            gen.tops[ln.name] = wrap_tls(factory, plan.server_tls[ln.name], reactor) if ln.tls else factory
+            if ln.tls:
+                plan.server_tls[ln.name].challenges = challenges
+                gen.tops[ln.name] = wrap_tls(factory, plan.server_tls[ln.name], reactor)
+            else:
+                gen.tops[ln.name] = factory
     except Exception:
         gen.discard(previous)
         raise
@@ -82,7 +90,7 @@ def build_upstream(api: ApiConfig, plan: Plan, reactor):
             reactor, t,
             tls_creator=plan.upstream_tls.get((api.name, t.label)),
             max_connections=api.max_connections, max_pending=api.max_pending,
-            connect_timeout=api.connect_timeout,
+            connect_timeout=api.connect_timeout, max_response_header_bytes=api.max_response_header_bytes,
         )
         for t in api.upstreams
     ]

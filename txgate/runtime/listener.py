@@ -82,6 +82,11 @@ class Negotiator(Protocol):
 
     def _start(self, alpn: str | None) -> None:
         f = self.factory
+        if alpn == "acme-tls/1":
+            # An ACME TLS-ALPN-01 validation: the handshake was the answer (RFC 8737 section 3).
+            self.inner = Protocol()  # not a failed handshake; nothing more is read
+            self.transport.loseConnection()
+            return
         if alpn == "h2":
             from txgate.http.h2 import H2Connection
 

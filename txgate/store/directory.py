@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_store -*-
 """The directory backend: JSON records under ``state_dir/store/`` (dirs 0700, files 0600, atomic writes).
 
-Layout: ``entries/<ID>.json``, ``names/<NAME>.json``, ``pending/<NAME>.json``, ``.lock`` (flock).
+Layout: ``entries/<ID>.json``, ``names/<NAME>.json``, ``pending/<NAME>.json``, ``.lock`` (flock);
+a ``/`` in a name is written ``%2F`` in its file name.
 Change callbacks fire for writes made through this process's store objects.
 """
 from __future__ import annotations
@@ -42,7 +43,8 @@ class DirectoryStore(RecordStore):
     # --- files --------------------------------------------------------------------------------
 
     def _path(self, kind: str, key: str) -> str:
-        return os.path.join(self.root, kind, f"{key}.json")
+        # A namespaced name (acme/NAME) stays one file: '%' is not allowed in names, so this is reversible.
+        return os.path.join(self.root, kind, f"{key.replace('/', '%2F')}.json")
 
     def _read(self, kind: str, key: str) -> dict[str, Any] | None:
         path = self._path(kind, key)
@@ -79,7 +81,7 @@ class DirectoryStore(RecordStore):
             names = os.listdir(os.path.join(self.root, kind))
         except FileNotFoundError:
             return []
-        return [n[:-5] for n in names if n.endswith(".json") and not n.startswith(".")]
+        return [n[:-5].replace("%2F", "/") for n in names if n.endswith(".json") and not n.startswith(".")]
 
     # --- primitives ---------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ from cryptography import x509
 from txgate.tls.certs import CertifiedKey, PrivateKey, format_time
 
 _ID_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# One optional namespace: ``acme/www.example.com`` (ACME certificates live under ``acme/``).
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,127})?$")
 
 # Stable error codes (the admin API maps them to HTTP statuses; see CODE_STATUS).
 CODE_STATUS = {
@@ -140,7 +141,7 @@ def check_name(name: str) -> str:
         raise StoreError(
             "invalid_name",
             f"invalid store name {name!r}: 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit, "
-            "and not 64 hex digits (that is an ID)",
+            "and not 64 hex digits (that is an ID); one 'NAMESPACE/' prefix is allowed",
         )
     return name
 

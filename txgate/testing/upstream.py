@@ -283,6 +283,8 @@ class _UpstreamServer(Protocol):
             body = action.body
         self._write(b"".join(head) + b"\r\n" + body)
         if action.close_delimited or not self.parser.should_keep_alive() or "close" in {v.lower() for k, v in action.headers if k.lower() == "connection"}:
+            # TLS sends close_notify only once no producer is registered.
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def _write(self, data: bytes) -> None:

@@ -59,6 +59,22 @@ def is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+def signature_usage_problem(cert: x509.Certificate) -> str | None:
+    """Why a TLS peer's leaf may not authenticate a handshake, or None.
+
+    Every handshake txgate allows authenticates the peer by a signature of the leaf's key (TLS 1.3
+    always; TLS 1.2 with ECDHE suites only), so a leaf with a keyUsage extension must allow
+    digitalSignature. OpenSSL checks this only for some TLS 1.2 cases (its "ssl client/server"
+    purposes also accept keyAgreement or keyEncipherment alone)."""
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if usage.digital_signature:
+        return None
+    return "certificate key usage does not allow digitalSignature"
+
+
 def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
     try:
         return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -146,7 +162,8 @@ class CertifiedKey:
         return self._memo["key"]
 
 
-def _read(path: str) -> bytes:
+def read_pem_file(path: str) -> bytes:
+    """The bytes of a certificate/key file; a missing or unreadable one is a CertificateError naming it."""
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -203,8 +220,8 @@ def check_validity(cert: x509.Certificate, path: str, now: datetime) -> None:
 
 def load_certified_key(cert_path: str, key_path: str, *, now: datetime) -> CertifiedKey:
     """Load a PEM chain (leaf first) and its unencrypted key, checking match and validity."""
-    chain = parse_certificates(_read(cert_path), cert_path)
-    key = parse_private_key(_read(key_path), key_path)
+    chain = parse_certificates(read_pem_file(cert_path), cert_path)
+    key = parse_private_key(read_pem_file(key_path), key_path)
     if public_key_der(key.public_key()) != public_key_der(chain[0].public_key()):
         raise CertificateError(key_path, f"private key does not match the certificate {cert_path}")
     check_validity(chain[0], cert_path, now)
@@ -213,7 +230,7 @@ def load_certified_key(cert_path: str, key_path: str, *, now: datetime) -> Certi
 
 def load_ca_bundle(path: str) -> list[x509.Certificate]:
     """Load a PEM bundle of CA certificates."""
-    return parse_certificates(_read(path), path)
+    return parse_certificates(read_pem_file(path), path)
 
 
 def _norm(name: str) -> str:

@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from txgate.config.hostnames import is_ip
 from txgate.errors import GatewayError, UpstreamTLSError
-from txgate.tls.certs import CertificateError, CertifiedKey, cert_names, format_time, subject_label
+from txgate.tls.certs import CertificateError, CertifiedKey, cert_names, format_time, signature_usage_problem, subject_label
 from txgate.tls.server import DEFAULT_CIPHERS, OP_NO_RENEGOTIATION, TLSSettingError, tls_version
 
 log = Logger()
@@ -158,7 +158,7 @@ class UpstreamTLS:
                     ders[depth] = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
                     if depth != 0:
                         return True
-                    reason = self._identity_mismatch(cert)
+                    reason = self._identity_mismatch(cert) or _usage_problem(cert)
                     if reason is not None:
                         return fail(UpstreamTLSError(reason))
                     chain = [ders[d] for d in sorted(ders)]
@@ -174,7 +174,8 @@ class UpstreamTLS:
                         self._chain_check(chain)
                     except Exception as e:
                         return fail(e)
-                state["proto"] = None
+                # The protocol is kept: OpenSSL may still report an error after this success at depth 0
+                # (name constraints, policies), and its reason must reach the request.
                 state["done"] = True
                 return True
             except BaseException as e:  # pyOpenSSL would swallow it: fail closed, keep the reason.
@@ -194,6 +195,11 @@ class UpstreamTLS:
             names = cert_names(c) or [f"CN={subject_label(c)} (no SAN)"]
             return f"hostname mismatch: certificate is for {', '.join(names)}; expected {self.server_name}"
         return None
+
+
+def _usage_problem(cert: Any) -> str | None:
+    problem = signature_usage_problem(cert.to_cryptography())
+    return None if problem is None else f"{problem} [depth 0: {subject_label(cert.to_cryptography())}]"
 
 
 _ALERT_REASONS: list[tuple[str, str]] = [

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.logger import Logger
 
+from txgate.tls.certs import signature_usage_problem
 from txgate.tls.clientauth import VerifiedChain
 
 log = Logger()
@@ -53,12 +54,14 @@ REASONS = {
     INVALID_PURPOSE: "client_certificate_wrong_purpose",
     CRL_HAS_EXPIRED: "client_crl_expired",
     CRL_NOT_YET_VALID: "client_crl_not_yet_valid",
+    UNABLE_TO_GET_CRL: "client_crl_missing",
 }
 UNTRUSTED_REASON = "client_certificate_untrusted"
 MISSING_REASON = "client_certificate_required"
 INVALID_REASON = "client_certificate_invalid"
 
 MODES = ("optional", "require")
+CRL_MISSING = ("refuse", "allow")
 
 
 def reason_for(errno: int) -> str:
@@ -110,9 +113,15 @@ class ClientVerifier:
         crls: Sequence[x509.CertificateRevocationList] = (),
         depth: int = 4,
         announce: bool = True,
+        crl_missing: str = "refuse",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"client verification mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if crl_missing not in CRL_MISSING:
+            raise ValueError(f"client_crl_missing must be one of {', '.join(CRL_MISSING)}, not {crl_missing!r}")
+        # With CRLs, every certificate of the chain OpenSSL checks must be covered by one ("refuse"),
+        # or a certificate whose issuer has no CRL is let through unchecked ("allow": weaker).
+        self.crl_missing = crl_missing
         self.listener = listener
         self.mode = mode
         seen: dict[bytes, x509.Certificate] = {}
@@ -177,8 +186,10 @@ class ClientVerifier:
             chain = state.chain
             if chain and depth >= min(chain):
                 chain.clear()
-            der = cert.to_cryptography().public_bytes(serialization.Encoding.DER)
-            chain[depth] = hashlib.sha256(der).digest()
+            parsed = cert.to_cryptography()
+            if depth == 0 and not self._may_sign(state, parsed):
+                return False
+            chain[depth] = hashlib.sha256(parsed.public_bytes(serialization.Encoding.DER)).digest()
             return True
         except Exception:
             log.failure("client certificate verify callback failed")
@@ -187,21 +198,40 @@ class ClientVerifier:
     def _on_error(self, conn: SSL.Connection, cert: Any, errno: int, depth: int) -> bool:
         state = self._state(conn)
         state.called = True
-        if errno == UNABLE_TO_GET_CRL:
-            # No CRL from this issuer in client_crl: its certificates are not revocation-checked.
+        tolerated = (
+            # Only pin / fingerprint / exact-file entries of an API can allow this certificate...
+            (errno in UNTRUSTED and self.mode == "optional")
+            # ...and for such a chain, trusted by no one, a CRL would prove nothing.
+            or (errno == UNABLE_TO_GET_CRL and (self.crl_missing == "allow" or not state.verified)))
+        if tolerated:
+            if depth == 0 and not self._may_sign(state, cert.to_cryptography()):
+                return False
+            if errno in UNTRUSTED:
+                state.verified = False
             return True
-        if errno in UNTRUSTED and self.mode == "optional":
-            # Only pin / fingerprint / exact-file entries of an API can allow this certificate.
-            state.verified = False
-            return True
-        if state.reason is None:
-            state.reason = reason_for(errno)
-            try:
-                subject = cert.to_cryptography().subject.rfc4514_string()
-            except Exception:
-                subject = "?"
-            state.detail = f"{_safe_error_string(errno)} (depth {depth}, '{subject}')"
+        self._refuse(state, reason_for(errno), _safe_error_string(errno), depth, cert)
         return False
+
+    def _may_sign(self, state: ClientCertState, leaf: x509.Certificate) -> bool:
+        """The leaf's key usage allows the signature the handshake authenticates it by (else refuse)."""
+        problem = signature_usage_problem(leaf)
+        if problem is None:
+            return True
+        self._refuse(state, REASONS[INVALID_PURPOSE], problem, 0, leaf)
+        return False
+
+    @staticmethod
+    def _refuse(state: ClientCertState, reason: str, text: str, depth: int, cert: Any) -> None:
+        """Record the first refusal of a connection: its reason code and OpenSSL's words, depth, subject."""
+        if state.reason is not None:
+            return
+        state.reason = reason
+        try:
+            parsed = cert if isinstance(cert, x509.Certificate) else cert.to_cryptography()
+            subject = parsed.subject.rfc4514_string()
+        except Exception:
+            subject = "?"
+        state.detail = f"{text} (depth {depth}, '{subject}')"
 
 
 def _safe_error_string(errno: int) -> str:

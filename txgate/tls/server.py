@@ -15,6 +15,8 @@ from txgate.tls.certs import CertifiedKey
 
 log = Logger()
 
+ACME_TLS_ALPN = b"acme-tls/1"
+
 #: TLS <= 1.2 default: forward secrecy and AEAD only, ECDSA first, then RSA.
 DEFAULT_CIPHERS = ":".join(
     [
@@ -75,6 +77,44 @@ def _openssl_reason(e: Exception) -> str:
     return str(e) or e.__class__.__name__
 
 
+def _set_groups(ctx: SSL.Context, groups: bytes) -> None:
+    """The key-exchange groups (TLS 1.3 key shares, TLS 1.2 ECDHE curves), in preference order.
+
+    pyOpenSSL has no call for it (only ``set_tmp_ecdh``, which replaces the list with one curve):
+    this is ``SSL_CTX_set1_groups_list`` under its older name, from the bindings of the OpenSSL that
+    pyOpenSSL runs on (cryptography's), on the pyOpenSSL context's pointer."""
+    from OpenSSL._util import lib
+
+    if not groups or lib.SSL_CTX_set1_curves_list(ctx._context, groups) != 1:
+        _clear_openssl_errors()
+        raise TLSSettingError("groups", f"invalid groups list {groups.decode()!r}")
+
+
+def _clear_openssl_errors() -> None:
+    from OpenSSL._util import lib
+
+    lib.ERR_clear_error()
+
+
+def _supported_groups(candidates: Sequence[str]) -> list[str]:
+    """The candidates this OpenSSL knows (a hybrid such as X25519MLKEM768 needs OpenSSL 3.5+)."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    out = []
+    for group in candidates:
+        try:
+            _set_groups(ctx, group.encode("ascii"))
+        except TLSSettingError:
+            continue
+        out.append(group)
+    return out
+
+
+#: Key-exchange groups of every listener by default: the X25519 + ML-KEM-768 hybrid where the OpenSSL
+#: under pyOpenSSL has it, then X25519, P-256, P-384 (Mozilla's "intermediate" list: no X448, no
+#: P-521, no finite-field groups).
+DEFAULT_GROUPS = ":".join(_supported_groups(["X25519MLKEM768", "X25519", "P-256", "P-384"]))
+
+
 def _cipher_list_for(min_version: int, ciphers: str | None) -> str:
     cipher_list = ciphers if ciphers is not None else DEFAULT_CIPHERS
     if min_version < SSL.TLS1_2_VERSION and "@SECLEVEL" not in cipher_list:
@@ -100,13 +140,14 @@ def _apply_ciphers(ctx: SSL.Context, cipher_list: bytes, tls13: bytes | None) ->
 
 
 def check_tls_settings(
-    *, min_tls: str = "1.2", max_tls: str = "1.3", ciphers: str | None = None, tls13_ciphersuites: str | None = None
+    *, min_tls: str = "1.2", max_tls: str = "1.3", ciphers: str | None = None, tls13_ciphersuites: str | None = None,
+    groups: str | None = None,
 ) -> None:
     """Raise TLSSettingError if OpenSSL refuses these settings (no certificate needed)."""
     lo, hi = tls_version(min_tls), tls_version(max_tls)
     if lo > hi:
         raise TLSSettingError("max_tls", f"min_tls {min_tls} is above max_tls {max_tls}")
-    for key, value in (("ciphers", ciphers), ("tls13_ciphersuites", tls13_ciphersuites)):
+    for key, value in (("ciphers", ciphers), ("tls13_ciphersuites", tls13_ciphersuites), ("groups", groups)):
         if value is not None:
             try:
                 value.encode("ascii")
@@ -118,6 +159,8 @@ def check_tls_settings(
         _cipher_list_for(lo, ciphers).encode("ascii"),
         tls13_ciphersuites.encode("ascii") if tls13_ciphersuites else None,
     )
+    if groups is not None:
+        _set_groups(ctx, groups.encode("ascii"))
 
 
 def _norm_name(name: str) -> str:
@@ -137,6 +180,7 @@ class ServerTLS:
         max_tls: str = "1.3",
         ciphers: str | None = None,
         tls13_ciphersuites: str | None = None,
+        groups: str | None = None,
         alpn: tuple[str, ...] = ("h2", "http/1.1"),
         session_tickets: bool = True,
         verify: tuple[int, VerifyCallback | None] | None = None,
@@ -149,6 +193,7 @@ class ServerTLS:
             raise ValueError(f"min_tls {min_tls} is above max_tls {max_tls}")
         self._cipher_list = _cipher_list_for(self._min, ciphers).encode("ascii")
         self._tls13 = tls13_ciphersuites.encode("ascii") if tls13_ciphersuites else None
+        self._groups = (groups or DEFAULT_GROUPS).encode("ascii")
         self._alpn = tuple(p.encode("ascii") for p in alpn)
         # A ClientVerifier (txgate.tls.clientverify) configures trust store, CRLs, depth and CA names
         # on every context and supplies the verify mode; it also turns session resumption off, since a
@@ -161,6 +206,8 @@ class ServerTLS:
         self._verify = verify
         # Shared by every context so a session resumes whichever SNI context it was made under.
         self._sid_ctx = session_id_context or os.urandom(16)
+        # Pending TLS-ALPN-01 challenges (txgate.acme.challenges.ChallengeBoard), attached by the runtime.
+        self.challenges: Any = None
         self.default_context = self._build(default)
         self._exact: dict[str, SSL.Context] = {}
         self._wildcard: dict[str, SSL.Context] = {}
@@ -185,8 +232,8 @@ class ServerTLS:
         if not self._tickets:
             options |= SSL.OP_NO_TICKET
         ctx.set_options(options)
-        # ECDH "auto" is built in since OpenSSL 1.1.0. Do NOT call set_tmp_ecdh: on OpenSSL 3+/4 it
-        # replaces the whole groups list with that one curve (no X25519, no hybrid ML-KEM).
+        # Do NOT call set_tmp_ecdh: on OpenSSL 3+/4 it replaces the whole groups list with one curve.
+        _set_groups(ctx, self._groups)
         ctx.use_certificate(ck.leaf)
         for extra in ck.chain[1:]:
             ctx.add_extra_chain_cert(extra)
@@ -194,8 +241,8 @@ class ServerTLS:
         ctx.check_privatekey()
         ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER if self._client_verifier is None else SSL.SESS_CACHE_OFF)
         ctx.set_session_id(self._sid_ctx)
-        if self._alpn:
-            ctx.set_alpn_select_callback(self._select_alpn)
+        # Always: the ALPN callback also answers ACME TLS-ALPN-01 (RFC 8737) challenges.
+        ctx.set_alpn_select_callback(self._select_alpn)
         if self._client_verifier is not None:
             self._client_verifier.configure(ctx)
         elif self._verify is not None:
@@ -206,10 +253,25 @@ class ServerTLS:
         return ctx
 
     def _select_alpn(self, conn: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+        if ACME_TLS_ALPN in offered and self.challenges is not None:
+            pair = self._acme_pair(conn)
+            if pair is not None:
+                # RFC 8737: the challenge certificate, for a client that offers acme-tls/1, and only then.
+                conn.use_certificate(pair[0])
+                conn.use_privatekey(pair[1])
+                return ACME_TLS_ALPN
         for proto in self._alpn:
             if proto in offered:
                 return proto
         return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    def _acme_pair(self, conn: SSL.Connection):
+        try:
+            raw = conn.get_servername()
+            return self.challenges.alpn_pair(raw.decode("ascii", "replace") if raw else None)
+        except Exception:
+            log.failure("ACME challenge certificate selection failed")
+            return None
 
     def context_for(self, server_name: str | None) -> SSL.Context:
         """The context for an SNI name: exact match, then one-label wildcard, then the default."""

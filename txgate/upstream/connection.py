@@ -1,17 +1,34 @@
-# -*- test-case-name: tests.test_proxy_unit -*-
-"""One persistent HTTP/1.1 connection to an upstream target (plain or TLS)."""
+# -*- test-case-name: tests.test_upstream_framing_unit -*-
+"""One persistent HTTP/1.1 connection to an upstream target (plain or TLS).
+
+Its framing rules: a response head is bounded (`max_response_header_bytes`); a response ends where
+its Content-Length or last chunk says, or with a clean close of the connection when it has neither
+(RFC 9112 6.3); a connection that ends anywhere else cuts the response short (`upstream_truncated`);
+bytes after a complete response, before the next request, mean the connection is out of step and it
+is never reused.
+"""
 from __future__ import annotations
 
 import httptools
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txgate.errors import UpstreamHeadersTooLarge, UpstreamProtocolError, UpstreamTruncated
 from txgate.http.closing import abort_connection
 from txgate.directwrite import no_delay
 
 log = Logger()
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing; carries the error to report (or None)."""
+
+    def __init__(self, error=None) -> None:
+        super().__init__()
+        self.error = error
 
 
 @implementer(IHandshakeListener)
@@ -36,6 +53,12 @@ class UpstreamConnection(Protocol):
         self.handshake_timed_out = False
         self.handshake_timer = None
         self.read_paused = False
+        self.max_head = getattr(pool, "max_response_header_bytes", 65536)
+        self._head_bytes = 0  # response head bytes of this exchange (interim 1xx heads included)
+        self._content_length: int | None = None
+        self._body_bytes = 0
+        self._completed = False  # a final response ended inside the current feed_data call
+        self.parser_stopped = False  # bytes followed a complete response: the parser is done for good
 
     # -- lifetime -----------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -75,14 +98,29 @@ class UpstreamConnection(Protocol):
             self.pool.connection_failed(self, reason)
             return
         self.pool.connection_closed(self)
-        if ex is not None and not self.response_done:
-            if self.response_started and self.delimited_by_close:
-                # A body without length or chunking ends with the connection (httptools has no
-                # feed_eof: the end is ours to call).
-                self.response_done = True
-                ex.response_finished()
-                return
-            ex.upstream_lost(self, reason, self.response_started)
+        if ex is None or self.response_done:
+            return
+        if not self.response_started:
+            ex.upstream_lost(self, reason, False)
+            return
+        clean = reason is None or isinstance(getattr(reason, "value", None), ConnectionDone)
+        if self.delimited_by_close and clean:
+            # A body without length or chunking ends with the connection (httptools has no
+            # feed_eof: the end is ours to call). Only a clean close ends it: a reset, or a TLS
+            # close without close_notify (Twisted reports ConnectionLost), may have cut it.
+            self.response_done = True
+            ex.response_finished()
+            return
+        ex.upstream_error(UpstreamTruncated(f"{self.pool.label}: {self._cut_short(reason)}"))
+
+    def _cut_short(self, reason) -> str:
+        n = self._body_bytes
+        if self._content_length is not None:
+            return f"response cut short after {n} of {self._content_length} body bytes"
+        if not self.delimited_by_close:
+            return f"response cut short after {n} body bytes (no last chunk)"
+        why = reason.getErrorMessage() if hasattr(reason, "getErrorMessage") else str(reason)
+        return f"response cut short after {n} body bytes (the connection did not close cleanly: {why})"
 
     def close(self) -> None:
         """Drop the connection (it cannot be reused)."""
@@ -98,6 +136,9 @@ class UpstreamConnection(Protocol):
         self.response_started = False
         self.response_done = False
         self.request_done = False
+        self._head_bytes = 0
+        self._content_length = None
+        self._body_bytes = 0
         if head_only:
             # A response to HEAD has headers that announce a body it does not carry; the
             # parser cannot be told, so this connection is not reused.
@@ -147,31 +188,58 @@ class UpstreamConnection(Protocol):
 
     # -- parsing ------------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
-        if self.exchange is None:
+        ex = self.exchange
+        if ex is None or self.response_done:
             # Bytes with no request outstanding: the upstream is confused; drop it.
             self.close()
             return
+        in_head = not self.response_started
+        error = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
-            ex = self.exchange
+            cause = e.__context__
+            if isinstance(cause, _Stop):
+                error = cause.error
+            else:
+                error = UpstreamProtocolError(f"{self.pool.label}: malformed response: {e}")
+        if self._completed:
+            # The response ended in this read. Anything after it answered nothing (on_message_begin
+            # stopped the parser there): the connection is out of step and is not reused.
+            self._completed = False
+            if error is not None or self.parser_stopped:
+                self.no_reuse = True
+            self._finish()
+            return
+        if error is None and in_head and not self.response_started:
+            # A head still incomplete: httptools buffers a partial line itself, so count raw
+            # bytes too, or one endless header (or status) line would never hit the limit.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head:
+                error = self._head_too_large()
+        if error is not None:
             self.close()
-            if ex is not None:
-                ex.upstream_protocol_error(self, f"malformed response: {e}", self.response_started)
+            ex.upstream_error(error)
+
+    def _head_too_large(self) -> UpstreamHeadersTooLarge:
+        return UpstreamHeadersTooLarge(f"{self.pool.label}: response head exceeds {self.max_head} bytes")
 
     def on_message_begin(self) -> None:
+        if self.response_done:
+            self.parser_stopped = True
+            raise _Stop()
         self._headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.max_head:
+            raise _Stop(self._head_too_large())
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:
-            return  # 1xx: interim, not forwarded
-        self.response_started = True
-        if not self.parser.should_keep_alive():
-            self.no_reuse = True
+            return  # 1xx: interim, not forwarded (its bytes still count toward the head limit)
         content_length = None
         self.delimited_by_close = True
         for k, v in self._headers:
@@ -179,9 +247,18 @@ class UpstreamConnection(Protocol):
                 content_length = int(v)
                 self.delimited_by_close = False
             elif k == b"transfer-encoding":
+                if v.strip().lower() != b"chunked":
+                    # Another coding would reach the client undecoded and no longer announced
+                    # (nginx answers it with 502 too).
+                    raise _Stop(UpstreamProtocolError(
+                        f"{self.pool.label}: unsupported transfer coding '{v.decode('latin-1')}' in the response"))
                 content_length = None
                 self.delimited_by_close = False
                 break
+        self.response_started = True
+        if not self.parser.should_keep_alive():
+            self.no_reuse = True
+        self._content_length = content_length
         ex = self.exchange
         if ex is not None:
             ex.response_head(status, self._headers, content_length)
@@ -192,6 +269,7 @@ class UpstreamConnection(Protocol):
             ex.response_finished()
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
         ex = self.exchange
         if ex is not None:
             ex.response_body(body)
@@ -200,6 +278,11 @@ class UpstreamConnection(Protocol):
         if self.parser.get_status_code() < 200:
             return
         self.response_done = True
+        if self.exchange is not None:
+            # Finished once feed_data returns, so bytes after the response are seen first.
+            self._completed = True
+
+    def _finish(self) -> None:
         ex = self.exchange
         if ex is None:
             return

@@ -36,7 +36,8 @@ class TargetPool:
     """Connections to one target for one API (TLS settings are per API)."""
 
     def __init__(self, reactor, target: Target, *, tls_creator=None, max_connections: int = 64,
-                 max_pending: int = 256, connect_timeout: float = 5.0) -> None:
+                 max_pending: int = 256, connect_timeout: float = 5.0,
+                 max_response_header_bytes: int = 65536) -> None:
         self.reactor = reactor
         self.target = target
         self.label = target.label
@@ -48,6 +49,7 @@ class TargetPool:
         self.max_connections = max_connections
         self.max_pending = max_pending
         self.connect_timeout = connect_timeout
+        self.max_response_header_bytes = max_response_header_bytes
         self.idle: list[UpstreamConnection] = []
         self.busy = 0  # connections handed out
         self.connecting = 0

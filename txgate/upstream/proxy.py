@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from txgate.errors import UpstreamTLSError, GatewayError, RequestTooLarge, UpstreamBusy, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from txgate.errors import UpstreamTLSError, GatewayError, RequestTooLarge, UpstreamBusy, UpstreamTimeout, UpstreamUnavailable
 from txgate.http.errors import send_gateway_error
 from txgate.http.headers import VIA_H1, downstream_response_headers
 from txgate.tls.client import upstream_tls_error
@@ -245,8 +245,9 @@ class ProxyHandler:
         why = reason.getErrorMessage() if hasattr(reason, "getErrorMessage") else str(reason)
         self._fail(UpstreamUnavailable(f"{self.upstream_label}: connection lost: {why}"))
 
-    def upstream_protocol_error(self, conn, message: str, response_started: bool) -> None:
-        self._fail(UpstreamProtocolError(f"{self.upstream_label}: {message}"))
+    def upstream_error(self, err: GatewayError) -> None:
+        """The upstream broke the exchange (bad or oversized head, response cut short): fail with err."""
+        self._fail(err)
 
     def timed_out(self) -> None:
         """No response progress within the API's timeout: 504 upstream_timeout (or an abort once started)."""

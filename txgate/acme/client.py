@@ -1,0 +1,227 @@
+"""Talking to the ACME CA (blocking; run in a thread): directory, account, order, challenges, finalize.
+
+Built on certbot's ``acme`` package (messages, JWS, nonces, the badNonce retry). acme 5.x has no
+TLS-ALPN-01 classes any more: the two small message classes are registered here, and the challenge
+certificate is built by ``txgate.acme.challenges``.
+"""
+# -*- test-case-name: tests.test_acme_e2e -*-
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+import josepy as jose
+from acme import challenges, client, errors, messages
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from txgate.acme.challenges import ChallengeBoard
+from txgate.config.model import AcmeConfig
+
+USER_AGENT = "txgate-acme"
+ORDER_TIMEOUT = 120.0
+
+
+@challenges.ChallengeResponse.register
+class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
+    """ACME tls-alpn-01 challenge response (RFC 8737): an empty object."""
+
+    typ = "tls-alpn-01"
+
+
+@challenges.Challenge.register
+class TLSALPN01(challenges.KeyAuthorizationChallenge):
+    """ACME tls-alpn-01 challenge (RFC 8737)."""
+
+    response_cls = TLSALPN01Response
+    typ = response_cls.typ
+
+    def validation(self, account_key: jose.JWK, **unused) -> str:
+        """The key authorization (its SHA-256 goes into the challenge certificate)."""
+        return self.key_authorization(account_key)
+
+
+class AcmeFailure(Exception):
+    """An order that failed: ``code`` (the ACME error type's last part, or a local code), ``detail`` one line."""
+
+    def __init__(self, code: str, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code, self.detail, self.retry_after = code, detail, retry_after
+
+
+@dataclass(frozen=True)
+class Issued:
+    """What an order returns: the full chain (leaf first) and its new private key (PEM)."""
+
+    chain_pem: bytes
+    key_pem: bytes
+    order_url: str
+
+
+def new_certificate_key(key_type: str):
+    """A private key of an [acme] key_type."""
+    if key_type == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ecdsa-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[3:]))
+
+
+def _failure(e: Exception) -> AcmeFailure:
+    if isinstance(e, AcmeFailure):
+        return e
+    if isinstance(e, messages.Error):
+        code = (e.typ or "error").rsplit(":", 1)[-1]
+        return AcmeFailure(code, e.detail or str(e))
+    if isinstance(e, errors.ValidationError):
+        details = []
+        for authzr in e.failed_authzrs:
+            for ch in authzr.body.challenges:
+                if ch.error is not None:
+                    details.append(f"{authzr.body.identifier.value}: {ch.error.detail or ch.error.typ}")
+        return AcmeFailure("validation_failed", "; ".join(details) or str(e))
+    if isinstance(e, errors.TimeoutError):
+        return AcmeFailure("timeout", "the order did not complete in time")
+    return AcmeFailure("connection_failed" if "Connection" in type(e).__name__ else "error",
+                       f"{type(e).__name__}: {e}")
+
+
+class AcmeClient:
+    """One ACME account at one directory; every method blocks."""
+
+    def __init__(self, cfg: AcmeConfig, account_key: ec.EllipticCurvePrivateKey, account_uri: str | None = None,
+                 *, eab_hmac_key: str | None = None, poll_interval: float = 0.25) -> None:
+        self.cfg = cfg
+        self.jwk = jose.JWKEC(key=account_key)
+        self.account_uri = account_uri
+        self.eab_hmac_key = eab_hmac_key
+        self.poll_interval = poll_interval
+        self._client: client.ClientV2 | None = None
+
+    def _connect(self) -> client.ClientV2:
+        if self._client is None:
+            net = client.ClientNetwork(self.jwk, alg=jose.ES256, verify_ssl=self.cfg.ca_bundle or True,
+                                       user_agent=USER_AGENT, timeout=30)
+            directory = client.ClientV2.get_directory(self.cfg.directory, net)
+            self._client = client.ClientV2(directory, net)
+        return self._client
+
+    def directory_has(self, field: str) -> bool:
+        """Whether the directory lists ``field`` (e.g. renewalInfo)."""
+        try:
+            return bool(getattr(self._connect().directory, field, None) or self._connect().directory[field])
+        except (KeyError, AttributeError):
+            return False
+
+    def register(self) -> str:
+        """Create (or find) the account; returns its URI."""
+        acme = self._connect()
+        if self.account_uri:
+            acme.net.account = messages.RegistrationResource(uri=self.account_uri, body=messages.Registration())
+            return self.account_uri
+        eab = None
+        if self.cfg.eab_kid:
+            eab = messages.ExternalAccountBinding.from_data(
+                account_public_key=self.jwk.public_key(), kid=self.cfg.eab_kid, hmac_key=self.eab_hmac_key,
+                directory=acme.directory)
+        reg = messages.NewRegistration.from_data(email=self.cfg.email, terms_of_service_agreed=self.cfg.agree_tos,
+                                                 external_account_binding=eab)
+        try:
+            regr = acme.new_account(reg)
+        except errors.ConflictError as e:  # the key already has an account: use it
+            regr = messages.RegistrationResource(uri=e.location, body=messages.Registration())
+            acme.net.account = regr
+        except Exception as e:
+            raise _failure(e) from None
+        self.account_uri = regr.uri
+        return regr.uri
+
+    def order(self, names: tuple[str, ...], board: ChallengeBoard, *, log: Callable[..., None] = lambda *a, **k: None,
+              timeout: float = ORDER_TIMEOUT) -> Issued:
+        """Order a certificate for ``names``, answer one challenge per name through ``board``, finalize."""
+        from txgate.lifecycle.csr import build_csr
+
+        try:
+            self.register()
+            acme = self._connect()
+            key = new_certificate_key(self.cfg.key_type)
+            csr = build_csr(key, dns=names)
+            orderr = acme.new_order(csr.public_bytes(serialization.Encoding.PEM))
+            log("acme: order {url} for {names}", url=orderr.uri, names=" ".join(names))
+            deadline = datetime.now(timezone.utc) + timedelta(seconds=timeout)
+            cleanups: list[Callable[[], None]] = []
+            try:
+                for authzr in orderr.authorizations:
+                    if authzr.body.status == messages.STATUS_VALID:
+                        continue
+                    self._answer(acme, authzr, board, cleanups)
+                orderr = self._poll_authorizations(acme, orderr, deadline)
+            finally:
+                for undo in cleanups:
+                    undo()
+            orderr = acme.finalize_order(orderr, deadline.replace(tzinfo=None))
+        except Exception as e:
+            raise _failure(e) from None
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return Issued(orderr.fullchain_pem.encode(), key_pem, orderr.uri)
+
+    def _answer(self, acme: client.ClientV2, authzr, board: ChallengeBoard, cleanups: list) -> None:
+        name = authzr.body.identifier.value
+        offered = {c.chall.typ: c for c in authzr.body.challenges}
+        for typ in self.cfg.challenges:
+            challb = offered.get(typ)
+            if challb is None:
+                continue
+            keyauth = challb.chall.key_authorization(self.jwk)
+            if typ == "http-01":
+                token = challb.chall.encode("token")
+                board.add_http(token, keyauth)
+                cleanups.append(lambda t=token: board.remove_http(t))
+            else:
+                board.add_alpn(name, keyauth)
+                cleanups.append(lambda n=name: board.remove_alpn(n))
+            acme.answer_challenge(challb, challb.chall.response(self.jwk))
+            return
+        raise AcmeFailure("no_challenge", f"{name}: the CA offers {', '.join(sorted(offered))}, "
+                                          f"[acme] challenges allows {', '.join(self.cfg.challenges)}")
+
+    def _poll_authorizations(self, acme: client.ClientV2, orderr, deadline: datetime):
+        """Like ClientV2.poll_authorizations, with a short interval (the library sleeps 1 s per round)."""
+        pending = list(orderr.authorizations)
+        done = []
+        while pending:
+            if datetime.now(timezone.utc) > deadline:
+                raise errors.TimeoutError()
+            still = []
+            for authzr in pending:
+                authzr, _ = acme.poll(authzr)
+                if authzr.body.status in (messages.STATUS_VALID, messages.STATUS_INVALID):
+                    done.append(authzr)
+                else:
+                    still.append(authzr)
+            pending = still
+            if pending:
+                time.sleep(self.poll_interval)
+        failed = [a for a in done if a.body.status == messages.STATUS_INVALID]
+        if failed:
+            raise errors.ValidationError(failed)
+        return orderr.update(authorizations=done)
+
+    def renewal_window(self, cert_pem: bytes) -> datetime | None:
+        """When the CA's renewalInfo (RFC 9773) suggests renewing, or None without ARI."""
+        try:
+            at, _next = self._connect().renewal_time(cert_pem)
+        except Exception:
+            return None
+        if at is None:
+            return None
+        return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+def account_key_pem(key) -> bytes:
+    """PKCS#8 PEM of an account key (only ever written encrypted)."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
