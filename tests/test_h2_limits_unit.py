@@ -103,24 +103,23 @@ def test_pings_from_a_reading_peer_are_answered_without_limit():
 
 
 # -- (7) header_timeout -------------------------------------------------------------------------
-def fresh(limits: Limits):
-    """A server that has sent its preface and heard nothing yet."""
-    p = Pair.__new__(Pair)
-    Pair.__init__(p, limits=limits)
-    return p
-
-
-def test_connection_that_never_sends_its_preface_is_closed_after_header_timeout():
+def bare_server(header_timeout: float = 2):
+    """A server that has sent its preface and heard nothing: (server, transport, clock)."""
     from twisted.internet.testing import MemoryReactorClock, StringTransport
 
     from txgate.http.exchange import ConnectionInfo
     from txgate.http.h2 import H2Connection
 
     clock = MemoryReactorClock()
-    server = H2Connection(Dispatcher(), ConnectionInfo("t", "192.0.2.1", 1), Limits(header_timeout=2, idle_timeout=60),
-                         clock, engine=Pair.engine)
+    limits = Limits(header_timeout=header_timeout, idle_timeout=60)
+    server = H2Connection(Dispatcher(), ConnectionInfo("t", "192.0.2.1", 1), limits, clock, engine=Pair.engine)
     t = StringTransport()
     server.makeConnection(t)
+    return server, t, clock
+
+
+def test_connection_that_never_sends_its_preface_is_closed_after_header_timeout():
+    server, t, clock = bare_server()
     server.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n")  # part of the magic, then silence
     clock.advance(1.9)
     assert not t.disconnecting
@@ -129,16 +128,7 @@ def test_connection_that_never_sends_its_preface_is_closed_after_header_timeout(
 
 
 def test_preface_without_its_settings_frame_is_closed_after_header_timeout():
-    from twisted.internet.testing import MemoryReactorClock, StringTransport
-
-    from txgate.http.exchange import ConnectionInfo
-    from txgate.http.h2 import H2Connection
-
-    clock = MemoryReactorClock()
-    server = H2Connection(Dispatcher(), ConnectionInfo("t", "192.0.2.1", 1), Limits(header_timeout=2, idle_timeout=60),
-                         clock, engine=Pair.engine)
-    t = StringTransport()
-    server.makeConnection(t)
+    server, t, clock = bare_server()
     server.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"\x00\x03\x00\x00")[:12])
     clock.advance(2.1)
     assert t.disconnecting

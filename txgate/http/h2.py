@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_h2_unit -*-
+# -*- test-case-name: tests.test_h2_unit,tests.test_h2_limits_unit,tests.test_h2_hostile -*-
 """The downstream HTTP/2 server protocol: the I/O around a sans-IO engine, one object per stream.
 
 The engine (`txgate.http.h2engine`: libnghttp2 or hyper-h2) owns the framing; this class owns the
@@ -28,18 +28,8 @@ from txgate.http.closing import Closer
 from txgate.http.errors import send_gateway_error
 from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead
 from txgate.http.h2engine import EngineSettings, select_engine
-from txgate.http.h2engine.base import (
-    ENHANCE_YOUR_CALM,
-    INTERNAL_ERROR,
-    NO_ERROR,
-    DataReceived,
-    GoAwayReceived,
-    ProtocolFailure,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    WindowOpened,
-)
+from txgate.http.h2engine.base import (ENHANCE_YOUR_CALM, INTERNAL_ERROR, NO_ERROR, DataReceived, GoAwayReceived,
+                                       ProtocolFailure, RequestReceived, StreamEnded, StreamReset, WindowOpened)
 from txgate.http.h2head import HeadClock
 from txgate.http.h2stream import HIGH_WATER, LOW_WATER, H2Stream, StreamLost
 from txgate.http.requests import dispatch_request, h2_request_head
@@ -187,8 +177,7 @@ class H2Connection(Protocol):
         self._schedule_flush()
 
     def stopProducing(self) -> None:
-        # connectionLost follows and tells every stream.
-        pass
+        pass  # connectionLost follows and tells every stream
 
     def _reading(self, on: bool) -> None:
         try:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_h2_unit -*-
+# -*- test-case-name: tests.test_h2_limits_unit -*-
 """Where a client's HTTP/2 byte stream stands for `header_timeout`: in its preface, inside a request
 head (HEADERS + CONTINUATION), or between heads. A frame-boundary walk over the bytes (no decoding),
 the same for every engine: the engines hide partial frames and open header blocks."""
