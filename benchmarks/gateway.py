@@ -47,10 +47,13 @@ state_dir = {state}
 access_log = {access_log}
 h2_engine = {h2_engine}
 
+[admin]
+bind = off
+
 [listener:main]
 bind = 127.0.0.1:0
 certificate = local
-
+{listener_extra}
 [api:bench]
 path = /
 upstream = http://127.0.0.1:{upstream_port}
@@ -62,6 +65,8 @@ LISTENING = re.compile(r"listener main on https://127\.0\.0\.1:(\d+) ")
 class Gateway:
     def __init__(self, proc, port: int, tmp: str, profile_dir) -> None:
         self.proc = proc
+        self.out_path = os.path.join(tmp, "gateway.out")
+        self.state_dir = os.path.join(tmp, "state")
         self.pid = proc.pid
         self.port = port
         self.tmp = tmp
@@ -82,7 +87,7 @@ class Gateway:
         return self.proc.poll() is None
 
     def log_tail(self, n: int = 20) -> str:
-        with open(os.path.join(self.tmp, "gateway.out"), errors="replace") as f:
+        with open(self.out_path, errors="replace") as f:
             return "".join(f.readlines()[-n:])
 
     # --profile
@@ -105,15 +110,32 @@ class Gateway:
         return path
 
 
+def _preexec(cpu, nofile):
+    """Pin the gateway to ``cpu`` and raise its soft RLIMIT_NOFILE to ``nofile`` (capped by the hard one)."""
+    pin = _procs.pin(cpu)
+    if not nofile:
+        return pin
+
+    def run():
+        _procs.raise_nofile(nofile)
+        if pin is not None:
+            pin()
+
+    return run
+
+
 def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access_log: bool = False,
-          profile: bool = False, timeout: float = 30.0, workers: int = 1, h2_engine: str = "auto") -> Gateway:
-    d = os.path.join(tmp, f"gateway-{workers}w" + ("" if h2_engine == "auto" else f"-{h2_engine}"))
+          profile: bool = False, timeout: float = 30.0, workers: int = 1, listener: dict | None = None,
+          nofile: int = 0, name: str = "", h2_engine: str = "auto") -> Gateway:
+    """Start ``twistd -n txgate`` from ``repo``; ``listener``: extra [listener:main] keys (e.g. idle_timeout)."""
+    d = os.path.join(tmp, name or f"gateway-{workers}w" + ("" if h2_engine == "auto" else f"-{h2_engine}"))
     os.makedirs(d)
     ini = os.path.join(d, "gw.ini")
     with open(ini, "w") as f:
         text = GW_INI.format(state=os.path.join(d, "state"), upstream_port=upstream_port,
                              access_log=os.path.join(d, "access.log") if access_log else "off",
-                             h2_engine=h2_engine)
+                             h2_engine=h2_engine,
+                             listener_extra="".join(f"{k} = {v}\n" for k, v in (listener or {}).items()))
         # All load comes from 127.0.0.1: with client-address affinity it would all go to one worker.
         f.write(text.replace("[gateway]\n", f"[gateway]\nworkers = {workers}\nworker_affinity = none\n", 1))
     env = dict(os.environ, PYTHONPATH=repo + (os.pathsep + os.environ["PYTHONPATH"]
@@ -132,7 +154,7 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
     args = head + ["-n", "--pidfile=", "txgate", "--config", ini]
     out_path = os.path.join(d, "gateway.out")
     out = open(out_path, "wb")
-    p = pm.popen(args, cwd=d, env=env, stdout=out, stderr=out, preexec_fn=_procs.pin(cpu))
+    p = pm.popen(args, cwd=d, env=env, stdout=out, stderr=out, preexec_fn=_preexec(cpu, nofile))
     deadline = time.monotonic() + timeout
     while True:
         with open(out_path, errors="replace") as f:

@@ -87,6 +87,29 @@ def run_h2load(pm: _procs.Procs, url: str, *, h1: bool, clients: int, streams: i
 
 # -- scenario 3: one new TLS connection per request ------------------------------------------------
 
+def read_response(s) -> bytes:
+    """Read one HTTP/1.1 response (Content-Length delimited, else up to the close); its head."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the response head")
+        buf += chunk
+    head, body = buf.split(b"\r\n\r\n", 1)
+    m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.I)
+    if m:
+        need = int(m.group(1))
+        while len(body) < need:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    else:
+        while s.recv(65536):
+            pass
+    return head
+
+
 def _tls_worker(port: int, deadline: float, cpu, q) -> None:
     # The parent handles Ctrl-C and terminates us (SIGTERM): die quietly, without its handlers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -108,24 +131,7 @@ def _tls_worker(port: int, deadline: float, cpu, q) -> None:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s = ctx.wrap_socket(raw)      # full handshake: no session is reused
             s.sendall(req)
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise ConnectionError("closed before the response head")
-                buf += chunk
-            head, body = buf.split(b"\r\n\r\n", 1)
-            m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.I)
-            if m:
-                need = int(m.group(1))
-                while len(body) < need:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    body += chunk
-            else:
-                while s.recv(65536):
-                    pass
+            head = read_response(s)
             s.close()
             if head[9:10] != b"2":
                 non2xx += 1

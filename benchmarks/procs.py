@@ -21,6 +21,21 @@ def pin(cpu):
     return _pin
 
 
+def raise_nofile(want: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards ``want`` (at most the hard limit); the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads) from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as f:

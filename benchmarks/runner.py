@@ -16,6 +16,8 @@ import urllib.request
 
 from . import backend as _backend
 from . import gateway as _gateway
+from . import handshake as _handshake
+from . import idle as _idle
 from . import load as _load
 from . import procs as _procs
 
@@ -81,6 +83,16 @@ def parse_args(argv=None):
                         "engine (and per --workers value), each measured on every scenario in turn; with two or "
                         "more, the table adds scenario 2's CPU per request and requests per CPU-second side by "
                         "side (default auto)")
+    p.add_argument("--idle", type=int, default=0, metavar="N",
+                   help="instead of the scenarios: open N idle TLS connections (h1: half used for one request; "
+                        "h2: one finished stream each) to a fresh gateway per mode and report its RSS per "
+                        "connection and the latency of requests made meanwhile (see docs/benchmarks.md)")
+    p.add_argument("--idle-modes", default="h1,h2", help="with --idle: h1, h2 or both (default h1,h2)")
+    p.add_argument("--repo", default=REPO,
+                   help="the checkout whose txgate the gateway runs (PYTHONPATH), to compare two trees "
+                        "with one harness (default: this one)")
+    p.add_argument("--handshake-samples", type=int, default=400,
+                   help="in-process OpenSSL handshakes measured beside scenario 3 (0 to skip; default 400)")
     p.add_argument("--workers", default="1",
                    help="gateway worker processes, or a comma-separated list measured one after the other in one "
                         "run (e.g. 1,2); with more than one worker the gateway, the load and the backend are not "
@@ -106,6 +118,12 @@ def parse_args(argv=None):
     bad = [s for s in a.h2_engines if s not in ("auto", "native", "python")]
     if bad or not a.h2_engines:
         p.error(f"--h2-engine: unknown {','.join(bad) or '(none)'} (choose from auto, native, python)")
+    a.idle_modes = [m.strip() for m in a.idle_modes.split(",") if m.strip()]
+    if any(m not in ("h1", "h2") for m in a.idle_modes) or not a.idle_modes:
+        p.error("--idle-modes: h1, h2 or h1,h2")
+    if a.idle < 0:
+        p.error("--idle must be >= 0")
+    a.repo = os.path.abspath(a.repo)
     if a.duration <= 0:
         p.error("--duration must be > 0")
     if a.tls_client == "auto":
@@ -252,6 +270,8 @@ def main(argv=None) -> int:
         log(f"CPUs available {cpus}: cannot pin the gateway to {gw_cpu} and the load to {load_cpu}; "
             "running unpinned (numbers are not comparable)")
         gw_cpu = load_cpu = None
+    if args.idle:
+        return _idle.main(args, gw_cpu, load_cpu, log)
     _load.h2load_path()
     tmp = tempfile.mkdtemp(prefix="txgate-bench-")
     pm = _procs.Procs()
@@ -265,6 +285,7 @@ def main(argv=None) -> int:
         be = _backend.start(pm, tmp, args.backend, load_cpu)
         log(f"backend: {be.kind} on 127.0.0.1:{be.port} (pid {be.worker_pid})")
         gw = None
+        handshake = None
 
         def measure(key, workers=1, engine=None):
             h1 = key in ("1", "baseline")
@@ -321,19 +342,27 @@ def main(argv=None) -> int:
             row["workers"] = workers if key != "baseline" else None
             if "probe" in res:
                 row.update(tls=res["probe"], reused=res["reused"], bytes_per_conn=res["bytes_per_conn"])
+            if key == "3" and handshake and row["server_cpu_us_per_req"]:
+                row.update(openssl_handshake_us=handshake["median_us"],
+                           overhead_us_per_conn=round(row["server_cpu_us_per_req"] - handshake["median_us"], 1))
             log(f"{name}: {row['rate']:,.0f} {row['unit']}, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
                 f"gateway CPU {row['server_cpu_s']} s, errors {row['errors']}")
             rows.append(row)
 
         for workers in args.workers:
             for engine in args.h2_engines:
-                gw = _gateway.start(pm, tmp, REPO, be.port, gw_cpu, access_log=args.access_log,
+                gw = _gateway.start(pm, tmp, args.repo, be.port, gw_cpu, access_log=args.access_log,
                                     profile=args.profile, workers=workers, h2_engine=engine)
                 log(f"gateway: pid {gw.pid} on https://127.0.0.1:{gw.port}, {workers} worker(s), CPU "
-                    f"{gw_cpu if gw_cpu is not None else 'unpinned'}, h2_engine {engine}, access_log "
-                    f"{'on' if args.access_log else 'off'}{', cProfile' if args.profile else ''}")
+                    f"{gw_cpu if gw_cpu is not None else 'unpinned'}, h2_engine {engine}, access_log {'on' if args.access_log else 'off'}"
+                    f"{', cProfile' if args.profile else ''}")
                 _sanity(gw.port)
                 url = f"https://127.0.0.1:{gw.port}/"
+                if handshake is None and "3" in args.scenarios and args.handshake_samples > 0:
+                    handshake = _handshake.server_handshake_us(_handshake.gateway_certificate(gw.state_dir),
+                                                               args.handshake_samples)
+                    log(f"OpenSSL's own server handshake, in process: {handshake['median_us']} us (median of "
+                        f"{handshake['handshakes']}, {handshake['version']}, {handshake['key']})")
                 for key in args.scenarios:
                     measure(key, workers, engine)
                 pm.stop(gw.proc, timeout=60)
@@ -374,6 +403,13 @@ def main(argv=None) -> int:
                 f"{st[0]['bytes_per_conn']:g} bytes read per connection (the probe's response: {pr['status']}, "
                 f"{pr['bytes']} bytes). s_time reports no per-connection times: p50/p99 are '-' "
                 "(--tls-client python measures them, at ~1.2x the client CPU per connection).")
+        for r in rows:
+            if "overhead_us_per_conn" in r:
+                notes.append(
+                    f"(3) OpenSSL's own server handshake for the gateway's certificate, in process (memory BIOs, "
+                    f"server side only): {r['openssl_handshake_us']:.0f} us; gateway CPU per connection "
+                    f"{r['server_cpu_us_per_req']:.0f} us - that = {r['overhead_us_per_conn']:.0f} us of the "
+                    "gateway's own per connection (Python, TCP in the kernel, the proxied request).")
         table = render(rows, meta, notes)
         prof_texts = []
         for name, path in profiles:

@@ -207,6 +207,8 @@ WORKER_COUNTS = textwrap.dedent("""
     for _ in range(int(sys.argv[1])):
         m.request_done(H(), 200)
     m.handshake("main", "TLSv1.3", "ok")
+    m.ocsp_fetch_failed("timeout")
+    m.ocsp_source = lambda: [("listener:main", 10.0 * int(sys.argv[1]), False)]
     m.flush()
     m.flush()  # a second flush adds nothing
 """)
@@ -233,3 +235,6 @@ def test_supervisor_metrics_sum_the_workers_files(tmp_path):
     assert "txgate_workers 0.0" in text
     assert "txgate_worker_restarts_total 2.0" in text
     assert text.count("# TYPE txgate_tls_handshakes_total counter") == 1
+    assert 'txgate_ocsp_fetch_failures_total{reason="timeout"} 2.0' in text
+    assert text.count("# TYPE txgate_ocsp_fetch_failures_total counter") == 1
+    assert 'txgate_ocsp_staple_age_seconds{certificate="listener:main"} 40.0' in text  # the oldest

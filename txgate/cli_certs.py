@@ -128,7 +128,13 @@ def cmd_cert_show(args: Any) -> int:
     from txgate.lifecycle.show import format_certificates, load_any_certificates
     from txgate.tls.certs import read_pem_file
 
-    sys.stdout.write(format_certificates(load_any_certificates(read_pem_file(args.file), args.file)))
+    certs = load_any_certificates(read_pem_file(args.file), args.file)
+    sys.stdout.write(format_certificates(certs))
+    from txgate.ocsp.show import cached_status_line
+
+    line = cached_status_line(certs, args.state_dir)
+    if line:
+        sys.stdout.write(line + "\n")
     return 0
 
 
@@ -224,6 +230,8 @@ def register_cert_commands(sub: Any) -> None:
 
     show = cert_sub.add_parser("show", help="subject, SANs, validity, key, fingerprint and SPKI pin")
     show.add_argument("file", metavar="FILE", help="a PEM chain or a DER certificate")
+    show.add_argument("--state-dir", default="./txgate-state",
+                      help="where the gateway keeps OCSP responses (its cached status of the leaf is shown)")
     show.set_defaults(func=cmd_cert_show)
 
     csr = sub.add_parser("csr", help="a certificate signing request for a new key (0600) or an existing one")

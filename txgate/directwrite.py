@@ -36,33 +36,46 @@ def no_delay(transport) -> None:
     enable_direct_writes(transport)
 
 
+def _direct_write(self, data: bytes) -> None:
+    """The TCP transport's write: straight to the socket when nothing is queued, else buffered."""
+    if (
+        self.connected
+        and not self.disconnecting
+        and not self._writeDisconnected
+        and not self._tempDataBuffer
+        and len(self.dataBuffer) == self.offset
+        and data.__class__ is bytes
+    ):
+        try:
+            sent = self.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # let the buffered path meet the error and report it as Twisted does
+        if sent == len(data):
+            return
+        data = data[sent:]
+    self._buffered_write(data)
+
+
+_DIRECT: dict[type, type] = {}  # TCP transport class -> its subclass with _direct_write
+
+
+def _direct_class(cls: type) -> type:
+    sub = _DIRECT.get(cls)
+    if sub is None:
+        sub = _DIRECT[cls] = type(cls.__name__, (cls,), {
+            "write": _direct_write, "_buffered_write": cls.write, "_txgate_direct": True,
+            "__module__": cls.__module__, "__doc__": cls.__doc__,
+        })
+    return sub
+
+
 def enable_direct_writes(transport) -> None:
-    """Make writes on this connection's TCP transport try the socket first."""
+    """Make writes on this connection's TCP transport try the socket first.
+
+    The transport's class is switched to a subclass with that write (no closure per connection)."""
     t = _tcp_transport(transport)
     if t is None or getattr(t, "_txgate_direct", False):
         return
-    buffered_write = t.write
-    send = t.socket.send
-
-    def write(data: bytes) -> None:
-        if (
-            t.connected
-            and not t.disconnecting
-            and not t._writeDisconnected
-            and not t._tempDataBuffer
-            and len(t.dataBuffer) == t.offset
-            and data.__class__ is bytes
-        ):
-            try:
-                sent = send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                sent = 0  # let the buffered path meet the error and report it as Twisted does
-            if sent == len(data):
-                return
-            data = data[sent:]
-        buffered_write(data)
-
-    t.write = write
-    t._txgate_direct = True
+    t.__class__ = _direct_class(t.__class__)

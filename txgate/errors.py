@@ -103,3 +103,13 @@ class UpstreamHeadersTooLarge(UpstreamProtocolError, code="upstream_headers_too_
 
 class UpstreamTruncated(GatewayError, code="upstream_truncated", status=502):
     """The upstream's response ended before its framing said it would (logged; the client sees the cut)."""
+
+
+class ClientCertificateRevoked(GatewayError, code="client_certificate_revoked", status=403,
+                               message="this client certificate is revoked"):
+    """An mTLS API reached with a certificate its issuer's OCSP responder says is revoked."""
+
+
+class ClientCertificateStatusUnknown(GatewayError, code="client_certificate_status_unknown", status=403,
+                                     message="the status of this client certificate cannot be established"):
+    """`client_ocsp = hard` and the responder was unreachable, too slow, or did not know the certificate."""

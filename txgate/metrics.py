@@ -20,6 +20,9 @@ Series::
     txgate_certificate_expiry_timestamp_seconds{name,role,fingerprint}   # facade.held_certificates() at scrape
     txgate_upstream_connections{api}                     # facade.upstream_connections() at scrape
     txgate_acme_orders_total{result}                     # ACME orders: ok or an error code (txgate.acme)
+    txgate_ocsp_fetch_failures_total{reason}             # OCSP: staple refreshes and client checks that failed
+    txgate_ocsp_staple_age_seconds{certificate}          # OCSP: age (since thisUpdate) of each current staple
+    txgate_ocsp_must_staple_missing{certificate}         # OCSP: 1 for a Must-Staple certificate with no staple
 
 The two counters sit on the hot path (one call per request, one per handshake). They are plain
 ints in a dict keyed by the label tuple: no lock, no label formatting, no ``labels()`` lookup per
@@ -71,6 +74,9 @@ class Metrics:
         self.handshakes: dict[tuple[str, str, str], int] = {}
         self.acme_orders: dict[str, int] = {}  # result (ok or an error code) -> orders
         self._facade: Any = None
+        # OCSP (txgate.ocsp): failure counts by reason; ocsp_source() -> [(certificate, age | None, missing)].
+        self.ocsp_failures: dict[tuple[str], int] = {}
+        self.ocsp_source: Any = None
         self.registry.register(_Collector(self))
 
     def attach(self, facade: Any) -> None:
@@ -99,6 +105,11 @@ class Metrics:
     def acme_order(self, result: str) -> None:
         """One finished ACME order: ``ok`` or its error code (txgate.acme)."""
         self.acme_orders[result] = self.acme_orders.get(result, 0) + 1
+
+    def ocsp_fetch_failed(self, reason: str) -> None:
+        """One OCSP fetch (staple refresh or client check) that gave no usable answer."""
+        key = (reason,)
+        self.ocsp_failures[key] = self.ocsp_failures.get(key, 0) + 1
 
     # -- scrape ------------------------------------------------------------------------------
     def exposition(self) -> tuple[bytes, str]:
@@ -150,6 +161,29 @@ class Metrics:
                 log.failure("metrics: counting upstream connections failed")
         yield expiry
         yield upstream
+        yield from self._collect_ocsp()
+
+    def _collect_ocsp(self) -> Iterable[Any]:
+        failures = CounterMetricFamily("txgate_ocsp_fetch_failures", "OCSP fetches without a usable answer, by reason.",
+                                       labels=("reason",))
+        for labels, n in sorted(self.ocsp_failures.items()):
+            failures.add_metric(labels, n)
+        age = GaugeMetricFamily("txgate_ocsp_staple_age_seconds", "Seconds since thisUpdate of each current staple.",
+                                labels=("certificate",))
+        missing = GaugeMetricFamily("txgate_ocsp_must_staple_missing",
+                                    "1 for a Must-Staple certificate with no valid response to staple.",
+                                    labels=("certificate",))
+        if self.ocsp_source is not None:
+            try:
+                for name, seconds, lacking in self.ocsp_source():
+                    if seconds is not None:
+                        age.add_metric((name,), seconds)
+                    missing.add_metric((name,), 1 if lacking else 0)
+            except Exception:
+                log.failure("metrics: reading the OCSP staples failed")
+        yield failures
+        yield age
+        yield missing
 
 
 class _Collector:
@@ -169,4 +203,7 @@ class _Collector:
             GaugeMetricFamily("txgate_certificate_expiry_timestamp_seconds", "",
                               labels=("name", "role", "fingerprint")),
             GaugeMetricFamily("txgate_upstream_connections", "", labels=("api",)),
+            CounterMetricFamily("txgate_ocsp_fetch_failures", "", labels=("reason",)),
+            GaugeMetricFamily("txgate_ocsp_staple_age_seconds", "", labels=("certificate",)),
+            GaugeMetricFamily("txgate_ocsp_must_staple_missing", "", labels=("certificate",)),
         ]

@@ -36,12 +36,21 @@ class WorkerMetrics(Metrics):
                                    "result (ok or a reason).", ("listener", "version", "result"), registry=None)
         self._upstream = Gauge("txgate_upstream_connections", "Open upstream connections per API.", ("api",),
                                registry=None, multiprocess_mode="livesum")
+        # OCSP (txgate.ocsp): each worker staples for itself; the oldest live staple is what matters.
+        self._ocsp_failures = Counter("txgate_ocsp_fetch_failures", "OCSP fetches without a usable answer, by "
+                                      "reason.", ("reason",), registry=None)
+        self._staple_age = Gauge("txgate_ocsp_staple_age_seconds", "Seconds since thisUpdate of each current "
+                                 "staple.", ("certificate",), registry=None, multiprocess_mode="livemax")
+        self._staple_missing = Gauge("txgate_ocsp_must_staple_missing", "1 for a Must-Staple certificate with no "
+                                     "valid response to staple.", ("certificate",), registry=None,
+                                     multiprocess_mode="livemax")
         self._sent: dict[tuple, int] = {}
 
     def flush(self) -> None:
         """Add the counts since the last flush to the shared files; set the upstream gauge."""
         sent = self._sent
-        for counter, counts in ((self._requests, self.requests), (self._handshakes, self.handshakes)):
+        for counter, counts in ((self._requests, self.requests), (self._handshakes, self.handshakes),
+                                (self._ocsp_failures, self.ocsp_failures)):
             for key, n in list(counts.items()):
                 skey = (counter, key)
                 delta = n - sent.get(skey, 0)
@@ -52,6 +61,11 @@ class WorkerMetrics(Metrics):
         if facade is not None:
             for api, n in facade.upstream_connections().items():
                 self._upstream.labels(api).set(n)
+        if self.ocsp_source is not None:
+            for name, age, missing in self.ocsp_source():
+                if age is not None:
+                    self._staple_age.labels(name).set(age)
+                self._staple_missing.labels(name).set(1 if missing else 0)
 
 
 def worker_gone(metrics_dir: str, pid: int) -> None:

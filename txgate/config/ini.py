@@ -49,7 +49,8 @@ LISTENER_KEYS = {
     "bind", "tls", "certificate", "sni", "min_tls", "max_tls", "ciphers", "tls13_ciphersuites", "groups",
     "alpn", "session_tickets", "max_header_bytes", "header_timeout", "idle_timeout",
     "max_connections", "client_auth", "client_ca", "client_crl", "client_crl_missing", "verify_depth",
-    "announce_client_cas", "redirect_https",
+    "announce_client_cas", "redirect_https", "ocsp_stapling", "ocsp_responder", "client_ocsp",
+    "client_ocsp_responder", "client_ocsp_timeout",
 }
 CLIENT_AUTH_MODES = ("none", "optional", "require")
 H2_ENGINES = ("auto", "native", "python")  # txgate.http.h2engine.CHOICES (config imports stdlib only)
@@ -92,6 +93,7 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
     crl_missing = section.choice("client_crl_missing", "refuse", ("refuse", "allow"))
     if section.has("client_crl_missing") and not crls:
         section.fail("client_crl_missing", "has no effect without client_crl")
+    ocsp = _ocsp_keys(section, tls)
     alpn = tuple(section.words("alpn") or ("h2", "http/1.1"))
     for proto in alpn:
         if proto not in ("h2", "http/1.1"):
@@ -122,7 +124,42 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
         announce_client_cas=section.bool("announce_client_cas", True),
         # None until the APIs are known (parse_text): on by default for a tls = off listener without APIs.
         redirect_https=_redirect_https(section, tls),
+        **ocsp,
     )
+
+
+def _ocsp_keys(section: Section, tls: bool) -> dict:
+    """`ocsp_stapling`, `ocsp_responder`, `client_ocsp`, `client_ocsp_responder`, `client_ocsp_timeout`."""
+    stapling = section.choice("ocsp_stapling", "auto", ("auto", "on", "off"))
+    client = section.choice("client_ocsp", "off", ("off", "soft", "hard"))
+    for key in ("ocsp_stapling", "ocsp_responder", "client_ocsp", "client_ocsp_responder"):
+        if not tls and section.has(key) and section.str(key) != "off":
+            section.fail(key, "OCSP needs TLS (this listener has tls = off)")
+    responder = _responder_url(section, "ocsp_responder")
+    if responder and stapling == "off":
+        section.fail("ocsp_responder", "has no effect with ocsp_stapling = off")
+    client_responder = _responder_url(section, "client_ocsp_responder")
+    for key in ("client_ocsp_responder", "client_ocsp_timeout"):
+        if section.has(key) and client == "off":
+            section.fail(key, "has no effect with client_ocsp = off")
+    return dict(ocsp_stapling=stapling, ocsp_responder=responder, client_ocsp=client,
+                client_ocsp_responder=client_responder,
+                client_ocsp_timeout=section.number("client_ocsp_timeout", 2.0, minimum=0.001))
+
+
+def _responder_url(section: Section, key: str) -> str | None:
+    """An OCSP responder URL: http:// or https:// with a host."""
+    v = section.str(key)
+    if v is None:
+        return None
+    try:
+        parts = urlsplit(v)
+        parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        section.fail(key, f"expected an http:// or https:// URL, got '{v}'")
+    return v
 
 
 def _groups(section: Section) -> str | None:

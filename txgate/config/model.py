@@ -196,6 +196,12 @@ class ListenerConfig:
     client_crl_missing: str = "refuse"  # or "allow": a CA of the chain without a CRL is not checked
     verify_depth: int = 4
     announce_client_cas: bool = True
+    # OCSP (txgate.ocsp): stapling for this listener's certificates, status checks of client certificates.
+    ocsp_stapling: str = "auto"  # auto | on | off
+    ocsp_responder: str | None = None
+    client_ocsp: str = "off"  # off | soft | hard
+    client_ocsp_responder: str | None = None
+    client_ocsp_timeout: float = 2.0
     # tls = off: answer everything but ACME HTTP-01 challenges with 308 to https (default: on without APIs).
     redirect_https: bool | None = False
 

@@ -135,7 +135,7 @@ class H1Connection(Protocol):
         self.info = info
         self.limits = limits
         self.clock = clock
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = None  # made with the first bytes: an idle connection has none (~1 KiB)
         self.current: _Exchange | None = None
         self.queue: list[_Exchange] = []
         self.phase = IDLE
@@ -148,7 +148,7 @@ class H1Connection(Protocol):
         self.closer: Closer | None = None
         # Parser scratch state for the head being read.
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] | None = None
         self._header_bytes = 0
         self._parsing: _Exchange | None = None
         self._expect_continue = False
@@ -269,8 +269,11 @@ class H1Connection(Protocol):
             # After an error or the last response the byte stream is ignored.
             return
         in_head = self.phase != ACTIVE
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # Upgrades are not supported: the request was handled without the Upgrade header;
             # whatever follows is not HTTP/1.1, so the connection ends after the response.
@@ -360,6 +363,7 @@ class H1Connection(Protocol):
         head, self._expect_continue = h1_request_head(
             parser.get_method(), self._url, parser.get_http_version().encode(), self._headers
         )
+        self._headers = None  # the head keeps them; the idle connection does not
         self._raw_head_bytes = 0
         keep_alive = parser.should_keep_alive() and not self.shutting_down
         ex = _Exchange(self, head, keep_alive, self.mark if self.phase == HEADERS else self.clock.seconds())

@@ -80,27 +80,17 @@ class H2Connection(Protocol):
         self._head_armed = 0
         self._heads = HeadClock()
         self._transport_paused = False
-        self._resets: deque = deque()
+        self._resets: deque | None = None  # made at the first client reset (memory per idle connection)
         self._shutting_down = False
         self._closing = False
         self._lost = False
         self._closer: Closer | None = None
-        self._dispatch_table = {
-            RequestReceived: self._on_request,
-            DataReceived: self._on_data,
-            StreamEnded: self._on_stream_ended,
-            StreamReset: self._on_stream_reset,
-            WindowOpened: self._on_window_opened,
-            GoAwayReceived: self._on_terminated,
-            ProtocolFailure: self._on_failure,
-        }
 
     # -- Twisted protocol ---------------------------------------------------------------
     def connectionMade(self) -> None:
         no_delay(self.transport)
         conn = self.conn = self.engine_class(engine_settings(self.limits))
         conn.initiate()
-        self._resets = deque(maxlen=self.rapid_reset_limit)
         try:
             self.transport.registerProducer(self, True)
         except RuntimeError:
@@ -117,9 +107,9 @@ class H2Connection(Protocol):
         heads.feed(data)
         self._in_receive = True
         try:
-            table = self._dispatch_table
+            table = _EVENTS
             for ev in self.conn.receive(data):
-                table[ev.__class__](ev)
+                table[ev.__class__](self, ev)
                 if self._closing:
                     return
         finally:
@@ -306,6 +296,8 @@ class H2Connection(Protocol):
         if ev.remote:
             now = self.clock.seconds()
             resets = self._resets
+            if resets is None:
+                resets = self._resets = deque(maxlen=self.rapid_reset_limit)
             if len(resets) == resets.maxlen and now - resets[0] < self.rapid_reset_window:
                 log.info(
                     "h2 rapid reset from {client}: GOAWAY", client=self.info.client_host,
@@ -519,6 +511,7 @@ class H2Connection(Protocol):
         sid = s.stream_id
         streams = self._streams
         if streams.pop(sid, None) is not None and not streams:
+            self.conn.idle()  # the engine may drop closed streams' state (memory per idle connection)
             self._idle_since = self.clock.seconds() if not self._lost else 0.0
             if self._idle_call is None and not self._lost:
                 self._idle_call = self.clock.callLater(self.limits.idle_timeout, self._idle_check)
@@ -594,3 +587,15 @@ class H2Connection(Protocol):
             # (or keeps sending: a flood after GOAWAY must not keep the connection being read).
             self._closer = Closer(self.transport, self.clock)
             self._closer.close()
+
+
+# Engine event class -> handler, shared by every connection (not a dict of bound methods per connection).
+_EVENTS = {
+    RequestReceived: H2Connection._on_request,
+    DataReceived: H2Connection._on_data,
+    StreamEnded: H2Connection._on_stream_ended,
+    StreamReset: H2Connection._on_stream_reset,
+    WindowOpened: H2Connection._on_window_opened,
+    GoAwayReceived: H2Connection._on_terminated,
+    ProtocolFailure: H2Connection._on_failure,
+}

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from txgate.config import Config, ConfigError, ListenerConfig
 from txgate.plan.model import Plan
+from txgate.plan.ocsp import staple_lookup, staple_target, warn_client_ocsp
 from txgate.plan.pairs import load_pair, warn_expiry
 
 
@@ -23,6 +24,7 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
     from txgate.tls.server import DuplicateSNIName, ServerTLS, TLSSettingError, check_tls_settings
 
     section = f"listener:{ln.name}"
+    warn_client_ocsp(plan, ln)
     try:
         check_tls_settings(min_tls=ln.min_tls, max_tls=ln.max_tls, ciphers=ln.ciphers,
                            tls13_ciphersuites=ln.tls13_ciphersuites, groups=ln.groups)
@@ -37,6 +39,7 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
     if default is not None:
         warn_expiry(plan, section, "certificate", default, now)
         plan.held.append((section, "listener", default.leaf))
+        staple_target(config, plan, ln, "certificate", section, default, now)
     sni = []
     for name, spec in ln.sni:
         if spec.local:
@@ -54,6 +57,7 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
                           f"(its names: {', '.join(ck.dns_names + [str(i) for i in ck.ip_addresses]) or 'none'})")
         warn_expiry(plan, section, "sni", ck, now)
         plan.held.append((f"{section} sni:{name}", "sni", ck.leaf))
+        staple_target(config, plan, ln, "sni", f"{section} sni:{name}", ck, now)
         sni.append((name, ck))
     if default is None:
         return
@@ -63,6 +67,7 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
             tls13_ciphersuites=ln.tls13_ciphersuites, groups=ln.groups, alpn=ln.alpn,
             session_tickets=ln.session_tickets,
             client_verifier=plan.client_verifiers.get(ln.name),
+            staple=staple_lookup(plan) if plan.staples else None,
         )
     except TLSSettingError as e:
         raise ConfigError(config.path, section, e.key, f"rejected by OpenSSL: {e}") from None

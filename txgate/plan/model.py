@@ -26,6 +26,8 @@ class Plan:
     admin_available: bool = True
     # The HTTP/2 engine class `[gateway] h2_engine` resolves to (txgate.http.h2engine).
     h2_engine: type | None = None
+    # OCSP stapling: txgate.ocsp.check.cert_key -> txgate.ocsp.staple.StapleTarget (holders in the contexts).
+    staples: dict = field(default_factory=dict)
     # ACME certificates not issued yet (a local-CA placeholder serves meanwhile): (section, names).
     acme_placeholders: list = field(default_factory=list)
 

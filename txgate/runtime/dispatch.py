@@ -11,6 +11,7 @@ from txgate.http.headers import VIA_H1, VIA_H2, upstream_request_headers
 from txgate.http.paths import routing_path
 from txgate.http.requests import Refusal
 from txgate.http.router import Router, strip_prefix
+from txgate.ocsp.client import OCSP_REFUSAL
 from txgate.tls.clientauth import ALLOWED, NOT_ALLOWED, PEER, REQUIRED
 from txgate.upstream.proxy import ProxyHandler, Upstream
 
@@ -66,6 +67,9 @@ class ListenerDispatcher:
         prefix, api = found
         cfg = api.config
         if api.allowlist is not None:
+            revoked = stream.info.extra.get(OCSP_REFUSAL)  # client_ocsp: decided once per connection
+            if revoked is not None:
+                return Refusal(revoked, api.name)
             decision = stream.info.extra.get(api.name)
             if decision is None:
                 decision = self._decide(stream.info, api)

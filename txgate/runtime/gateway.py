@@ -88,6 +88,10 @@ class GatewayService(Service):
         self.store_listing: list = []  # CertInfo of the store entries (refreshed on changes)
         # Runs blocking work (file and store reads, context building) off the reactor thread.
         self.run_blocking = self._in_thread
+        from txgate.ocsp.service import OCSPService
+
+        # OCSP staple refreshers and the client-status cache: one per process, carried across reloads.
+        self.ocsp = OCSPService(reactor, run_blocking=lambda fn, *a: self.run_blocking(fn, *a), metrics=metrics)
         from txgate.acme.challenges import ChallengeBoard
 
         # Pending ACME challenges, answered by every generation's listeners (see txgate.acme).
@@ -107,7 +111,7 @@ class GatewayService(Service):
 
     def _build(self, plan: Plan) -> Generation:
         return build_generation(plan, self.reactor, connections=self.connections, metrics=self.metrics,
-                                previous=self.current, challenges=self.challenges)
+                                previous=self.current, challenges=self.challenges, ocsp=self.ocsp)
 
     def _listen(self, ln: ListenerConfig, front: Front):
         """Listen on a listener's bind with ``front``; a failure is a ConfigError naming its bind."""
@@ -151,6 +155,7 @@ class GatewayService(Service):
             return
         gen = self._build(self.plan)
         self.current = gen
+        self.ocsp.use(self.plan)
         self._flusher = task.LoopingCall(self._flush_logs)
         self._flusher.clock = self.reactor
         self._flusher.start(0.5, now=False)
@@ -193,6 +198,7 @@ class GatewayService(Service):
             self._sub.close()
             self._sub = None
         self._store_debounce.cancel()
+        self.ocsp.stop()
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports.values()])
         self.ports.clear()
         yield self._drain(list(self.connections.values()))
@@ -306,6 +312,7 @@ class GatewayService(Service):
         old = self.current
         self.current = gen
         self.plan = plan
+        self.ocsp.use(plan)
         self.config = cfg
         for name in moves.closed:
             log.info("listener {name} stopped listening on {address} (removed or moved)", name=name,

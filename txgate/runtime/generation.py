@@ -36,13 +36,14 @@ class Generation:
 
 
 def build_generation(plan: Plan, reactor, *, connections: dict[str, set], metrics=None,
-                     previous: Generation | None = None, challenges=None) -> Generation:
+                     previous: Generation | None = None, challenges=None, ocsp=None) -> Generation:
     """A generation's runtime objects (nothing listens yet); reuses ``previous``'s access log if unchanged.
 
     ``connections`` (listener name -> open connections) is shared by every generation, so that
     max_connections and shutdown see every connection of a listener. ``challenges`` (the pending
     ACME challenges, shared by every generation) is answered on tls = off listeners (HTTP-01) and in
-    TLS handshakes (TLS-ALPN-01).
+    TLS handshakes (TLS-ALPN-01). ``ocsp`` (a ``txgate.ocsp.service.OCSPService``) gives listeners
+    with ``client_ocsp`` their status checks.
     """
     cfg = plan.config
     if previous is not None and (previous.config.gateway.access_log, previous.config.gateway.log_format) == (
@@ -66,7 +67,8 @@ def build_generation(plan: Plan, reactor, *, connections: dict[str, set], metric
             factory = ListenerFactory(ln.name, dispatcher, limits, reactor, tls=ln.tls,
                                       max_connections=ln.max_connections,
                                       client_certs=plan.client_verifiers.get(ln.name), metrics=metrics,
-                                      h2_engine=plan.h2_engine)
+                                      h2_engine=plan.h2_engine,
+                                      client_ocsp=ocsp.client_policy(plan, ln) if ocsp is not None else None)
             factory.connections = connections.setdefault(ln.name, set())
             gen.factories[ln.name] = factory
             if ln.tls:

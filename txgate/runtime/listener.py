@@ -5,12 +5,12 @@ from __future__ import annotations
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from txgate.tlswrap import DirectTLSFactory
 from zope.interface import implementer
 
 from txgate.http.exchange import ConnectionInfo, Limits
 from txgate.http.h1 import H1Connection
 from txgate.tls.outcomes import HandshakeFailure, HandshakeOutcome, classify_handshake_failure
+from txgate.tls.serverconn import TLSServerFactory
 
 log = Logger(namespace="txgate.listener")
 
@@ -26,6 +26,8 @@ class Negotiator(Protocol):
         self.inner: Protocol | None = None
         self.timer = None
         self.handshake_timed_out = False
+        # Bytes received while the client certificate's OCSP status is asked (None: not waiting).
+        self.held: list[bytes] | None = None
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
@@ -56,7 +58,51 @@ class Negotiator(Protocol):
         metrics = self.factory.metrics  # one O(1) count per handshake
         if metrics is not None:
             metrics.handshake(info.listener, info.tls_version, "ok")
+        if self.factory.client_ocsp is not None and self._ask_client_status(info.alpn):
+            return
         self._start(info.alpn)
+
+    def _ask_client_status(self, alpn: str | None) -> bool:
+        """Start the OCSP check of a verified client certificate; True when it decides when to start."""
+        from txgate.tls.clientauth import PEER
+
+        peer = self.info.extra.get(PEER)
+        if peer is None or not peer.verified:
+            return False
+        try:
+            chain = self.transport.getHandle().get_verified_chain(as_cryptography=True)
+        except Exception:
+            chain = None
+        if not chain or len(chain) < 2:
+            return False
+        self.held = []
+        policy = self.factory.client_ocsp
+        d = policy.check(chain[0], chain[1])
+        d.addCallback(self._client_status, policy.mode, chain[0], alpn)
+        d.addErrback(lambda f: log.failure("client OCSP check failed", f))
+        return True
+
+    def _client_status(self, answer, mode: str, cert, alpn: str | None) -> None:
+        """The OCSP answer for this connection's client certificate: record the refusal, then start HTTP."""
+        from txgate.ocsp.client import OCSP_REFUSAL, decide
+
+        held, self.held = self.held, None
+        if held is None:  # the connection went away meanwhile
+            return
+        refusal = decide(answer, mode)
+        if refusal is not None:
+            self.info.extra[OCSP_REFUSAL] = refusal
+        if answer.status != "good":
+            log.info("client {client} on {listener}: certificate serial {serial:x} OCSP status {status}{detail}: "
+                     "{outcome}", client=self.info.client_host, listener=self.info.listener,
+                     serial=cert.serial_number, status=answer.status,
+                     detail=f" ({answer.detail})" if answer.detail else "",
+                     outcome=refusal.code if refusal is not None else "allowed (client_ocsp = soft)")
+        self._start(alpn)
+        for data in held:
+            if self.inner is None:
+                break
+            self.inner.dataReceived(data)
 
     def _capture_client_certificate(self) -> None:
         """Once per connection: the client's leaf DER and what its verification proved."""
@@ -100,6 +146,8 @@ class Negotiator(Protocol):
         inner = self.inner
         if inner is not None:
             inner.dataReceived(data)
+        elif self.held is not None:
+            self.held.append(data)
 
     def connectionLost(self, reason=None) -> None:
         self.factory.connections.discard(self)
@@ -108,6 +156,8 @@ class Negotiator(Protocol):
         self.timer = None
         if self.inner is not None:
             self.inner.connectionLost(reason)
+        elif self.held is not None:
+            self.held = None  # lost while its client certificate's status was asked
         elif self.tls:
             failure = classify_handshake_failure(reason)
             refused = self.factory.client_certs and self._client_certificate_refused(failure)
@@ -157,8 +207,10 @@ class ListenerFactory(Factory):
     """Builds one Negotiator per accepted connection; the one place that refuses connections above the limit."""
 
     def __init__(self, name: str, dispatcher, limits: Limits, clock, *, tls: bool, max_connections: int,
-                 client_certs=None, metrics=None, h2_engine: type | None = None) -> None:
+                 client_certs=None, metrics=None, client_ocsp=None, h2_engine: type | None = None) -> None:
         self.name = name
+        # txgate.ocsp.client.ClientPolicy when client_ocsp is on: asked after the handshake, before HTTP.
+        self.client_ocsp = client_ocsp
         # The HTTP/2 engine class (`txgate.http.h2engine.select_engine`); None: "auto".
         self.h2_engine = h2_engine
         self.metrics = metrics  # txgate.metrics.Metrics: handshake outcomes (None: not counted)
@@ -194,5 +246,7 @@ class ListenerFactory(Factory):
 
 
 def wrap_tls(factory: ListenerFactory, server_tls, clock):
-    """Put TLS under a listener factory (a connection it refuses gets no TLS protocol either)."""
-    return DirectTLSFactory(server_tls, False, factory, clock=clock)
+    """Put TLS under a listener factory: txgate's own server-side TLS protocol (``clock``: unused).
+
+    A connection the factory refuses gets no TLS protocol either (``TLSServerFactory`` passes the None on)."""
+    return TLSServerFactory(server_tls, factory)

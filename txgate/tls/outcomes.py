@@ -1,14 +1,17 @@
-# -*- test-case-name: tests.test_runtime_unit,tests.test_metrics -*-
+# -*- test-case-name: tests.test_runtime_unit,tests.test_metrics,tests.test_serverconn -*-
 """Failed TLS handshakes: the one reading of why a handshake failed into a stable outcome code.
 
 OpenSSL reports a failed handshake as text (a list of ``(lib, func, reason)`` tuples, or an
-exception); this module is the only place that reads that text. Listeners and the admin API log
+exception); this module is the only place that reads that text (``represents_eof`` too: the TLS
+layer's own test for a peer that closed TCP without close_notify). Listeners and the admin API log
 ``why`` and count ``outcome`` (the ``result`` label of ``txgate_tls_handshakes_total``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+
+from OpenSSL.SSL import SysCallError
 
 
 class HandshakeOutcome(StrEnum):
@@ -61,6 +64,19 @@ def outcome_of(why: str) -> HandshakeOutcome:
         if fragment in text:
             return HandshakeOutcome.PROTOCOL_ERROR
     return HandshakeOutcome.FAILED
+
+
+def represents_eof(error: Exception) -> bool:
+    """Does this OpenSSL error (``SSL.Error`` or ``SysCallError``) stand for the peer closing TCP without
+    close_notify? The TLS layer reports such an end as ``ConnectionLost`` (an "aborted" handshake)."""
+    if isinstance(error, SysCallError):
+        reason = error.args[1]
+    else:
+        queue = error.args[0] if error.args else None
+        if not queue:
+            return True  # OpenSSL 4 reports an unexpected EOF with an empty error queue
+        reason = queue[-1][2]
+    return str(reason).casefold().startswith("unexpected eof")
 
 
 def classify_handshake_failure(reason) -> HandshakeFailure:

@@ -186,6 +186,7 @@ class ServerTLS:
         verify: tuple[int, VerifyCallback | None] | None = None,
         session_id_context: bytes | None = None,
         client_verifier: Any = None,
+        staple: Callable[[CertifiedKey], Any] | None = None,
     ) -> None:
         self._min = tls_version(min_tls)
         self._max = tls_version(max_tls)
@@ -204,6 +205,8 @@ class ServerTLS:
             session_tickets = False
         self._tickets = session_tickets
         self._verify = verify
+        # OCSP stapling (txgate.ocsp.staple): certificate -> holder whose callback returns the current staple.
+        self._staple = staple
         # Shared by every context so a session resumes whichever SNI context it was made under.
         self._sid_ctx = session_id_context or os.urandom(16)
         # Pending TLS-ALPN-01 challenges (txgate.acme.challenges.ChallengeBoard), attached by the runtime.
@@ -234,6 +237,8 @@ class ServerTLS:
         ctx.set_options(options)
         # Do NOT call set_tmp_ecdh: on OpenSSL 3+/4 it replaces the whole groups list with one curve.
         _set_groups(ctx, self._groups)
+        # An idle connection gives its ~34 KiB of record buffers back to the allocator (issue 17).
+        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
         ctx.use_certificate(ck.leaf)
         for extra in ck.chain[1:]:
             ctx.add_extra_chain_cert(extra)
@@ -248,6 +253,10 @@ class ServerTLS:
         elif self._verify is not None:
             mode, callback = self._verify
             ctx.set_verify(mode, callback)
+        holder = self._staple(ck) if self._staple is not None else None
+        if holder is not None:
+            # Set now (contexts are never mutated later); the holder's response changes under it.
+            ctx.set_ocsp_server_callback(holder.callback)
         # Set on every context: OpenSSL may consult the current context on a second ClientHello.
         ctx.set_tlsext_servername_callback(self._servername)
         return ctx

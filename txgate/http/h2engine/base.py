@@ -178,6 +178,12 @@ class H2Engine(Protocol):
     def data_to_send(self) -> bytes:
         """Every byte queued so far (frames are serialized here); b"" when there is nothing."""
 
+    def idle(self) -> None:
+        """The protocol has no stream left: drop what is kept for closed streams (memory per idle connection)."""
+
+    def close(self) -> None:
+        """The connection is gone: free what the engine holds."""
+
 
 def encode_goaway(last_stream_id: int, error_code: int) -> bytes:
     """A GOAWAY frame on the wire (for the rare case an engine cannot queue one itself)."""

@@ -201,6 +201,9 @@ class NativeEngine:
             return b""
         return ffi.buffer(self._outp[0], n)[:]
 
+    def idle(self) -> None:
+        """No stream left at the protocol: nothing to drop (nghttp2 keeps no closed streams here)."""
+
     def close(self) -> None:
         """Free the nghttp2 session now rather than at garbage collection."""
         h, self._h = self._h, ffi.NULL

@@ -4,7 +4,6 @@ native engine is tested against."""
 from __future__ import annotations
 
 import logging
-from collections import deque
 
 import h2.config
 import h2.connection
@@ -33,6 +32,7 @@ from txgate.http.h2engine.base import (
     StreamReset,
     WindowOpened,
 )
+from txgate.http.h2lean import LeanSettings, slim
 
 
 # hpack calls log.debug() per header field coded; a disabled logger makes each a cheap no-op.
@@ -66,7 +66,8 @@ class PythonEngine:
 
     def __init__(self, settings: EngineSettings | None = None) -> None:
         self.settings = settings = settings or EngineSettings()
-        self._conn = h2.connection.H2Connection(config=_config())
+        self._conn = conn = h2.connection.H2Connection(config=_config())
+        slim(conn)  # memory per idle connection (h2lean); local settings: a LeanSettings in initiate()
         self._out: list[bytes] = []
         self._over = False
         self._refuse_above: int | None = None
@@ -79,17 +80,6 @@ class PythonEngine:
         self._acks: dict[int, int] = {}
         self._ack_threshold = max(1, settings.initial_window_size // 2)
         self._credit_threshold = max(1, settings.connection_window_size // 2)
-        self._table = {
-            h2.events.RequestReceived: self._on_request,
-            h2.events.DataReceived: self._on_data,
-            h2.events.StreamEnded: self._on_ended,
-            h2.events.StreamReset: self._on_reset,
-            h2.events.WindowUpdated: self._on_window,
-            h2.events.RemoteSettingsChanged: self._on_settings,
-            h2.events.SettingsAcknowledged: self._on_settings_acked,
-            h2.events.ConnectionTerminated: self._on_goaway,
-            h2.events.PingReceived: self._on_ping,
-        }
 
     # -- setup -------------------------------------------------------------------------------
     def initiate(self) -> None:
@@ -97,7 +87,7 @@ class PythonEngine:
         conn = self._conn
         s = self.settings
         SC = h2.settings.SettingCodes
-        conn.local_settings = h2.settings.Settings(
+        conn.local_settings = LeanSettings(
             client=False,
             initial_values={
                 SC.MAX_CONCURRENT_STREAMS: s.max_concurrent_streams,
@@ -109,8 +99,8 @@ class PythonEngine:
         conn.initiate_connection()
         # Advertised above; h2 itself gets a higher ceiling, since it makes a stream over the limit a
         # connection error: `_on_request` refuses it with RST_STREAM(REFUSED_STREAM) instead.
-        conn.local_settings._settings[SC.MAX_CONCURRENT_STREAMS] = deque([
-            s.max_concurrent_streams + s.max_refused_streams + 16])
+        conn.local_settings._settings[SC.MAX_CONCURRENT_STREAMS] = (
+            s.max_concurrent_streams + s.max_refused_streams + 16)  # LeanSettings: the value itself
         if s.connection_window_size > 65535:
             conn.increment_flow_control_window(s.connection_window_size - 65535)
         # hyper-h2 buffers CONTINUATION frames up to a fixed backlog of 64 (HEADERS included).
@@ -138,11 +128,11 @@ class PythonEngine:
             self._queue_goaway(INTERNAL_ERROR)
             return [ProtocolFailure(INTERNAL_ERROR, f"{type(e).__name__}: {e}")]
         out: list[Event] = []
-        table = self._table
+        table = _TABLE
         for ev in h2_events:
             fn = table.get(ev.__class__)
             if fn is not None:
-                fn(ev, out)
+                fn(self, ev, out)
         if self._failure is None and self._replies > self.settings.max_control_replies:
             self._failure = ProtocolFailure(ENHANCE_YOUR_CALM, "too many PING/SETTINGS to acknowledge")
         if self._failure is not None:
@@ -318,5 +308,23 @@ class PythonEngine:
             self._out = []
         return data
 
+    def idle(self) -> None:
+        """No stream left at the protocol: h2 forgets its closed streams when it counts open ones."""
+        self._conn.open_inbound_streams  # noqa: B018
+
     def close(self) -> None:
         """Nothing to free (symmetry with the native engine)."""
+
+
+# hyper-h2 event class -> handler, shared by every engine (not a dict of bound methods per connection).
+_TABLE = {
+    h2.events.RequestReceived: PythonEngine._on_request,
+    h2.events.DataReceived: PythonEngine._on_data,
+    h2.events.StreamEnded: PythonEngine._on_ended,
+    h2.events.StreamReset: PythonEngine._on_reset,
+    h2.events.WindowUpdated: PythonEngine._on_window,
+    h2.events.RemoteSettingsChanged: PythonEngine._on_settings,
+    h2.events.SettingsAcknowledged: PythonEngine._on_settings_acked,
+    h2.events.ConnectionTerminated: PythonEngine._on_goaway,
+    h2.events.PingReceived: PythonEngine._on_ping,
+}

@@ -1,0 +1,199 @@
+"""txgate.tls.serverconn: the server-side TLS protocol of the listeners, in memory (no sockets)."""
+from __future__ import annotations
+
+import pytest
+from OpenSSL import SSL
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from zope.interface import implementer
+
+from certs_helpers import make_ca, make_leaf
+from txgate.tls.outcomes import represents_eof
+from txgate.tls.server import ServerTLS
+from txgate.tlswrap import DirectTLSFactory
+from txgate.tls.serverconn import TLSServerFactory, read_app_data, read_tls_output
+
+
+@pytest.fixture(scope="module")
+def server_tls():
+    ca = make_ca("serverconn test CA")
+    return ServerTLS(default=make_leaf(ca, ["localhost"]))
+
+
+class App(Protocol):
+    """Records what the TLS protocol hands up; answers 'ping' with 'pong'."""
+
+    def __init__(self) -> None:
+        self.received = []
+        self.handshakes = 0
+        self.lost = None
+        self.inner = None
+
+    def handshakeCompleted(self) -> None:
+        self.handshakes += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+        if data == b"ping":
+            self.transport.write(b"pong")
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost = reason
+
+
+class _Factory:
+    def __init__(self) -> None:
+        self.apps = []
+
+    def buildProtocol(self, addr):
+        app = App()
+        self.apps.append(app)
+        return app
+
+
+class Client(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost = reason
+
+
+def _pair(server_tls, alpn=(b"http/1.1",)):
+    f = _Factory()
+    sp = TLSServerFactory(server_tls, f).buildProtocol(None)
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_alpn_protos(list(alpn))
+
+    @implementer(IOpenSSLClientConnectionCreator)
+    class Creator:
+        def clientConnectionForTLS(self, proto):
+            return SSL.Connection(ctx, None)
+
+    client = Client()
+    cp = DirectTLSFactory(Creator(), True, Factory.forProtocol(lambda: client), clock=Clock()).buildProtocol(None)
+    pump = iosim.connect(sp, iosim.makeFakeServer(sp), cp, iosim.makeFakeClient(cp), greet=False)
+    pump.flush()
+    return sp, f.apps[0], cp, client, pump
+
+
+def test_handshake_then_data_both_ways(server_tls):
+    sp, app, cp, client, pump = _pair(server_tls)
+    assert app.handshakes == 1
+    assert sp.negotiatedProtocol == b"http/1.1"
+    assert sp.getHandle().get_protocol_version_name() == "TLSv1.3"
+    cp.write(b"ping")
+    pump.flush()
+    assert app.received == [b"ping"]
+    assert client.received == b"pong"
+
+
+def test_data_goes_straight_to_the_inner_protocol_once_chosen(server_tls):
+    sp, app, cp, client, pump = _pair(server_tls)
+    inner = App()
+    app.inner = inner  # as the negotiator does in handshakeCompleted; picked up at the next handshake
+    sp.sink = inner
+    cp.write(b"hello")
+    pump.flush()
+    assert inner.received == [b"hello"] and app.received == []
+
+
+def test_writes_before_the_handshake_wait_for_it(server_tls):
+    f = _Factory()
+    sp = TLSServerFactory(server_tls, f).buildProtocol(None)
+    sp.makeConnection(iosim.FakeTransport(sp, isServer=True))
+    sp.write(b"early")
+    assert sp._pending == [b"early"]
+
+
+def test_close_notify_both_ways(server_tls):
+    sp, app, cp, client, pump = _pair(server_tls)
+    sp.loseConnection()
+    pump.flush()
+    assert app.lost is not None and client.lost is not None
+    assert sp.getHandle() is None  # released once the connection is gone
+
+
+def test_the_peers_close_notify_is_answered(server_tls):
+    sp, app, cp, client, pump = _pair(server_tls)
+    cp.loseConnection()
+    pump.flush()
+    assert app.lost is not None and client.lost is not None
+
+
+def test_abort_drops_what_follows(server_tls):
+    sp, app, cp, client, pump = _pair(server_tls)
+    sp.abortConnection()
+    cp.write(b"ping")
+    pump.flush()
+    assert app.received == []
+    assert app.lost is not None
+
+
+def test_garbage_fails_the_handshake_with_the_openssl_error(server_tls):
+    f = _Factory()
+    sp = TLSServerFactory(server_tls, f).buildProtocol(None)
+    sp.makeConnection(iosim.FakeTransport(sp, isServer=True))
+    sp.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+    sp.connectionLost(None)
+    app = f.apps[0]
+    assert app.handshakes == 0
+    assert isinstance(app.lost.value, SSL.Error)
+
+
+def _client_hello() -> bytes:
+    c = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    c.set_connect_state()
+    with pytest.raises(SSL.WantReadError):
+        c.do_handshake()
+    return c.bio_read(65536)
+
+
+def test_a_truncated_handshake_is_connection_lost(server_tls):
+    f = _Factory()
+    sp = TLSServerFactory(server_tls, f).buildProtocol(None)
+    sp.makeConnection(iosim.FakeTransport(sp, isServer=True))
+    hello = _client_hello()
+    sp.dataReceived(hello[: len(hello) // 2])
+    sp.connectionLost(None)
+    assert f.apps[0].lost.check(ConnectionLost)
+
+
+def test_refused_by_the_listener_builds_nothing(server_tls):
+    class Full:
+        def buildProtocol(self, addr):
+            return None
+
+    assert TLSServerFactory(server_tls, Full()).buildProtocol(None) is None
+
+
+def test_represents_eof():
+    assert represents_eof(SSL.Error([]))
+    assert represents_eof(SSL.Error([("SSL routines", "", "unexpected eof while reading")]))
+    assert not represents_eof(SSL.Error([("SSL routines", "", "wrong version number")]))
+    assert represents_eof(SSL.SysCallError(-1, "Unexpected EOF"))
+
+
+def test_reads_report_no_data_without_raising(server_tls):
+    conn = SSL.Connection(server_tls.default_context, None)
+    conn.set_accept_state()
+    assert read_tls_output(conn) == b""
+    assert read_app_data(conn) is None  # waiting for the ClientHello
+    conn.bio_write(_client_hello())
+    assert read_app_data(conn) is None  # the handshake goes on: the server's flight is ready
+    assert read_tls_output(conn)[:1] == b"\x16"
+    assert read_tls_output(conn) == b""
+
+
+def test_server_contexts_release_idle_buffers(server_tls):
+    from OpenSSL._util import lib
+
+    conn = SSL.Connection(server_tls.default_context, None)
+    assert lib.SSL_set_mode(conn._ssl, 0) & SSL.MODE_RELEASE_BUFFERS
