@@ -55,8 +55,8 @@ def acme_env(tmp_path):
         started.append(p)
         return p.start()
 
-    def gateway(text):
-        gw = Gateway(tmp_path / "gw", text)
+    def gateway(text, name="gw", **kw):
+        gw = Gateway(tmp_path / name, text, **kw)
         started.append(gw)
         return gw.start()
 

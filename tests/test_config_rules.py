@@ -45,7 +45,7 @@ def test_token_kind(word, kind):
     assert token_kind(word) == kind
 
 
-def test_parsing_reads_no_files_and_check_files_reports_the_first_in_section_order(tmp_path):
+def test_parsing_reads_no_files_and_check_files_reports_every_file_in_section_order(tmp_path):
     text = (f"[security]\nclient_certificates = {tmp_path}/sec.pem\n" + L
             + f"certificate = {tmp_path}/c.pem {tmp_path}/k.pem\nclient_ca = {tmp_path}/ca.pem\n")
     cfg = parse_text(text, "gw.ini")  # no file exists, parsing is syntax only
@@ -56,7 +56,10 @@ def test_parsing_reads_no_files_and_check_files_reports_the_first_in_section_ord
     (tmp_path / "sec.pem").write_text("x")
     with pytest.raises(ConfigError) as info:
         check_files(cfg)
-    assert str(info.value) == f"gw.ini: [listener:main] certificate: {tmp_path}/c.pem: file not found"
+    # Every unreadable file is reported (issue 15), the first in section order first.
+    assert info.value.lines() == [f"gw.ini: [listener:main] certificate: {tmp_path}/c.pem: file not found",
+                                  f"gw.ini: [listener:main] certificate: {tmp_path}/k.pem: file not found",
+                                  f"gw.ini: [listener:main] client_ca: {tmp_path}/ca.pem: file not found"]
 
 
 def test_pins_and_fingerprints_are_not_files():

@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 
 from txgate.http.exchange import ConnectionInfo, Limits
 from txgate.http.h1 import H1Connection
+from txgate.testing.gateway import LogCapture
 
 
 class Handler:
@@ -411,11 +412,20 @@ def test_unsupported_http_versions_are_refused(request_line, status):
 
 def test_http09_style_request_line_is_refused():
     proto, t, d, _ = connect()
-    proto.dataReceived(b"GET /echo\r\n\r\n")
+    logs = LogCapture()
+    logs.install()
+    try:
+        proto.dataReceived(b"GET /echo\r\n\r\n")
+    finally:
+        logs.uninstall()
     assert d.handlers == []
     (line, hdrs, body), = responses(t.value())
     assert line.split()[1] == b"505"  # like HTTP/2.0 above: a version this server does not speak
-    assert json.loads(body) == {"error": "http_version_not_supported", "message": "HTTP/0.9 is not supported here"}
+    # The body has the code, a generic message and the request ID; the details are logged with the ID.
+    doc = json.loads(body)
+    assert doc == {"error": "http_version_not_supported", "message": "HTTP version not supported",
+                   "request_id": doc["request_id"]}
+    assert logs.error_detail(doc["request_id"]) == "HTTP/0.9 is not supported here"
     assert t.disconnecting
 
 

@@ -259,7 +259,7 @@ def test_text_access_log_carries_tls_facts(gw):
     path = re.search(r'"path": "(/echo/[0-9a-f]+)"', out).group(1)
     gw.wait_log(rf"(?m)^\S+Z chacha 127\.0\.0\.1:\d+ sni=localhost tls=TLSv1\.2 cipher=ECDHE-ECDSA-CHACHA20-POLY1305 "
                 rf'alpn=http/1\.1 "GET localhost {path} HTTP/1\.1" 200 in=0 out=\d+ api=echo upstream=builtin:echo '
-                r"\d+\.\d+ms$")
+                r"\d+\.\d+ms id=[0-9a-f]{18,}$")  # the request ID closes the line (issue 15)
 
 
 def test_json_access_log_to_file(gateway_factory, tmp_path):

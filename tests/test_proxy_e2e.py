@@ -70,11 +70,18 @@ def get(env, path, *args, host="localhost"):
 
 
 def error_of(status_headers_body):
+    """(status, code, request ID) of an error response: the body has the code, a generic message and the ID."""
     status, headers, body = status_headers_body
     assert ("content-type", "application/json") in headers
     doc = json.loads(body)
-    assert set(doc) == {"error", "message"}
-    return status, doc["error"], doc["message"]
+    assert set(doc) == {"error", "message", "request_id"}
+    assert ("x-request-id", doc["request_id"]) in headers
+    return status, doc["error"], doc["request_id"]
+
+
+def detail_of(env, request_id):
+    """The gateway's log line with the details of the error answered to ``request_id``."""
+    return env["gw"].wait_log(rf".*\(request {request_id} on \S+\)|request {request_id} on \S+: .*").group(0)
 
 
 def last_request(backend, path_prefix):
@@ -93,9 +100,10 @@ def test_no_route_404(env):
 
 
 def test_refused_upstream_502_unavailable(env):
-    status, code, msg = error_of(get(env, "/dead/x"))
+    status, code, rid = error_of(get(env, "/dead/x"))
     assert (status, code) == (502, "upstream_unavailable")
-    assert "refused" in msg
+    # The details are in the log line with the same request ID, not in the body (issue 15).
+    assert "refused" in detail_of(env, rid)
     env["gw"].wait_log(r"upstream_unavailable: .*connection refused")
 
 
@@ -162,6 +170,10 @@ def test_malformed_request_400(env):
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400")
     assert json.loads(body)["error"] == "bad_request"
+    # Even a request too broken to parse gets an ID, returned and logged with the details.
+    rid = json.loads(body)["request_id"]
+    assert b"\r\nx-request-id: " + rid.encode() + b"\r\n" in head + b"\r\n"
+    assert "malformed HTTP/1.1 request" in detail_of(env, rid)
 
 
 def test_request_too_large_by_content_length_413(env, tmp_path):

@@ -17,7 +17,7 @@ def test_no_response_within_timeout_is_504_with_one_log_line(make):
     assert response.status is None
     gw.advance(1)
     assert response.status == 504 and response.code == "upstream_timeout"
-    assert response.message == "http://a.internal:8080: no response within 5s"
+    assert gw.logs.error_detail(response.request_id) == "http://a.internal:8080: no response within 5s"
     assert len(gw.logs.matching(r"api a upstream http://a\.internal:8080 upstream_timeout: .*no response within 5s")) == 1
 
 
@@ -56,7 +56,7 @@ def test_malformed_upstream_response_is_502_upstream_protocol_error(make):
     up.held[0][0].transport.write(b"NOT HTTP AT ALL\r\n\r\n")
     gw.flush()
     assert response.status == 502 and response.code == "upstream_protocol_error"
-    assert "malformed response" in response.message
+    assert "malformed response" in gw.logs.error_detail(response.request_id)
 
 
 def test_close_delimited_response_body_ends_with_the_connection(make):
@@ -80,7 +80,7 @@ def test_upstream_certificate_from_an_unknown_ca_is_502_upstream_tls_error(make,
     up = gw.upstream("https://a.internal:8443", certificate=other_pki.issue("a.internal"))
     response = gw.get("/a/x")
     assert response.status == 502 and response.code == "upstream_tls_error"
-    assert response.message.startswith("https://a.internal:8443: ") and "unknown CA" in response.message
+    assert gw.logs.error_detail(response.request_id).startswith("https://a.internal:8443: ") and "unknown CA" in gw.logs.error_detail(response.request_id)
     assert up.requests == []
     assert gw.logs.matching(r"api a upstream https://a\.internal:8443 upstream_tls_error: .*unknown CA")
 
@@ -90,7 +90,7 @@ def test_upstream_certificate_for_another_name_is_a_hostname_mismatch(make, pki)
     gw.upstream("https://a.internal:8443", certificate=pki.issue("b.internal"))
     response = gw.get("/a/x")
     assert response.status == 502 and response.code == "upstream_tls_error"
-    assert "hostname mismatch: certificate is for b.internal; expected a.internal" in response.message
+    assert "hostname mismatch: certificate is for b.internal; expected a.internal" in gw.logs.error_detail(response.request_id)
 
 
 def test_tls_failure_is_not_failed_over_to_the_next_target(make, pki, other_pki):
@@ -117,7 +117,7 @@ def test_upstream_refusing_our_missing_client_certificate_after_the_handshake_is
     gw.upstream("https://a.internal:8443", certificate=pki.issue("a.internal"), require_client_certificate=True)
     response = gw.get("/a/x")
     assert response.status == 502 and response.code == "upstream_tls_error"
-    assert response.message.startswith("https://a.internal:8443: TLS failure: server requires a client certificate")
+    assert gw.logs.error_detail(response.request_id).startswith("https://a.internal:8443: TLS failure: server requires a client certificate")
 
 
 def test_upstream_refusing_our_missing_client_certificate_in_the_tls12_handshake(make, pki):
@@ -126,7 +126,7 @@ def test_upstream_refusing_our_missing_client_certificate_in_the_tls12_handshake
                 tls_max="1.2")
     response = gw.get("/a/x")
     assert response.status == 502 and response.code == "upstream_tls_error"
-    assert response.message.startswith("https://a.internal:8443: TLS handshake failed: ")
+    assert gw.logs.error_detail(response.request_id).startswith("https://a.internal:8443: TLS handshake failed: ")
 
 
 # -- headers ------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ JSON responses, without sockets."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -63,13 +64,18 @@ class Recorder:
 def test_send_gateway_error_writes_one_complete_json_response():
     s = Recorder()
     send_gateway_error(s, HeadersTooLarge())
-    body = error_body(HeadersTooLarge())
+    body = s.calls[1][1]
+    rid = json.loads(body)["request_id"]
+    assert body == error_body(HeadersTooLarge(), rid.encode())
     assert s.calls == [
         ("start", 431, [(b"content-type", b"application/json")], len(body)),
         ("write", body),
         ("finish",),
     ]
-    assert json.loads(body) == {"error": "headers_too_large", "message": "request headers are too large"}
+    # The code and a generic message, plus the request ID (issue 15: details go to the log).
+    assert json.loads(body) == {"error": "headers_too_large", "message": "request headers are too large",
+                                "request_id": rid}
+    assert re.fullmatch(r"[0-9a-f]{18,}", rid)
 
 
 # -- dispatch_request: the dispatcher decides, the protocol answers -------------------------------

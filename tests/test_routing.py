@@ -7,6 +7,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from txgate.config import ApiConfig
+from txgate.testing.gateway import LogCapture
 from txgate.runtime.dispatch import ApiRuntime, ListenerDispatcher
 from txgate.http.paths import normalize_path, remove_dot_segments
 from txgate.http.exchange import ConnectionInfo, RequestHead
@@ -178,9 +179,16 @@ def test_dispatch_strip_path_and_dot_segments():
 
 def test_dispatch_no_route_is_json_404():
     d = dispatcher(ApiConfig("a", echo=True, path="/a", hosts=("api.test",)))
-    s, body = run(d, b"/a", host=b"other.test")
-    assert s.status == 404 and body == {"error": "no_route", "message": body["message"]}
-    assert "other.test" in body["message"]
+    logs = LogCapture()
+    logs.install()
+    try:
+        s, body = run(d, b"/a", host=b"other.test")
+    finally:
+        logs.uninstall()
+    assert s.status == 404 and body == {"error": "no_route", "message": body["message"], "request_id": body["request_id"]}
+    # The body says no more than the code (issue 15); the details are logged with the same request ID.
+    assert body["message"] == "no API for this host and path"
+    assert "other.test" in logs.error_detail(body["request_id"])
 
 
 def test_dispatch_host_port_and_case_ignored_for_routing():

@@ -21,16 +21,31 @@ class AccessLog:
         self.fmt = fmt
         self.enabled = target != "off"
         self.lines: list[str] = []
+        self.target = target
         self._sec = -1
         self._stamp = ""
-        if not self.enabled:
-            self.file = None
-        elif target == "-":
+        self.file = self._open() if self.enabled else None
+
+    def _open(self):
+        if self.target == "-":
             # fd 1 directly: twistd replaces sys.stdout with a log redirector.
-            self.file = open(os.dup(sys.__stdout__.fileno() if sys.__stdout__ else 1), "a", encoding="utf-8")
-        else:
-            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            self.file = open(fd, "a", encoding="utf-8")
+            return open(os.dup(sys.__stdout__.fileno() if sys.__stdout__ else 1), "a", encoding="utf-8")
+        fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        return open(fd, "a", encoding="utf-8")
+
+    def reopen(self) -> None:
+        """Flush, then open the file again by its path (after logrotate moved it); stdout stays."""
+        if self.file is None or self.target == "-":
+            return
+        self.flush()
+        try:
+            new = self._open()
+        except OSError as e:
+            log.error("access log {path}: cannot reopen ({error}); still writing to the old file",
+                      path=self.target, error=e.strerror or str(e))
+            return
+        old, self.file = self.file, new
+        old.close()
 
     def _time(self, t: float) -> str:
         sec = int(t)
@@ -50,8 +65,9 @@ class AccessLog:
             authority = head.authority.decode("latin-1")
             path = head.target.decode("latin-1")
             proto = "HTTP/" + head.version.decode()
+            rid = head.request_id.decode("ascii") or "-"
         else:
-            method = authority = path = proto = "-"
+            method = authority = path = proto = rid = "-"
         if self.fmt == "json":
             line = json.dumps(
                 {
@@ -72,15 +88,16 @@ class AccessLog:
                     "api": api,
                     "upstream": upstream,
                     "duration_ms": round((ended - started) * 1000, 3),
+                    "request_id": rid,
                 },
                 separators=(",", ":"),
             )
         else:
-            line = '%s %s %s:%s sni=%s tls=%s cipher=%s alpn=%s "%s %s %s %s" %d in=%d out=%d api=%s upstream=%s %.3fms' % (
+            line = '%s %s %s:%s sni=%s tls=%s cipher=%s alpn=%s "%s %s %s %s" %d in=%d out=%d api=%s upstream=%s %.3fms id=%s' % (
                 self._time(ended), info.listener, info.client_host, info.client_port,
                 info.sni or "-", info.tls_version or "-", info.cipher or "-", info.alpn or "-",
                 method, authority or "-", path, proto, status, bytes_in, bytes_out,
-                api or "-", upstream or "-", (ended - started) * 1000,
+                api or "-", upstream or "-", (ended - started) * 1000, rid,
             )
         self.lines.append(line)
         if len(self.lines) >= 256:

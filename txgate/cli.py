@@ -1,16 +1,19 @@
-# -*- test-case-name: tests.test_cli -*-
-"""The `txgate` command: check, pin, version, store (list, rollback); ca, cert, csr, selfsigned in cli_certs."""
+# -*- test-case-name: tests.test_cli,tests.test_config_e2e -*-
+"""The `txgate` command: check, pin, version; reload in cli_admin, store in cli_store, ca/cert/csr/selfsigned in cli_certs."""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from txgate.cli_help import add_command, add_config_option
+
 
 def cmd_check(args) -> int:
-    """Validate a gw.ini exactly as startup does, without binding or writing anything."""
+    """Validate a gw.ini exactly as startup does, without binding or writing anything; print every mistake."""
     from txgate import config as _config
     from txgate.plan import prepare
     from txgate.plan.files import check_files
+    from txgate.plan.running import read_running
     from txgate.plan.store import open_gateway_store
 
     store = None
@@ -19,9 +22,12 @@ def cmd_check(args) -> int:
         check_files(cfg)
         if cfg.store_refs():
             store = open_gateway_store(cfg, create=False)
-        prepared = prepare(cfg, create_state=False, store=store)
+        # Ports held by the gateway already running on this config are free for it (check, then reload).
+        _pid, held = read_running(cfg.gateway.state_dir)
+        prepared = prepare(cfg, create_state=False, store=store, check_ports=args.probe_ports, gateway_binds=held)
     except _config.ConfigError as e:
-        print(f"txgate: configuration error: {e}", file=sys.stderr)
+        for line in e.lines():
+            print(f"txgate: configuration error: {line}", file=sys.stderr)
         return 1
     finally:
         if store is not None:
@@ -135,95 +141,65 @@ def cmd_pin(args) -> int:
     return status
 
 
-def _open_store(args):
-    """The store of the gw.ini in --config (or the embedded defaults), or (None, exit status) after one line."""
-    from txgate import config as _config
-    from txgate.plan.files import check_files
-    from txgate.plan.store import open_gateway_store
-
-    try:
-        cfg = _config.load(args.config) if args.config else _config.default_config()
-        check_files(cfg)
-        store = open_gateway_store(cfg, create=False)
-    except _config.ConfigError as e:
-        print(f"txgate store: configuration error: {e}", file=sys.stderr)
-        return None, None
-    if store is None:
-        print(f"txgate store: no store yet under {cfg.gateway.state_dir} (it is created on the gateway's first start)",
-              file=sys.stderr)
-    return cfg, store
-
-
-def cmd_store_list(args) -> int:
-    """List the store's entries: current versions of names, then unnamed entries."""
-    from txgate.store import StoreError
-    from txgate.tls.certs import format_time
-
-    cfg, store = _open_store(args)
-    if store is None:
-        return 1
-    try:
-        infos = store.list()
-        for info in infos:
-            label = f"{info.name}@{info.version}" if info.name else "-"
-            versions = f"  versions={','.join(map(str, info.versions))}" if info.name else ""
-            print(f"{label}  id={info.id}  not_after={format_time(info.not_after)}  key={'yes' if info.has_key else 'no'}"
-                  f"{versions}  subject={info.subject}")
-        for name in store.pending_names():
-            print(f"{name}  (pending key: waiting for its signed certificate)")
-    except StoreError as e:
-        print(f"txgate store: {e.code}: {e.reason}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-    return 0
-
-
-def cmd_store_rollback(args) -> int:
-    """Make the previous version of NAME current again (history is kept)."""
-    from txgate.store import StoreError
-
-    cfg, store = _open_store(args)
-    if store is None:
-        return 1
-    try:
-        entry = store.rollback(args.name)
-    except StoreError as e:
-        print(f"txgate store rollback: {e.code}: {e.reason}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-    print(f"{entry.name}: version {entry.version} is current (id {entry.id})")
-    if cfg.gateway.store == "dir":
-        # Directory stores notify only within one process: tell the running gateway.
-        print("reload the running gateway to serve it: kill -HUP <pid>, or POST /reload on the admin API")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="txgate", description="txgate TLS API gateway tools")
-    sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("check", help="validate a configuration file")
-    c.add_argument("--config", "-c", help="path to gw.ini (default: the embedded defaults)")
-    c.set_defaults(func=cmd_check)
-    p_pin = sub.add_parser("pin", help="print sha256/ SPKI pins of files or of a server's certificates")
-    p_pin.add_argument("files", nargs="*", help="PEM certificates, public keys or CSRs")
+    p = argparse.ArgumentParser(
+        prog="txgate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="txgate TLS API gateway tools: check a gw.ini, reload a running gateway, manage its "
+                    "certificate store, make certificates and pins.\nThe gateway itself runs under twistd: "
+                    "twistd -n txgate --config gw.ini (see twistd txgate --help).",
+        epilog="Run 'txgate COMMAND --help' for a command's description, exit statuses and an example.")
+    p.add_argument("--version", "-V", action=_VersionAction, help="print versions and exit (as 'txgate version')")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    c = add_command(
+        sub, "check", func=cmd_check, summary="validate a configuration file (every mistake, one line each)",
+        description="""
+            Validate a gw.ini exactly as startup does (syntax, files, certificates and keys, TLS settings,
+            the store) without writing anything, and print every mistake found, one line each:
+            FILE: [section] key: why. Safe to run against the config of a running gateway before
+            `txgate reload`: ports held by that gateway count as free (--no-probe-ports skips the
+            port checks, e.g. on a build machine).""",
+        exits={0: "the configuration is valid (warnings, if any, on stderr)", 1: "one or more mistakes (on stderr)"},
+        examples=("txgate check -c /etc/txgate/gw.ini && txgate reload -c /etc/txgate/gw.ini",),
+    )
+    add_config_option(c)
+    c.add_argument("--no-probe-ports", dest="probe_ports", action="store_false",
+                   help="do not try to bind the listeners' and admin ports")
+    p_pin = add_command(
+        sub, "pin", func=cmd_pin, summary="print sha256/ SPKI pins of files or of a server's certificates",
+        description="""
+            Print the sha256/BASE64 SPKI pin (for pinned_public_keys) of each certificate, public key
+            or CSR in the PEM files given, or of every certificate a TLS server presents with --connect
+            (not verified: check what you pin).""",
+        exits={0: "pins printed", 1: "a file could not be read, or the connection failed"},
+        examples=("txgate pin upstream.pem", "txgate pin --connect api.internal:443"),
+    )
+    p_pin.add_argument("files", nargs="*", metavar="FILE", help="PEM certificates, public keys or CSRs")
     p_pin.add_argument("--connect", metavar="HOST:PORT", help="connect and print the pin of every presented certificate")
     p_pin.add_argument("--servername", help="SNI name to send with --connect (default: the host)")
-    p_pin.set_defaults(func=cmd_pin)
-    v = sub.add_parser("version", help="print versions")
-    v.set_defaults(func=cmd_version)
-    st = sub.add_parser("store", help="the certificate store of a gw.ini: list, rollback")
-    st_sub = st.add_subparsers(dest="store_command", required=True)
-    st_list = st_sub.add_parser("list", help="list the entries (current versions, then unnamed entries)")
-    st_list.add_argument("--config", "-c", help="path to gw.ini (default: the embedded defaults)")
-    st_list.set_defaults(func=cmd_store_list)
-    st_rb = st_sub.add_parser("rollback", help="make the previous version of NAME current again")
-    st_rb.add_argument("name", metavar="NAME")
-    st_rb.add_argument("--config", "-c", help="path to gw.ini (default: the embedded defaults)")
-    st_rb.set_defaults(func=cmd_store_rollback)
-    from txgate.cli_certs import register_cert_commands; register_cert_commands(sub)  # noqa: E702
+    add_command(
+        sub, "version", func=cmd_version, summary="print versions",
+        description="Print txgate's version, the versions of the libraries it runs on, and its SPKI pin backend.",
+        exits={0: "always"}, examples=("txgate version",),
+    )
+    from txgate.cli_admin import register_admin_commands
+    from txgate.cli_certs import register_cert_commands
+    from txgate.cli_store import register_store_commands
+
+    register_admin_commands(sub)
+    register_store_commands(sub)
+    register_cert_commands(sub)
     return p
+
+
+class _VersionAction(argparse.Action):
+    """``txgate --version`` / ``-V``: what ``txgate version`` prints, then exit 0."""
+
+    def __init__(self, option_strings, dest, **kw) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        cmd_version(None)
+        parser.exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

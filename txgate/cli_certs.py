@@ -197,51 +197,85 @@ def _names(p: argparse.ArgumentParser, *, client: bool = True) -> None:
         p.add_argument("--client", action="store_true", help="a client certificate (extendedKeyUsage clientAuth)")
 
 
+_CERT_EXITS = {0: "written (the paths and a summary on stdout)",
+               1: "one line on stderr: unreadable input, invalid CA or CSR, or an output that cannot be written"}
+
+
 def register_cert_commands(sub: Any) -> None:
     """Add ``ca``, ``cert``, ``csr`` and ``selfsigned`` to the ``txgate`` subparsers ``sub``."""
+    from txgate.cli_help import add_command, add_group
     from txgate.lifecycle.ca import DEFAULT_CA_DAYS, DEFAULT_CA_NAME
     from txgate.lifecycle.issue import DEFAULT_LEAF_DAYS
 
-    ca = sub.add_parser("ca", help="a private certificate authority")
-    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
-    init = ca_sub.add_parser("init", help="create a private CA: DIR/ca.pem and DIR/ca-key.pem (0600)")
-    init.add_argument("dir", metavar="DIR")
+    ca_sub = add_group(sub, "ca", dest="ca_command", summary="a private certificate authority",
+                       description="A private CA for your listeners, upstreams and mTLS clients: txgate ca init.")
+    init = add_command(
+        ca_sub, "init", func=cmd_ca_init, summary="create a private CA: DIR/ca.pem and DIR/ca-key.pem (0600)",
+        description="Create a private certificate authority in DIR: its certificate DIR/ca.pem (give it to "
+                    "clients, or name it in client_ca) and its key DIR/ca-key.pem (0600). Refuses to overwrite.",
+        exits=_CERT_EXITS, examples=("txgate ca init ./ca --name 'Example internal CA'",),
+    )
+    init.add_argument("dir", metavar="DIR", help="directory for ca.pem and ca-key.pem (created if needed)")
     init.add_argument("--name", default=DEFAULT_CA_NAME, help=f"CA common name (default: {DEFAULT_CA_NAME})")
     init.add_argument("--key-type", choices=("ec", "rsa"), default="ec", help="ec (P-256, default) or rsa (3072)")
     init.add_argument("--days", type=_positive_int, default=DEFAULT_CA_DAYS, help=f"validity (default {DEFAULT_CA_DAYS})")
-    init.set_defaults(func=cmd_ca_init)
 
-    cert = sub.add_parser("cert", help="issue, sign and show certificates")
-    cert_sub = cert.add_subparsers(dest="cert_command", required=True)
-    issue = cert_sub.add_parser("issue", help="issue a certificate and key signed by a private CA")
+    cert_sub = add_group(sub, "cert", dest="cert_command", summary="issue, sign and show certificates",
+                         description="Certificates from a private CA (txgate ca init), and a look inside any certificate.")
+    issue = add_command(
+        cert_sub, "issue", func=cmd_cert_issue, summary="issue a certificate and key signed by a private CA",
+        description="Make a new key and a certificate for it signed by the CA in --ca: PREFIX.pem (certificate "
+                    "+ CA chain, ready for `certificate = PREFIX.pem PREFIX-key.pem`) and PREFIX-key.pem (0600).",
+        exits=_CERT_EXITS,
+        examples=("txgate cert issue --ca ./ca --dns api.example.com --out api",
+                  "txgate cert issue --ca ./ca --client --cn billing --out billing-client"),
+    )
     issue.add_argument("--ca", required=True, metavar="DIR", help="the CA directory (txgate ca init)")
     _names(issue)
     issue.add_argument("--days", type=_positive_int, default=DEFAULT_LEAF_DAYS, help=f"validity (default {DEFAULT_LEAF_DAYS})")
     issue.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.pem and PREFIX-key.pem")
-    issue.set_defaults(func=cmd_cert_issue)
 
-    sign = cert_sub.add_parser("sign", help="sign a CSR with a private CA (SANs copied, never a CA)")
+    sign = add_command(
+        cert_sub, "sign", func=cmd_cert_sign, summary="sign a CSR with a private CA (SANs copied, never a CA)",
+        description="Sign a certificate signing request with the CA in --ca; the names are copied from the CSR "
+                    "and the result is never a CA. Writes the certificate and the CA chain to --out.",
+        exits=_CERT_EXITS, examples=("txgate cert sign --ca ./ca web.csr --out web.pem",),
+    )
     sign.add_argument("--ca", required=True, metavar="DIR", help="the CA directory (txgate ca init)")
-    sign.add_argument("request", metavar="REQUEST.csr")
+    sign.add_argument("request", metavar="REQUEST.csr", help="the PEM certificate signing request")
     sign.add_argument("--out", required=True, metavar="CERT.pem", help="certificate + CA chain")
     sign.add_argument("--days", type=_positive_int, default=DEFAULT_LEAF_DAYS, help=f"validity (default {DEFAULT_LEAF_DAYS})")
     sign.add_argument("--client", action="store_true", help="a client certificate (extendedKeyUsage clientAuth)")
-    sign.set_defaults(func=cmd_cert_sign)
 
-    show = cert_sub.add_parser("show", help="subject, SANs, validity, key, fingerprint and SPKI pin")
+    show = add_command(
+        cert_sub, "show", func=cmd_cert_show, summary="subject, SANs, validity, key, fingerprint and SPKI pin",
+        description="Describe each certificate in FILE: subject, issuer, names, validity, key, SHA-256 "
+                    "fingerprint (for client_certificates) and SPKI pin (for pinned_public_keys), then the "
+                    "gateway's cached OCSP status of the leaf (from --state-dir) when it has one.",
+        exits={0: "described", 1: "FILE cannot be read or holds no certificate"},
+        examples=("txgate cert show api.pem",),
+    )
     show.add_argument("file", metavar="FILE", help="a PEM chain or a DER certificate")
     show.add_argument("--state-dir", default="./txgate-state",
                       help="where the gateway keeps OCSP responses (its cached status of the leaf is shown)")
-    show.set_defaults(func=cmd_cert_show)
 
-    csr = sub.add_parser("csr", help="a certificate signing request for a new key (0600) or an existing one")
+    csr = add_command(
+        sub, "csr", func=cmd_csr,
+        summary="a certificate signing request for a new key (0600) or an existing one",
+        description="Write PREFIX.csr for a new key (written to PREFIX-key.pem, 0600) or for the existing key "
+                    "in --key, to have it signed by any CA (or by `txgate cert sign`).",
+        exits=_CERT_EXITS, examples=("txgate csr --dns api.example.com --out api",),
+    )
     _names(csr, client=False)
     csr.add_argument("--key", metavar="EXISTING.pem", help="use this private key instead of generating one")
     csr.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.csr (and PREFIX-key.pem)")
-    csr.set_defaults(func=cmd_csr)
 
-    ss = sub.add_parser("selfsigned", help="a self-signed certificate and key")
+    ss = add_command(
+        sub, "selfsigned", func=cmd_selfsigned, summary="a self-signed certificate and key",
+        description="Write a self-signed certificate PREFIX.pem and its key PREFIX-key.pem (0600), e.g. for a "
+                    "test upstream; clients must trust (or pin) it explicitly.",
+        exits=_CERT_EXITS, examples=("txgate selfsigned --dns localhost --ip 127.0.0.1 --out dev",),
+    )
     _names(ss)
     ss.add_argument("--days", type=_positive_int, default=DEFAULT_LEAF_DAYS, help=f"validity (default {DEFAULT_LEAF_DAYS})")
     ss.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.pem and PREFIX-key.pem")
-    ss.set_defaults(func=cmd_selfsigned)

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 __all__ = [
     "BACKEND",
+    "announce",
     "DIGEST_LEN",
     "MalformedCertificate",
     "PinSet",
@@ -251,6 +252,12 @@ def _announce() -> None:
     global _announced
     _announced = True
     log.info("SPKI pin backend: {backend} ({detail})", backend=BACKEND, detail=_ACTIVE.detail)
+
+
+def announce() -> None:
+    """Log the active backend once per process (startup calls it; first use would otherwise)."""
+    if not _announced:
+        _announce()
 
 
 def available_backends() -> dict[str, object]:

@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from txgate.acme.shelves import MemoryShelf, PairCache, valid_key
+
 ACME_TLS_ALPN = b"acme-tls/1"
 HTTP01_PREFIX = "/.well-known/acme-challenge/"
 # RFC 8737 section 3: id-pe-acmeIdentifier.
@@ -41,47 +43,67 @@ def tls_alpn_certificate(name: str, key_authorization: str, now: datetime | None
 
 class ChallengeBoard:
     """Pending challenges, shared by every generation of listeners; thread-safe (the ACME client writes
-    from a thread, the listeners read in the reactor)."""
+    from a thread, the listeners read in the reactor).
 
-    def __init__(self) -> None:
+    Where they are kept is the ``shelf`` (``txgate.acme.shelves``): this process's memory by default, a
+    directory its worker processes read, or Redis for a fleet. Token and name are validated before a shelf
+    sees them; a TLS-ALPN-01 entry is the key authorization, from which each reading process builds the
+    RFC 8737 certificate once (cached by name and key authorization).
+    """
+
+    def __init__(self, shelf=None) -> None:
+        self.shelf = shelf if shelf is not None else MemoryShelf()
         self._lock = threading.Lock()
-        self._http: dict[str, str] = {}
-        self._alpn: dict[str, tuple] = {}  # name -> (certificate, private key)
+        self._pairs = PairCache()
+
+    def _put(self, kind: str, key: str, value: str) -> None:
+        if not valid_key(kind, key):
+            raise ValueError(f"invalid ACME challenge {kind} key {key!r}")
+        with self._lock:
+            self.shelf.put(kind, key, value)
+
+    def _get(self, kind: str, key: str) -> str | None:
+        return self.shelf.get(kind, key) if valid_key(kind, key) else None
 
     def add_http(self, token: str, key_authorization: str) -> None:
         """Answer GET /.well-known/acme-challenge/TOKEN with the key authorization."""
-        with self._lock:
-            self._http[token] = key_authorization
+        self._put("http", token, key_authorization)
 
     def remove_http(self, token: str) -> None:
         """Stop answering ``token``."""
         with self._lock:
-            self._http.pop(token, None)
+            self.shelf.delete("http", token)
 
     def http_answer(self, path: str) -> str | None:
         """The key authorization for a request path, or None when it is no pending HTTP-01 token."""
         if not path.startswith(HTTP01_PREFIX):
             return None
-        return self._http.get(path[len(HTTP01_PREFIX):])
+        return self._get("http", path[len(HTTP01_PREFIX):])
 
     def add_alpn(self, name: str, key_authorization: str) -> None:
         """Present the RFC 8737 certificate for ``name`` to clients offering only ``acme-tls/1``."""
-        pair = tls_alpn_certificate(name, key_authorization)
-        with self._lock:
-            self._alpn[name.lower()] = pair
+        name = name.rstrip(".").lower()
+        self._put("alpn", name, key_authorization)
+        self._pairs.get(name, key_authorization)  # built now, off the reactor, for this process's listeners
 
     def remove_alpn(self, name: str) -> None:
         """Stop answering TLS-ALPN-01 for ``name``."""
+        name = name.rstrip(".").lower()
         with self._lock:
-            self._alpn.pop(name.lower(), None)
+            self.shelf.delete("alpn", name)
+        self._pairs.drop(name)
 
     def alpn_pair(self, server_name: str | None) -> tuple | None:
         """(certificate, key) of the challenge certificate for an SNI name, or None."""
-        if not server_name or not self._alpn:
+        if not server_name:
             return None
-        return self._alpn.get(server_name.rstrip(".").lower())
+        name = server_name.rstrip(".").lower()
+        key_authorization = self._get("alpn", name)
+        if key_authorization is None:
+            return None
+        return self._pairs.get(name, key_authorization)
 
     @property
     def pending(self) -> int:
         """How many challenges are being answered."""
-        return len(self._http) + len(self._alpn)
+        return self.shelf.count()

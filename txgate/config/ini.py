@@ -19,6 +19,7 @@ from txgate.config.model import (
     Config,
     ConfigError,
     GatewayConfig,
+    raise_collected,
     ListenerConfig,
     SecurityConfig,
 )
@@ -41,8 +42,7 @@ upstream = builtin:echo
 
 GATEWAY_KEYS = {
     "state_dir", "access_log", "log_format", "shutdown_timeout", "store", "store_secret_file", "expiry_warning_days",
-    "h2_engine",
-    "workers", "worker_affinity",
+    "error_detail", "workers", "worker_affinity", "h2_engine",
 }
 ADMIN_KEYS = {"bind", "client_ca", "token_file", "allowed_hosts"}
 LISTENER_KEYS = {
@@ -200,6 +200,7 @@ def parse_text(text: str, path: str) -> Config:
         raise ConfigError(path, None, None, str(e).splitlines()[0]) from None
 
     warnings: list[str] = []
+    errors: list[ConfigError] = []  # every mistake found; parsing goes on where it can
     gateway = GatewayConfig()
     security = SecurityConfig()
     admin = AdminConfig()
@@ -210,28 +211,13 @@ def parse_text(text: str, path: str) -> Config:
         values = dict(parser.items(name))
         kind, sep, rest = name.partition(":")
         if name == "gateway":
-            s = Section(path, name, values, GATEWAY_KEYS)
-            log_format = s.choice("log_format", "text", ("text", "json"))
-            secret_file = s.str("store_secret_file")
-            gateway = GatewayConfig(
-                state_dir=s.str("state_dir", "./txgate-state"),
-                access_log=s.str("access_log", "-"),
-                log_format=log_format,
-                shutdown_timeout=s.number("shutdown_timeout", 30.0),
-                store=parse_store_url(s, "store"),
-                store_secret_file=secret_file,
-                expiry_warning_days=s.number("expiry_warning_days", 30, integer=True, minimum=1),
-                h2_engine=s.choice("h2_engine", "auto", H2_ENGINES),
-                workers=None if s.str("workers", "auto") == "auto" else s.number("workers", 1, integer=True,
-                                                                               minimum=1),
-                worker_affinity=s.choice("worker_affinity", "client_address", WORKER_AFFINITY),
-            )
+            gateway = _collect(errors, parse_gateway, Section(path, name, values, GATEWAY_KEYS, errors)) or gateway
         elif name == "admin":
-            admin = parse_admin(Section(path, name, values, ADMIN_KEYS))
+            admin = _collect(errors, parse_admin, Section(path, name, values, ADMIN_KEYS, errors)) or admin
         elif name == "acme":
-            acme = parse_acme(Section(path, name, values, ACME_KEYS))
+            acme = _collect(errors, parse_acme, Section(path, name, values, ACME_KEYS, errors)) or acme
         elif name == "security":
-            security = parse_security(Section(path, name, values, SECURITY_KEYS))
+            security = _collect(errors, parse_security, Section(path, name, values, SECURITY_KEYS, errors)) or security
         elif kind == "listener" and sep and rest.strip():
             listener_sections.append((rest.strip(), values))
         elif kind == "api" and sep and rest.strip():
@@ -239,45 +225,53 @@ def parse_text(text: str, path: str) -> Config:
         else:
             known = ["gateway", "security", "admin", "acme"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
             hint = suggest(name, known) or f" (expected one of {', '.join(SECTION_KINDS)})"
-            raise ConfigError(path, name, None, "unknown section" + hint)
+            errors.append(ConfigError(path, name, None, "unknown section" + hint))
 
     listeners = []
     for lname, values in listener_sections:
-        s = Section(path, f"listener:{lname}", values, LISTENER_KEYS)
-        listeners.append(parse_listener(s, lname, warnings))
-    if not listeners:
-        raise ConfigError(path, None, None, "no [listener:NAME] section: nothing to serve")
+        s = Section(path, f"listener:{lname}", values, LISTENER_KEYS, errors)
+        ln = _collect(errors, parse_listener, s, lname, warnings)
+        if ln is not None:
+            listeners.append(ln)
+    if not listener_sections and not errors:  # (a misspelt [listener:...] was reported already)
+        errors.append(ConfigError(path, None, None, "no [listener:NAME] section: nothing to serve"))
     seen_binds: dict[tuple[str, int], str] = {}
     for ln in listeners:
         if ln.port and (ln.host, ln.port) in seen_binds:
-            raise ConfigError(
+            errors.append(ConfigError(
                 path, f"listener:{ln.name}", "bind",
                 f"{ln.host}:{ln.port} is already used by [listener:{seen_binds[(ln.host, ln.port)]}]",
-            )
+            ))
         seen_binds[(ln.host, ln.port)] = ln.name
 
-    names = [ln.name for ln in listeners]
+    # Every declared listener name (one whose section has a mistake too): no second error for it.
+    names = [lname for lname, _values in listener_sections]
     apis = []
     for aname, values in api_sections:
-        s = Section(path, f"api:{aname}", values, API_KEYS)
-        apis.append(parse_api(s, aname, names))
-    check_overlaps(path, apis, names)
-    listeners = _finish_listeners(path, acme, listeners, apis)
+        s = Section(path, f"api:{aname}", values, API_KEYS, errors)
+        api = _collect(errors, parse_api, s, aname, names)
+        if api is not None:
+            apis.append(api)
+    _collect(errors, check_overlaps, path, apis, names)
+    listeners = _collect(errors, _finish_listeners, path, acme, listeners, apis) or listeners
     plain = {ln.name for ln in listeners if not ln.tls}
     for api in apis:
         if api.mtls:
-            for ln in api.listeners or names:
-                if ln in plain:
-                    raise ConfigError(
+            for ln_name in api.listeners or names:
+                if ln_name in plain:
+                    errors.append(ConfigError(
                         path, f"api:{api.name}", "mtls",
-                        f"listener '{ln}' has tls = off: client certificates need TLS "
+                        f"listener '{ln_name}' has tls = off: client certificates need TLS "
                         "(list TLS listeners only in 'listeners')",
-                    )
+                    ))
+                    break
     if admin.enabled and admin.bind_explicit and admin.port:
         for ln in listeners:
             if ln.port == admin.port and _binds_overlap(ln.host, admin.host):
-                raise ConfigError(path, "admin", "bind",
-                                  f"{admin.host}:{admin.port} is already used by [listener:{ln.name}]")
+                errors.append(ConfigError(path, "admin", "bind",
+                                          f"{admin.host}:{admin.port} is already used by [listener:{ln.name}]"))
+                break
+    raise_collected(first_per_key(errors))
     admin = dataclasses.replace(admin, state_dir=gateway.state_dir)
     return Config(path=path, gateway=gateway, listeners=tuple(listeners), apis=tuple(apis), security=security,
                   admin=admin, acme=acme, warnings=tuple(warnings))
@@ -295,6 +289,44 @@ def _finish_listeners(path: str, acme: AcmeConfig, listeners: list, apis: list) 
             redirect = not ln.tls and not apis_for(ln.name)
         out.append(dataclasses.replace(ln, redirect_https=redirect))
     return out
+
+
+def _collect(errors: list[ConfigError], parse, *args):
+    """``parse(*args)``, or None after recording the ConfigError it raised (parsing goes on)."""
+    try:
+        return parse(*args)
+    except ConfigError as e:
+        errors.append(e)
+        return None
+
+
+def first_per_key(errors: list[ConfigError]) -> list[ConfigError]:
+    """The first mistake of each (section, key): a bad value is not reported again as a missing one."""
+    seen: set = set()
+    out = []
+    for e in errors:
+        where = (e.section, e.key)
+        if where[1] is None or where not in seen:
+            seen.add(where)
+            out.append(e)
+    return out
+
+
+def parse_gateway(s: Section) -> GatewayConfig:
+    """Validate `[gateway]`."""
+    return GatewayConfig(
+        state_dir=s.str("state_dir", "./txgate-state"),
+        access_log=s.str("access_log", "-"),
+        log_format=s.choice("log_format", "text", ("text", "json")),
+        shutdown_timeout=s.number("shutdown_timeout", 30.0),
+        store=parse_store_url(s, "store"),
+        store_secret_file=s.str("store_secret_file"),
+        expiry_warning_days=s.number("expiry_warning_days", 30, integer=True, minimum=1),
+        error_detail=s.bool("error_detail", False),
+        workers=None if s.str("workers", "auto") == "auto" else s.number("workers", 1, integer=True, minimum=1),
+        worker_affinity=s.choice("worker_affinity", "client_address", WORKER_AFFINITY),
+        h2_engine=s.choice("h2_engine", "auto", H2_ENGINES),
+    )
 
 
 def _binds_overlap(a: str, b: str) -> bool:

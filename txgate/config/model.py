@@ -22,6 +22,34 @@ class ConfigError(Exception):
             where += f" {key}"
         super().__init__(f"{where}: {message}")
 
+    def lines(self) -> list[str]:
+        """One line per mistake (``ConfigErrors`` has several)."""
+        return [str(self)]
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration mistakes found in one pass; the attributes are the first one's."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.path, first.section, first.key, first.message)
+        self.errors = list(errors)
+        self.args = ("\n".join(self.lines()),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def lines(self) -> list[str]:
+        return [line for e in self.errors for line in e.lines()]
+
+
+def raise_collected(errors: list[ConfigError]) -> None:
+    """Raise the one mistake as it is, several as a ``ConfigErrors``; nothing when there are none."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
+
 
 class AdminConfigError(ValueError):
     """A bad ``[admin]`` setting; ``key`` is the gw.ini key."""
@@ -95,6 +123,8 @@ class GatewayConfig:
     expiry_warning_days: int = 30
     # The HTTP/2 engine: "auto" (native when built), "native" (libnghttp2) or "python" (hyper-h2).
     h2_engine: str = "auto"
+    # Error bodies carry the details (upstream URLs, TLS reasons) instead of a generic message: development only.
+    error_detail: bool = False
     # Worker processes under `twistd txgate`: None = auto (the CPUs this process may run on).
     workers: int | None = None
     # How a worker is chosen for a new connection: "client_address" (same client, same worker) or "none".

@@ -20,14 +20,25 @@ def suggest(word: str, choices) -> str:
 class Section:
     """Typed accessors over one INI section that raise ConfigError with file/section/key."""
 
-    def __init__(self, path: str, name: str, values: dict[str, str], allowed: set[str]) -> None:
+    def __init__(self, path: str, name: str, values: dict[str, str], allowed: set[str],
+                 errors: list[ConfigError] | None = None) -> None:
         self.path, self.name, self.values = path, name, values
+        # With a list, a bad value is recorded there and its default used, so parsing goes on and
+        # reports every mistake; ``fail`` always raises (the caller cannot go on without the value).
+        self.errors = errors
         for key in values:
             if key not in allowed:
-                self.fail(key, "unknown key" + suggest(key, allowed))
+                self._bad(key, "unknown key" + suggest(key, allowed), None)
 
     def fail(self, key: str | None, message: str):
         raise ConfigError(self.path, self.name, key, message)
+
+    def _bad(self, key: str, message: str, default):
+        """A bad value: raise, or (collecting) record it and go on with ``default``."""
+        if self.errors is None:
+            self.fail(key, message)
+        self.errors.append(ConfigError(self.path, self.name, key, message))
+        return default
 
     def has(self, key: str) -> bool:
         return key in self.values
@@ -38,7 +49,7 @@ class Section:
             return default
         v = v.strip()
         if not v:
-            self.fail(key, "empty value")
+            return self._bad(key, "empty value", default)
         return v
 
     def bool(self, key: str, default: bool) -> bool:
@@ -50,7 +61,7 @@ class Section:
             return True
         if low in ("off", "no", "false", "0"):
             return False
-        self.fail(key, f"expected on/off, got '{v.strip()}'")
+        return self._bad(key, f"expected on/off, got '{v.strip()}'", default)
 
     def number(self, key: str, default: float, *, integer: bool = False, minimum: float = 0):
         v = self.values.get(key)
@@ -60,17 +71,17 @@ class Section:
             n = int(v.strip()) if integer else float(v.strip())
         except ValueError:
             kind = "an integer" if integer else "a number"
-            self.fail(key, f"expected {kind}, got '{v.strip()}'")
+            return self._bad(key, f"expected {kind}, got '{v.strip()}'", default)
         if not math.isfinite(n):
-            self.fail(key, f"expected a finite number, got '{v.strip()}'")
+            return self._bad(key, f"expected a finite number, got '{v.strip()}'", default)
         if n < minimum:
-            self.fail(key, f"must be at least {minimum}, got {v.strip()}")
+            return self._bad(key, f"must be at least {minimum}, got {v.strip()}", default)
         return n
 
     def choice(self, key: str, default: str, choices) -> str:
         v = self.str(key, default)
         if v not in choices:
-            self.fail(key, f"expected one of {', '.join(choices)}, got '{v}'" + suggest(v, choices))
+            return self._bad(key, f"expected one of {', '.join(choices)}, got '{v}'" + suggest(v, choices), default)
         return v
 
     def words(self, key: str) -> list[str] | None:
@@ -79,7 +90,7 @@ class Section:
             return None
         words = v.split()
         if not words:
-            self.fail(key, "empty value")
+            return self._bad(key, "empty value", None)
         return words
 
     def lines(self, key: str) -> list[str]:

@@ -79,6 +79,7 @@ class RequestHead:
         "content_length",
         "has_body",
         "version",
+        "request_id",
     )
 
     def __init__(
@@ -102,6 +103,8 @@ class RequestHead:
         self.has_body = has_body
         # b"1.1", b"1.0" or b"2"
         self.version = version
+        # X-Request-Id: decided once per request (txgate.http.requestid.ensure_request_id).
+        self.request_id = b""
 
     @property
     def host(self) -> str:

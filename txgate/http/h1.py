@@ -12,8 +12,9 @@ from twisted.python.failure import Failure
 from txgate.directwrite import no_delay
 from txgate.http.closing import GRACE, Closer, abort_connection
 from txgate.errors import BadRequest, GatewayError, HeadersTooLarge, InternalError
-from txgate.http.errors import error_body, send_gateway_error
+from txgate.http.errors import error_body, log_error, send_gateway_error
 from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead, StreamRecord
+from txgate.http.requestid import ensure_request_id
 from txgate.http.requests import dispatch_request, h1_request_head
 
 log = Logger()
@@ -61,9 +62,11 @@ class _Exchange(StreamRecord):
             self.keep_alive = False
         if conn.shutting_down:
             self.keep_alive = False
+        head = self.head
         parts = [status_line(status)]
         for k, v in headers:
             parts.append(k + b": " + v + b"\r\n")
+        parts.append(b"x-request-id: " + (head.request_id or ensure_request_id(head)) + b"\r\n")
         if self.head_only or status in (204, 304):
             if content_length is not None and status != 204:
                 parts.append(b"content-length: %d\r\n" % content_length)
@@ -304,7 +307,6 @@ class H1Connection(Protocol):
 
     def _protocol_error(self, err: GatewayError) -> None:
         """Answer a broken request directly and close: the byte stream cannot be trusted."""
-        body = error_body(err)
         status = err.status
         cur = self.current
         if cur is not None and not cur.done and not cur.status and cur is self._parsing:
@@ -319,14 +321,18 @@ class H1Connection(Protocol):
             self.current = None
             cur.done = False
         if self.current is None or self.current.done:
-            self.transport.write(
-                status_line(status)
-                + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-                + body
-            )
             ex = self._parsing
             if ex is None:
                 ex = _Exchange(self, RequestHead(b"-", b"-", b"", [], None, False, b"1.1"), False, self.clock.seconds())
+            rid = ensure_request_id(ex.head)
+            log_error(err, rid, self.info.listener)
+            body = error_body(err, rid, getattr(self.dispatcher, "error_detail", False))
+            self.transport.write(
+                status_line(status)
+                + b"content-type: application/json\r\ncontent-length: %d\r\nx-request-id: %s\r\n"
+                  b"connection: close\r\n\r\n" % (len(body), rid)
+                + body
+            )
             ex.status = status
             ex.bytes_out = len(body)
             if not ex.done:
@@ -387,7 +393,7 @@ class H1Connection(Protocol):
             ex.handler = _NULL_HANDLER
             if not ex.status:
                 ex.keep_alive = False
-                send_gateway_error(ex, InternalError())
+                send_gateway_error(ex, InternalError(), detail=getattr(self.dispatcher, "error_detail", False))
             else:
                 ex.abort()
             return

@@ -236,7 +236,7 @@ class H2Connection(Protocol):
     def _reject(self, s: H2Stream, head: RequestHead | None, err: GatewayError) -> None:
         s.head = head
         s.handler = _REJECTED
-        send_gateway_error(s, err)
+        send_gateway_error(s, err, detail=getattr(self.dispatcher, "error_detail", False))
 
     def _on_data(self, ev: DataReceived) -> None:
         sid = ev.stream_id
@@ -498,7 +498,7 @@ class H2Connection(Protocol):
             return
         if not s.status:
             s.handler = _REJECTED
-            send_gateway_error(s, InternalError())
+            send_gateway_error(s, InternalError(), detail=getattr(self.dispatcher, "error_detail", False))
         else:
             s.aborted = True
             self._reset(s, INTERNAL_ERROR)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
+from txgate.http.errors import stream_request_id
 from txgate.http.exchange import StreamRecord
 from txgate.http.headers import H2_RESPONSE_DROP
 
@@ -101,6 +102,8 @@ class H2Stream(StreamRecord):
             append((k, v))
         if content_length is not None:
             append((b"content-length", str(content_length).encode()))
+        head = self.head
+        append((b"x-request-id", (head.request_id if head is not None else b"") or stream_request_id(self)))
         self.headers = block
         self._mark()
 

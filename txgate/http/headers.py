@@ -58,10 +58,12 @@ VIA_H1 = b"1.1 txgate"
 VIA_H2 = b"2 txgate"
 
 REQUEST_DROP = HOP_BY_HOP | FORWARDING | FRAMING
-RESPONSE_DROP = HOP_BY_HOP | frozenset({b"content-length"})
+# X-Request-Id: txgate's (the client's when valid) is set on both hops by txgate itself.
+REQUEST_ID = b"x-request-id"
+RESPONSE_DROP = HOP_BY_HOP | frozenset({b"content-length", REQUEST_ID})
 
 
-_REQUEST_DROP_ALL = REQUEST_DROP | frozenset({b"expect"})
+_REQUEST_DROP_ALL = REQUEST_DROP | frozenset({b"expect", REQUEST_ID})
 _TAILS: dict[tuple[str, bytes, bytes], tuple[tuple[bytes, bytes], ...]] = {}
 
 
@@ -120,6 +122,7 @@ def upstream_request_headers(
     proto: bytes,
     original_host: bytes,
     via: bytes,
+    request_id: bytes = b"",
 ) -> list[tuple[bytes, bytes]]:
     """Headers to send upstream (Host aside): client headers less hop-by-hop and forwarding ones, plus ours."""
     out, vias, named = _filtered(headers, _REQUEST_DROP_ALL)
@@ -127,6 +130,8 @@ def upstream_request_headers(
         out, vias = _less_named(headers, out, vias)
     out.extend(_forwarding_tail(client_ip, proto, original_host))
     out.append(_via(vias, via))
+    if request_id:
+        out.append((REQUEST_ID, request_id))
     return out
 
 

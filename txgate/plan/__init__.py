@@ -17,31 +17,51 @@ __all__ = ["Plan", "prepare"]
 
 
 def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = True, create_state: bool = True,
-            store=None) -> Plan:
+            store=None, gateway_binds=frozenset()) -> Plan:
     """Load and check every certificate and TLS setting; raise ConfigError naming file, section, key.
 
     With ``create_state=False`` (``txgate check``) nothing is written: listeners on the local CA
     get every check except issuing their certificate. ``store`` (a blocking ``txgate.store.Store``)
     resolves ``store:REF`` certificates; reloads pass the running one and ``check_ports=False``.
+    ``gateway_binds`` are addresses the running gateway of this config holds (free for the port check).
+    Independent checks all run: every mistake is raised at once (``ConfigErrors``).
     """
+    from txgate.config.ini import first_per_key
+    from txgate.config.model import ConfigError, raise_collected
     from txgate.plan import checks
     from txgate.plan.acme import acme_warnings
-    from txgate.plan.files import check_files, check_state_dir
     from txgate.plan.clientauth import prepare_client_auth
+    from txgate.plan.files import check_files, check_state_dir, warn_open_keys
     from txgate.plan.listeners import prepare_listeners
     from txgate.plan.upstreams import prepare_upstreams
 
-    check_files(config)
+    check_files(config)  # every unreadable file at once; the steps below would only repeat them
     now = now or datetime.now(timezone.utc)
     plan = Plan(config=config, warnings=list(config.warnings))
-    checks.check_access_log(config)
-    checks.check_h2_engine(config, plan)
-    check_state_dir(config)
-    checks.check_admin(config, plan)
-    prepare_client_auth(config, plan, now)
+    errors: list[ConfigError] = []
+
+    def step(fn, *args, **kw) -> bool:
+        # Independent checks each report their mistake; the caller sees them all at once.
+        try:
+            fn(*args, **kw)
+        except ConfigError as e:
+            errors.append(e)
+            return False
+        return True
+
+    step(checks.check_access_log, config)
+    state_ok = step(check_state_dir, config)  # (the local CA and a dir store live there)
+    step(checks.check_admin, config, plan)
+    auth_ok = step(prepare_client_auth, config, plan, now)
+    step(checks.check_h2_engine, config, plan)
     if check_ports:
-        checks.check_ports(config, plan)
-    prepare_listeners(config, plan, now, create_state=create_state, store=store)
-    prepare_upstreams(config, plan, now, store=store)
+        step(checks.check_ports, config, plan, gateway_binds)
+    # Listeners may create the local CA in state_dir: only once everything before checked out.
+    if state_ok and auth_ok and not (errors and create_state):
+        step(prepare_listeners, config, plan, now, create_state=create_state, store=store)
+    if state_ok:
+        step(prepare_upstreams, config, plan, now, store=store)
+    raise_collected(first_per_key(errors))
+    warn_open_keys(config, plan)
     acme_warnings(config, plan)
     return plan

@@ -62,17 +62,22 @@ def check_admin(config: Config, plan: Plan) -> None:
             raise ConfigError(config.path, "admin", "client_ca", str(e)) from None
 
 
-def check_ports(config: Config, plan: Plan) -> None:
-    """Every listener's bind, and an explicit admin bind, can be bound (all at once: collisions count)."""
+def check_ports(config: Config, plan: Plan, gateway_binds=frozenset()) -> None:
+    """Every listener's bind, and an explicit admin bind, can be bound (all at once: collisions count).
+
+    ``gateway_binds``: (host, port) held by the running gateway of this config (``txgate check``
+    before a reload): busy because of it, they count as free.
+    """
     held: list[socket.socket] = []
     try:
         for ln in config.listeners:
-            held.append(check_port(config, ln))
+            held.append(check_port(config, ln, gateway_binds))
         if config.admin.enabled and config.admin.bind_explicit:
-            check_admin_port(config, plan, held)
+            check_admin_port(config, plan, held, gateway_binds)
     finally:
         for s in held:
-            s.close()
+            if s is not None:
+                s.close()
 
 
 def check_default_admin_port(config: Config, plan: Plan) -> None:
@@ -85,12 +90,12 @@ def check_default_admin_port(config: Config, plan: Plan) -> None:
             sock.close()
 
 
-def check_admin_port(config: Config, plan: Plan, held: list) -> None:
+def check_admin_port(config: Config, plan: Plan, held: list, gateway_binds=frozenset()) -> None:
     """An explicit admin bind that cannot be bound is an error; the default one only turns the admin API off."""
     adm = config.admin
     probe = ListenerConfig(name="admin", host=adm.host, port=adm.port)
     try:
-        held.append(check_port(config, probe))
+        held.append(check_port(config, probe, gateway_binds))
     except ConfigError as e:
         if adm.bind_explicit:
             raise ConfigError(config.path, "admin", "bind", e.message) from None
@@ -99,11 +104,12 @@ def check_admin_port(config: Config, plan: Plan, held: list) -> None:
                                    "(set [admin] bind to another address, or bind = off)")
 
 
-def check_port(config: Config, ln: ListenerConfig) -> socket.socket:
+def check_port(config: Config, ln: ListenerConfig, gateway_binds=frozenset()) -> socket.socket | None:
     """Fail early, with the section and key, if the address cannot be bound.
 
     The probe socket listens and is returned so the caller can hold it while checking the other
     listeners: two listeners that would collide (0.0.0.0:P and 127.0.0.1:P) are caught too.
+    None when the address is busy because the running gateway (``gateway_binds``) holds it.
     """
     try:
         # The family Twisted's listenTCP uses: IPv6 for a v6 literal, else IPv4.
@@ -121,6 +127,8 @@ def check_port(config: Config, ln: ListenerConfig) -> socket.socket:
     except OSError as e:
         s.close()
         where = host_port(ln.host, ln.port)
+        if e.errno == errno.EADDRINUSE and (ln.host, ln.port) in gateway_binds:
+            return None
         if e.errno == errno.EADDRINUSE:
             msg = f"{where}: address already in use"
         elif e.errno == errno.EACCES:

@@ -4,19 +4,46 @@ from __future__ import annotations
 
 import os
 
-from txgate.config.model import CertSpec, Config, ConfigError
+from txgate.config.model import CertSpec, Config, ConfigError, raise_collected
 from txgate.config.tokens import FILE, may_be_path, token_kind
 
 
 def check_files(config: Config) -> None:
-    """Raise ConfigError (file, section, key) for the first file gw.ini names that cannot be read."""
+    """Raise ConfigError (file, section, key) for the files gw.ini names that cannot be read (all of them)."""
+    raise_collected(file_errors(config))
+
+
+def file_errors(config: Config) -> list[ConfigError]:
+    """A ConfigError for every file gw.ini names that cannot be read, in the order gw.ini names them."""
+    errors = []
     for section, key, path, what in named_files(config):
         if what is not None and not may_be_path(path) and not os.path.exists(path):
-            raise ConfigError(config.path, section, key,
-                              f"'{path}' is not {what} (expected sha256/BASE64, 64 hex digits, or a PEM file)")
+            errors.append(ConfigError(config.path, section, key,
+                                      f"'{path}' is not {what} (expected sha256/BASE64, 64 hex digits, or a PEM file)"))
+            continue
         problem = file_problem(path)
         if problem is not None:
-            raise ConfigError(config.path, section, key, f"{path}: {problem}")
+            err = ConfigError(config.path, section, key, f"{path}: {problem}")
+            if str(err) not in map(str, errors):  # one path named twice (CERT.pem used as its own key)
+                errors.append(err)
+    return errors
+
+
+def warn_open_keys(config: Config, plan) -> None:
+    """A private key file that others may read is a warning (as for [admin] token_file): chmod 600 it."""
+    seen = set()
+    for section, key, _user, spec in config.cert_specs():
+        path = spec.key_path
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if mode & 0o007:
+            plan.warn(section, key, f"private key {path} is readable by others (mode {mode & 0o777:04o}); "
+                                    "chmod 600 it (or 640 with a group the gateway runs in)")
 
 
 def file_problem(path: str) -> str | None:

@@ -45,7 +45,7 @@ def makeService(config: Config, reactor=None, *, loader=None, gateway_class=None
     from txgate.expiry import ExpiryMonitor
     from txgate.metrics import Metrics
 
-    log.info("SPKI pin backend: {backend}", backend=_pins.describe_backend())
+    _pins.announce()  # once per process, whoever asks first
     from txgate.http.h2engine import describe_engine
 
     log.info("HTTP/2 engine: {engine}", engine=describe_engine(config.gateway.h2_engine))

@@ -9,6 +9,7 @@ from txgate.errors import ClientCertificateNotAllowed, ClientCertificateRequired
 from txgate.http.echo import EchoHandler
 from txgate.http.headers import VIA_H1, VIA_H2, upstream_request_headers
 from txgate.http.paths import routing_path
+from txgate.http.requestid import ensure_request_id
 from txgate.http.requests import Refusal
 from txgate.http.router import Router, strip_prefix
 from txgate.ocsp.client import OCSP_REFUSAL
@@ -40,12 +41,14 @@ class ListenerDispatcher:
     """The `Dispatcher` of one listener."""
 
     def __init__(self, listener: str, apis: list[ApiRuntime], clock, access_log, metrics=None, *,
-                 challenges=None, redirect_https: bool = False) -> None:
+                 challenges=None, redirect_https: bool = False, error_detail: bool = False) -> None:
         self.listener = listener
         # tls = off listeners: pending ACME HTTP-01 tokens (txgate.acme.challenges.ChallengeBoard), and
         # whether every other request is redirected to https.
         self.challenges = challenges
         self.redirect_https = redirect_https
+        # `[gateway] error_detail`: error bodies carry the details (read by whoever answers an error).
+        self.error_detail = error_detail
         self.router: Router[ApiRuntime] = Router((a.config.hosts, a.prefix, a) for a in apis)
         self.clock = clock
         self.access_log = access_log
@@ -88,6 +91,7 @@ class ListenerDispatcher:
             proto=info.scheme,
             original_host=original_host,
             via=VIA_H2 if head.version == b"2" else VIA_H1,
+            request_id=head.request_id or ensure_request_id(head),
         )
         if api.xfcc:
             peer = info.extra.get(PEER)

@@ -92,17 +92,19 @@ class GatewayService(Service):
 
         # OCSP staple refreshers and the client-status cache: one per process, carried across reloads.
         self.ocsp = OCSPService(reactor, run_blocking=lambda fn, *a: self.run_blocking(fn, *a), metrics=metrics)
-        from txgate.acme.challenges import ChallengeBoard
-
-        # Pending ACME challenges, answered by every generation's listeners (see txgate.acme).
-        self.challenges = ChallengeBoard()
-        # Called with the new Config after each successful reload (e.g. the ACME service follows it).
-        self.on_reload: list = []
         # Worker processes (txgate.runtime.workers): "single" listens and serves; a "supervisor" serves no
         # traffic (no generation, no ports); a "worker" adopts the supervisor's sockets (listener name ->
         # (fd, family)) and leaves store watching to the supervisor.
         self.role = role
         self.listen_fds = listen_fds or {}
+        from txgate.acme.challenges import ChallengeBoard
+        from txgate.acme.shelves import open_shelf
+
+        # Pending ACME challenges, answered by every generation's listeners (see txgate.acme): kept where
+        # the process that answers sees them (the supervisor orders, its workers answer; a fleet shares Redis).
+        self.challenges = ChallengeBoard(open_shelf(role, self.config.gateway.state_dir, store))
+        # Called with the new Config after each successful reload (e.g. the ACME service follows it).
+        self.on_reload: list = []
 
     def _in_thread(self, fn, *args):
         from twisted.internet.threads import deferToThreadPool
@@ -151,6 +153,7 @@ class GatewayService(Service):
             log.info("local CA certificate: {path} (clients can trust it with: curl --cacert {path})",
                      path=self.plan.local_ca_path)
         if self.role == "supervisor":
+            self._record_running()  # its Supervisor opened the listeners' sockets (privileged start)
             self._watch_store()
             return
         gen = self._build(self.plan)
@@ -165,6 +168,7 @@ class GatewayService(Service):
             self.fronts[ln.name] = front
             self.binds[ln.name] = (ln.host, ln.port)
             self._log_listening(gen, ln)
+        self._record_running()
         if self.role != "worker":
             self._watch_store()
 
@@ -179,6 +183,40 @@ class GatewayService(Service):
                 log.error("store: cannot subscribe to changes ({error}); reload with SIGHUP after store writes",
                           error=str(e))
             self._refresh_listing()
+
+    def _record_running(self) -> None:
+        """Tell `txgate check` which addresses this gateway holds (state_dir/running.json).
+
+        Under worker processes the supervisor, which owns the sockets, writes it; workers never do.
+        """
+        import os
+
+        from txgate.plan.running import write_running
+
+        if self.role == "worker" or not os.path.isdir(self.config.gateway.state_dir):
+            return
+        binds = [(ln.host, ln.port) for ln in self.config.listeners if ln.port]
+        adm = self.config.admin
+        if adm.enabled and self.plan.admin_available and adm.port:
+            binds.append((adm.host, adm.port))
+        try:
+            write_running(self.config.gateway.state_dir, os.getpid(), binds)
+        except OSError as e:
+            log.warn("cannot write {state_dir}/running.json ({error}): txgate check will find the ports busy",
+                     state_dir=self.config.gateway.state_dir, error=e.strerror or str(e))
+
+    def reopen_logs(self, reason: str = "SIGUSR1", announce: bool = True) -> None:
+        """Reopen the access log files and txgate's own log file (logrotate moved them)."""
+        from txgate.runtime.logs import reopen_all
+
+        seen = set()
+        for gen in self._generations():
+            if id(gen.access_log) not in seen:
+                seen.add(id(gen.access_log))
+                gen.access_log.reopen()
+        reopen_all()
+        if announce:
+            log.info("log files reopened ({reason})", reason=reason)
 
     def _generations(self) -> list[Generation]:
         return [g for g in [self.current, *self.retiring] if g is not None]
@@ -215,6 +253,12 @@ class GatewayService(Service):
                 gen.access_log.close()
         if self.store is not None:
             yield self.run_blocking(self.store.close)
+        import os
+
+        from txgate.plan.running import remove_running
+
+        if self.role != "worker":
+            remove_running(self.config.gateway.state_dir, os.getpid())
         log.info("txgate stopped")
 
     @defer.inlineCallbacks
@@ -265,6 +309,8 @@ class GatewayService(Service):
             return ReloadResult(False, f"{e.__class__.__name__}: {e}")
         for w in plan.warnings:
             log.warn("{warning}", warning=w)
+        # A reload also reopens the log files (as nginx does): a moved access log is let go.
+        self.reopen_logs(reason, announce=False)
         log.info("reloaded ({reason}): {summary}", reason=reason, summary=summary)
         for hook in self.on_reload:
             try:
@@ -314,6 +360,7 @@ class GatewayService(Service):
         self.plan = plan
         self.ocsp.use(plan)
         self.config = cfg
+        self._record_running()
         for name in moves.closed:
             log.info("listener {name} stopped listening on {address} (removed or moved)", name=name,
                      address=closed_at[name])

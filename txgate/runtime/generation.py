@@ -62,7 +62,8 @@ def build_generation(plan: Plan, reactor, *, connections: dict[str, set], metric
             apis = [runtimes[a.name] for a in cfg.apis_for(ln.name)]
             dispatcher = ListenerDispatcher(ln.name, apis, reactor, access_log, metrics=metrics,
                                             challenges=None if ln.tls else challenges,
-                                            redirect_https=bool(ln.redirect_https))
+                                            redirect_https=bool(ln.redirect_https),
+                                            error_detail=cfg.gateway.error_detail)
             limits = Limits(ln.max_header_bytes, ln.header_timeout, ln.idle_timeout)
             factory = ListenerFactory(ln.name, dispatcher, limits, reactor, tls=ln.tls,
                                       max_connections=ln.max_connections,
@@ -96,4 +97,5 @@ def build_upstream(api: ApiConfig, plan: Plan, reactor):
         )
         for t in api.upstreams
     ]
-    return Upstream(api.name, pools, timeout=api.timeout, max_body_bytes=api.max_body_bytes)
+    return Upstream(api.name, pools, timeout=api.timeout, max_body_bytes=api.max_body_bytes,
+                    error_detail=plan.config.gateway.error_detail)

@@ -37,6 +37,7 @@ class SupervisorGateway(GatewayService):
 
         def swapped(failures):
             self.plan, self.config = plan, cfg
+            self._record_running()
             parts = [f"{len(cfg.listeners)} listeners, {len(cfg.apis)} APIs", f"{self.workers.count} workers"]
             for failure in failures:
                 log.error("reload ({reason}) failed on {failure}", reason=self._reason, failure=failure)
@@ -44,6 +45,23 @@ class SupervisorGateway(GatewayService):
             return "; ".join(parts)
 
         return defer.maybeDeferred(self.workers.reload, cfg, self._reason).addCallback(swapped)
+
+    def reopen_logs(self, reason: str = "SIGUSR1", announce: bool = True):
+        """Reopen the supervisor's own log file, then have every worker reopen its access log.
+
+        The line ``log files reopened`` comes once the workers have answered, so what they write
+        after it goes to the new files. Returns a Deferred (fired with None).
+        """
+        from txgate.runtime.gateway import log as service_log
+
+        super().reopen_logs(reason, announce=False)
+        d = defer.succeed(None) if self.workers is None else self.workers.reopen_logs()
+
+        def done(_):
+            if announce:
+                service_log.info("log files reopened ({reason})", reason=reason)
+
+        return d.addCallback(done)
 
     @defer.inlineCallbacks
     def stopService(self):

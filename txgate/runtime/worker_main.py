@@ -4,9 +4,10 @@
 It loads the Config the supervisor validated (``--config``, a pickle), prepares it (TLS contexts,
 upstream trust: per process, they cannot cross a process boundary), adopts the inherited listening
 sockets (``--listen FD:FAMILY:NAME``) and serves them with a GatewayService in the ``worker`` role.
-Commands arrive on stdin (``reload ID PATH REASON``); end of file means the supervisor is gone.
-Answers go to fd 3 (``ready``, ``reloaded ID ok|failed TEXT``). SIGTERM drains (shutdown_timeout)
-and exits 0; SIGINT is ignored (a terminal's Ctrl-C reaches the supervisor, which stops us).
+Commands arrive on stdin (``reload ID PATH REASON``, ``reopen ID``); end of file means the supervisor
+is gone. Answers go to fd 3 (``ready``, ``reloaded ID ok|failed TEXT``, ``reopened ID``). SIGTERM
+drains (shutdown_timeout) and exits 0; SIGINT and SIGHUP are ignored (a terminal's Ctrl-C and reloads
+reach the supervisor, which tells us); SIGUSR1 reopens the access log.
 """
 from __future__ import annotations
 
@@ -80,6 +81,10 @@ class Worker:
     def command(self, line: str) -> None:
         """One line from the supervisor."""
         word, _, rest = line.strip().partition(" ")
+        if word == "reopen":
+            self.reopen_logs()
+            self.tell(f"reopened {rest}")
+            return
         if word != "reload":
             return
         ident, _, rest = rest.partition(" ")
@@ -89,6 +94,11 @@ class Worker:
             self.tell(f"reloaded {ident} {'ok' if result.ok else 'failed'} {result.message}")
 
         self.gateway.reload(reason or "supervisor").addCallback(done)
+
+    def reopen_logs(self) -> None:
+        """Reopen the access log (the supervisor got SIGUSR1, or this worker did)."""
+        if self.gateway is not None:
+            self.gateway.reopen_logs("supervisor", announce=False)
 
     def shut_down(self) -> None:
         """Drain and exit (SIGTERM, or the supervisor is gone); a second request changes nothing."""
@@ -119,7 +129,13 @@ def _read_commands(worker: Worker) -> None:
     worker.reactor.callFromThread(worker.shut_down)
 
 
-def _observer(slot: int):
+def _observer(slot: int, log_format: str = "text"):
+    """Log lines to stdout (the supervisor's): JSON lines with a ``worker`` field under ``log_format = json``."""
+    if log_format == "json":
+        from txgate.runtime.logs import json_observer
+
+        out_json = json_observer(sys.stdout)
+        return lambda event: out_json(dict(event, worker=slot))
     from twisted.logger import textFileLogObserver
 
     out = textFileLogObserver(sys.stdout)
@@ -156,9 +172,13 @@ def main(argv=None) -> int:
     from twisted.internet import reactor
     from twisted.logger import Logger, globalLogBeginner
 
-    globalLogBeginner.beginLoggingTo([_observer(args.slot)], redirectStandardIO=False)
-    log = Logger()
     worker = Worker(args.slot, args.config, listen, reactor)
+    try:
+        log_format = worker.load().gateway.log_format
+    except Exception:  # reported by start() below
+        log_format = "text"
+    globalLogBeginner.beginLoggingTo([_observer(args.slot, log_format)], redirectStandardIO=False)
+    log = Logger()
     failed = []
 
     def start():
@@ -185,6 +205,10 @@ def main(argv=None) -> int:
         reactor.callFromThread(worker.shut_down)
 
     signal.signal(signal.SIGTERM, on_term)
+    # Reloads come from the supervisor (validated once); a SIGUSR1 sent to the whole process group
+    # (or to this worker) reopens the access log instead of killing the worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(worker.reopen_logs))
     reactor.callWhenRunning(start)
     reactor.run(installSignalHandlers=False)
     return 1 if failed else 0

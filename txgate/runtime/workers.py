@@ -3,9 +3,9 @@
 
 The supervisor owns the listening sockets (``txgate.runtime.sockets``) and hands worker ``slot``
 its socket of every listener as an inherited file descriptor. It talks to a worker over two pipes:
-the worker's stdin carries commands (``reload ID PATH REASON``; end of file = the supervisor is
-gone, drain and exit) and the worker's fd 3 carries answers (``ready``, ``reloaded ID ok|failed
-TEXT``). Each worker reads the configuration the supervisor validated (a pickled Config in
+the worker's stdin carries commands (``reload ID PATH REASON``, ``reopen ID``; end of file = the
+supervisor is gone, drain and exit) and the worker's fd 3 carries answers (``ready``, ``reloaded ID
+ok|failed TEXT``, ``reopened ID``). Each worker reads the configuration the supervisor validated (a pickled Config in
 ``state_dir/run/``), so a bad edit of gw.ini never reaches a worker, not even a replacement.
 
 Pure decisions: ``resolve_workers`` (auto = the CPUs this process may run on) and
@@ -274,12 +274,12 @@ class Supervisor(Service):
             if self.announced and self._rolling is None:
                 log.info("worker {slot} (pid {pid}) ready", slot=w.slot, pid=w.pid)
             self._check_ready()
-        elif word == "reloaded":
+        elif word in ("reloaded", "reopened"):
             ident, _, text = rest.partition(" ")
             pending = self._reloads.get(int(ident))
             if pending is not None:
                 pending[1].discard(w)
-                if not text.startswith("ok"):
+                if word == "reloaded" and not text.startswith("ok"):
                     pending[2].append(f"worker {w.slot}: {text}")
                 self._check_reload(int(ident))
 
@@ -346,13 +346,22 @@ class Supervisor(Service):
                 n: (g.host, g.requested) for n, g in self.groups.items()}:
             return self._roll(config)
         self._write_config(config)
+        return self._ask(lambda ident: f"reload {ident} {self.config_path} {reason}",
+                         {w for w in self.slots if w is not None and not w.ended})
+
+    def reopen_logs(self) -> defer.Deferred:
+        """Every worker (previous generation included) reopens its access log: Deferred fired once all answered."""
+        return self._ask(lambda ident: f"reopen {ident}",
+                         {w for w in [*self.slots, *self.retiring] if w is not None and not w.ended})
+
+    def _ask(self, command, live: set) -> defer.Deferred:
+        """Send ``command(ident)`` to the ``live`` workers: Deferred[failures] once each answered or ended."""
         self._reload_seq += 1
         ident = self._reload_seq
-        live = {w for w in self.slots if w is not None and not w.ended}
         d: defer.Deferred = defer.Deferred()
         self._reloads[ident] = (d, set(live), [])
         for w in live:
-            w.send(f"reload {ident} {self.config_path} {reason}")
+            w.send(command(ident))
         self._check_reload(ident)
         return d
 

@@ -206,39 +206,24 @@ class _RedisSubscription(Subscription):
             self._call(_safe, self._callback, name)
 
     def _run(self) -> None:
-        redis = self._store._redis_mod
-        backoff = 0.1
-        subscribed_before = False
-        while not self._stop.is_set():
-            pubsub = self._store._r.pubsub()
+        subscribed_before = []
+
+        def subscribed():
+            self._ready.set()
+            if subscribed_before:
+                self._deliver(None)  # changes may have been missed while disconnected
+            subscribed_before.append(True)
+
+        def message(data):
             try:
-                pubsub.subscribe(self._store.channel)
-                while not self._stop.is_set():
-                    msg = pubsub.get_message(timeout=0.2)
-                    if msg is None:
-                        continue
-                    if msg["type"] == "subscribe":
-                        backoff = 0.1
-                        self._ready.set()
-                        if subscribed_before:
-                            self._deliver(None)  # changes may have been missed while disconnected
-                        subscribed_before = True
-                    elif msg["type"] == "message":
-                        try:
-                            name = json.loads(msg["data"])["name"]
-                        except (ValueError, KeyError, TypeError):
-                            continue
-                        self._deliver(name)
-            except redis.RedisError as e:
-                if self._stop.is_set():
-                    break
-                log.warn("store: Redis {redis} subscription lost ({error}); retrying in {delay}s",
-                         redis=self._store._label, error=str(e), delay=backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    pubsub.close()
+                name = json.loads(data)["name"]
+            except (ValueError, KeyError, TypeError):
+                return
+            self._deliver(name)
+
+        follow_channel(self._store._r, self._store.channel, self._stop, subscribed, message,
+                       lambda error, delay: log.warn("store: Redis {redis} subscription lost ({error}); retrying in "
+                                                     "{delay}s", redis=self._store._label, error=error, delay=delay))
 
     def close(self) -> None:
         self._stop.set()
@@ -246,3 +231,34 @@ class _RedisSubscription(Subscription):
             self._thread.join(5)
         with contextlib.suppress(ValueError):
             self._store._subscriptions.remove(self)
+
+
+def follow_channel(r, channel: str, stop: threading.Event, subscribed: Callable[[], None],
+                   message: Callable[[str], None], lost: Callable[[str, float], None],
+                   idle: Callable[[], None] | None = None) -> None:
+    """Until ``stop``: subscribe to ``channel``, call ``subscribed()`` on each (re)subscription, ``message(data)``
+    per message and ``idle()`` at least every 0.2 s; reconnect with backoff (0.1 s doubling to 5 s),
+    reporting each loss through ``lost(error, delay)``. Runs in its own thread."""
+    backoff = 0.1
+    while not stop.is_set():
+        pubsub = r.pubsub()
+        try:
+            pubsub.subscribe(channel)
+            while not stop.is_set():
+                msg = pubsub.get_message(timeout=0.2)
+                if msg is not None and msg["type"] == "subscribe":
+                    backoff = 0.1
+                    subscribed()
+                elif msg is not None and msg["type"] == "message":
+                    message(msg["data"])
+                if idle is not None:
+                    idle()
+        except Exception as e:
+            if stop.is_set():
+                break
+            lost(str(e), backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+        finally:
+            with contextlib.suppress(Exception):
+                pubsub.close()

@@ -48,6 +48,14 @@ class Response:
         """The message of a gateway error body, or None."""
         return self._error_field("message")
 
+    @property
+    def request_id(self) -> str | None:
+        """The response's X-Request-Id (every response txgate writes has one), or None."""
+        for k, v in self.headers:
+            if k.lower() == "x-request-id":
+                return v
+        return None
+
     def _error_field(self, key: str) -> str | None:
         try:
             value = self.json()

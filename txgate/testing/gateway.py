@@ -47,6 +47,13 @@ class LogCapture:
         """Every event as its text line."""
         return [formatEvent(e) or "" for e in self.events]
 
+    def error_detail(self, request_id: str | None) -> str:
+        """The details of the one error logged for ``request_id`` (what the body says only with error_detail = on)."""
+        found = [e for e in self.events if e.get("request_id") == request_id and "why" in e]
+        if len(found) != 1:
+            raise AssertionError(f"{len(found)} error log lines for request {request_id!r}")
+        return found[0]["why"]
+
     def matching(self, pattern: str) -> list[str]:
         """The lines matching a regular expression (``re.search``)."""
         rx = re.compile(pattern)

@@ -20,6 +20,7 @@ IDLE_TIMEOUT = 30.0  # below common server keep-alive timeouts (nginx: 75 s), to
 
 
 class _Factory(ClientFactory):
+    noisy = False  # no "Starting factory" / "Stopping factory" line per upstream connection
     def __init__(self, pool: TargetPool) -> None:
         self.pool = pool
 

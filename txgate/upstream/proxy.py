@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from txgate.errors import UpstreamTLSError, GatewayError, RequestTooLarge, UpstreamBusy, UpstreamTimeout, UpstreamUnavailable
-from txgate.http.errors import send_gateway_error
+from txgate.http.errors import log_error, send_gateway_error, stream_request_id
 from txgate.http.headers import VIA_H1, downstream_response_headers
 from txgate.tls.client import upstream_tls_error
 
@@ -18,8 +18,10 @@ BUFFER_LIMIT = 65536  # request body held while no upstream connection is ready
 class Upstream:
     """The targets of one API: round robin, next target when a connection cannot be made."""
 
-    def __init__(self, api: str, pools: list, *, timeout: float, max_body_bytes: int) -> None:
+    def __init__(self, api: str, pools: list, *, timeout: float, max_body_bytes: int,
+                 error_detail: bool = False) -> None:
         self.api = api
+        self.error_detail = error_detail  # `[gateway] error_detail`: details in error bodies
         self.pools = pools
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
@@ -145,9 +147,10 @@ class ProxyHandler:
         # Next target when a connection could not be made; a TLS failure is not retried
         # elsewhere (it is a trust problem, not an availability one).
         if self.tried < len(self.upstream.pools) and not isinstance(err, UpstreamTLSError):
-            log.info(
-                "api {api} upstream {target} {code}: {why}; trying the next target",
-                api=self.api, target=self.upstream_label, code=err.code, why=err.message,
+            log.warn(
+                "api {api} upstream {target} {code}: {reason}; trying the next target (request {request_id})",
+                api=self.api, target=self.upstream_label, code=err.code, reason=err.message,
+                request_id=stream_request_id(self.stream).decode("ascii"),
             )
             self._try(self.upstream.pools.index(pool) + 1)
             return
@@ -263,14 +266,11 @@ class ProxyHandler:
             return
         started = self.started
         self._end()
-        log.info(
-            "api {api} upstream {target} {code}: {why}",
-            api=self.api, target=self.upstream_label, code=err.code, why=err.message,
-        )
+        log_error(err, stream_request_id(self.stream), self.stream.info.listener, self.api, self.upstream_label)
         if started:
             self.stream.abort()
         else:
-            send_gateway_error(self.stream, err)
+            send_gateway_error(self.stream, err, detail=self.upstream.error_detail, logged=True)
 
     def _end(self) -> None:
         self.done = True
