@@ -13,7 +13,8 @@ from . import procs as _procs
 
 BODY = b"hello\n"
 
-NGINX_CONF = """\
+# One worker, files in DIR, no access log, long keep-alive: the start of every nginx the harness runs.
+NGINX_HEAD = """\
 {user}worker_processes 1;
 daemon off;
 pid {dir}/nginx.pid;
@@ -28,6 +29,9 @@ http {{
     scgi_temp_path {dir}/scgi;
     keepalive_requests 100000;
     keepalive_timeout 120s;
+"""
+
+NGINX_CONF = NGINX_HEAD + """\
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{
@@ -52,10 +56,15 @@ class Backend:
         return self._pid_for_cpu()
 
 
+def nginx_path() -> str | None:
+    """The nginx binary (on PATH or Debian's /usr/sbin/nginx), or None."""
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
 def start(pm: _procs.Procs, tmp: str, kind: str, cpu) -> Backend:
     """kind: auto | nginx | builtin."""
     port = _procs.free_port()
-    nginx = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
+    nginx = nginx_path()
     if kind == "nginx" and not nginx:
         raise RuntimeError("--backend nginx: nginx is not installed (apt-get install nginx-light)")
     if kind in ("auto", "nginx") and nginx:

@@ -19,18 +19,19 @@ from . import gateway as _gateway
 from . import handshake as _handshake
 from . import idle as _idle
 from . import load as _load
+from . import peers as _peers
 from . import procs as _procs
+from . import report as _report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Issue 2: one gateway process on one core.
-TARGETS = {"1": 12000.0, "2": 8000.0, "3": 900.0}
+TARGETS = _report.GOALS  # one txgate process on one core
 UNITS = {"1": "req/s", "2": "req/s", "3": "conn/s", "baseline": "req/s"}
 TITLES = {
     "1": "(1) HTTP/1.1 keep-alive over TLS",
     "2": "(2) HTTP/2 over TLS, {streams} streams/conn",
     "3": "(3) new TLS connection per request",
-    "baseline": "nginx direct (no gateway), h1 plain",
+    "baseline": "nginx direct (no gateway, no TLS), h1 plain",
 }
 
 
@@ -43,8 +44,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="txgate speed harness: backend (nginx or built-in) + gateway (twistd, pinned to one "
-                    "core) + h2load on another core. Prints req/s, p50/p99 latency and gateway CPU "
-                    "seconds beside the issue-2 targets. A harness, not a test: it never fails on a miss.")
+                    "core) + h2load on another core; the same load through an nginx TLS-terminating proxy as "
+                    "a peer. Prints req/s, p50/p99 latency and CPU per request beside txgate's goals on one "
+                    "core. A harness, not a test: it never fails on a miss.")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (default 10)")
     p.add_argument("--warmup", type=float, default=2.0,
                    help="seconds of warm-up load before each scenario, 0 to skip (default 2)")
@@ -67,6 +69,15 @@ def parse_args(argv=None):
                    help="also measure the backend directly: scenario 1's load over plain HTTP, with "
                         "the backend moved to the gateway's core for that run (default on)")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline row")
+    p.add_argument("--peers", default="auto",
+                   help="peers measured with the same scenarios, on the gateway's CPU: nginx (a TLS-terminating "
+                        "reverse proxy to the same backend), none, or auto = nginx when installed (default auto)")
+    p.add_argument("--verbose", action="store_true",
+                   help="print every column (server CPU seconds, core %%, load CPU, errors...; wider than 100 "
+                        "columns)")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also draw rates and CPU per request per scenario, peers side by side, into FILE.png "
+                        "(needs matplotlib: pip install 'txgate[benchmarks]')")
     p.add_argument("--backend", choices=("auto", "nginx", "builtin"), default="auto",
                    help="auto = nginx when installed, else the built-in asyncio server (default auto)")
     p.add_argument("--access-log", action="store_true",
@@ -80,9 +91,9 @@ def parse_args(argv=None):
                    help="CPU for h2load, the scenario-3 clients and the backend (default 1)")
     p.add_argument("--h2-engine", default="auto",
                    help="comma-separated [gateway] h2_engine values (auto, native, python): one gateway per "
-                        "engine (and per --workers value), each measured on every scenario in turn; with two or "
-                        "more, the table adds scenario 2's CPU per request and requests per CPU-second side by "
-                        "side (default auto)")
+                        "engine (and per --workers value), each measured on every scenario in turn, its rows' server "
+                        "'txgate ENGINE'; the peers once; with two or more, notes compare scenario 2's CPU per "
+                        "request and requests per CPU-second (default auto)")
     p.add_argument("--idle", type=int, default=0, metavar="N",
                    help="instead of the scenarios: open N idle TLS connections (h1: half used for one request; "
                         "h2: one finished stream each) to a fresh gateway per mode and report its RSS per "
@@ -126,6 +137,17 @@ def parse_args(argv=None):
     a.repo = os.path.abspath(a.repo)
     if a.duration <= 0:
         p.error("--duration must be > 0")
+    if a.peers not in ("auto", "nginx", "none"):
+        p.error("--peers: expected nginx, none or auto")
+    if a.peers == "auto":
+        from .backend import nginx_path
+
+        a.peers = "nginx" if nginx_path() else "none"
+    if a.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error("--plot needs matplotlib: pip install 'txgate[benchmarks]'")
     if a.tls_client == "auto":
         a.tls_client = "openssl" if _load.openssl_path() else "python"
     elif a.tls_client == "openssl" and not _load.openssl_path():
@@ -137,12 +159,9 @@ def parse_args(argv=None):
     return a
 
 
-def _fmt_ms(us):
-    return "-" if us is None else f"{us / 1000:.2f}"
-
-
 def engine_comparison(rows) -> list[str]:
     """Notes comparing the engines' rows of scenario 2 (and each against scenario 1 on the same gateway)."""
+    rows = [r for r in rows if r.get("engine")]  # txgate's rows when engines are compared, not the peers'
     by = {(r.get("engine"), r.get("workers"), r["scenario"]): r for r in rows}
     gws = [g for g in dict.fromkeys((r.get("engine"), r.get("workers")) for r in rows) if g + ("2",) in by]
     if len({e for e, _ in gws}) < 2:
@@ -167,14 +186,15 @@ def engine_comparison(rows) -> list[str]:
     return notes
 
 
-def _row(key, res, gw_cpu, load_cpu, args, note="", engine=None):
+def _row(key, res, gw_cpu, load_cpu, args, note="", server="txgate", engine=None):
     lat = res["lat_us"]
     n = res["succeeded"]
     errors = res["failed"] + res["errored"] + res["timeout"] + res["non_2xx"]
     row = {
         "scenario": key,
-        "title": TITLES[key].format(streams=args.streams) + (f" [h2 {engine}]" if engine else ""),
+        "server": server + (f" {engine}" if engine else ""),  # e.g. "txgate native"
         "engine": engine,
+        "title": TITLES[key].format(streams=args.streams),
         "command": res["cmd"],
         "alpn": res.get("alpn"),
         "rate": round(res["rps"], 1),
@@ -191,47 +211,13 @@ def _row(key, res, gw_cpu, load_cpu, args, note="", engine=None):
         "target": TARGETS.get(key),
         "note": note,
     }
+    if server != "txgate":
+        row["target"] = None  # the goals are txgate's
     if row["target"] is not None:
         row["result"] = "pass" if row["rate"] >= row["target"] else "MISS"
     else:
         row["result"] = ""
     return row
-
-
-def render(rows, meta, notes=()) -> str:
-    head = ["scenario", "rate", "p50 ms", "p99 ms", "srv CPU s", "CPU us/req", "core %", "at 100%", "load CPU s",
-            "errors", "target", "result"]
-    lines = []
-    for r in rows:
-        lines.append([
-            r["title"] + (f" [{r['note']}]" if r["note"] else ""),
-            f"{r['rate']:,.0f} {r['unit']}",
-            "-" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}",
-            "-" if r["p99_ms"] is None else f"{r['p99_ms']:.2f}",
-            f"{r['server_cpu_s']:.2f}",
-            "-" if r["server_cpu_us_per_req"] is None else f"{r['server_cpu_us_per_req']:.0f}",
-            "-" if r["server_core_pct"] is None else f"{r['server_core_pct']:.0f}",
-            "-" if not r["server_cpu_us_per_req"] else f"{1e6 / r['server_cpu_us_per_req']:,.0f}",
-            f"{r['load_cpu_s']:.2f}",
-            str(r["errors"]),
-            "-" if r["target"] is None else f">= {r['target']:,.0f}",
-            r["result"] or "-",
-        ])
-    widths = [max(len(head[i]), *(len(l[i]) for l in lines)) for i in range(len(head))]
-
-    def fmt(cols):
-        return "| " + " | ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
-                                 for i, c in enumerate(cols)) + " |"
-
-    out = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(l) for l in lines]
-    out.append("")
-    out.append(meta)
-    out.append("srv CPU s = utime+stime of the gateway process over the run (the backend's worker for the "
-               "baseline); core % = that / wall time; at 100% = 1e6 / CPU us/req, the rate if the server had its core "
-               "to itself and saturated it (an estimate); load CPU s = h2load or the scenario-3 clients. "
-               "Targets: issue 2, one gateway process on one core; result never fails the harness.")
-    out.extend(notes)
-    return "\n".join(out)
 
 
 def _profile_text(path, top):
@@ -287,20 +273,24 @@ def main(argv=None) -> int:
         gw = None
         handshake = None
 
-        def measure(key, workers=1, engine=None):
+        def measure(key, workers=1, server=None, engine=None):
+            server = server or gw
+            peer = getattr(server, "name", None)  # None: txgate
             h1 = key in ("1", "baseline")
             conns = args.connections or (10 if key == "2" else 20)
             streams = args.streams if key == "2" else 1
-            target_url = f"http://127.0.0.1:{be.port}/" if key == "baseline" else url
-            engine = None if key == "baseline" or args.h2_engines == ["auto"] else engine
-            name = TITLES[key].format(streams=args.streams) + (f" [h2 {engine}]" if engine else "")
+            target_url = (f"http://127.0.0.1:{be.port}/" if key == "baseline"
+                          else f"https://127.0.0.1:{server.port}/")
+            engine = None if key == "baseline" or peer or args.h2_engines == ["auto"] else engine
+            name = (TITLES[key].format(streams=args.streams) + (f" ({peer})" if peer else "")
+                    + (f" [h2 {engine}]" if engine else ""))
 
             def run(duration, log_file=None):
                 if key == "3" and args.tls_client == "openssl":
-                    return _load.s_time_connections(pm, gw.port, clients=args.tls_clients, duration=duration,
+                    return _load.s_time_connections(pm, server.port, clients=args.tls_clients, duration=duration,
                                                     cpu=load_cpu, tmp=tmp)
                 if key == "3":
-                    return _load.new_connections(pm, gw.port, workers=args.tls_clients, duration=duration,
+                    return _load.new_connections(pm, server.port, workers=args.tls_clients, duration=duration,
                                                  cpu=load_cpu)
                 return _load.run_h2load(pm, target_url, h1=h1, clients=conns, streams=streams,
                                         duration=duration, cpu=load_cpu, log_file=log_file)
@@ -309,20 +299,21 @@ def main(argv=None) -> int:
                 log(f"{name}: warm-up {args.warmup:g}s")
                 run(args.warmup)
             log(f"{name}: measuring {args.duration:g}s")
-            server_cpu = (lambda: _procs.cpu_seconds(be.worker_pid)) if key == "baseline" else gw.cpu
+            server_cpu = (lambda: _procs.cpu_seconds(be.worker_pid)) if key == "baseline" else server.cpu
             if key != "baseline":
-                gw.profile_start()
+                server.profile_start()
             c0, l0 = server_cpu(), _load.children_cpu()
-            res = run(args.duration, os.path.join(tmp, f"h2load-{key}-{workers}w-{engine or 'auto'}.log"))
+            who = peer or f"{workers}w-{engine or 'auto'}"
+            res = run(args.duration, os.path.join(tmp, f"h2load-{key}-{who}.log".replace(" ", "-")))
             c1, l1 = server_cpu(), _load.children_cpu()
             if key != "baseline":
-                prof = gw.profile_stop()
+                prof = server.profile_stop()
                 if prof:
                     profiles.append((name, prof))
-                if not gw.alive():
-                    raise RuntimeError("the gateway died:\n" + gw.log_tail())
-            note = "profiled" if args.profile and key != "baseline" else ""
-            if key != "baseline" and args.workers != [1]:
+                if not server.alive():
+                    raise RuntimeError(f"{peer or 'the gateway'} died:\n" + server.log_tail())
+            note = "profiled" if args.profile and key != "baseline" and not peer else ""
+            if key != "baseline" and args.workers != [1] and not peer:
                 note = (note + ", " if note else "") + f"workers={workers}"
             if res.get("alpn") and key in ("1", "2") and res["alpn"] != ("http/1.1" if h1 else "h2"):
                 note = (note + ", " if note else "") + f"ALPN {res['alpn']}"
@@ -338,11 +329,12 @@ def main(argv=None) -> int:
                         f"{res['bytes_per_conn']:g} B/conn, probe {pr['status']!r} {pr['bytes']} B")
                 for line in res["errors_text"]:
                     log(f"{name}: s_time: {line[0] if line else '?'}")
-            row = _row(key, res, c1 - c0, l1 - l0, args, note, engine=engine)
-            row["workers"] = workers if key != "baseline" else None
+            row = _row(key, res, c1 - c0, l1 - l0, args, note,
+                       server="nginx direct" if key == "baseline" else (peer or "txgate"), engine=engine)
+            row["workers"] = workers if key != "baseline" and not peer else None
             if "probe" in res:
                 row.update(tls=res["probe"], reused=res["reused"], bytes_per_conn=res["bytes_per_conn"])
-            if key == "3" and handshake and row["server_cpu_us_per_req"]:
+            if key == "3" and handshake and row["server_cpu_us_per_req"] and not peer:
                 row.update(openssl_handshake_us=handshake["median_us"],
                            overhead_us_per_conn=round(row["server_cpu_us_per_req"] - handshake["median_us"], 1))
             log(f"{name}: {row['rate']:,.0f} {row['unit']}, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
@@ -357,15 +349,23 @@ def main(argv=None) -> int:
                     f"{gw_cpu if gw_cpu is not None else 'unpinned'}, h2_engine {engine}, access_log {'on' if args.access_log else 'off'}"
                     f"{', cProfile' if args.profile else ''}")
                 _sanity(gw.port)
-                url = f"https://127.0.0.1:{gw.port}/"
                 if handshake is None and "3" in args.scenarios and args.handshake_samples > 0:
                     handshake = _handshake.server_handshake_us(_handshake.gateway_certificate(gw.state_dir),
                                                                args.handshake_samples)
                     log(f"OpenSSL's own server handshake, in process: {handshake['median_us']} us (median of "
                         f"{handshake['handshakes']}, {handshake['version']}, {handshake['key']})")
                 for key in args.scenarios:
-                    measure(key, workers, engine)
+                    measure(key, workers, engine=engine)
                 pm.stop(gw.proc, timeout=60)
+        if args.peers == "nginx":
+            # The peer on the gateway's core, the same load on the other one; measured once, not per engine.
+            proxy = _peers.start_nginx_proxy(pm, tmp, be.port, gw_cpu)
+            log(f"peer: nginx TLS-terminating proxy, pid {proxy.pid} on "
+                f"https://127.0.0.1:{proxy.port}")
+            _sanity(proxy.port)
+            for key in args.scenarios:
+                measure(key, server=proxy)
+            pm.stop(proxy.proc, timeout=30)
         if args.baseline:
             # The backend alone on the gateway's core, the load on the other one, as for scenario 1.
             wpid = be.worker_pid
@@ -410,7 +410,16 @@ def main(argv=None) -> int:
                     f"server side only): {r['openssl_handshake_us']:.0f} us; gateway CPU per connection "
                     f"{r['server_cpu_us_per_req']:.0f} us - that = {r['overhead_us_per_conn']:.0f} us of the "
                     "gateway's own per connection (Python, TCP in the kernel, the proxied request).")
-        table = render(rows, meta, notes)
+        if args.verbose:
+            table = _report.render_verbose(rows, meta, notes)
+        else:
+            table = _report.render(rows, meta, notes, streams=args.streams)
+        if args.plot:
+            try:
+                _report.plot(rows, args.plot, streams=args.streams)
+                log(f"plot written to {args.plot}")
+            except Exception as e:  # a harness: report, still print the table
+                log(f"--plot: {type(e).__name__}: {e}")
         prof_texts = []
         for name, path in profiles:
             try:

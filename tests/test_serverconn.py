@@ -141,11 +141,32 @@ def test_garbage_fails_the_handshake_with_the_openssl_error(server_tls):
     f = _Factory()
     sp = TLSServerFactory(server_tls, f).buildProtocol(None)
     sp.makeConnection(iosim.FakeTransport(sp, isServer=True))
-    sp.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+    # Not an HTTP request (those get a 400 in clear: the next test): OpenSSL's own verdict.
+    sp.dataReceived(b"\x00\x01 not a TLS record\r\n\r\n")
     sp.connectionLost(None)
     app = f.apps[0]
     assert app.handshakes == 0
     assert isinstance(app.lost.value, SSL.Error)
+
+
+def test_plain_http_gets_a_400_in_clear_and_fails_the_handshake(server_tls):
+    from twisted.internet.testing import StringTransport
+
+    from txgate.tls.outcomes import HandshakeOutcome, PlainHTTPRequest, classify_handshake_failure
+    from txgate.tls.serverconn import PLAIN_HTTP_HINT
+
+    f = _Factory()
+    sp = TLSServerFactory(server_tls, f).buildProtocol(None)
+    tcp = StringTransport()
+    sp.makeConnection(tcp)
+    sp.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+    assert tcp.value().startswith(b"HTTP/1.1 400 Bad Request\r\n") and tcp.value().endswith(PLAIN_HTTP_HINT)
+    assert tcp.disconnecting
+    sp.connectionLost(None)
+    app = f.apps[0]
+    assert app.handshakes == 0
+    assert isinstance(app.lost.value, PlainHTTPRequest)
+    assert classify_handshake_failure(app.lost).outcome is HandshakeOutcome.PROTOCOL_ERROR
 
 
 def _client_hello() -> bytes:

@@ -4,8 +4,10 @@
 Contract (for ``txgate.runtime``)::
 
     metrics = Metrics()                                  # one per process; survives reloads
-    ListenerDispatcher(..., metrics=metrics)             # -> request_done(handler, status) per request
-    ListenerFactory(..., metrics=metrics)                # -> handshake(listener, version, result) per handshake
+    ListenerDispatcher(..., metrics=metrics)             # -> request_done(handler, status, listener, seconds,
+                                                         #    bytes_in, bytes_out) per request
+    ListenerFactory(..., metrics=metrics)                # -> handshake(listener, version, result, seconds) per
+                                                         #    handshake; connection_opened/closed(listener)
     AdminService(facade, admin_config, reactor, metrics=metrics)   # serves GET /metrics and calls
                                                          #    metrics.attach(facade) for the scrape-time gauges
     metrics.exposition() -> (bytes, content_type)        # the Prometheus text format
@@ -23,6 +25,8 @@ Series::
     txgate_ocsp_fetch_failures_total{reason}             # OCSP: staple refreshes and client checks that failed
     txgate_ocsp_staple_age_seconds{certificate}          # OCSP: age (since thisUpdate) of each current staple
     txgate_ocsp_must_staple_missing{certificate}         # OCSP: 1 for a Must-Staple certificate with no staple
+    (durations, bytes, open connections, build info: txgate.metrics_traffic; process_* and python_info:
+    prometheus_client's process and platform collectors)
 
 The two counters sit on the hot path (one call per request, one per handshake). They are plain
 ints in a dict keyed by the label tuple: no lock, no label formatting, no ``labels()`` lookup per
@@ -31,6 +35,7 @@ reactor thread, and so does the scrape (the admin API runs in the same reactor).
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry
@@ -38,9 +43,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 from twisted.logger import Logger
 
+from txgate.metrics_traffic import Traffic, add_platform_collectors, build_info, traffic_descriptions
+
 log = Logger()
 
 NO_API = "-"
+RECENT_FAILURES = 20  # failed handshakes kept for the status page
 UNKNOWN_VERSION = "unknown"
 
 # mTLS refusal codes (txgate.tls.clientverify, txgate.tls.clientauth) -> handshake result label.
@@ -68,8 +76,9 @@ def result_for_refusal(code: str) -> str:
 class Metrics:
     """The gateway's metrics registry (one per process; see the module docstring for the wiring)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, platform: bool = True) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.traffic = Traffic()  # durations, bytes, open connections (txgate.metrics_traffic)
         self.requests: dict[tuple[str, int], int] = {}
         self.handshakes: dict[tuple[str, str, str], int] = {}
         self.acme_orders: dict[str, int] = {}  # result (ok or an error code) -> orders
@@ -77,30 +86,58 @@ class Metrics:
         # OCSP (txgate.ocsp): failure counts by reason; ocsp_source() -> [(certificate, age | None, missing)].
         self.ocsp_failures: dict[tuple[str], int] = {}
         self.ocsp_source: Any = None
+        # (when, listener, client, result) of the last failed downstream handshakes (the status page).
+        self.failures: deque = deque(maxlen=RECENT_FAILURES)
         self.registry.register(_Collector(self))
+        if platform:
+            add_platform_collectors(self.registry)
 
     def attach(self, facade: Any) -> None:
         """Feed the scrape-time gauges from this GatewayFacade (``held_certificates``, ``upstream_connections``)."""
         self._facade = facade
 
     # -- hot path ----------------------------------------------------------------------------
-    def request_done(self, handler: Any, status: int) -> None:
+    def request_done(self, handler: Any, status: int, listener: str | None = None, seconds: float = 0.0,
+                     bytes_in: int = 0, bytes_out: int = 0) -> None:
         """One finished request (called by the dispatcher); upstream pin mismatches also count as handshakes."""
-        api = getattr(handler, "api", None)
-        key = (api or NO_API, status)
+        api = getattr(handler, "api", None) or NO_API
+        key = (api, status)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
+        if listener is not None:
+            self.traffic.request(api, listener, status, seconds, bytes_in, bytes_out)
+            upstream = getattr(handler, "upstream_seconds", None)
+            if upstream is not None:
+                self.traffic.upstream_response(api, handler.upstream_label, upstream)
         if status >= 502:
             # The failed upstream handshake surfaces here, as the error of its one waiting request.
             err = getattr(handler, "last_error", None)
             if err is not None and err.code == "upstream_pin_mismatch":
-                self.handshake("upstream:" + (api or NO_API), UNKNOWN_VERSION, "pin_mismatch")
+                self.handshake("upstream:" + api, UNKNOWN_VERSION, "pin_mismatch")
 
-    def handshake(self, listener: str, version: str | None, result: str) -> None:
-        """One downstream (or upstream) TLS handshake outcome."""
+    def handshake(self, listener: str, version: str | None, result: str, seconds: float | None = None) -> None:
+        """One downstream (or upstream) TLS handshake outcome (``seconds``: a completed one's duration)."""
         key = (listener, version or UNKNOWN_VERSION, result)
         handshakes = self.handshakes
         handshakes[key] = handshakes.get(key, 0) + 1
+        if seconds is not None:
+            self.traffic.handshake_seconds(listener, seconds)
+
+    def handshake_failure(self, when: float, listener: str, client: str, result: str) -> None:
+        """Remember one failed downstream handshake (a bounded ring, newest last)."""
+        self.failures.append((when, listener, client, result))
+
+    def recent_handshake_failures(self) -> list[tuple[float, str, str, str]]:
+        """The remembered failed handshakes, newest first."""
+        return sorted(self.failures, reverse=True)
+
+    def connection_opened(self, listener: str) -> None:
+        """A downstream connection was accepted on ``listener``."""
+        self.traffic.opened(listener)
+
+    def connection_closed(self, listener: str) -> None:
+        """A downstream connection on ``listener`` is gone."""
+        self.traffic.closed(listener)
 
     def acme_order(self, result: str) -> None:
         """One finished ACME order: ``ok`` or its error code (txgate.acme)."""
@@ -162,6 +199,8 @@ class Metrics:
         yield expiry
         yield upstream
         yield from self._collect_ocsp()
+        yield from self.traffic.families()
+        yield build_info()
 
     def _collect_ocsp(self) -> Iterable[Any]:
         failures = CounterMetricFamily("txgate_ocsp_fetch_failures", "OCSP fetches without a usable answer, by reason.",
@@ -206,4 +245,5 @@ class _Collector:
             CounterMetricFamily("txgate_ocsp_fetch_failures", "", labels=("reason",)),
             GaugeMetricFamily("txgate_ocsp_staple_age_seconds", "", labels=("certificate",)),
             GaugeMetricFamily("txgate_ocsp_must_staple_missing", "", labels=("certificate",)),
+            *traffic_descriptions(),
         ]

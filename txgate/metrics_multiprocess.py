@@ -3,7 +3,7 @@
 
 Each worker counts on the hot path exactly as a single gateway does (``txgate.metrics.Metrics``:
 plain ints), and every ``FLUSH`` seconds (and when it stops) adds what changed to prometheus_client
-``Counter``s and a ``livesum`` ``Gauge`` that live in ``PROMETHEUS_MULTIPROC_DIR``
+``Counter``s, ``Histogram``s (txgate.metrics_traffic) and ``livesum`` ``Gauge``s that live in ``PROMETHEUS_MULTIPROC_DIR``
 (``state_dir/metrics``, one file per process and kind). The supervisor serves ``/metrics``: the
 library's ``MultiProcessCollector`` sums the workers' files, the supervisor's own counts (its admin
 API handshakes) are added to the same series, and it adds ``txgate_workers`` and
@@ -13,12 +13,16 @@ the supervisor starts.
 """
 from __future__ import annotations
 
+import glob
+import json
+import os
 from typing import Any, Iterable
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.samples import Sample
 
-from txgate.metrics import Metrics
+from txgate.metrics import RECENT_FAILURES, Metrics
+from txgate.metrics_traffic import TrafficFlusher
 
 FLUSH = 0.5
 
@@ -45,6 +49,8 @@ class WorkerMetrics(Metrics):
                                      "valid response to staple.", ("certificate",), registry=None,
                                      multiprocess_mode="livemax")
         self._sent: dict[tuple, int] = {}
+        self._traffic = TrafficFlusher(self.traffic)  # durations, bytes, open connections
+        self._failures_sent: tuple | None = None
 
     def flush(self) -> None:
         """Add the counts since the last flush to the shared files; set the upstream gauge."""
@@ -57,6 +63,10 @@ class WorkerMetrics(Metrics):
                 if delta:
                     counter.labels(*(str(k) for k in key)).inc(delta)
                     sent[skey] = n
+        self._traffic.flush()
+        if self.failures and self.failures[-1] != self._failures_sent:
+            _write_failures(list(self.failures))
+            self._failures_sent = self.failures[-1]
         facade = self._facade
         if facade is not None:
             for api, n in facade.upstream_connections().items():
@@ -66,6 +76,15 @@ class WorkerMetrics(Metrics):
                 if age is not None:
                     self._staple_age.labels(name).set(age)
                 self._staple_missing.labels(name).set(1 if missing else 0)
+
+
+def _write_failures(rows: list) -> None:
+    """This worker's recent failed handshakes, as JSON beside its metrics files (read by the supervisor)."""
+    d = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    path = os.path.join(d, f"failures_{os.getpid()}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(rows, f)
+    os.replace(path + ".tmp", path)
 
 
 def worker_gone(metrics_dir: str, pid: int) -> None:
@@ -82,6 +101,17 @@ class SupervisorMetrics(Metrics):
         self.metrics_dir = metrics_dir
         self.supervisor: Any = None  # txgate.runtime.workers.Supervisor (workers, restarts)
         super().__init__()
+
+    def recent_handshake_failures(self) -> list[tuple[float, str, str, str]]:
+        """Every worker's remembered failed handshakes and the supervisor's own, newest first."""
+        rows = list(self.failures)
+        for path in glob.glob(os.path.join(self.metrics_dir, "failures_*.json")):
+            try:
+                with open(path) as f:
+                    rows.extend(tuple(r) for r in json.load(f))
+            except (OSError, ValueError):
+                continue  # a worker replacing its file right now: the next look has it
+        return sorted(rows, reverse=True)[:RECENT_FAILURES]
 
     def collect(self) -> Iterable[Any]:
         from prometheus_client.multiprocess import MultiProcessCollector

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_admin -*-
-"""The admin API as a `twisted.web` resource: certificate store operations, reload, health, metrics.
+"""The admin API as a `twisted.web` resource: certificate store operations, reload, health, metrics, status page.
 
-Every answer is JSON (``/metrics`` excepted: Prometheus text); every error is
+Every answer is JSON (``/metrics`` excepted: Prometheus text; ``/``: the HTML status page); every error is
 ``{"error": CODE, "message": TEXT}`` with a stable CODE (the store's ``StoreError`` codes, plus
 ``unauthorized``, ``forbidden_origin``, ``not_found``, ``method_not_allowed``, ``invalid_request``,
 ``unsupported_media_type``, ``request_too_large``, ``no_store``, ``reload_failed``,
@@ -64,12 +64,13 @@ class ApiError(Exception):
 
 
 class Raw:
-    """A non-JSON answer (the metrics text)."""
+    """A non-JSON answer (the metrics text, the status page), with its extra headers."""
 
-    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+    def __init__(self, status: int, body: bytes, content_type: str, headers: tuple = ()) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
+        self.headers = headers
 
 
 def _strip_store_prefix(ref: str) -> str:
@@ -169,6 +170,7 @@ class AdminResource(Resource):
         self._names = LOOPBACK_NAMES | extra if self._wildcard else LOOPBACK_NAMES | extra | {host}
         # (method, pattern, handler, needs_auth); "*" in a pattern is one path segment.
         self._routes: list[tuple[bytes, tuple[str, ...], Callable[..., Any], bool]] = [
+            (b"GET", (), self.status_page, True),
             (b"GET", ("health",), self.health, False),
             (b"GET", ("metrics",), self.get_metrics, True),
             (b"GET", ("certs",), self.list_certs, True),
@@ -265,6 +267,8 @@ class AdminResource(Resource):
             return
         if isinstance(result, Raw):
             status, body, ctype = result.status, result.body, result.content_type.encode()
+            for name, value in result.headers:
+                request.setHeader(name, value)
         else:
             if isinstance(result, ApiError):
                 status, obj = result.status, result.body()
@@ -325,6 +329,25 @@ class AdminResource(Resource):
     def health(self, request: Any) -> tuple[int, dict]:
         """GET /health."""
         return 200, {"status": "ok"}
+
+    def status_page(self, request: Any) -> Raw:
+        """GET /: the HTML status page (txgate.admin.status)."""
+        from datetime import datetime, timezone
+
+        from txgate import __version__
+        from txgate.admin.status import CSP, render_status
+
+        facade = self.facade
+        metrics = self.metrics
+        body = render_status(
+            version=__version__, listeners=facade.listeners(), held=facade.held_certificates(),
+            targets=facade.upstream_targets(),
+            failures=metrics.recent_handshake_failures() if metrics is not None else [],
+            now=datetime.now(timezone.utc), warning_days=getattr(facade, "expiry_warning_days", 30),
+        )
+        return Raw(200, body, "text/html; charset=utf-8",
+                   ((b"content-security-policy", CSP), (b"x-frame-options", b"DENY"),
+                    (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")))
 
     def get_metrics(self, request: Any) -> Raw:
         """GET /metrics: Prometheus text format."""

@@ -23,6 +23,27 @@ class HeldCertificate:
 
 
 @dataclass(frozen=True)
+class TargetState:
+    """One upstream target of one API, as the status page shows it."""
+
+    api: str
+    route: str          # the API's hosts and path prefix
+    target: str         # the target URL, or builtin:echo
+    connections: int | None  # open connections in this process (None: builtin, or not known here)
+    state: str          # "up" (answered last), "failing" (failed last), "unused", "builtin"
+    detail: str = ""    # the last failure's code
+
+
+def target_state(last_success: float | None, last_failure: tuple[str, float] | None) -> tuple[str, str]:
+    """(state, detail) of a target from when it last answered and its last failure (code, when)."""
+    if last_failure is not None and (last_success is None or last_failure[1] >= last_success):
+        return "failing", last_failure[0]
+    if last_success is not None:
+        return "up", ""
+    return "unused", ""
+
+
+@dataclass(frozen=True)
 class ReloadResult:
     ok: bool
     message: str       # why it failed (config error line) or a short summary of what changed
@@ -44,3 +65,9 @@ class GatewayFacade(Protocol):
 
     def upstream_connections(self) -> dict[str, int]:
         """Open upstream connections per API (for the metrics gauge)."""
+
+    def listeners(self) -> list[tuple[str, str, bool]]:
+        """(name, address, TLS?) of every listener (the status page)."""
+
+    def upstream_targets(self) -> list[TargetState]:
+        """Every API's targets and their state (the status page)."""

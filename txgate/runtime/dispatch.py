@@ -159,7 +159,7 @@ class ListenerDispatcher:
         """Access log and metrics for one finished request."""
         self.access_log.record(info, head, status, bytes_in, bytes_out, handler, started, ended)
         if self.metrics is not None:
-            self.metrics.request_done(handler, status)
+            self.metrics.request_done(handler, status, self.listener, ended - started, bytes_in, bytes_out)
 
 
 def _safe_subject(peer) -> str:

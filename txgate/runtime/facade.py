@@ -2,7 +2,7 @@
 """ServiceFacade: what the admin API, metrics and the expiry monitor may ask of the running gateway."""
 from __future__ import annotations
 
-from txgate.admin.facade import HeldCertificate
+from txgate.admin.facade import HeldCertificate, TargetState, target_state
 from txgate.runtime.gateway import GatewayService
 
 
@@ -73,4 +73,39 @@ class ServiceFacade:
         if svc.current is not None:
             for api in svc.current.upstreams:
                 out.setdefault(api, 0)
+        return out
+
+    def listeners(self) -> list[tuple[str, str, bool]]:
+        """(name, address actually bound (or configured), TLS?) of every listener, in config order."""
+        from txgate.config.hostnames import host_port
+
+        svc = self._service
+        out = []
+        for ln in svc.config.listeners:
+            host, port = ln.host, ln.port
+            try:
+                addr = svc.ports[ln.name].getHost()
+                host, port = addr.host, addr.port
+            except Exception:
+                pass  # not bound here (yet): the configured address
+            out.append((ln.name, host_port(host, port), ln.tls))
+        return out
+
+    def upstream_targets(self) -> list[TargetState]:
+        """Every API's targets with their state in this process (builtin APIs as one row)."""
+        svc = self._service
+        gen = svc.current
+        out = []
+        for api in svc.config.apis:
+            route = " ".join(api.hosts) + (" " if api.hosts else "") + api.path
+            up = gen.upstreams.get(api.name) if gen is not None else None
+            if up is None:
+                out.append(TargetState(api.name, route, "builtin:echo" if api.echo else "-", None, "builtin"))
+                continue
+            for pool in up.pools:
+                if svc.role == "supervisor":  # the workers hold the connections and know the state
+                    out.append(TargetState(api.name, route, pool.label, None, "in workers"))
+                    continue
+                out.append(TargetState(api.name, route, pool.label, pool.open_connections,
+                                       *target_state(pool.last_success, pool.last_failure)))
         return out

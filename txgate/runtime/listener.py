@@ -28,10 +28,15 @@ class Negotiator(Protocol):
         self.handshake_timed_out = False
         # Bytes received while the client certificate's OCSP status is asked (None: not waiting).
         self.held: list[bytes] | None = None
+        self.accepted = 0.0
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
+        metrics = self.factory.metrics
+        if metrics is not None:
+            metrics.connection_opened(self.info.listener)
         if self.tls:
+            self.accepted = self.factory.clock.seconds()
             # A client that never completes the handshake is a slowloris too.
             self.timer = self.factory.clock.callLater(self.factory.limits.header_timeout, self._handshake_timeout)
         else:
@@ -57,7 +62,7 @@ class Negotiator(Protocol):
             self._capture_client_certificate()
         metrics = self.factory.metrics  # one O(1) count per handshake
         if metrics is not None:
-            metrics.handshake(info.listener, info.tls_version, "ok")
+            metrics.handshake(info.listener, info.tls_version, "ok", self.factory.clock.seconds() - self.accepted)
         if self.factory.client_ocsp is not None and self._ask_client_status(info.alpn):
             return
         self._start(info.alpn)
@@ -151,6 +156,8 @@ class Negotiator(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         self.factory.connections.discard(self)
+        if self.factory.metrics is not None:
+            self.factory.metrics.connection_closed(self.info.listener)
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
@@ -175,6 +182,9 @@ class Negotiator(Protocol):
                 else:
                     result = failure.outcome.value
                 metrics.handshake(self.info.listener, None, result)
+                if result != "aborted":  # scanners and health checks that just connect are no news
+                    metrics.handshake_failure(self.factory.clock.seconds(), self.info.listener,
+                                              self.info.client_host, result)
 
     def _client_certificate_refused(self, failure: HandshakeFailure) -> str | None:
         """Log the one line of a handshake refused for its client certificate; its reason code, or None."""

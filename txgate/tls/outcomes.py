@@ -32,6 +32,13 @@ _PROTOCOL_FRAGMENTS = (
 _NO_CERTIFICATE = "peer did not return a certificate"
 
 
+class PlainHTTPRequest(Exception):
+    """Plain HTTP arrived where a TLS handshake was expected (answered with a 400 and a hint)."""
+
+    def __init__(self) -> None:
+        super().__init__("plain http request on a TLS port (answered 400)")
+
+
 @dataclass(frozen=True)
 class HandshakeFailure:
     """One failed handshake: the text to log, its outcome, and whether the client sent no certificate."""

@@ -25,7 +25,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txgate.tls.outcomes import represents_eof
+from txgate.tls.outcomes import PlainHTTPRequest, represents_eof
 
 try:  # The raw calls under pyOpenSSL's recv() and bio_read(), to tell "no more data" without raising.
     from OpenSSL._util import ffi as _ffi
@@ -43,6 +43,19 @@ try:  # The raw calls under pyOpenSSL's recv() and bio_read(), to tell "no more 
     _unpack = _ffi.buffer
 except Exception:  # pragma: no cover - other pyOpenSSL builds: the public calls and their exceptions
     _SSL_read = None
+
+# What a plain HTTP request on a TLS port gets (as nginx's 497), instead of a TLS alert nobody reads.
+PLAIN_HTTP_HINT = b"plain HTTP request sent to a TLS port: use https:// instead of http://\n"
+PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(PLAIN_HTTP_HINT), PLAIN_HTTP_HINT))
+_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ",
+            b"PRI * ")
+
+
+def looks_like_plain_http(first: bytes) -> bool:
+    """Do a connection's first bytes start an HTTP request rather than a TLS record (which starts 0x16)?"""
+    return first[:1].isupper() and first.startswith(_METHODS)
+
 
 _RECORD = 1 << 14  # a TLS record's plaintext at most: writes are fed to OpenSSL in pieces of this size
 
@@ -155,7 +168,7 @@ class TLSServerProtocol:
     """One accepted TLS connection: the TCP transport's protocol and the transport of ``app``."""
 
     __slots__ = ("factory", "transport", "app", "sink", "_tls", "_done", "_lost", "_aborted", "disconnecting",
-                 "connected", "_pending", "_producer", "_reason", "__weakref__")
+                 "connected", "_pending", "_producer", "_reason", "_fresh", "__weakref__")
 
     def __init__(self, factory: TLSServerFactory, app) -> None:
         self.factory = factory
@@ -171,6 +184,7 @@ class TLSServerProtocol:
         self._pending: list[bytes] | None = None  # application writes made before the handshake is done
         self._producer: _Membrane | None = None
         self._reason: Failure | None = None
+        self._fresh = True  # nothing received yet
 
     # -- IProtocol (below: TCP) -------------------------------------------------------------
     def makeConnection(self, transport) -> None:
@@ -185,6 +199,12 @@ class TLSServerProtocol:
         if self._lost:
             return
         tls = self._tls
+        if self._fresh:
+            self._fresh = False
+            if looks_like_plain_http(data):
+                self.transport.write(PLAIN_HTTP_ANSWER)  # in clear: the client speaks no TLS
+                self._failed(Failure(PlainHTTPRequest()))
+                return
         feed(tls, data)
         if not self._done:
             if self._aborted:
@@ -430,5 +450,5 @@ class TLSServerFactory(Factory):
         return f"{inner() if inner else self.wrappedFactory.__class__.__name__} (TLS)"
 
 
-__all__ = ["TLSServerFactory", "TLSServerProtocol", "encrypt", "feed", "handshake_step", "read_app_data",
-           "read_tls_output"]
+__all__ = ["TLSServerFactory", "TLSServerProtocol", "encrypt", "feed", "handshake_step", "looks_like_plain_http",
+           "read_app_data", "read_tls_output"]

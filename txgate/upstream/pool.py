@@ -63,6 +63,9 @@ class TargetPool:
         self.factory = factory
         self.closed = False
         self._sweep_call = None
+        # For the status page: when the target last answered, and its last failure (code, when).
+        self.last_success: float | None = None
+        self.last_failure: tuple[str, float] | None = None
 
     @property
     def open_connections(self) -> int:

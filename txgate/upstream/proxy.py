@@ -66,6 +66,7 @@ class ProxyHandler:
         "upstream", "stream", "clock", "method", "target", "header_block", "host_override", "head_only", "chunked", "api", "upstream_label",
         "conn", "pool", "tried", "buffer", "buffered", "body_done", "done", "started", "sent_body",
         "last", "last_error", "reused", "body_bytes", "paused_downstream", "retryable", "client_paused",
+        "sent_at", "upstream_seconds",
     )
 
     def __init__(self, upstream: Upstream, stream, head, target: bytes, header_block: bytes,
@@ -99,6 +100,8 @@ class ProxyHandler:
         self.paused_downstream = False
         self.client_paused = False
         self.retryable = not head.has_body and head.method in IDEMPOTENT
+        self.sent_at = 0.0
+        self.upstream_seconds: float | None = None  # request sent -> response head (metrics)
 
     # -- start -------------------------------------------------------------------------
     def start(self) -> None:
@@ -128,6 +131,7 @@ class ProxyHandler:
         host = self.host_override or self.pool.host_value
         line = b"%s %s%s HTTP/1.1\r\nhost: %s\r\n" % (
             self.method, self.pool.base_path, self.target, host)
+        self.sent_at = self.clock.seconds()
         conn.start(self, line + self.header_block, self.head_only)
         if self.buffer:
             for chunk in self.buffer:
@@ -144,6 +148,7 @@ class ProxyHandler:
         if self.done:
             return
         self.last_error = err
+        pool.last_failure = (err.code, self.clock.seconds())
         # Next target when a connection could not be made; a TLS failure is not retried
         # elsewhere (it is a trust problem, not an availability one).
         if self.tried < len(self.upstream.pools) and not isinstance(err, UpstreamTLSError):
@@ -203,6 +208,8 @@ class ProxyHandler:
             return
         self.started = True
         self._touch()
+        self.upstream_seconds = self.last - self.sent_at
+        self.pool.last_success = self.last
         self.stream.start_response(status, downstream_response_headers(headers, VIA_H1), content_length)
 
     def response_body(self, data: bytes) -> None:
@@ -256,6 +263,8 @@ class ProxyHandler:
         """No response progress within the API's timeout: 504 upstream_timeout (or an abort once started)."""
         if self.done:
             return
+        if self.pool is not None and not self.started:
+            self.pool.last_failure = ("upstream_timeout", self.clock.seconds())
         self._fail(UpstreamTimeout(f"{self.upstream_label or self.api}: no response within {self.upstream.timeout:g}s"))
 
     def _touch(self) -> None:

@@ -1,0 +1,115 @@
+"""Peers: the same job done by a tool users know, measured beside txgate.
+
+nginx as a TLS-terminating reverse proxy (one worker, pinned to the gateway's CPU): HTTPS with HTTP/1.1
+and HTTP/2 (ALPN), an ECDSA P-256 certificate like txgate's local one, TLS 1.2-1.3, keep-alive
+connections to the same backend (``proxy_http_version 1.1`` with an upstream ``keepalive`` pool), no
+access log. It offers the same surface the scenarios use (``port``, ``cpu()``, ``alive()``, no profile).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+
+from . import procs as _procs
+from .backend import NGINX_HEAD
+
+NGINX_PROXY_CONF = NGINX_HEAD + """\
+    http2_max_requests 1000000;
+    upstream backend {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 100000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl http2 backlog=4096;
+        ssl_certificate {dir}/cert.pem;
+        ssl_certificate_key {dir}/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"""
+
+
+class Peer:
+    """A running peer proxy, measured like the gateway (its worker process's CPU)."""
+
+    def __init__(self, name: str, proc, port: int, tmp: str) -> None:
+        self.name = name
+        self.proc = proc
+        self.pid = proc.pid
+        self.port = port
+        self.tmp = tmp
+
+    def cpu(self) -> float:
+        """utime + stime of the peer's worker process(es)."""
+        kids = _procs.children(self.pid) or [self.pid]
+        return sum(_procs.cpu_seconds(k) for k in kids)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 20) -> str:
+        with open(os.path.join(self.tmp, "nginx-error.log"), errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+
+    def profile_start(self) -> None:
+        pass
+
+    def profile_stop(self):
+        return None
+
+
+def write_certificate(d: str) -> None:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1 and localhost (cert.pem, key.pem in ``d``)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    with open(os.path.join(d, "cert.pem"), "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(os.path.join(d, "key.pem"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+
+
+def start_nginx_proxy(pm: _procs.Procs, tmp: str, upstream_port: int, cpu) -> Peer:
+    """nginx terminating TLS in front of the backend on ``upstream_port``; raises if nginx is missing."""
+    from .backend import nginx_path
+
+    nginx = nginx_path()
+    if not nginx:
+        raise RuntimeError("the nginx peer needs nginx (apt-get install nginx-light)")
+    d = os.path.join(tmp, "nginx-proxy")
+    os.makedirs(d)
+    write_certificate(d)
+    port = _procs.free_port()
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_PROXY_CONF.format(user="user root;\n" if os.geteuid() == 0 else "", dir=d, port=port,
+                                        upstream_port=upstream_port))
+    out = open(os.path.join(d, "nginx.out"), "wb")
+    p = pm.popen([nginx, "-c", conf, "-p", d], stdout=out, stderr=out, preexec_fn=_procs.pin(cpu))
+    _procs.wait_port(port, proc=p)
+    return Peer("nginx proxy", p, port, d)
