@@ -168,7 +168,7 @@ class TLSServerProtocol:
     """One accepted TLS connection: the TCP transport's protocol and the transport of ``app``."""
 
     __slots__ = ("factory", "transport", "app", "sink", "_tls", "_done", "_lost", "_aborted", "disconnecting",
-                 "connected", "_pending", "_producer", "_reason", "_fresh", "__weakref__")
+                 "connected", "_pending", "_producer", "_reason", "_fresh", "_corked", "__weakref__")
 
     def __init__(self, factory: TLSServerFactory, app) -> None:
         self.factory = factory
@@ -185,6 +185,7 @@ class TLSServerProtocol:
         self._producer: _Membrane | None = None
         self._reason: Failure | None = None
         self._fresh = True  # nothing received yet
+        self._corked = False  # while reads are delivered: small writes wait for the flush at the end
 
     # -- IProtocol (below: TCP) -------------------------------------------------------------
     def makeConnection(self, transport) -> None:
@@ -229,8 +230,19 @@ class TLSServerProtocol:
         self._deliver()
 
     def _deliver(self) -> None:
-        """Hand every decrypted record to the application, then send what OpenSSL wrote meanwhile."""
+        """Hand every decrypted record to the application, then send what OpenSSL wrote meanwhile:
+        the responses written during the reads go out in one TCP write."""
         tls = self._tls
+        corked = self._corked
+        self._corked = True
+        try:
+            self._deliver_records(tls)
+        finally:
+            self._corked = corked
+            if not corked:
+                self._flush()
+
+    def _deliver_records(self, tls) -> None:
         while not self._lost:
             try:
                 data = read_app_data(tls)
@@ -246,7 +258,6 @@ class TLSServerProtocol:
                 break
             if not self._aborted:
                 self.sink.dataReceived(data)
-        self._flush()
 
     def connectionLost(self, reason=None) -> None:
         if not self._lost:
@@ -318,7 +329,8 @@ class TLSServerProtocol:
             except Error:
                 self._failed(Failure())
                 return
-            self._flush()
+            if not self._corked:
+                self._flush()
             return
         sent = 0
         while sent < size:
