@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from twisted.internet.task import Clock
 
 from test_serverconn import App, _pair, server_tls  # noqa: F401 - the fixture
+from txgate.tls.serverconn import hold_writes, release_writes
 from txgate.upstream.proxy import ProxyHandler
 
 
@@ -64,6 +65,39 @@ def test_writes_outside_a_read_are_sent_at_once(server_tls):  # noqa: F811
     assert len(writes) == 2  # e.g. an upstream's response: no read of this connection to wait for
     pump.flush()
     assert client.received == b"onetwo"
+
+
+def test_writes_during_a_hold_go_out_in_one_tcp_write_per_connection_at_its_release(server_tls):  # noqa: F811
+    # As an upstream's read does: its response's head, chunks and end, written to the client's side.
+    a, _, _, client_a, pump_a = _pair(server_tls)
+    b, _, _, client_b, pump_b = _pair(server_tls)
+    writes_a, writes_b = _count_writes(a), _count_writes(b)
+    started = hold_writes()
+    assert started and not hold_writes()  # a nested hold leaves the release to the outer one
+    a.write(b"head ")
+    b.write(b"other")
+    a.write(b"body")
+    release_writes(False)
+    assert writes_a == [] and writes_b == []
+    release_writes(started)
+    assert len(writes_a) == 1 and len(writes_b) == 1
+    pump_a.flush()
+    pump_b.flush()
+    assert client_a.received == b"head body" and client_b.received == b"other"
+    a.write(b"!")
+    assert len(writes_a) == 2  # no hold any more: at once
+
+
+def test_a_close_during_a_hold_sends_what_was_held_first(server_tls):  # noqa: F811
+    sp, app, cp, client, pump = _pair(server_tls)
+    started = hold_writes()
+    try:
+        sp.write(b"last words")
+        sp.loseConnection()
+    finally:
+        release_writes(started)
+    pump.flush()
+    assert client.received == b"last words" and client.lost is not None
 
 
 def test_a_large_body_is_still_streamed_a_record_at_a_time(server_tls):  # noqa: F811

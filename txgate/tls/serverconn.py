@@ -59,6 +59,31 @@ def looks_like_plain_http(first: bytes) -> bool:
 
 _RECORD = 1 << 14  # a TLS record's plaintext at most: writes are fed to OpenSSL in pieces of this size
 
+_holding: list[TLSServerProtocol] | None = None  # connections whose output waits for release_writes()
+
+
+def hold_writes() -> bool:
+    """Until `release_writes`, small writes on downstream TLS connections stay in OpenSSL's output
+    buffer; then each connection's output goes out in one TCP write. For one reactor callback that
+    writes several times (an upstream read carrying a response's head, chunks and end): True when
+    this call started the hold (pass it to `release_writes`)."""
+    global _holding
+    if _holding is not None:
+        return False
+    _holding = []
+    return True
+
+
+def release_writes(started: bool) -> None:
+    """Send what was held since `hold_writes` returned ``started`` (True); nothing for a nested hold."""
+    global _holding
+    if not started:
+        return
+    held, _holding = _holding, None
+    for conn in held:
+        conn._corked = False
+        conn._flush()
+
 
 def read_app_data(tls) -> bytes | None:
     """Decrypted bytes of the next record; None when OpenSSL needs more input. Raises like recv()."""
@@ -329,8 +354,13 @@ class TLSServerProtocol:
             except Error:
                 self._failed(Failure())
                 return
-            if not self._corked:
-                self._flush()
+            if self._corked:
+                return
+            if _holding is not None:
+                self._corked = True
+                _holding.append(self)
+                return
+            self._flush()
             return
         sent = 0
         while sent < size:
@@ -462,5 +492,5 @@ class TLSServerFactory(Factory):
         return f"{inner() if inner else self.wrappedFactory.__class__.__name__} (TLS)"
 
 
-__all__ = ["TLSServerFactory", "TLSServerProtocol", "encrypt", "feed", "handshake_step", "looks_like_plain_http",
-           "read_app_data", "read_tls_output"]
+__all__ = ["TLSServerFactory", "TLSServerProtocol", "encrypt", "feed", "handshake_step", "hold_writes",
+           "looks_like_plain_http", "read_app_data", "read_tls_output", "release_writes"]
