@@ -13,6 +13,7 @@ def cmd_check(args) -> int:
     from txgate import config as _config
     from txgate.plan import prepare
     from txgate.plan.files import check_files
+    from txgate.plan.kubernetes import kubernetes_access
     from txgate.plan.running import read_running
     from txgate.plan.store import open_gateway_store
 
@@ -20,6 +21,7 @@ def cmd_check(args) -> int:
     try:
         cfg = _config.load(args.config) if args.config else _config.default_config()
         check_files(cfg)
+        kubernetes_access(cfg)
         if cfg.store_refs():
             store = open_gateway_store(cfg, create=False)
         # Ports held by the gateway already running on this config are free for it (check, then reload).
@@ -53,6 +55,9 @@ def cmd_version(args) -> int:
     from txgate import pins as _pins
 
     print(f"SPKI pin backend: {_pins.describe_backend()}")
+    from txgate.http.h2engine import describe_engine
+
+    print(f"HTTP/2 engine: {describe_engine()}")
     return 0
 
 
@@ -185,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_admin_commands(sub)
     register_store_commands(sub)
     register_cert_commands(sub)
+    from txgate.cli_k8s import register_k8s_commands
+
+    register_k8s_commands(sub)
     return p
 
 

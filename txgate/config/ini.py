@@ -19,10 +19,12 @@ from txgate.config.model import (
     Config,
     ConfigError,
     GatewayConfig,
+    KubernetesConfig,
     raise_collected,
     ListenerConfig,
     SecurityConfig,
 )
+from txgate.config.kubernetes import KUBERNETES_KEYS, parse_kubernetes
 from txgate.config.sections import Section, parse_bind, parse_cert_spec, suggest
 
 DEFAULT_CONFIG = """\
@@ -42,7 +44,7 @@ upstream = builtin:echo
 
 GATEWAY_KEYS = {
     "state_dir", "access_log", "log_format", "shutdown_timeout", "store", "store_secret_file", "expiry_warning_days",
-    "error_detail", "workers", "worker_affinity",
+    "error_detail", "workers", "worker_affinity", "h2_engine",
 }
 ADMIN_KEYS = {"bind", "client_ca", "token_file", "allowed_hosts"}
 LISTENER_KEYS = {
@@ -53,6 +55,7 @@ LISTENER_KEYS = {
     "client_ocsp_responder", "client_ocsp_timeout",
 }
 CLIENT_AUTH_MODES = ("none", "optional", "require")
+H2_ENGINES = ("auto", "native", "python")  # txgate.http.h2engine.CHOICES (config imports stdlib only)
 SECTION_KINDS = ("gateway", "security", "admin", "listener:NAME", "api:NAME")
 
 
@@ -78,7 +81,7 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
             section.fail("sni", f"expected 'NAME = CERT.pem KEY.pem', got '{line}'")
         if not wildcard_ok(sname):
             section.fail("sni", f"'{sname}': {WILDCARD_RULE}")
-        sni.append((sname, parse_cert_spec(section, "sni", rest.strip(), acme=True)))
+        sni.append((sname, parse_cert_spec(section, "sni", rest.strip(), sname, acme=True)))
     min_tls = _tls_version(section, "min_tls", "1.2", warnings)
     max_tls = _tls_version(section, "max_tls", "1.3", warnings)
     if TLS_VERSIONS.index(min_tls) > TLS_VERSIONS.index(max_tls):
@@ -203,6 +206,7 @@ def parse_text(text: str, path: str) -> Config:
     gateway = GatewayConfig()
     security = SecurityConfig()
     admin = AdminConfig()
+    kubernetes = KubernetesConfig()
     acme = AcmeConfig()
     listener_sections: list[tuple[str, dict]] = []
     api_sections: list[tuple[str, dict]] = []
@@ -213,6 +217,9 @@ def parse_text(text: str, path: str) -> Config:
             gateway = _collect(errors, parse_gateway, Section(path, name, values, GATEWAY_KEYS, errors)) or gateway
         elif name == "admin":
             admin = _collect(errors, parse_admin, Section(path, name, values, ADMIN_KEYS, errors)) or admin
+        elif name == "kubernetes":
+            kubernetes = _collect(errors, parse_kubernetes,
+                                  Section(path, name, values, KUBERNETES_KEYS, errors)) or kubernetes
         elif name == "acme":
             acme = _collect(errors, parse_acme, Section(path, name, values, ACME_KEYS, errors)) or acme
         elif name == "security":
@@ -222,7 +229,7 @@ def parse_text(text: str, path: str) -> Config:
         elif kind == "api" and sep and rest.strip():
             api_sections.append((rest.strip(), values))
         else:
-            known = ["gateway", "security", "admin", "acme"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
+            known = ["gateway", "security", "admin", "acme", "kubernetes"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
             hint = suggest(name, known) or f" (expected one of {', '.join(SECTION_KINDS)})"
             errors.append(ConfigError(path, name, None, "unknown section" + hint))
 
@@ -273,7 +280,7 @@ def parse_text(text: str, path: str) -> Config:
     raise_collected(first_per_key(errors))
     admin = dataclasses.replace(admin, state_dir=gateway.state_dir)
     return Config(path=path, gateway=gateway, listeners=tuple(listeners), apis=tuple(apis), security=security,
-                  admin=admin, acme=acme, warnings=tuple(warnings))
+                  admin=admin, acme=acme, kubernetes=kubernetes, warnings=tuple(warnings))
 
 
 def _finish_listeners(path: str, acme: AcmeConfig, listeners: list, apis: list) -> list:
@@ -324,6 +331,7 @@ def parse_gateway(s: Section) -> GatewayConfig:
         error_detail=s.bool("error_detail", False),
         workers=None if s.str("workers", "auto") == "auto" else s.number("workers", 1, integer=True, minimum=1),
         worker_affinity=s.choice("worker_affinity", "client_address", WORKER_AFFINITY),
+        h2_engine=s.choice("h2_engine", "auto", H2_ENGINES),
     )
 
 
