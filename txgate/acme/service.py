@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from txgate.acme import schedule
 from txgate.acme.challenges import ChallengeBoard
+from txgate.acme.status import fmt_time, write_status
 
 log = Logger(namespace="txgate.acme")
 
@@ -52,9 +53,7 @@ class CertState:
 
     def as_dict(self) -> dict:
         """JSON-ready status."""
-        def t(v):
-            return v.strftime("%Y-%m-%dT%H:%M:%SZ") if v else None
-
+        t = fmt_time
         return {"names": list(self.names), "slot": self.slot, "issuer": self.issuer, "not_after": t(self.not_after),
                 "next_renewal": t(self.renew_at), "renewal_reason": self.reason, "next_check": t(self.next_check),
                 "failures": self.failures, "last_error": self.last_error, "orders": self.orders}
@@ -143,10 +142,18 @@ class AcmeService(Service):
                 st = CertState(names, f"acme/{names[0]}")
                 self.states[names] = st
                 self._later(st, 0)
+        self._persist()
 
     def status(self) -> list[dict]:
         """Every certificate's state (for the CLI and the admin API)."""
         return [st.as_dict() for st in self.states.values()]
+
+    def _persist(self) -> None:
+        """Write the status file the CLI reads (``txgate.acme.status``); never fails the service."""
+        try:
+            write_status(self.config_source().gateway.state_dir, self.status(), self.now())
+        except Exception as e:  # a full disk must not stop renewals
+            log.warn("acme: cannot write the status file: {e}", e=e)
 
     # -- one certificate --------------------------------------------------------------------------
     def _later(self, st: CertState, seconds: float) -> None:
@@ -154,6 +161,7 @@ class AcmeService(Service):
             st.call.cancel()
         st.next_check = self.now() + _td(seconds)
         st.call = self.reactor.callLater(seconds, self.check, st)
+        self._persist()
 
     def check(self, st: CertState) -> defer.Deferred:
         """Look at the stored certificate; order when due; schedule the next look."""
@@ -272,4 +280,4 @@ def _td(seconds: float):
 
 
 def _fmt(t: datetime | None) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t else "-"
+    return fmt_time(t) or "-"
