@@ -113,3 +113,16 @@ def test_short_lived_certificate_is_renewed_and_store_keeps_both_versions(acme_e
     r = txgate_cli("store", "list", "--config", str(gw.config_path), cwd=gw.workdir)
     line = next(x for x in r.stdout.splitlines() if x.startswith("acme/www.acme-test.example@"))
     assert "versions=1,2" in line, r.stdout + r.stderr
+
+
+@pytest.mark.timeout(150)
+def test_issuance_succeeds_when_the_ca_rejects_half_the_nonces(acme_env, tmp_path):
+    start_pebble, start_gateway = acme_env
+    http_port, tls_port = free_port(), free_port()
+    pebble = start_pebble(http_port, tls_port, env={"PEBBLE_WFE_NONCEREJECT": "50"})
+    gw = start_gateway(_config(pebble, http_port, tls_port, "http-01"))
+    gw.wait_log(r"acme: certificate for www.acme-test.example issued", timeout=90)
+    assert "failed" not in gw.output()  # badNonce was retried within the order, not by a backed-off re-order
+    root = tmp_path / "pebble-root.pem"
+    root.write_bytes(pebble.root_pem())
+    poll(lambda: _served_by_pebble(gw, tls_port, str(root)), 20, 0.2, "the ACME certificate being served")

@@ -22,6 +22,51 @@ from txgate.config.model import AcmeConfig
 
 USER_AGENT = "txgate-acme"
 ORDER_TIMEOUT = 120.0
+# badNonce: the library retries once; a CA rejecting many nonces (pebble's PEBBLE_WFE_NONCEREJECT) needs more.
+NONCE_RETRIES = 10
+# A Retry-After while polling an authorization is honoured up to this (the order's deadline still applies).
+MAX_POLL_WAIT = 10.0
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds of a ``Retry-After`` header (delay-seconds or HTTP-date), or None when absent or malformed."""
+    from email.utils import parsedate_to_datetime
+
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+class Network(client.ClientNetwork):
+    """The library's ClientNetwork, plus: ``badNonce`` retried up to NONCE_RETRIES times (with the fresh
+    nonce of the error response), and an error's ``Retry-After`` kept on the error (``retry_after``,
+    seconds) because ``messages.Error`` has no field for it."""
+
+    def post(self, *args, **kwargs):
+        for attempt in range(NONCE_RETRIES + 1):
+            try:
+                return self._post_once(*args, **kwargs)
+            except messages.Error as error:
+                if error.code != "badNonce" or attempt == NONCE_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _check_response(cls, response, content_type=None):
+        try:
+            return super()._check_response(response, content_type=content_type)
+        except messages.Error as error:
+            error.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise
 
 
 @challenges.ChallengeResponse.register
@@ -74,7 +119,7 @@ def _failure(e: Exception) -> AcmeFailure:
         return e
     if isinstance(e, messages.Error):
         code = (e.typ or "error").rsplit(":", 1)[-1]
-        return AcmeFailure(code, e.detail or str(e))
+        return AcmeFailure(code, e.detail or str(e), getattr(e, "retry_after", None))
     if isinstance(e, errors.ValidationError):
         details = []
         for authzr in e.failed_authzrs:
@@ -102,7 +147,7 @@ class AcmeClient:
 
     def _connect(self) -> client.ClientV2:
         if self._client is None:
-            net = client.ClientNetwork(self.jwk, alg=jose.ES256, verify_ssl=self.cfg.ca_bundle or True,
+            net = Network(self.jwk, alg=jose.ES256, verify_ssl=self.cfg.ca_bundle or True,
                                        user_agent=USER_AGENT, timeout=30)
             directory = client.ClientV2.get_directory(self.cfg.directory, net)
             self._client = client.ClientV2(directory, net)
@@ -196,15 +241,20 @@ class AcmeClient:
             if datetime.now(timezone.utc) > deadline:
                 raise errors.TimeoutError()
             still = []
+            wait = self.poll_interval
             for authzr in pending:
-                authzr, _ = acme.poll(authzr)
+                authzr, response = acme.poll(authzr)
                 if authzr.body.status in (messages.STATUS_VALID, messages.STATUS_INVALID):
                     done.append(authzr)
                 else:
                     still.append(authzr)
+                    asked = parse_retry_after(response.headers.get("Retry-After"))
+                    if asked is not None:
+                        wait = max(wait, min(asked, MAX_POLL_WAIT))
             pending = still
             if pending:
-                time.sleep(self.poll_interval)
+                left = (deadline - datetime.now(timezone.utc)).total_seconds()
+                time.sleep(max(0.0, min(wait, left)))
         failed = [a for a in done if a.body.status == messages.STATUS_INVALID]
         if failed:
             raise errors.ValidationError(failed)

@@ -262,10 +262,11 @@ class AcmeService(Service):
         detail = err.detail if isinstance(err, AcmeFailure) else f"{type(err).__name__}: {err}"
         st.last_error = f"{code}: {detail}"
         self._count(code)
-        delay = schedule.backoff(st.failures, getattr(err, "retry_after", None), base=self.backoff_base)
-        log.error("acme: order for {names} failed ({code}: {detail}); attempt {n}, retrying in {delay:.0f}s; "
+        asked = getattr(err, "retry_after", None)
+        delay = schedule.backoff(st.failures, asked, base=self.backoff_base)
+        log.error("acme: order for {names} failed ({code}: {detail}); attempt {n}{asked}, retrying in {delay:.0f}s; "
                   "the current certificate keeps serving", names=" ".join(st.names), code=code, detail=detail,
-                  n=st.failures, delay=delay)
+                  n=st.failures, delay=delay, asked=f" (the CA's Retry-After: {asked:.0f}s)" if asked else "")
         self._later(st, delay)
 
     def _count(self, result: str) -> None:
