@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -68,9 +69,15 @@ def fleet_lock(store, state_dir: str, slot: str, ttl: float = LOCK_TTL):
         key, token = store._k("acme-lock", slot), uuid.uuid4().hex
         if not r.set(key, token, nx=True, px=int(ttl * 1000)):
             raise FleetBusy(slot)
+        stop = threading.Event()
+        keeper = threading.Thread(target=_keep_lock, args=(r, key, token, ttl, stop), daemon=True,
+                                  name=f"acme-lock {slot}")
+        keeper.start()
         try:
             yield
         finally:
+            stop.set()
+            keeper.join()
             if r.get(key) == token:
                 r.delete(key)
         return
@@ -87,6 +94,22 @@ def fleet_lock(store, state_dir: str, slot: str, ttl: float = LOCK_TTL):
         yield
     finally:
         os.close(fd)
+
+
+# Refresh the TTL only while the key still holds our token (a lock that expired and was taken stays taken).
+_REFRESH = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+
+
+def _keep_lock(r, key: str, token, ttl: float, stop: threading.Event) -> None:
+    """The holder's refresher (a thread): push the lock's expiry out every third of its TTL until ``stop``."""
+    refresh = r.register_script(_REFRESH)
+    while not stop.wait(ttl / 3):
+        try:
+            if not refresh(keys=[key], args=[token, int(ttl * 1000)]):
+                log.warn("acme: the order lock {key} was lost (expired or taken) during the order", key=key)
+                return
+        except Exception as e:  # Redis away for a moment: the TTL still covers two more tries
+            log.warn("acme: cannot refresh the order lock {key}: {e}", key=key, e=e)
 
 
 class AcmeService(Service):
