@@ -90,3 +90,41 @@ def test_the_service_logs_a_rate_limit_with_the_cas_detail_and_waits_its_retry_a
     lines = [formatEvent(e) for e in events if e.get("log_namespace") == "txgate.acme"]
     assert any(RATE_LIMIT_DETAIL in x and "Retry-After: 10800s" in x for x in lines), lines
     svc.stopService()
+
+
+def test_new_order_json_carries_replaces_and_the_cert_id_matches_rfc_9773():
+    from acme import client as acme_client
+
+    from certs_helpers import make_ca, make_leaf, pem_chain
+    from txgate.acme.client import AcmeClient, NewOrderReplacing, ari_cert_id
+
+    leaf = make_leaf(make_ca("ari test CA"), ["www.example.com"])
+    chain = pem_chain(leaf)
+    cert_id = ari_cert_id(chain)
+    assert cert_id == acme_client._renewal_info_path_component(leaf.chain[0])  # the library's ARI URL component
+    order = NewOrderReplacing(identifiers=[messages.Identifier(typ=messages.IDENTIFIER_FQDN, value="www.example.com")],
+                              replaces=cert_id)
+    assert json.loads(order.json_dumps())["replaces"] == cert_id
+
+    posted = []
+
+    class FakeV2:
+        directory = {"newOrder": "https://ca/new-order"}
+
+        def _post(self, url, obj):
+            posted.append((url, json.loads(obj.json_dumps())))
+            r = requests.Response()
+            r.status_code, r._content = 201, json.dumps({"status": "pending", "authorizations": []}).encode()
+            r.headers["Location"] = "https://ca/order/1"
+            return r
+
+        def new_order(self, csr_pem):
+            posted.append(("plain", csr_pem))
+            return "plain order"
+
+    orderr = AcmeClient._new_order(FakeV2(), b"CSR", ("www.example.com",), cert_id)
+    assert orderr.uri == "https://ca/order/1"
+    assert posted == [("https://ca/new-order", {"identifiers": [{"type": "dns", "value": "www.example.com"}],
+                                                "replaces": cert_id})]
+    posted.clear()
+    assert AcmeClient._new_order(FakeV2(), b"CSR", ("www.example.com",), None) == "plain order"

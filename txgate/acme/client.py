@@ -88,6 +88,29 @@ class TLSALPN01(challenges.KeyAuthorizationChallenge):
         return self.key_authorization(account_key)
 
 
+class NewOrderReplacing(messages.NewOrder):
+    """A newOrder with RFC 9773's ``replaces`` (the ARI certID of the certificate it renews): the acme
+    library's NewOrder has no such field."""
+
+    replaces: str | None = jose.field("replaces", omitempty=True)
+
+
+def ari_cert_id(chain_pem: bytes) -> str:
+    """RFC 9773 certID of the leaf of ``chain_pem``: base64url(AKI keyIdentifier) "." base64url(DER serial)."""
+    import base64
+
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(chain_pem)
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    serial = cert.serial_number.to_bytes((cert.serial_number.bit_length() + 8) // 8, "big", signed=True)
+
+    def b64(b: bytes) -> str:
+        return base64.urlsafe_b64encode(b).decode("ascii").rstrip("=")
+
+    return f"{b64(aki)}.{b64(serial)}"
+
+
 class AcmeFailure(Exception):
     """An order that failed: ``code`` (the ACME error type's last part, or a local code), ``detail`` one line."""
 
@@ -184,8 +207,10 @@ class AcmeClient:
         return regr.uri
 
     def order(self, names: tuple[str, ...], board: ChallengeBoard, *, log: Callable[..., None] = lambda *a, **k: None,
-              timeout: float = ORDER_TIMEOUT) -> Issued:
-        """Order a certificate for ``names``, answer one challenge per name through ``board``, finalize."""
+              timeout: float = ORDER_TIMEOUT, replaces: str | None = None) -> Issued:
+        """Order a certificate for ``names``, answer one challenge per name through ``board``, finalize.
+
+        ``replaces``: the ARI certID of the certificate this one renews (sent only when given)."""
         from txgate.lifecycle.csr import build_csr
 
         try:
@@ -193,8 +218,9 @@ class AcmeClient:
             acme = self._connect()
             key = new_certificate_key(self.cfg.key_type)
             csr = build_csr(key, dns=names)
-            orderr = acme.new_order(csr.public_bytes(serialization.Encoding.PEM))
-            log("acme: order {url} for {names}", url=orderr.uri, names=" ".join(names))
+            orderr = self._new_order(acme, csr.public_bytes(serialization.Encoding.PEM), names, replaces)
+            log("acme: order {url} for {names}{replacing}", url=orderr.uri, names=" ".join(names),
+                replacing=f" (replaces {replaces})" if replaces else "")
             deadline = datetime.now(timezone.utc) + timedelta(seconds=timeout)
             cleanups: list[Callable[[], None]] = []
             try:
@@ -212,6 +238,25 @@ class AcmeClient:
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
         return Issued(orderr.fullchain_pem.encode(), key_pem, orderr.uri)
+
+    @staticmethod
+    def _new_order(acme: client.ClientV2, csr_pem: bytes, names: tuple[str, ...], replaces: str | None):
+        """ClientV2.new_order, with ``replaces`` in the newOrder JSON when given (a CA that answers
+        alreadyReplaced gets the plain order)."""
+        if replaces:
+            order = NewOrderReplacing(identifiers=[messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n)
+                                                   for n in names], replaces=replaces)
+            try:
+                response = acme._post(acme.directory["newOrder"], order)
+            except messages.Error as e:
+                if e.code != "alreadyReplaced":
+                    raise
+            else:
+                body = messages.Order.from_json(response.json())
+                authzrs = [acme._authzr_from_response(acme._post_as_get(url), uri=url) for url in body.authorizations]
+                return messages.OrderResource(body=body, uri=response.headers.get("Location"),
+                                              authorizations=authzrs, csr_pem=csr_pem)
+        return acme.new_order(csr_pem)
 
     def _answer(self, acme: client.ClientV2, authzr, board: ChallengeBoard, cleanups: list) -> None:
         name = authzr.body.identifier.value

@@ -241,7 +241,13 @@ class AcmeService(Service):
                 return decision2, got, False
             log.info("acme: ordering a certificate for {names} ({reason})", names=" ".join(st.names),
                      reason=decision.reason)
-            issued = self._acme_client().order(st.names, self.board, log=log.info)
+            client = self._acme_client()
+            replaces = None
+            if got is not None and decision2.reason in ("ari", "ratio", "expired") and _has_ari(client):
+                from txgate.acme.client import ari_cert_id
+
+                replaces = ari_cert_id(got.chain_pem)
+            issued = client.order(st.names, self.board, log=log.info, **({"replaces": replaces} if replaces else {}))
             self.store.put(st.slot, issued.chain_pem, issued.key_pem)
         got = self._current(st.slot)
         return self._decide(st, got, ratio), got, True
@@ -249,8 +255,13 @@ class AcmeService(Service):
     def _decide(self, st: CertState, got, ratio: float) -> schedule.Decision:
         info = got.info if got is not None else None
         ari_at = None
-        if info is not None and self._client is not None and self._client.directory_has("renewalInfo"):
-            ari_at = self._client.renewal_window(got.chain_pem)
+        if info is not None:
+            try:  # the CA's renewalInfo when its directory offers it; unreachable CA: the ratio decides
+                client = self._acme_client()
+                if _has_ari(client):
+                    ari_at = client.renewal_window(got.chain_pem)
+            except Exception as e:
+                log.debug("acme: no renewalInfo for {names}: {e}", names=" ".join(st.names), e=e)
         return schedule.decide(self.now(), st.names, info, ratio, ari_at)
 
     def _done(self, st: CertState, result) -> None:
@@ -295,6 +306,12 @@ class AcmeService(Service):
     def _count(self, result: str) -> None:
         if self.metrics is not None and hasattr(self.metrics, "acme_order"):
             self.metrics.acme_order(result)
+
+
+def _has_ari(client) -> bool:
+    """Whether the CA's directory offers renewalInfo (RFC 9773)."""
+    has = getattr(client, "directory_has", None)
+    return bool(has is not None and has("renewalInfo"))
 
 
 def _td(seconds: float):
