@@ -126,3 +126,37 @@ def test_issuance_succeeds_when_the_ca_rejects_half_the_nonces(acme_env, tmp_pat
     root = tmp_path / "pebble-root.pem"
     root.write_bytes(pebble.root_pem())
     poll(lambda: _served_by_pebble(gw, tls_port, str(root)), 20, 0.2, "the ACME certificate being served")
+
+
+@pytest.mark.timeout(150)
+def test_renewal_under_continuous_load_fails_no_request(acme_env, tmp_path):
+    import threading
+
+    start_pebble, start_gateway = acme_env
+    http_port, tls_port = free_port(), free_port()
+    pebble = start_pebble(http_port, tls_port, validity=30)
+    gw = start_gateway(_config(pebble, http_port, tls_port, "tls-alpn-01", "renew_ratio = 0.7"))
+    gw.wait_log(r"acme: certificate for www.acme-test.example issued", timeout=60)
+    root = tmp_path / "pebble-root.pem"
+    root.write_bytes(pebble.root_pem())
+    poll(lambda: _served_by_pebble(gw, tls_port, str(root)), 20, 0.2, "the ACME certificate being served")
+    results: list[bool] = []
+    stop = threading.Event()
+
+    def load():  # a new connection (and handshake) per request, verified against pebble's root
+        while not stop.is_set():
+            results.append(_served_by_pebble(gw, tls_port, str(root)))
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        poll(lambda: gw.output().count("acme: certificate for www.acme-test.example issued") >= 2, 60, 0.2,
+             "the renewal")
+        poll(lambda: gw.output().count("reloaded (store change: acme/www.acme-test.example)") >= 2, 20, 0.2,
+             "the reload onto the renewed certificate")
+        n = len(results)
+        poll(lambda: len(results) >= n + 20, 30, 0.1, "20 requests after the swap")
+    finally:
+        stop.set()
+        worker.join(30)
+    assert results and all(results), f"{results.count(False)} of {len(results)} requests failed"
