@@ -39,7 +39,9 @@ setup(
         "acme>=5.0",
         "josepy>=2.0",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "pyyaml>=6", "openapi-spec-validator>=0.7"],
+    # pyyaml reads kubeconfig files (k8s-secret: and k8s-csr: certificates).
+    extras_require={"kubernetes": ["pyyaml>=6"],
+                    "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "pyyaml>=6", "openapi-spec-validator>=0.7"],
                     "benchmarks": ["matplotlib>=3.5"]},
     entry_points={"console_scripts": ["txgate=txgate.cli:main"]},
     # txgate._spki: the native SPKI core (native/), linked against the system libcrypto;

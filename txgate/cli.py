@@ -13,6 +13,7 @@ def cmd_check(args) -> int:
     from txgate import config as _config
     from txgate.plan import prepare
     from txgate.plan.files import check_files
+    from txgate.plan.kubernetes import kubernetes_access
     from txgate.plan.running import read_running
     from txgate.plan.store import open_gateway_store
 
@@ -20,6 +21,7 @@ def cmd_check(args) -> int:
     try:
         cfg = _config.load(args.config) if args.config else _config.default_config()
         check_files(cfg)
+        kubernetes_access(cfg)
         if cfg.store_refs():
             store = open_gateway_store(cfg, create=False)
         # Ports held by the gateway already running on this config are free for it (check, then reload).
@@ -181,12 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     from txgate.cli_acme import register_acme_commands
     from txgate.cli_admin import register_admin_commands
     from txgate.cli_certs import register_cert_commands
+    from txgate.cli_k8s import register_k8s_commands
     from txgate.cli_store import register_store_commands
 
     register_admin_commands(sub)
     register_store_commands(sub)
     register_cert_commands(sub)
     register_acme_commands(sub)
+    register_k8s_commands(sub)
     return p
 
 

@@ -90,19 +90,12 @@ def _version(transport: Any) -> str | None:
 
 def _log_failed_handshake(site: AdminSite, transport: Any, reason: Any) -> None:
     from txgate.metrics import result_for_refusal
-    from txgate.tls.clientverify import MISSING_REASON
     from txgate.tls.outcomes import HandshakeOutcome, classify_handshake_failure
 
     failure = classify_handshake_failure(reason)
-    state = None
-    try:
-        state = site.client_verifier.state_of(transport.getHandle())
-    except Exception:
-        pass
-    code = getattr(state, "reason", None)
-    detail = getattr(state, "detail", None)
-    if code is None and failure.no_client_certificate:
-        code, detail = MISSING_REASON, "no client certificate sent"
+    code = detail = None
+    if site.client_verifier is not None:
+        code, detail = site.client_verifier.refusal(transport.getHandle(), failure.no_client_certificate)
     client = getattr(transport.getPeer(), "host", "?")
     if code is not None:
         result = result_for_refusal(code)

@@ -19,6 +19,7 @@ from txgate.config.model import (
     Config,
     ConfigError,
     GatewayConfig,
+    KubernetesConfig,
     ListenerConfig,
     SecurityConfig,
     Target,
@@ -37,6 +38,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "DEFAULT_CONFIG", "TLS_VERSIONS", "AdminConfig", "AdminConfigError", "ApiConfig", "CertSpec", "Config",
-    "ConfigError", "GatewayConfig", "ListenerConfig", "SecurityConfig", "Target", "default_config",
+    "ConfigError", "GatewayConfig", "KubernetesConfig", "ListenerConfig", "SecurityConfig", "Target", "default_config",
     "host_name_problem", "host_pattern_rank", "is_ip", "is_loopback", "load", "parse_text", "select_by_host",
 ]

@@ -19,10 +19,12 @@ from txgate.config.model import (
     Config,
     ConfigError,
     GatewayConfig,
+    KubernetesConfig,
     raise_collected,
     ListenerConfig,
     SecurityConfig,
 )
+from txgate.config.kubernetes import KUBERNETES_KEYS, parse_kubernetes
 from txgate.config.sections import Section, parse_bind, parse_cert_spec, suggest
 
 DEFAULT_CONFIG = """\
@@ -78,7 +80,7 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
             section.fail("sni", f"expected 'NAME = CERT.pem KEY.pem', got '{line}'")
         if not wildcard_ok(sname):
             section.fail("sni", f"'{sname}': {WILDCARD_RULE}")
-        sni.append((sname, parse_cert_spec(section, "sni", rest.strip(), acme=True)))
+        sni.append((sname, parse_cert_spec(section, "sni", rest.strip(), sname, acme=True)))
     min_tls = _tls_version(section, "min_tls", "1.2", warnings)
     max_tls = _tls_version(section, "max_tls", "1.3", warnings)
     if TLS_VERSIONS.index(min_tls) > TLS_VERSIONS.index(max_tls):
@@ -203,6 +205,7 @@ def parse_text(text: str, path: str) -> Config:
     gateway = GatewayConfig()
     security = SecurityConfig()
     admin = AdminConfig()
+    kubernetes = KubernetesConfig()
     acme = AcmeConfig()
     listener_sections: list[tuple[str, dict]] = []
     api_sections: list[tuple[str, dict]] = []
@@ -213,6 +216,9 @@ def parse_text(text: str, path: str) -> Config:
             gateway = _collect(errors, parse_gateway, Section(path, name, values, GATEWAY_KEYS, errors)) or gateway
         elif name == "admin":
             admin = _collect(errors, parse_admin, Section(path, name, values, ADMIN_KEYS, errors)) or admin
+        elif name == "kubernetes":
+            kubernetes = _collect(errors, parse_kubernetes,
+                                  Section(path, name, values, KUBERNETES_KEYS, errors)) or kubernetes
         elif name == "acme":
             acme = _collect(errors, parse_acme, Section(path, name, values, ACME_KEYS, errors)) or acme
         elif name == "security":
@@ -222,7 +228,7 @@ def parse_text(text: str, path: str) -> Config:
         elif kind == "api" and sep and rest.strip():
             api_sections.append((rest.strip(), values))
         else:
-            known = ["gateway", "security", "admin", "acme"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
+            known = ["gateway", "security", "admin", "acme", "kubernetes"] + [f"listener:{rest or 'NAME'}", f"api:{rest or 'NAME'}"]
             hint = suggest(name, known) or f" (expected one of {', '.join(SECTION_KINDS)})"
             errors.append(ConfigError(path, name, None, "unknown section" + hint))
 
@@ -273,7 +279,7 @@ def parse_text(text: str, path: str) -> Config:
     raise_collected(first_per_key(errors))
     admin = dataclasses.replace(admin, state_dir=gateway.state_dir)
     return Config(path=path, gateway=gateway, listeners=tuple(listeners), apis=tuple(apis), security=security,
-                  admin=admin, acme=acme, warnings=tuple(warnings))
+                  admin=admin, acme=acme, kubernetes=kubernetes, warnings=tuple(warnings))
 
 
 def _finish_listeners(path: str, acme: AcmeConfig, listeners: list, apis: list) -> list:

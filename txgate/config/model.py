@@ -67,7 +67,17 @@ class CertSpec:
     cert_path: str | None = None
     key_path: str | None = None
     # `store:NAME` (the current version, followed on reload), `store:NAME@VERSION` or `store:ID` (pinned).
+    # For the Kubernetes sources, the store name their certificate is kept under (see txgate.config.kubernetes).
     store_ref: str | None = None
+    # `k8s-secret:NAMESPACE/NAME` (a kubernetes.io/tls Secret) and `k8s-csr:SIGNER` (a CSR signed in the cluster).
+    k8s_secret: str | None = None
+    k8s_csr: str | None = None
+
+    @property
+    def kubernetes(self) -> bool:
+        """Whether the certificate comes from the Kubernetes API (a Secret or a CSR)."""
+        return self.k8s_secret is not None or self.k8s_csr is not None
+
     # `acme` / `acme:NAME ...`: the names of a certificate from the [acme] server (() until the
     # listener's API hosts are filled in), kept in the store under ``acme_slot``.
     acme: tuple[str, ...] | None = None
@@ -80,6 +90,10 @@ class CertSpec:
     @property
     def label(self) -> str:
         """How the spec is written in gw.ini (for messages)."""
+        if self.k8s_secret is not None:
+            return f"k8s-secret:{self.k8s_secret}"
+        if self.k8s_csr is not None:
+            return f"k8s-csr:{self.k8s_csr}"
         if self.acme is not None:
             return "acme:" + " ".join(self.acme) if self.acme else "acme"
         if self.store_ref is not None:
@@ -199,6 +213,17 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class KubernetesConfig:
+    """`[kubernetes]`: how txgate reaches the API server, and the CSRs it submits."""
+
+    kubeconfig: str | None = None  # None: $KUBECONFIG, then the in-cluster service account
+    context: str | None = None  # None: the kubeconfig's current-context
+    csr_expiration_seconds: int = 86400
+    startup_timeout: float = 10.0  # how long startup reads the Secrets before listening (0: not at all)
+    pod_name: str | None = None  # None: $POD_NAME, then the host name (CSR names are per replica)
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     name: str
     host: str
@@ -305,6 +330,7 @@ class Config:
     apis: tuple[ApiConfig, ...] = ()
     security: SecurityConfig = SecurityConfig()
     admin: AdminConfig = AdminConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
     acme: AcmeConfig = AcmeConfig()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -329,6 +355,10 @@ class Config:
         for pattern, spec in self.security.upstream_certificates:
             out.append(("security", "upstream_certificates", f"security upstream_certificates {pattern}", spec))
         return out
+
+    def kubernetes_specs(self) -> list[tuple[str, str, str, CertSpec]]:
+        """The certificate specs that come from the Kubernetes API (``cert_specs`` entries)."""
+        return [item for item in self.cert_specs() if item[3].kubernetes]
 
     def acme_certificates(self) -> list[tuple[str, ...]]:
         """The names of every ACME certificate in use (one entry per distinct list of names)."""

@@ -141,12 +141,20 @@ def parse_store_ref(section: Section, key: str, word: str) -> str:
     return ref.lower() if is_hex64(ref) else ref
 
 
-def parse_cert_spec(section: Section, key: str, value: str, *, acme: bool = False) -> CertSpec:
-    """`local`, `CERT.pem KEY.pem` (checked on disk by ``txgate.plan.files``) or `store:NAME` / `store:ID`;
+def parse_cert_spec(section: Section, key: str, value: str, use: str | None = None, *, acme: bool = False) -> CertSpec:
+    """`local`, `CERT.pem KEY.pem` (checked on disk by ``txgate.plan.files``), `store:NAME` / `store:ID`,
+    `k8s-secret:NAMESPACE/NAME` or `k8s-csr:SIGNER` (``use``: the sni name, which tells CSRs apart);
     with ``acme`` (listener certificates) also `acme` / `acme:NAME ...` (``txgate.config.acme``)."""
+    from txgate.config.kubernetes import is_k8s_word, parse_k8s_spec
+
     words = value.split()
     if words == ["local"]:
         return CertSpec(local=True)
+    if words and is_k8s_word(words[0]):
+        if len(words) != 1:
+            section.fail(key, f"expected one Kubernetes source (k8s-secret:NAMESPACE/NAME or k8s-csr:SIGNER), "
+                              f"got '{value}'")
+        return parse_k8s_spec(section, key, words[0], use)
     if acme:
         from txgate.config.acme import parse_acme_spec
 

@@ -36,6 +36,8 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
         default = acme_pair(plan, section, ln.certificate, local, store, now, create_state=create_state)
     else:
         default = load_pair(config, section, "certificate", ln.certificate, now, plan, store)
+        if default is None and create_state:  # a Kubernetes certificate not there yet: a local placeholder
+            default = local.issue(local_names(config, ln))
     if default is not None:
         warn_expiry(plan, section, "certificate", default, now)
         plan.held.append((section, "listener", default.leaf))
@@ -52,7 +54,11 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
                 continue
         else:
             ck = load_pair(config, section, "sni", spec, now, plan, store)
-            if not names_cover(ck.leaf, name):
+            if ck is None:  # a Kubernetes certificate not there yet
+                if not create_state:
+                    continue
+                ck = local.issue([name])
+            elif not names_cover(ck.leaf, name):
                 plan.warn(section, "sni", f"certificate {spec.cert_path or spec.label} does not cover '{name}' "
                           f"(its names: {', '.join(ck.dns_names + [str(i) for i in ck.ip_addresses]) or 'none'})")
         warn_expiry(plan, section, "sni", ck, now)

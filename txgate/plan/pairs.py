@@ -10,9 +10,18 @@ from txgate.plan.model import Plan
 
 def load_pair(config: Config, section: str, key: str, spec: CertSpec, now: datetime, plan: Plan | None = None,
               store=None):
-    """A CERT.pem KEY.pem pair or a `store:REF` entry as a CertifiedKey; errors name section and key."""
+    """A CERT.pem KEY.pem pair or a `store:REF` entry as a CertifiedKey; errors name section and key.
+
+    A Kubernetes source (`k8s-secret:`, `k8s-csr:`) whose certificate has not reached the store yet
+    gives None (the caller serves a placeholder, with a warning naming the source).
+    """
     from txgate.tls.certs import CertificateError, check_validity, load_certified_key
 
+    if spec.kubernetes and not _in_store(store, spec.store_ref):
+        if plan is not None:
+            plan.warn(section, key, f"{spec.label}: no certificate from Kubernetes yet "
+                      "(a placeholder is used until it arrives)")
+        return None
     if spec.store_ref is not None:
         from txgate.store import StoreError
 
@@ -48,3 +57,15 @@ def warn_expiry(plan: Plan, section: str, key: str, ck, now: datetime) -> None:
     w = expiry_warning(ck, now)
     if w:
         plan.warn(section, key, w)
+
+
+def _in_store(store, ref: str) -> bool:
+    """Whether the store has a current entry named ``ref`` (with a key)."""
+    from txgate.store import StoreError
+
+    if store is None:
+        return False
+    try:
+        return store.get(ref).key is not None
+    except StoreError:
+        return False

@@ -9,6 +9,7 @@ from txgate.config import Config
 from txgate.plan import prepare
 from txgate.plan.checks import check_default_admin_port
 from txgate.plan.files import check_files
+from txgate.plan.kubernetes import kubernetes_access
 from txgate.plan.store import open_gateway_store
 from txgate.runtime.facade import ServiceFacade
 from txgate.runtime.gateway import GatewayService
@@ -28,8 +29,16 @@ def makeService(config: Config, reactor=None, *, loader=None, gateway_class=None
     # is opened first only when the config refers to it (and then must already exist), else after
     # everything else checked out.
     check_files(config)
+    access = kubernetes_access(config)
     store = open_gateway_store(config, create=False) if config.store_refs() else None
     try:
+        if access is not None:
+            from txgate.k8s.bootstrap import fetch_secrets
+            from txgate.k8s.service import secret_wants
+
+            if store is None:
+                store = open_gateway_store(config)
+            fetch_secrets(access, secret_wants(config), store, config.kubernetes.startup_timeout)
         plan = prepare(config, store=store)
         if store is None:
             store = open_gateway_store(config)
@@ -62,6 +71,12 @@ def makeService(config: Config, reactor=None, *, loader=None, gateway_class=None
     ExpiryMonitor(facade, gateway.reactor, warning_days=config.gateway.expiry_warning_days).setServiceParent(top)
     if config.acme.present or config.acme_certificates():
         add_acme(top, gateway, config, metrics)
+    if access is not None:
+        from txgate.k8s.service import KubernetesSource
+
+        source = KubernetesSource(config, access, store, gateway.reactor, current_config=lambda: gateway.config)
+        gateway.on_reload.append(lambda cfg: source.sync())
+        source.setServiceParent(top)
     return top
 
 

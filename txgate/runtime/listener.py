@@ -188,17 +188,7 @@ class Negotiator(Protocol):
 
     def _client_certificate_refused(self, failure: HandshakeFailure) -> str | None:
         """Log the one line of a handshake refused for its client certificate; its reason code, or None."""
-        from txgate.tls.clientverify import MISSING_REASON
-
-        state = None
-        try:
-            state = self.factory.client_certs.state_of(self.transport.getHandle())
-        except Exception:
-            pass
-        code = getattr(state, "reason", None)
-        detail = getattr(state, "detail", None)
-        if code is None and failure.no_client_certificate:
-            code, detail = MISSING_REASON, "no client certificate sent"
+        code, detail = self.factory.client_certs.refusal(self.transport.getHandle(), failure.no_client_certificate)
         if code is None:
             return None
         log.info("TLS handshake with {client} on {listener} refused: {code}: {detail}",

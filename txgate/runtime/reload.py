@@ -63,6 +63,10 @@ def reload_notes(new: Config, running: Config) -> list[str]:
                      "next restart (the running store is kept)")
     if new.admin != running.admin:
         notes.append(f"{new.path}: [admin]: changes take effect at the next restart")
+    if (new.kubernetes.kubeconfig, new.kubernetes.context) != (running.kubernetes.kubeconfig,
+                                                               running.kubernetes.context):
+        notes.append(f"{new.path}: [kubernetes] kubeconfig, context: changes take effect at the next restart "
+                     "(the running API server connection is kept)")
     if (gw_new.workers, gw_new.worker_affinity) != (gw_old.workers, gw_old.worker_affinity):
         notes.append(f"{new.path}: [gateway] workers: workers and worker_affinity changes take effect at the "
                      "next restart")

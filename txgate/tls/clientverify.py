@@ -145,6 +145,22 @@ class ClientVerifier:
         """The state of a connection (None if it was never attached)."""
         return self._states.get(conn)
 
+    def refusal(self, conn: SSL.Connection, no_client_certificate: bool) -> tuple[str | None, str | None]:
+        """(reason code, detail) of a handshake refused for its client certificate, or (None, None).
+
+        ``no_client_certificate``: the handshake failed because the client sent none (from
+        ``tls.outcomes.classify_handshake_failure``), which the verify callback never sees.
+        """
+        try:
+            state = self.state_of(conn)
+        except Exception:  # a connection object that cannot be a dict key: no state
+            state = None
+        code = getattr(state, "reason", None)
+        detail = getattr(state, "detail", None)
+        if code is None and no_client_certificate:
+            code, detail = MISSING_REASON, "no client certificate sent"
+        return code, detail
+
     def _state(self, conn: SSL.Connection) -> ClientCertState:
         state = self._states.get(conn)
         return state if state is not None else self.attach(conn)
