@@ -45,6 +45,7 @@ GW_INI = """\
 [gateway]
 state_dir = {state}
 access_log = {access_log}
+h2_engine = {h2_engine}
 
 [admin]
 bind = off
@@ -125,14 +126,15 @@ def _preexec(cpu, nofile):
 
 def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access_log: bool = False,
           profile: bool = False, timeout: float = 30.0, workers: int = 1, listener: dict | None = None,
-          nofile: int = 0, name: str = "") -> Gateway:
+          nofile: int = 0, name: str = "", h2_engine: str = "auto") -> Gateway:
     """Start ``twistd -n txgate`` from ``repo``; ``listener``: extra [listener:main] keys (e.g. idle_timeout)."""
-    d = os.path.join(tmp, name or f"gateway-{workers}w")
+    d = os.path.join(tmp, name or f"gateway-{workers}w" + ("" if h2_engine == "auto" else f"-{h2_engine}"))
     os.makedirs(d)
     ini = os.path.join(d, "gw.ini")
     with open(ini, "w") as f:
         text = GW_INI.format(state=os.path.join(d, "state"), upstream_port=upstream_port,
                              access_log=os.path.join(d, "access.log") if access_log else "off",
+                             h2_engine=h2_engine,
                              listener_extra="".join(f"{k} = {v}\n" for k, v in (listener or {}).items()))
         # All load comes from 127.0.0.1: with client-address affinity it would all go to one worker.
         f.write(text.replace("[gateway]\n", f"[gateway]\nworkers = {workers}\nworker_affinity = none\n", 1))

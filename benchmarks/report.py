@@ -45,13 +45,15 @@ def _wrap(text: str) -> list[str]:
 def render(rows, meta: str, notes=(), streams: int = 10) -> str:
     """The short table (at most 100 columns) with its footnotes."""
     head = ["scenario", "server", "rate /s", "p50 ms", "p99 ms", "CPU us/req", "goal"]
-    lines, marks = [], []
+    lines, marks, seen = [], [], {}
     for r in rows:
         server = r["server"]
         if r["note"]:
-            marks.append(f"{'*' * (len(marks) + 1)} {SHORT[r['scenario']].format(streams=streams)}, "
-                         f"{server}: {r['note']}")
-            server += "*" * len(marks)
+            if r["note"] not in seen:  # rows with the same note share its mark: the column stays narrow
+                marks.append(f"{'*' * (len(marks) + 1)} {SHORT[r['scenario']].format(streams=streams)}, "
+                             f"{server}: {r['note']}")
+                seen[r["note"]] = len(marks)
+            server += "*" * seen[r["note"]]
         lines.append([
             SHORT[r["scenario"]].format(streams=streams), server, f"{r['rate']:,.0f}",
             _ms(r["p50_ms"]), _ms(r["p99_ms"]),
@@ -61,6 +63,9 @@ def render(rows, meta: str, notes=(), streams: int = 10) -> str:
     for m in marks:
         out.extend(_wrap(m))
     out.extend(_wrap(meta))
+    engines = list(dict.fromkeys(r["engine"] for r in rows if r.get("engine")))
+    if engines:
+        out.extend(_wrap(f"txgate {' / '.join(engines)} = txgate with [gateway] h2_engine = {' / '.join(engines)}."))
     out.extend(_wrap("rate /s = requests per second ((3): new TLS connections per second); CPU us/req = the server's CPU time (user + system) per request or connection: its "
                      "process and workers for txgate, its worker for nginx. " + GOALS_TEXT
                      + " --verbose shows every column."))

@@ -89,6 +89,11 @@ def parse_args(argv=None):
     p.add_argument("--gateway-cpu", type=int, default=0, help="CPU the gateway is pinned to (default 0)")
     p.add_argument("--load-cpu", type=int, default=1,
                    help="CPU for h2load, the scenario-3 clients and the backend (default 1)")
+    p.add_argument("--h2-engine", default="auto",
+                   help="comma-separated [gateway] h2_engine values (auto, native, python): one gateway per "
+                        "engine (and per --workers value), each measured on every scenario in turn, its rows' server "
+                        "'txgate ENGINE'; the peers once; with two or more, notes compare scenario 2's CPU per "
+                        "request and requests per CPU-second (default auto)")
     p.add_argument("--idle", type=int, default=0, metavar="N",
                    help="instead of the scenarios: open N idle TLS connections (h1: half used for one request; "
                         "h2: one finished stream each) to a fresh gateway per mode and report its RSS per "
@@ -120,6 +125,10 @@ def parse_args(argv=None):
     bad = [s for s in a.scenarios if s not in TARGETS]
     if bad:
         p.error(f"--scenario: unknown {','.join(bad)} (choose from 1,2,3)")
+    a.h2_engines = [s.strip() for s in a.h2_engine.split(",") if s.strip()]
+    bad = [s for s in a.h2_engines if s not in ("auto", "native", "python")]
+    if bad or not a.h2_engines:
+        p.error(f"--h2-engine: unknown {','.join(bad) or '(none)'} (choose from auto, native, python)")
     a.idle_modes = [m.strip() for m in a.idle_modes.split(",") if m.strip()]
     if any(m not in ("h1", "h2") for m in a.idle_modes) or not a.idle_modes:
         p.error("--idle-modes: h1, h2 or h1,h2")
@@ -150,13 +159,41 @@ def parse_args(argv=None):
     return a
 
 
-def _row(key, res, gw_cpu, load_cpu, args, note="", server="txgate"):
+def engine_comparison(rows) -> list[str]:
+    """Notes comparing the engines' rows of scenario 2 (and each against scenario 1 on the same gateway)."""
+    rows = [r for r in rows if r.get("engine")]  # txgate's rows when engines are compared, not the peers'
+    by = {(r.get("engine"), r.get("workers"), r["scenario"]): r for r in rows}
+    gws = [g for g in dict.fromkeys((r.get("engine"), r.get("workers")) for r in rows) if g + ("2",) in by]
+    if len({e for e, _ in gws}) < 2:
+        return []
+    notes = []
+    per = {g: by[g + ("2",)]["server_cpu_us_per_req"] for g in gws}
+    for g in gws:
+        r2, r1 = by[g + ("2",)], by.get(g + ("1",))
+        label = f"h2 engine {g[0]}" + (f", {g[1]} worker(s)" if g[1] not in (None, 1) else "")
+        text = (f"{label}: scenario 2 {r2['rate']:,.0f} req/s, {per[g]:.0f} gateway CPU us/req "
+                f"({1e6 / per[g]:,.0f} req per CPU-second)" if per[g] else f"{label}: no requests")
+        if r1 and r1["server_cpu_us_per_req"] and per[g]:
+            text += (f"; scenario 1 on the same gateway {r1['server_cpu_us_per_req']:.0f} us/req: h2/h1 per "
+                     f"CPU-second {r1['server_cpu_us_per_req'] / per[g]:.2f}x")
+        notes.append(text)
+    for w in dict.fromkeys(g[1] for g in gws):
+        same = [g for g in gws if g[1] == w]
+        base = same[-1]
+        for g in same[:-1]:
+            if per[g] and per[base]:
+                notes.append(f"scenario 2 requests per gateway CPU-second, {g[0]} / {base[0]}: {per[base] / per[g]:.2f}x")
+    return notes
+
+
+def _row(key, res, gw_cpu, load_cpu, args, note="", server="txgate", engine=None):
     lat = res["lat_us"]
     n = res["succeeded"]
     errors = res["failed"] + res["errored"] + res["timeout"] + res["non_2xx"]
     row = {
         "scenario": key,
-        "server": server,
+        "server": server + (f" {engine}" if engine else ""),  # e.g. "txgate native"
+        "engine": engine,
         "title": TITLES[key].format(streams=args.streams),
         "command": res["cmd"],
         "alpn": res.get("alpn"),
@@ -236,7 +273,7 @@ def main(argv=None) -> int:
         gw = None
         handshake = None
 
-        def measure(key, workers=1, server=None):
+        def measure(key, workers=1, server=None, engine=None):
             server = server or gw
             peer = getattr(server, "name", None)  # None: txgate
             h1 = key in ("1", "baseline")
@@ -244,7 +281,9 @@ def main(argv=None) -> int:
             streams = args.streams if key == "2" else 1
             target_url = (f"http://127.0.0.1:{be.port}/" if key == "baseline"
                           else f"https://127.0.0.1:{server.port}/")
-            name = TITLES[key].format(streams=args.streams) + (f" ({peer})" if peer else "")
+            engine = None if key == "baseline" or peer or args.h2_engines == ["auto"] else engine
+            name = (TITLES[key].format(streams=args.streams) + (f" ({peer})" if peer else "")
+                    + (f" [h2 {engine}]" if engine else ""))
 
             def run(duration, log_file=None):
                 if key == "3" and args.tls_client == "openssl":
@@ -264,7 +303,8 @@ def main(argv=None) -> int:
             if key != "baseline":
                 server.profile_start()
             c0, l0 = server_cpu(), _load.children_cpu()
-            res = run(args.duration, os.path.join(tmp, f"h2load-{key}-{peer or f'{workers}w'}.log".replace(" ", "-")))
+            who = peer or f"{workers}w-{engine or 'auto'}"
+            res = run(args.duration, os.path.join(tmp, f"h2load-{key}-{who}.log".replace(" ", "-")))
             c1, l1 = server_cpu(), _load.children_cpu()
             if key != "baseline":
                 prof = server.profile_stop()
@@ -290,7 +330,7 @@ def main(argv=None) -> int:
                 for line in res["errors_text"]:
                     log(f"{name}: s_time: {line[0] if line else '?'}")
             row = _row(key, res, c1 - c0, l1 - l0, args, note,
-                       server="nginx direct" if key == "baseline" else (peer or "txgate"))
+                       server="nginx direct" if key == "baseline" else (peer or "txgate"), engine=engine)
             row["workers"] = workers if key != "baseline" and not peer else None
             if "probe" in res:
                 row.update(tls=res["probe"], reused=res["reused"], bytes_per_conn=res["bytes_per_conn"])
@@ -302,22 +342,23 @@ def main(argv=None) -> int:
             rows.append(row)
 
         for workers in args.workers:
-            gw = _gateway.start(pm, tmp, args.repo, be.port, gw_cpu, access_log=args.access_log,
-                                profile=args.profile, workers=workers)
-            log(f"gateway: pid {gw.pid} on https://127.0.0.1:{gw.port}, {workers} worker(s), CPU "
-                f"{gw_cpu if gw_cpu is not None else 'unpinned'}, access_log {'on' if args.access_log else 'off'}"
-                f"{', cProfile' if args.profile else ''}")
-            _sanity(gw.port)
-            if handshake is None and "3" in args.scenarios and args.handshake_samples > 0:
-                handshake = _handshake.server_handshake_us(_handshake.gateway_certificate(gw.state_dir),
-                                                           args.handshake_samples)
-                log(f"OpenSSL's own server handshake, in process: {handshake['median_us']} us (median of "
-                    f"{handshake['handshakes']}, {handshake['version']}, {handshake['key']})")
-            for key in args.scenarios:
-                measure(key, workers)
-            pm.stop(gw.proc, timeout=60)
+            for engine in args.h2_engines:
+                gw = _gateway.start(pm, tmp, args.repo, be.port, gw_cpu, access_log=args.access_log,
+                                    profile=args.profile, workers=workers, h2_engine=engine)
+                log(f"gateway: pid {gw.pid} on https://127.0.0.1:{gw.port}, {workers} worker(s), CPU "
+                    f"{gw_cpu if gw_cpu is not None else 'unpinned'}, h2_engine {engine}, access_log {'on' if args.access_log else 'off'}"
+                    f"{', cProfile' if args.profile else ''}")
+                _sanity(gw.port)
+                if handshake is None and "3" in args.scenarios and args.handshake_samples > 0:
+                    handshake = _handshake.server_handshake_us(_handshake.gateway_certificate(gw.state_dir),
+                                                               args.handshake_samples)
+                    log(f"OpenSSL's own server handshake, in process: {handshake['median_us']} us (median of "
+                        f"{handshake['handshakes']}, {handshake['version']}, {handshake['key']})")
+                for key in args.scenarios:
+                    measure(key, workers, engine=engine)
+                pm.stop(gw.proc, timeout=60)
         if args.peers == "nginx":
-            # The peer on the gateway's core, the same load on the other one.
+            # The peer on the gateway's core, the same load on the other one; measured once, not per engine.
             proxy = _peers.start_nginx_proxy(pm, tmp, be.port, gw_cpu)
             log(f"peer: nginx TLS-terminating proxy, pid {proxy.pid} on "
                 f"https://127.0.0.1:{proxy.port}")
@@ -352,7 +393,7 @@ def main(argv=None) -> int:
                 f"streams, 3 = {args.tls_clients} "
                 f"{'openssl s_time' if args.tls_client == 'openssl' else 'Python ssl client'} processes; access_log "
                 f"{'on' if args.access_log else 'off'}; {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        notes = []
+        notes = engine_comparison(rows)
         st = [r for r in rows if r.get("tls")]
         if st:
             pr = st[0]["tls"]

@@ -34,6 +34,8 @@ typedef struct txg_h2_limits {
     uint32_t initial_window_size;
     uint32_t connection_window_size;
     uint32_t max_continuations;
+    uint32_t max_control_replies;
+    uint32_t max_refused_streams;
 } txg_h2_limits;
 
 typedef struct txg_h2 txg_h2;

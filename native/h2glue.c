@@ -4,7 +4,12 @@
  * engines) and no_auto_window_update (the connection window is credited as DATA arrives, a stream's
  * only when the host consumes it). What no_http_messaging turns off but hyper-h2 still checks is
  * redone here: content-length digits/conflicts and body length vs content-length (connection
- * PROTOCOL_ERROR), trailers without END_STREAM, and the decoded header list cap (ENHANCE_YOUR_CALM). */
+ * PROTOCOL_ERROR), trailers without END_STREAM, and the decoded header list cap (ENHANCE_YOUR_CALM).
+ *
+ * A stream beyond SETTINGS_MAX_CONCURRENT_STREAMS is refused here with RST_STREAM(REFUSED_STREAM) (RFC 9113
+ * 5.1.2 allows a stream error): nghttp2 makes it a connection error once the client has acknowledged the
+ * setting, so nghttp2 is given a higher ceiling and the advertised value is written into the SETTINGS frame
+ * on the wire; a client that keeps opening refused streams gets GOAWAY(ENHANCE_YOUR_CALM). */
 #include "h2glue.h"
 
 #include <limits.h>
@@ -25,6 +30,7 @@ typedef struct txg_stream {
     int64_t expected; /* content-length, -1 when none */
     int64_t actual;
     int refused;
+    int counted; /* one of the h->live streams */
 } txg_stream;
 
 struct txg_h2 {
@@ -43,6 +49,10 @@ struct txg_h2 {
     int failed;          /* GOAWAY(code) queued or sent: the session is over; -1 none */
     int32_t refuse_above; /* after our GOAWAY: new streams above this are refused */
     int goaway_sent;      /* our GOAWAY is on the wire: nghttp2 now ignores streams above it */
+    uint32_t live;        /* request streams accepted and not closed */
+    uint32_t refused_total; /* streams refused over max_concurrent_streams */
+    int settings_patched; /* the advertised max_concurrent_streams is on the wire */
+    uint32_t acks_unsent; /* PING/SETTINGS ACKs serialized since the host last took the output */
     /* output */
     uint8_t *out;
     size_t out_len, out_cap;
@@ -66,6 +76,12 @@ static int grow(void **buf, size_t *cap, size_t need, size_t unit) {
 
 static void fail(txg_h2 *h, int code) {
     if (h->fail_code < 0) h->fail_code = code;
+}
+
+/* What nghttp2 is told: the advertised limit plus room for the streams the glue refuses itself. */
+static uint32_t nghttp2_ceiling(const txg_h2_limits *lim) {
+    uint64_t v = (uint64_t)lim->max_concurrent_streams + lim->max_refused_streams + 16;
+    return v > 0x7fffffffu ? 0x7fffffffu : (uint32_t)v;
 }
 
 static txg_stream *stream_of(txg_h2 *h, int32_t sid) {
@@ -144,6 +160,16 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
         if (st->id > h->refuse_above && !h->goaway_sent) {
             st->refused = 1;
             nghttp2_submit_rst_stream(h->session, NGHTTP2_FLAG_NONE, st->id, H2_REFUSED_STREAM);
+        } else if (h->live >= h->lim.max_concurrent_streams) {
+            st->refused = 1;
+            if (++h->refused_total > h->lim.max_refused_streams) {
+                fail(h, H2_ENHANCE_YOUR_CALM);
+                return NGHTTP2_ERR_CALLBACK_FAILURE;
+            }
+            nghttp2_submit_rst_stream(h->session, NGHTTP2_FLAG_NONE, st->id, H2_REFUSED_STREAM);
+        } else {
+            st->counted = 1;
+            h->live++;
         }
     }
     return 0;
@@ -302,6 +328,7 @@ static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void 
     txg_stream *st = stream_of(h, sid);
     int refused = st ? st->refused : 0;
     if (st) {
+        if (st->counted) h->live--;
         nghttp2_session_set_stream_user_data(s, sid, NULL);
         stream_unlink(h, st);
     }
@@ -315,7 +342,14 @@ static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void 
 
 static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *ud) {
     txg_h2 *h = ud;
-    (void)s;
+    if ((frame->hd.type == NGHTTP2_PING || frame->hd.type == NGHTTP2_SETTINGS) && (frame->hd.flags & NGHTTP2_FLAG_ACK)) {
+        /* A peer that does not read is not read either, and its replies wait in h->out: bound them. */
+        if (++h->acks_unsent > h->lim.max_control_replies && h->failed < 0) {
+            nghttp2_session_terminate_session(s, H2_ENHANCE_YOUR_CALM);
+            h->failed = H2_ENHANCE_YOUR_CALM;
+        }
+        return 0;
+    }
     if (frame->hd.type != NGHTTP2_GOAWAY) return 0;
     h->goaway_sent = 1;
     if (frame->goaway.error_code != H2_NO_ERROR && h->failed < 0) h->failed = (int)frame->goaway.error_code;
@@ -376,6 +410,7 @@ txg_h2 *txg_h2_new(void *user, const txg_h2_limits *limits, int *err) {
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_no_closed_streams(opt, 1);
     nghttp2_option_set_max_continuations(opt, limits->max_continuations);
+    nghttp2_option_set_max_outbound_ack(opt, limits->max_control_replies ? limits->max_control_replies : 1000);
     rv = nghttp2_session_server_new2(&h->session, cbs, h, opt);
     nghttp2_session_callbacks_del(cbs);
     nghttp2_option_del(opt);
@@ -384,7 +419,7 @@ txg_h2 *txg_h2_new(void *user, const txg_h2_limits *limits, int *err) {
     if (rv != 0) goto nomem;
 
     iv[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS;
-    iv[0].value = limits->max_concurrent_streams;
+    iv[0].value = nghttp2_ceiling(limits); /* the wire says limits->max_concurrent_streams */
     iv[1].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE;
     iv[1].value = limits->max_header_list_size;
     iv[2].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE;
@@ -419,6 +454,24 @@ void txg_h2_free(txg_h2 *h) {
     free(h);
 }
 
+/* Write the advertised max_concurrent_streams into our first SETTINGS frame (at the start of buf). */
+static void patch_settings(txg_h2 *h, uint8_t *buf, size_t n) {
+    size_t len, off;
+    h->settings_patched = 1;
+    if (n < 9 || buf[3] != NGHTTP2_SETTINGS || (buf[4] & NGHTTP2_FLAG_ACK)) return;
+    len = ((size_t)buf[0] << 16) | ((size_t)buf[1] << 8) | buf[2];
+    if (len > n - 9) return;
+    for (off = 9; off + 6 <= 9 + len; off += 6) {
+        if (buf[off] == 0 && buf[off + 1] == NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS) {
+            uint32_t v = h->lim.max_concurrent_streams;
+            buf[off + 2] = (uint8_t)(v >> 24);
+            buf[off + 3] = (uint8_t)(v >> 16);
+            buf[off + 4] = (uint8_t)(v >> 8);
+            buf[off + 5] = (uint8_t)v;
+        }
+    }
+}
+
 static int lib_error_code(ssize_t rv) {
     switch (rv) {
     case NGHTTP2_ERR_FLOODED:
@@ -441,6 +494,7 @@ static int pump(txg_h2 *h) {
         if (h->out_len > SIZE_MAX - (size_t)n || grow((void **)&h->out, &h->out_cap, h->out_len + (size_t)n, 1) != 0)
             return TXG_H2_E_NOMEM;
         memcpy(h->out + h->out_len, data, (size_t)n);
+        if (!h->settings_patched) patch_settings(h, h->out + h->out_len, (size_t)n);
         h->out_len += (size_t)n;
     }
 }
@@ -461,7 +515,8 @@ int txg_h2_recv(txg_h2 *h, const uint8_t *data, size_t len) {
 
 ssize_t txg_h2_send(txg_h2 *h, const uint8_t **out) {
     if (!h || !out) return TXG_H2_E_ARG;
-    pump(h);
+    if (pump(h) != 0 && h->failed < 0) h->failed = H2_INTERNAL_ERROR;
+    h->acks_unsent = 0;
     *out = h->out;
     {
         ssize_t n = (ssize_t)h->out_len;

@@ -36,6 +36,8 @@ typedef struct txg_h2_limits {
     uint32_t initial_window_size;    /* per-stream receive window */
     uint32_t connection_window_size; /* connection receive window */
     uint32_t max_continuations;      /* CONTINUATION frames allowed after one HEADERS */
+    uint32_t max_control_replies;    /* PING/SETTINGS ACKs not yet taken by txg_h2_send before GOAWAY(ENHANCE_YOUR_CALM) */
+    uint32_t max_refused_streams;    /* streams refused over max_concurrent_streams before GOAWAY(ENHANCE_YOUR_CALM) */
 } txg_h2_limits;
 
 typedef struct txg_h2 txg_h2;

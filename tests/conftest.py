@@ -55,6 +55,38 @@ def poll(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "
         time.sleep(interval)
 
 
+def _built_h2_engines() -> list[str]:
+    from txgate.http.h2engine import available_engines
+
+    return sorted(available_engines())
+
+
+# The HTTP/2 engines built here ("native" when txgate._nghttp2 is, always "python"): h2 end-to-end
+# tests run on each (the `h2_engine` fixture, or indirect parametrization of a module's gateway).
+H2_ENGINES = _built_h2_engines()
+# Set by the `h2_engine` fixture: every Gateway started meanwhile gets `[gateway] h2_engine = ...`.
+h2_engine_override: str | None = None
+
+
+def with_h2_engine(config_text: str, engine: str | None) -> str:
+    """The config with `[gateway] h2_engine = ENGINE` (a [gateway] section added when there is none)."""
+    if not engine:
+        return config_text
+    line = f"h2_engine = {engine}\n"
+    if re.search(r"^h2_engine\s*=", config_text, re.M):
+        return re.sub(r"^h2_engine\s*=.*$", line.rstrip("\n"), config_text, flags=re.M)
+    if re.search(r"^\[gateway\]\s*$", config_text, re.M):
+        return re.sub(r"^\[gateway\]\s*$", "[gateway]\n" + line.rstrip("\n"), config_text, count=1, flags=re.M)
+    return "[gateway]\n" + line + "\n" + config_text
+
+
+@pytest.fixture(params=H2_ENGINES)
+def h2_engine(request, monkeypatch):
+    """Run the test once per HTTP/2 engine: gateways it starts use that engine."""
+    monkeypatch.setattr(sys.modules[__name__], "h2_engine_override", request.param)
+    return request.param
+
+
 NOBODY = 65534
 
 
@@ -118,11 +150,12 @@ class Gateway:
     ``workers`` ("auto", "2", or None for the gw.ini value); tests/test_workers_e2e.py runs workers.
     """
 
-    def __init__(self, workdir: Path, config_text: str, extra_args: tuple = (), workers: str | None = "1") -> None:
+    def __init__(self, workdir: Path, config_text: str, extra_args: tuple = (), workers: str | None = "1",
+                 h2_engine: str | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "gw.ini"
-        self.config_path.write_text(config_text)
+        self.config_path.write_text(with_h2_engine(config_text, h2_engine or h2_engine_override))
         self.out_path = self.workdir / "gateway.out"
         self.err_path = self.workdir / "gateway.err"
         self.extra_args = extra_args

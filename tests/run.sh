@@ -12,6 +12,8 @@ command -v nginx >/dev/null || missing+=(nginx-light)
 command -v ss >/dev/null || missing+=(iproute2)  # tests/test_workers_e2e.py reads accept queues
 command -v gcc >/dev/null || missing+=(gcc)
 command -v pebble >/dev/null || missing+=(pebble)
+command -v redis-server >/dev/null || missing+=(redis-server)  # the Redis store and ACME fleet tests
+command -v chromium >/dev/null || missing+=(chromium)  # the admin status page, loaded headless
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 dpkg -s libnghttp2-dev >/dev/null 2>&1 || missing+=(libnghttp2-dev)
 if [ ${#missing[@]} -gt 0 ]; then

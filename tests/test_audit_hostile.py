@@ -77,7 +77,7 @@ def _frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", sid) + payload
 
 
-def test_audit_h2_continuation_flood_gets_the_connection_dropped(gateway_factory):
+def test_audit_h2_continuation_flood_gets_the_connection_dropped(h2_engine, gateway_factory):
     import hpack
 
     gw = gateway_factory(LIMITED.replace("idle_timeout = 0.5", "idle_timeout = 60"))

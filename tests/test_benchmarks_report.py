@@ -95,3 +95,24 @@ def test_nginx_peer_terminates_tls_and_proxies(tmp_path, backend):
         assert any("/through/nginx" in str(r) for r in backend.requests)
     finally:
         pm.stop_all()
+
+
+def test_engine_rows_fit_and_compare_txgate_only():
+    def eng(scenario, engine, rate, cpu_us, note=""):
+        args = runner.parse_args(["--scenario", "1,2,3", "--tls-client", "python"])
+        res = {"lat_us": [1500], "succeeded": 1000, "failed": 0, "errored": 0, "timeout": 0, "non_2xx": 0,
+               "cmd": "h2load ...", "rps": rate, "elapsed": 10.0}
+        r = runner._row(scenario, res, cpu_us * 1000 / 1e6, 1.2, args, note=note, engine=engine)
+        r["workers"] = 1
+        return r
+
+    rows = [eng(k, e, 13000, c, note="profiled") for e in ("native", "python") for k, c in (("1", 70), ("2", 80))]
+    rows += [dict(r, workers=None) for r in ROWS[3:]]
+    assert rows[0]["server"] == "txgate native" and rows[0]["engine"] == "native" and rows[0]["result"] == "pass"
+    notes = runner.engine_comparison(rows)
+    assert len(notes) == 3 and all("None" not in n for n in notes), notes
+    text = report.render(rows, META, notes)
+    assert max(len(line) for line in text.splitlines()) <= 100, text
+    assert any("txgate python*" in l and "13,000" in l for l in text.splitlines())
+    assert "native / python: 1.00x" in " ".join(text.split())
+    assert runner.engine_comparison(ROWS) == []

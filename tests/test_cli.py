@@ -11,6 +11,8 @@ def test_version_names_the_libraries():
     assert lines[0].startswith("txgate ")
     assert "twisted" in lines[1] and "pyOpenSSL" in lines[1] and "h2" in lines[1]
     assert lines[2].startswith("OpenSSL (pyOpenSSL): OpenSSL ")
+    engine = [ln for ln in lines if ln.startswith("HTTP/2 engine: ")]
+    assert engine and ("native (libnghttp2 " in engine[0] or "python (hyper-h2 " in engine[0])
 
 
 def test_usage_errors_exit_2_without_traceback():

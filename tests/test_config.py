@@ -273,10 +273,33 @@ def test_api_value_errors(extra, message):
         ("shutdown_timeout = later", "[gateway] shutdown_timeout: expected a number, got 'later'"),
         ("shutdown_timeout = -1", "[gateway] shutdown_timeout: must be at least 0, got -1"),
         ("state_dir =", "[gateway] state_dir: empty value"),
+        ("h2_engine = nghttp2", "[gateway] h2_engine: expected one of auto, native, python, got 'nghttp2'"),
+        ("h2_engine = pyton", "[gateway] h2_engine: expected one of auto, native, python, got 'pyton' (did you mean 'python'?)"),
     ],
 )
 def test_gateway_value_errors(extra, message):
     assert error("[gateway]\n" + extra + "\n" + L) == "gw.ini: " + message
+
+
+@pytest.mark.parametrize("value", ["auto", "native", "python"])
+def test_gateway_h2_engine_choices(value):
+    assert parse_text("[gateway]\nh2_engine = " + value + "\n" + L, "gw.ini").gateway.h2_engine == value
+
+
+def test_gateway_h2_engine_native_without_the_module_is_refused(monkeypatch):
+    import txgate.http.h2engine as h2engine
+    from txgate.plan import checks
+    from txgate.plan.model import Plan
+
+    monkeypatch.setattr(h2engine, "_native", lambda: (None, "txgate._nghttp2 not importable: gone"))
+    cfg = parse_text("[gateway]\nh2_engine = native\n" + L, "gw.ini")
+    with pytest.raises(ConfigError) as e:
+        checks.check_h2_engine(cfg, Plan(config=cfg))
+    assert str(e.value) == ("gw.ini: [gateway] h2_engine: h2_engine = native, but txgate._nghttp2 not importable: gone")
+    auto = parse_text(L, "gw.ini")
+    plan = Plan(config=auto)
+    checks.check_h2_engine(auto, plan)
+    assert plan.h2_engine.name == "python"
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import ADMIN_EPHEMERAL, Gateway, curl, poll
+from conftest import ADMIN_EPHEMERAL, H2_ENGINES, Gateway, curl, poll
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("curl") is None,
                                 reason="needs openssl and curl")
@@ -83,7 +83,7 @@ def pki(certs):
 
 
 @pytest.fixture(scope="module")
-def gw(pki, tmp_path_factory):
+def gw(request, pki, tmp_path_factory):
     """One gateway with a listener per TLS policy under test."""
     d, e, w = pki["default"], pki["exact"], pki["wild"]
     tls = f"certificate = {d[0]} {d[1]}\n"
@@ -98,7 +98,7 @@ def gw(pki, tmp_path_factory):
         f"[listener:short]\nbind = 127.0.0.1:0\n{tls}idle_timeout = 0.5\n"
         "[listener:shortplain]\nbind = 127.0.0.1:0\ntls = off\nidle_timeout = 0.5\n" + ECHO
     )
-    gateway = Gateway(tmp_path_factory.mktemp("listeners"), config).start()
+    gateway = Gateway(tmp_path_factory.mktemp("listeners"), config, h2_engine=getattr(request, "param", None)).start()
     yield gateway
     assert gateway.stop() == 0
 
@@ -348,6 +348,7 @@ def test_idle_timeout_closes_keepalive_connection(gw, listener):
         sock.close()
 
 
+@pytest.mark.parametrize("gw", H2_ENGINES, indirect=True)
 def test_h2_idle_timeout_closes_the_connection(gw):
     import h2.config
     import h2.connection

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from certs_helpers import make_ca, make_intermediate, write_ca, write_pair
-from conftest import ADMIN_EPHEMERAL, Backend, Gateway, curl, poll
+from conftest import ADMIN_EPHEMERAL, H2_ENGINES, Backend, Gateway, curl, poll
 from test_clientauth_unit import make_client, make_crl
 from test_listener_e2e import s_client, subject_cn
 from txgate.pins import format_pin, spki_sha256
@@ -77,7 +77,7 @@ def backend():
 
 
 @pytest.fixture(scope="module")
-def gw(pki, backend, tmp_path_factory):
+def gw(request, pki, backend, tmp_path_factory):
     p, c = pki["paths"], pki["clients"]
     srv = f"certificate = {pki['server'][0]} {pki['server'][1]}\n"
     both = "listeners = req opt\n"
@@ -179,7 +179,7 @@ upstream = {backend.url()}
 mtls = require
 forward_client_cert = xfcc
 """
-    gateway = Gateway(tmp_path_factory.mktemp("mtls-gw"), config).start()
+    gateway = Gateway(tmp_path_factory.mktemp("mtls-gw"), config, h2_engine=getattr(request, "param", None)).start()
     yield gateway
     assert gateway.stop() == 0
 
@@ -411,6 +411,7 @@ def test_require_listener_applies_allowlists_too(gw, pki):
 # -- HTTP/2 ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("gw", H2_ENGINES, indirect=True)
 def test_h2_per_stream_decisions(gw, pki):
     r, results = get(gw, pki, "opt", ["/verified/a", "/fp/b", "/public/c", "/san/d"], "web", "--http2")
     assert r.returncode == 0, r.stderr
@@ -421,6 +422,7 @@ def test_h2_per_stream_decisions(gw, pki):
     assert error_code(results[0][1]) == "client_certificate_required"
 
 
+@pytest.mark.parametrize("gw", H2_ENGINES, indirect=True)
 def test_h2_parallel_streams(gw, pki):
     paths = ["/verified/1", "/fp/2", "/public/3", "/ca/4"] * 3
     r, results = get(gw, pki, "opt", paths, "client", "--http2", "--parallel", "--parallel-max", "12")

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from backends import H2Client
-from conftest import ADMIN_EPHEMERAL, Backend, Gateway, curl, free_port, poll
+from conftest import ADMIN_EPHEMERAL, H2_ENGINES, Backend, Gateway, curl, free_port, poll
 
 
 def api(name, path, upstream, **kw):
@@ -22,8 +22,9 @@ def api(name, path, upstream, **kw):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, certs):
-    """One gateway with many APIs in front of real backends (started once for the module)."""
+def env(request, tmp_path_factory, certs):
+    """One gateway with many APIs in front of real backends (started once for the module; once more per
+    HTTP/2 engine for the h2 tests that name one)."""
     a, b, slow = Backend(), Backend(), Backend()
     unknown_ca_cert = certs.leaf("upstream-unknown-ca", ["127.0.0.1", "localhost"], ca=certs.other_root)
     tls_unknown = Backend(tls=unknown_ca_cert)
@@ -49,7 +50,7 @@ def env(tmp_path_factory, certs):
         + api("preserve", "/preserve", a.url(), preserve_host="yes")
         + api("echo", "/echo", "builtin:echo")
     )
-    gw = Gateway(tmp_path_factory.mktemp("proxy") / "gw", config).start()
+    gw = Gateway(tmp_path_factory.mktemp("proxy") / "gw", config, h2_engine=getattr(request, "param", None)).start()
     yield {"gw": gw, "a": a, "b": b, "slow": slow, "tls_good": tls_good}
     code = gw.stop()
     for be in (a, b, slow, tls_unknown, tls_mismatch, tls_good):
@@ -291,6 +292,7 @@ def test_strip_path_and_base_path_and_query_preserved(env):
     assert json.loads(body)["path"] == "/plain/q?x=%2F&y"
 
 
+@pytest.mark.parametrize("env", H2_ENGINES, indirect=True)
 def test_h2_to_h1_translation(env):
     gw = env["gw"]
     c = H2Client(gw.port, gw.ca)
@@ -325,6 +327,7 @@ def test_h2_to_h1_translation(env):
     assert hdr(last_request(env["a"], "/preserve/h2"), "host") == [f"localhost:{gw.port}"]
 
 
+@pytest.mark.parametrize("env", H2_ENGINES, indirect=True)
 def test_h2_errors_are_json(env):
     gw = env["gw"]
     r = curl("--http2", "--cacert", gw.ca, "-w", "\n%{http_code} %{http_version}", gw.url("/dead/x"))

@@ -25,7 +25,7 @@ upstream = builtin:echo
 """
 
 
-def test_local_ca_echo_over_http1_and_http2(gateway_factory):
+def test_local_ca_echo_over_http1_and_http2(h2_engine, gateway_factory):
     gw = gateway_factory(QUICKSTART)
     for flag, version in (("--http1.1", "HTTP/1.1"), ("--http2", "HTTP/2")):
         r = curl(flag, "--cacert", gw.ca, gw.url("/echo/hello?x=1"), "-w", "\n%{http_version}")

@@ -211,6 +211,72 @@ def test_h2_refusals_without_a_head(fields, status, message):
     assert head is None and (refusal.status, refusal.message) == (status, message)
 
 
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        # Every value that crosses into the HTTP/1.1 request line must be valid there.
+        (block(method=b"GET /admin"), "invalid :method"),
+        (block(method=b"GET\t"), "invalid :method"),
+        (block(method=b"G(T"), "invalid :method"),
+        (block(method=b"GE\x00T"), "invalid :method"),
+        (block(method=b"G\xc3\x89T"), "invalid :method"),
+        (block(method=b""), "invalid :method"),
+        (block(path=b"/a b"), "missing or invalid :path"),
+        (block(path=b"/a HTTP/1.1\r\nX: y"), "missing or invalid :path"),
+        (block(path=b"/a\tb"), "missing or invalid :path"),
+        (block(path=b"/a\x7fb"), "missing or invalid :path"),
+        (block(path=b"/a\x00"), "missing or invalid :path"),
+        (block(path=b"/\xc3\xa9"), "missing or invalid :path"),
+        (block(path=b"/a#frag"), "missing or invalid :path"),
+        (block(authority=b"api.test /x"), "invalid :authority"),
+        (block(authority=b"user@api.test"), "invalid :authority"),
+        (block(authority=b"api.test/x"), "invalid :authority"),
+        (block(authority=b"api.test\r\nx: y"), "invalid :authority"),
+        (block(authority=b"api.t\xc3\xa9st"), "invalid :authority"),
+        (block((b"host", b"a b"), authority=None), "invalid host header"),
+    ],
+)
+def test_h2_values_invalid_in_http11_are_refused_without_a_head(fields, message):
+    head, refusal = h2_request_head(fields, False, 65536)
+    assert head is None and (refusal.status, refusal.code, refusal.message) == (400, "bad_request", message)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (block((b"x(y", b"v")), "invalid header name"),
+        (block((b"x y", b"v")), "invalid header name"),
+        (block((b"x\"", b"v")), "invalid header name"),
+        (block((b"x/y", b"v")), "invalid header name"),
+        (block((b"x\xc3\xa9", b"v")), "invalid header name"),
+        (block((b"x", b"a\x01b")), "invalid header value"),
+        (block((b"x", b"a\x7fb")), "invalid header value"),
+        (block((b"x", b"a\x1bb")), "invalid header value"),
+        (block((b"cookie", b"a=1"), (b"cookie", b"b\x0b=2")), "invalid header value"),
+    ],
+)
+def test_h2_header_fields_invalid_in_http11_are_refused(fields, message):
+    head, refusal = h2_request_head(fields, False, 65536)
+    assert head is not None and (refusal.status, refusal.message) == (400, message)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        block(method=b"PROPFIND"),
+        block(method=b"get"),
+        block(path=b"/a/b;c=d?x=1&y=%20~!$'()*+,@:/?"),
+        block(authority=b"[::1]:8443"),
+        block(authority=b"api.test:443"),
+        block((b"user-agent", b"Mozilla/5.0 (X11; Linux) \xc3\xa9t\xc3\xa9\tx")),
+        block((b"x-t0k3n_!#$%&'*+-.^`|~", b"v")),
+    ],
+)
+def test_h2_values_valid_in_http11_pass(fields):
+    head, refusal = h2_request_head(fields, False, 65536)
+    assert refusal is None and head is not None
+
+
 def test_h2_options_star_is_a_valid_path():
     head, refusal = h2_request_head(block(method=b"OPTIONS", path=b"*"), False, 65536)
     assert refusal is None and head.target == b"*"

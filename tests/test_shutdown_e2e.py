@@ -84,7 +84,7 @@ def test_idle_h1_keep_alive_connection_closed_at_once(gateway_factory, backend):
     assert time.monotonic() - t0 < 3
 
 
-def test_idle_h2_connection_gets_goaway_and_is_closed_at_once(gateway_factory, backend):
+def test_idle_h2_connection_gets_goaway_and_is_closed_at_once(h2_engine, gateway_factory, backend):
     gw = gateway_factory(config(backend, 10))
     c = H2Client(gw.port, gw.ca)
     c.wait(c.request("/x"))
@@ -98,7 +98,7 @@ def test_idle_h2_connection_gets_goaway_and_is_closed_at_once(gateway_factory, b
     assert time.monotonic() - t0 < 5
 
 
-def test_h2_in_flight_stream_finishes_on_sigterm(gateway_factory, backend):
+def test_h2_in_flight_stream_finishes_on_sigterm(h2_engine, gateway_factory, backend):
     # curl, not python-h2: python-h2 refuses frames of running streams after a GOAWAY.
     gw = gateway_factory(config(backend, 10))
     p = subprocess.Popen(["curl", "-sS", "--http2", "--cacert", gw.ca, "-w", "\n%{http_code} %{http_version}",

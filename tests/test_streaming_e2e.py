@@ -160,7 +160,7 @@ def test_curl_limit_rate_pauses_the_upstream(streaming):
         p.wait()
 
 
-def test_h2_slow_stream_does_not_stall_another(streaming):
+def test_h2_slow_stream_does_not_stall_another(h2_engine, streaming):
     gw, be = streaming
     c = H2Client(gw.port, gw.ca, window=1 * MiB)
     try:

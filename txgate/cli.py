@@ -55,6 +55,9 @@ def cmd_version(args) -> int:
     from txgate import pins as _pins
 
     print(f"SPKI pin backend: {_pins.describe_backend()}")
+    from txgate.http.h2engine import describe_engine
+
+    print(f"HTTP/2 engine: {describe_engine()}")
     return 0
 
 

@@ -64,7 +64,7 @@ ssize_t txg_h2_on_read(void *user, int32_t stream_id, uint8_t *buf, size_t len, 
 static const uint8_t PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    txg_h2_limits lim = {8, 4096, 2 * 4096 + 4096, 65535, 1 << 20, 8};
+    txg_h2_limits lim = {8, 4096, 2 * 4096 + 4096, 65535, 1 << 20, 8, 1000, 100};
     static const uint8_t blob[] = ":status200content-length3x-ab";
     static const uint32_t lens[] = {7, 3, 14, 1, 1, 1};
     static const uint8_t tblob[] = "grpc-status0";

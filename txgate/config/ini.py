@@ -44,7 +44,7 @@ upstream = builtin:echo
 
 GATEWAY_KEYS = {
     "state_dir", "access_log", "log_format", "shutdown_timeout", "store", "store_secret_file", "expiry_warning_days",
-    "error_detail", "workers", "worker_affinity",
+    "error_detail", "workers", "worker_affinity", "h2_engine",
 }
 ADMIN_KEYS = {"bind", "client_ca", "token_file", "allowed_hosts"}
 LISTENER_KEYS = {
@@ -55,6 +55,7 @@ LISTENER_KEYS = {
     "client_ocsp_responder", "client_ocsp_timeout",
 }
 CLIENT_AUTH_MODES = ("none", "optional", "require")
+H2_ENGINES = ("auto", "native", "python")  # txgate.http.h2engine.CHOICES (config imports stdlib only)
 SECTION_KINDS = ("gateway", "security", "admin", "listener:NAME", "api:NAME")
 
 
@@ -330,6 +331,7 @@ def parse_gateway(s: Section) -> GatewayConfig:
         error_detail=s.bool("error_detail", False),
         workers=None if s.str("workers", "auto") == "auto" else s.number("workers", 1, integer=True, minimum=1),
         worker_affinity=s.choice("worker_affinity", "client_address", WORKER_AFFINITY),
+        h2_engine=s.choice("h2_engine", "auto", H2_ENGINES),
     )
 
 

@@ -135,6 +135,8 @@ class GatewayConfig:
     store: str = "dir"
     store_secret_file: str | None = None
     expiry_warning_days: int = 30
+    # The HTTP/2 engine: "auto" (native when built), "native" (libnghttp2) or "python" (hyper-h2).
+    h2_engine: str = "auto"
     # Error bodies carry the details (upstream URLs, TLS reasons) instead of a generic message: development only.
     error_detail: bool = False
     # Worker processes under `twistd txgate`: None = auto (the CPUs this process may run on).

@@ -1,77 +1,56 @@
-# -*- test-case-name: tests.test_h2_unit -*-
-"""The downstream HTTP/2 server protocol: hyper-h2 driven directly, one object per stream.
+# -*- test-case-name: tests.test_h2_unit,tests.test_h2_limits_unit,tests.test_h2_hostile -*-
+"""The downstream HTTP/2 server protocol: the I/O around a sans-IO engine, one object per stream.
 
-Output is batched: frames accumulate inside the h2 connection object and are handed to the
-TLS transport once per ``dataReceived`` and once per burst of handler calls (a single
-``callLater(0)``), never once per frame.  Response bodies are queued per stream and sent
-within the flow-control windows, round-robin between streams, so a slow stream never
-stalls the others.  Request bodies are acknowledged (WINDOW_UPDATE) only while the
-handler is reading, so a paused handler closes its own stream's window, not the
-connection's.
-
-Request-head rules live in `txgate.http.requests`, error responses in `txgate.errors`, the
-per-stream state in `txgate.http.h2stream`; what is left here is the hyper-h2 driving (events,
-flow control, flushing, teardown). It is still over 600 lines because that driving is one piece
-until the sans-IO engine interface (issue 10) splits it into an engine (hyper-h2 or nghttp2) and
-this thin protocol.
+The engine (`txgate.http.h2engine`: libnghttp2 or hyper-h2) owns the framing; this class owns the
+transport, the timers (idle, `header_timeout` for the preface and every request head), dispatch,
+the access log, the rapid-reset limit and response scheduling. Output is batched: frames
+accumulate in the engine and are handed to the TLS transport once per ``dataReceived`` and once
+per burst of handler calls (a single ``callLater(0)``), never once per frame. Response bodies are
+queued per stream and sent within the flow-control windows, round-robin between streams, so a
+slow stream never stalls the others. Request bodies are acknowledged only while the handler is
+reading, so a paused handler closes its own stream's window, not the connection's. A peer that
+does not read what we send is not read either, and its control-frame replies stay queued in the
+engine, which bounds them (GOAWAY ENHANCE_YOUR_CALM).
 """
 from __future__ import annotations
 
 from collections import deque
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from txgate.directwrite import no_delay
 from txgate.errors import GatewayError, InternalError
 from txgate.http.closing import Closer
 from txgate.http.errors import send_gateway_error
 from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead
-from txgate.http.h2lean import LeanSettings, slim
+from txgate.http.h2engine import EngineSettings, select_engine
+from txgate.http.h2engine.base import (ENHANCE_YOUR_CALM, INTERNAL_ERROR, NO_ERROR, DataReceived, GoAwayReceived,
+                                       ProtocolFailure, RequestReceived, StreamEnded, StreamReset, WindowOpened)
+from txgate.http.h2head import HeadClock
 from txgate.http.h2stream import HIGH_WATER, LOW_WATER, H2Stream, StreamLost
 from txgate.http.requests import dispatch_request, h2_request_head
-
-
-class _QuietLog:
-    """hpack formats a stdlib `logging.debug` call per header field coded (~24 per request);
-    the gateway never enables them, so they get a no-op logger in this process."""
-
-    def debug(self, *args, **kwargs) -> None:
-        pass
-
-    def isEnabledFor(self, level) -> bool:
-        return False
-
-
-def _quiet_hpack() -> None:
-    import hpack.hpack
-
-    hpack.hpack.log = _QuietLog()
-
-
-_quiet_hpack()
 
 log = Logger()
 
 STREAM_WINDOW = 1 << 20          # per-stream receive window we advertise (request bodies)
 CONNECTION_WINDOW = 16 << 20     # connection receive window
 
-_INTERNAL_ERROR = ErrorCodes.INTERNAL_ERROR
-_REFUSED_STREAM = ErrorCodes.REFUSED_STREAM
-
-
 # The handler of a stream we answered ourselves (malformed request): discards the body.
 _REJECTED = NullHandler()
+
+
+def engine_settings(limits: Limits) -> EngineSettings:
+    """What the engine advertises and enforces for a listener's limits."""
+    return EngineSettings(
+        max_concurrent_streams=limits.max_concurrent_streams,
+        max_header_list_size=limits.max_header_bytes,
+        initial_window_size=STREAM_WINDOW,
+        connection_window_size=CONNECTION_WINDOW,
+    )
 
 
 @implementer(IPushProducer)
@@ -83,12 +62,13 @@ class H2Connection(Protocol):
     rapid_reset_limit = 200
     rapid_reset_window = 10.0
 
-    def __init__(self, dispatcher, info: ConnectionInfo, limits: Limits, clock) -> None:
+    def __init__(self, dispatcher, info: ConnectionInfo, limits: Limits, clock, engine: type | None = None) -> None:
         self.dispatcher = dispatcher
         self.info = info
         self.limits = limits
         self.clock = clock
-        self.conn: h2.connection.H2Connection | None = None
+        self.engine_class = engine or select_engine("auto")
+        self.conn = None  # the engine, from connectionMade
         self._streams: dict[int, H2Stream] = {}
         self._dirty: list[H2Stream] = []
         self._blocked: dict[int, H2Stream] = {}
@@ -96,103 +76,50 @@ class H2Connection(Protocol):
         self._flush_call = None
         self._idle_call = None
         self._idle_since = 0.0
+        self._head_call = None
+        self._head_armed = 0
+        self._heads = HeadClock()
         self._transport_paused = False
-        self._conn_credit = 0
         self._resets: deque | None = None  # made at the first client reset (memory per idle connection)
         self._shutting_down = False
-        self._goaway_last = 0
         self._closing = False
         self._lost = False
         self._closer: Closer | None = None
-        self._dispatch_table = {
-            h2.events.RequestReceived: self._on_request,
-            h2.events.DataReceived: self._on_data,
-            h2.events.StreamEnded: self._on_stream_ended,
-            h2.events.StreamReset: self._on_stream_reset,
-            h2.events.WindowUpdated: self._on_window_opened,
-            h2.events.RemoteSettingsChanged: self._on_window_opened,
-            h2.events.SettingsAcknowledged: self._on_settings_acked,
-            h2.events.ConnectionTerminated: self._on_terminated,
-        }
 
     # -- Twisted protocol ---------------------------------------------------------------
     def connectionMade(self) -> None:
         no_delay(self.transport)
-        limits = self.limits
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            # requests.h2_request_head validates the request block (same rules): h2's validation
-            # loops over every byte of every header in Python (the largest single cost per
-            # request), and turns a malformed request into a connection-wide GOAWAY where
-            # a 400 on the stream is enough.
-            validate_inbound_headers=False,
-            # We join cookie crumbs ourselves (in place, not moved to the end).
-            normalize_inbound_headers=False,
-            # Our response blocks are built lower-case without connection headers; h2's
-            # generator pipeline over them is pure overhead on the hot path.
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        conn = h2.connection.H2Connection(config=config)
-        slim(conn)  # memory per idle connection (h2lean)
-        SC = h2.settings.SettingCodes
-        # initial_values apply at once (not after the client's ACK) and all go out in the
-        # first SETTINGS frame.
-        conn.local_settings = LeanSettings(
-            client=False,
-            initial_values={
-                SC.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                SC.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
-                SC.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            },
-        )
-        self._set_decoder_limit(conn)
-        conn.initiate_connection()
-        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self.conn = conn
+        conn = self.conn = self.engine_class(engine_settings(self.limits))
+        conn.initiate()
         try:
             self.transport.registerProducer(self, True)
         except RuntimeError:
             pass
         self._idle_since = self.clock.seconds()
-        self._idle_call = self.clock.callLater(limits.idle_timeout, self._idle_check)
+        self._idle_call = self.clock.callLater(self.limits.idle_timeout, self._idle_check)
+        self._arm_head_timer()  # the client's preface
         self.transport.write(conn.data_to_send())
-
-    def _set_decoder_limit(self, conn) -> None:
-        # We advertise max_header_bytes, but let h2 decode up to twice that so an oversized
-        # request gets a 431 on its stream rather than a connection-killing GOAWAY.
-        conn.decoder.max_header_list_size = 2 * self.limits.max_header_bytes + 4096
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing or self._lost:
             return
+        heads = self._heads
+        heads.feed(data)
         self._in_receive = True
         try:
-            try:
-                events = self.conn.receive_data(data)
-            except h2.exceptions.ProtocolError as e:
-                # h2 has queued a GOAWAY with the right error code.
-                log.debug("h2 protocol error from {client}: {error}", client=self.info.client_host, error=e)
-                self._close()
-                # Stop reading (and decrypting) whatever the peer keeps sending; the closer aborts.
-                try:
-                    self.transport.pauseProducing()
-                except Exception:
-                    pass
-                return
-            table = self._dispatch_table
-            for ev in events:
-                fn = table.get(ev.__class__)
-                if fn is not None:
-                    fn(ev)
+            table = _EVENTS
+            for ev in self.conn.receive(data):
+                table[ev.__class__](self, ev)
                 if self._closing:
                     return
-            if self._conn_credit:
-                credit, self._conn_credit = self._conn_credit, 0
-                self.conn.increment_flow_control_window(credit)
         finally:
             self._in_receive = False
+        if heads.pending:
+            if self._head_call is None or self._head_armed != heads.heads:
+                self._arm_head_timer()
+        elif self._head_call is not None:
+            self._head_call.cancel()
+            self._head_call = None
         self._flush()
 
     def connectionLost(self, reason=None) -> None:
@@ -211,12 +138,17 @@ class H2Connection(Protocol):
             lost = StreamLost("connection_lost")
             for s in streams:
                 self._end_stream(s, lost)
+        if self.conn is not None:
+            self.conn.close()
 
     # -- IPushProducer (the TLS transport's buffer) -----------------------------------
     def pauseProducing(self) -> None:
         if self._transport_paused:
             return
         self._transport_paused = True
+        # The peer does not read: stop reading it too (its PINGs and SETTINGS would otherwise
+        # queue replies without bound), and hold our output in the engine, which bounds it.
+        self._reading(False)
         for s in list(self._streams.values()):
             if not s.producing_paused and not s.over and s.handler is not None:
                 s.producing_paused = True
@@ -226,6 +158,8 @@ class H2Connection(Protocol):
         if not self._transport_paused:
             return
         self._transport_paused = False
+        if not self._closing:
+            self._reading(True)
         for s in list(self._streams.values()):
             if s.producing_paused and not s.over and s.buffered <= LOW_WATER:
                 s.producing_paused = False
@@ -233,8 +167,16 @@ class H2Connection(Protocol):
         self._schedule_flush()
 
     def stopProducing(self) -> None:
-        # connectionLost follows and tells every stream.
-        pass
+        pass  # connectionLost follows and tells every stream
+
+    def _reading(self, on: bool) -> None:
+        try:
+            if on:
+                self.transport.resumeProducing()
+            else:
+                self.transport.pauseProducing()
+        except Exception:
+            pass
 
     # -- public ---------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -242,12 +184,9 @@ class H2Connection(Protocol):
         if self._shutting_down or self._closing or self.conn is None:
             return
         self._shutting_down = True
-        conn = self.conn
-        self._goaway_last = conn.highest_inbound_stream_id
-        # Not conn.close_connection(): h2 moves its state machine to CLOSED on any GOAWAY
-        # it sends, after which the streams still running could not send a single frame.
-        frame = GoAwayFrame(0, last_stream_id=self._goaway_last, error_code=0)
-        self.transport.write(conn.data_to_send() + frame.serialize())
+        # Streams up to the highest one seen go on; the engine refuses any above it.
+        self.conn.goaway(NO_ERROR)
+        self.transport.write(self.conn.data_to_send())
         if not self._streams:
             self._close()
 
@@ -270,21 +209,16 @@ class H2Connection(Protocol):
 
     def abort_stream(self, s: H2Stream) -> None:
         """Reset the stream (RST_STREAM INTERNAL_ERROR)."""
-        self._reset(s, _INTERNAL_ERROR)
+        self._reset(s, INTERNAL_ERROR)
 
     # -- events ---------------------------------------------------------------------
-    def _on_request(self, ev) -> None:
+    def _on_request(self, ev: RequestReceived) -> None:
         sid = ev.stream_id
-        conn = self.conn
-        if self._shutting_down and sid > self._goaway_last:
-            conn.reset_stream(sid, _REFUSED_STREAM)
-            return
-        now = self.clock.seconds()
-        s = H2Stream(self, sid, now)
+        s = H2Stream(self, sid, self.clock.seconds())
         self._streams[sid] = s
-        if ev.stream_ended:
+        if ev.end_stream:
             s.remote_ended = True
-        head, refusal = h2_request_head(ev.headers, not ev.stream_ended, self.limits.max_header_bytes)
+        head, refusal = h2_request_head(ev.headers, not ev.end_stream, self.limits.max_header_bytes)
         if refusal is not None:
             return self._reject(s, head, refusal)
         s.head = head
@@ -304,25 +238,24 @@ class H2Connection(Protocol):
         s.handler = _REJECTED
         send_gateway_error(s, err, detail=getattr(self.dispatcher, "error_detail", False))
 
-    def _on_data(self, ev) -> None:
+    def _on_data(self, ev: DataReceived) -> None:
         sid = ev.stream_id
-        fcl = ev.flow_controlled_length
+        fcl = ev.flow_len
+        data = ev.data
         s = self._streams.get(sid)
         if s is None or s.handler is _REJECTED or not s._live():
             # Nobody wants it: hand the window straight back.
             if fcl:
-                self.conn.acknowledge_received_data(fcl, sid)
+                self.conn.acknowledge(sid, fcl)
             if s is not None:
-                s.bytes_in += len(ev.data)
+                s.bytes_in += len(data)
             return
-        data = ev.data
         s.bytes_in += len(data)
         if s.reading_paused or s.pending:
             if s.pending is None:
                 s.pending = deque()
             s.pending.append(data)
             s.unacked += fcl
-            self._conn_credit += fcl
             return
         if data:
             try:
@@ -336,11 +269,10 @@ class H2Connection(Protocol):
         if s.reading_paused:
             # The handler took this chunk but wants no more: hold its window.
             s.unacked += fcl
-            self._conn_credit += fcl
         else:
-            self.conn.acknowledge_received_data(fcl, sid)
+            self.conn.acknowledge(sid, fcl)
 
-    def _on_stream_ended(self, ev) -> None:
+    def _on_stream_ended(self, ev: StreamEnded) -> None:
         s = self._streams.get(ev.stream_id)
         if s is None:
             return
@@ -360,8 +292,8 @@ class H2Connection(Protocol):
         if s.local_done and not s.over:
             self._end_stream(s, None)
 
-    def _on_stream_reset(self, ev) -> None:
-        if ev.remote_reset:
+    def _on_stream_reset(self, ev: StreamReset) -> None:
+        if ev.remote:
             now = self.clock.seconds()
             resets = self._resets
             if resets is None:
@@ -371,7 +303,7 @@ class H2Connection(Protocol):
                     "h2 rapid reset from {client}: GOAWAY", client=self.info.client_host,
                     reason="h2_rapid_reset",
                 )
-                self._goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+                self._goaway(ENHANCE_YOUR_CALM)
                 return
             resets.append(now)
         s = self._streams.get(ev.stream_id)
@@ -380,19 +312,24 @@ class H2Connection(Protocol):
         s.local_done = True
         self._end_stream(s, StreamLost("stream_reset", ev.error_code))
 
-    def _on_window_opened(self, ev) -> None:
+    def _on_window_opened(self, ev: WindowOpened) -> None:
         # WINDOW_UPDATE, or SETTINGS (a new initial window or frame size): blocked streams may go on.
         if self._blocked:
             self._drain_blocked()
 
-    def _on_settings_acked(self, ev) -> None:
-        # h2 resets the decoder limit to the advertised value on ACK; put our margin back.
-        self._set_decoder_limit(self.conn)
-
-    def _on_terminated(self, ev) -> None:
-        # The client sent GOAWAY.  h2 4.4.1 refuses to send anything once it has received
-        # one, so the streams in flight cannot complete: close and report them lost.
+    def _on_terminated(self, ev: GoAwayReceived) -> None:
+        # The client sent GOAWAY: close and report the streams in flight lost.
         self._close()
+
+    def _on_failure(self, ev: ProtocolFailure) -> None:
+        # The engine has queued GOAWAY with the right error code.
+        log.debug("h2 protocol error from {client}: {error}", client=self.info.client_host, error=ev.reason)
+        if ev.error_code == ENHANCE_YOUR_CALM:
+            log.info("h2 flood from {client}: GOAWAY ({error})", client=self.info.client_host, error=ev.reason,
+                     reason="h2_flood")
+        self._close()
+        # Stop reading (and decrypting) whatever the peer keeps sending; the closer aborts.
+        self._reading(False)
 
     # -- request body backpressure --------------------------------------------------------
     def resume_stream_reading(self, s: H2Stream) -> None:
@@ -413,9 +350,8 @@ class H2Connection(Protocol):
         if s.over:
             return
         if s.unacked and not s.reading_paused:
-            # The connection-level share was credited on arrival: this restores the stream's.
             n, s.unacked = s.unacked, 0
-            self.conn.acknowledge_received_data(n, s.stream_id)
+            self.conn.acknowledge(s.stream_id, n)
             self._schedule_flush()
         if s.remote_ended and not pending and not s.remote_done:
             self._body_done(s)
@@ -426,7 +362,7 @@ class H2Connection(Protocol):
             self._flush_call = self.clock.callLater(0, self._flush)
 
     def _flush(self) -> None:
-        """Push every dirty stream into h2 and hand all pending frames to the transport."""
+        """Push every dirty stream into the engine and hand its pending frames to the transport."""
         self._flush_call = None
         if self._closing:
             return
@@ -442,6 +378,8 @@ class H2Connection(Protocol):
                 self._drain_blocked()
             for s in dirty:
                 self._watermarks(s)
+        if self._transport_paused:
+            return  # the peer is not reading: what we have stays in the engine (bounded there)
         data = self.conn.data_to_send()
         if data:
             self.transport.write(data)
@@ -450,24 +388,27 @@ class H2Connection(Protocol):
         """Send this stream's head and up to ``budget`` bytes (0: one frame) of its body."""
         conn = self.conn
         sid = s.stream_id
-        try:
-            if s.headers is not None:
-                block, s.headers = s.headers, None
-                end = s.finishing and not s.buf
-                conn.send_headers(sid, block, end_stream=end)
-                if end:
-                    self._local_done(s)
-                    return
-            if s.buf:
-                self._send_some(s, budget or conn.max_outbound_frame_size)
-            elif s.finishing and not s.local_done:
-                conn.end_stream(sid)
-                self._local_done(s)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        if s.headers is not None:
+            block, s.headers = s.headers, None
+            end = s.finishing and not s.buf
+            if not conn.send_headers(sid, block, end_stream=end):
+                return self._stream_gone(s)
+            if end:
+                return self._local_done(s)
+        if s.buf:
+            self._send_some(s, budget or conn.max_frame_size)
+        elif s.finishing and not s.local_done:
+            self._end_data(s)
+
+    def _end_data(self, s: H2Stream) -> None:
+        if self.conn.send_data(s.stream_id, b"", end_stream=True):
+            self._local_done(s)
+        else:
             self._stream_gone(s)
 
     def _stream_gone(self, s: H2Stream) -> None:
-        """h2 refused to send on the stream: the client reset it (or the connection is closing)."""
+        """The engine refused to send on the stream: the client reset it (or the connection is closing)."""
+        self._blocked.pop(s.stream_id, None)
         if not s.over:
             s.local_done = True
             self._end_stream(s, StreamLost("stream_reset") if s._live() else None)
@@ -476,11 +417,11 @@ class H2Connection(Protocol):
         """Send up to ``budget`` bytes of queued body; returns whether anything went out."""
         conn = self.conn
         sid = s.stream_id
-        window = conn.local_flow_control_window(sid)
+        window = conn.send_window(sid)
         if window <= 0:
             self._blocked[sid] = s
             return False
-        maxf = conn.max_outbound_frame_size
+        maxf = conn.max_frame_size
         buf = s.buf
         sent = False
         while buf and window > 0 and budget > 0:
@@ -489,7 +430,9 @@ class H2Connection(Protocol):
             window -= size
             budget -= size
             end = s.finishing and not buf
-            conn.send_data(sid, piece, end_stream=end)
+            if not conn.send_data(sid, piece, end_stream=end):
+                self._stream_gone(s)
+                return sent
             sent = True
             if end:
                 self._blocked.pop(sid, None)
@@ -500,27 +443,21 @@ class H2Connection(Protocol):
         else:
             self._blocked.pop(sid, None)
             if s.finishing and not s.local_done:
-                conn.end_stream(sid)
-                self._local_done(s)
+                self._end_data(s)
         return sent
 
     def _drain_blocked(self) -> None:
         """Share the windows between blocked streams, one frame each per round."""
         conn = self.conn
-        while self._blocked and conn.outbound_flow_control_window > 0:
+        while self._blocked:
             progress = False
-            frame = conn.max_outbound_frame_size
+            frame = conn.max_frame_size
             for s in list(self._blocked.values()):
                 if s.over:
                     self._blocked.pop(s.stream_id, None)
                     continue
-                try:
-                    if self._send_some(s, frame):
-                        progress = True
-                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                    self._blocked.pop(s.stream_id, None)
-                    self._stream_gone(s)
-                    continue
+                if self._send_some(s, frame):
+                    progress = True
                 if not s.over:
                     self._watermarks(s)
             if not progress:
@@ -546,18 +483,13 @@ class H2Connection(Protocol):
         else:
             # Complete response, request body still coming: nobody will read it, so stop
             # the upload (RFC 9113 8.1: RST_STREAM NO_ERROR after a complete response).
-            self._reset(s, ErrorCodes.NO_ERROR)
+            self._reset(s, NO_ERROR)
 
     # -- stream teardown ----------------------------------------------------------------
-    def _reset(self, s: H2Stream, code) -> None:
+    def _reset(self, s: H2Stream, code: int) -> None:
         s.local_done = True
-        try:
-            self.conn.reset_stream(s.stream_id, code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            pass
-        if s.unacked:
-            # Already credited to the connection; the stream is gone.
-            s.unacked = 0
+        self.conn.reset(s.stream_id, code)
+        s.unacked = 0  # the engine credited the connection on arrival; the stream is gone
         self._end_stream(s, None)
         self._schedule_flush()
 
@@ -569,7 +501,7 @@ class H2Connection(Protocol):
             send_gateway_error(s, InternalError(), detail=getattr(self.dispatcher, "error_detail", False))
         else:
             s.aborted = True
-            self._reset(s, _INTERNAL_ERROR)
+            self._reset(s, INTERNAL_ERROR)
 
     def _end_stream(self, s: H2Stream, lost) -> None:
         """The stream is over: tell a live handler it was lost, log it, forget it."""
@@ -579,8 +511,7 @@ class H2Connection(Protocol):
         sid = s.stream_id
         streams = self._streams
         if streams.pop(sid, None) is not None and not streams:
-            if self.conn is not None:
-                self.conn.open_inbound_streams  # noqa: B018 - h2 forgets its closed streams when counting
+            self.conn.idle()  # the engine may drop closed streams' state (memory per idle connection)
             self._idle_since = self.clock.seconds() if not self._lost else 0.0
             if self._idle_call is None and not self._lost:
                 self._idle_call = self.clock.callLater(self.limits.idle_timeout, self._idle_check)
@@ -604,7 +535,22 @@ class H2Connection(Protocol):
             log.failure("handler callback failed")
             self._handler_failed(s)
 
-    # -- connection teardown --------------------------------------------------------------
+    # -- timers and connection teardown -------------------------------------------------
+    def _arm_head_timer(self) -> None:
+        if self._head_call is not None and self._head_call.active():
+            self._head_call.cancel()
+        self._head_armed = self._heads.heads
+        self._head_call = self.clock.callLater(self.limits.header_timeout, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self._head_call = None
+        if self._closing or not self._heads.pending:
+            return
+        what = "preface" if self._heads.heads == 1 else "request head"
+        log.info("h2 {what} from {client} not completed within {t}s; closing", what=what,
+                 client=self.info.client_host, t=self.limits.header_timeout, reason="header_timeout")
+        self._goaway(NO_ERROR)
+
     def _idle_check(self) -> None:
         self._idle_call = None
         if self._closing or self._streams:
@@ -613,25 +559,22 @@ class H2Connection(Protocol):
         if remaining > 0:
             self._idle_call = self.clock.callLater(remaining, self._idle_check)
             return
-        self._goaway(ErrorCodes.NO_ERROR)
+        self._goaway(NO_ERROR)
 
-    def _goaway(self, code) -> None:
+    def _goaway(self, code: int) -> None:
         if self._closing:
             return
-        try:
-            self.conn.close_connection(error_code=code)
-        except h2.exceptions.ProtocolError:
-            pass
+        self.conn.goaway(code)
         self._close()
 
     def _cancel_timers(self) -> None:
-        for call in (self._flush_call, self._idle_call):
+        for call in (self._flush_call, self._idle_call, self._head_call):
             if call is not None and call.active():
                 call.cancel()
-        self._flush_call = self._idle_call = None
+        self._flush_call = self._idle_call = self._head_call = None
 
     def _close(self) -> None:
-        """Send what h2 has queued (GOAWAY included) and close the transport."""
+        """Send what the engine has queued (GOAWAY included) and close the transport."""
         if self._closing:
             return
         self._closing = True
@@ -644,3 +587,15 @@ class H2Connection(Protocol):
             # (or keeps sending: a flood after GOAWAY must not keep the connection being read).
             self._closer = Closer(self.transport, self.clock)
             self._closer.close()
+
+
+# Engine event class -> handler, shared by every connection (not a dict of bound methods per connection).
+_EVENTS = {
+    RequestReceived: H2Connection._on_request,
+    DataReceived: H2Connection._on_data,
+    StreamEnded: H2Connection._on_stream_ended,
+    StreamReset: H2Connection._on_stream_reset,
+    WindowOpened: H2Connection._on_window_opened,
+    GoAwayReceived: H2Connection._on_terminated,
+    ProtocolFailure: H2Connection._on_failure,
+}

@@ -13,8 +13,26 @@ from txgate.http.exchange import Dispatcher, Handler, NullHandler, RequestHead, 
 from txgate.http.headers import H2_CONNECTION_SPECIFIC
 from txgate.http.requestid import ensure_request_id
 
-# Bytes allowed in a request header name (RFC 9113 8.2.1): visible ASCII, no upper case, no ":".
-_NAME_OK = bytes(c for c in range(0x21, 0x7F) if not 0x41 <= c <= 0x5A and c != 0x3A)
+
+def _table(allowed) -> bytes:
+    """A translate() table: allowed bytes -> 1, the rest -> 0 (``0 in v.translate(t)`` = a bad byte)."""
+    ok = set(allowed)
+    return bytes(1 if c in ok else 0 for c in range(256))
+
+
+# What an HTTP/2 request may carry into an HTTP/1.1 request (RFC 9110 5.6.2, 5.5; RFC 9112 3.2;
+# RFC 3986 3.2.2, 3.3, 3.4): a value outside these would change the upstream's reading of it.
+_DIGITS_ALPHA = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_TCHAR = _DIGITS_ALPHA + b"!#$%&'*+-.^_`|~"
+_METHOD_OK = _table(_TCHAR)
+# Header names: tokens, lower case (RFC 9113 8.2.1).
+_NAME_OK = _table(c for c in _TCHAR if not 0x41 <= c <= 0x5A)
+# Field values: visible ASCII, obs-text, SP and HTAB; no other control byte.
+_VALUE_OK = _table([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
+# origin-form: path and query characters (unreserved, pct-encoded, sub-delims, ":", "@", "/", "?").
+_PATH_OK = _table(_DIGITS_ALPHA + b"-._~%!$&'()*+,;=:@/?")
+# authority: host (reg-name, IP literal) and port; no userinfo.
+_AUTHORITY_OK = _table(_DIGITS_ALPHA + b"-._~%!$&'()*+,;=:[]")
 _WS = b" \t"
 _H1_VERSIONS = (b"1.1", b"1.0")
 _PSEUDO = frozenset({b":method", b":path", b":authority", b":scheme"})
@@ -110,11 +128,15 @@ def h2_request_head(
     cookie_at = 0
     bad = None
     regular = False
+    values: list[bytes] = []
+    names: list[bytes] = []
     for h in fields:
         n, v = h
         size += len(n) + len(v) + 32
-        if v and (v[0] in _WS or v[-1] in _WS or b"\r" in v or b"\n" in v or b"\x00" in v):
-            bad = "invalid header value"
+        if v:
+            if v[0] in _WS or v[-1] in _WS:
+                bad = "invalid header value"
+            values.append(v)
         if not n:
             bad = "empty header name"
         elif n[0] == 58:  # b":"
@@ -128,9 +150,8 @@ def h2_request_head(
                 bad = "unsupported pseudo-header"
         else:
             regular = True
-            if n.translate(None, _NAME_OK):
-                bad = "invalid header name"
-            elif n == b"cookie":
+            names.append(n)
+            if n == b"cookie":
                 if cookies is None:
                     cookies = [v]
                     cookie_at = len(headers)
@@ -151,6 +172,11 @@ def h2_request_head(
             elif n == b"te" and v.lower() != b"trailers":
                 bad = "invalid te header"
             append(h)
+    # One C-speed pass over all names and one over all values (the separators are valid bytes).
+    if names and 0 in b"a".join(names).translate(_NAME_OK):
+        bad = "invalid header name"
+    if values and 0 in b" ".join(values).translate(_VALUE_OK):
+        bad = "invalid header value"
     if cookies is not None and len(cookies) > 1:
         # Crumbs joined in place, not moved to the end (h2's normalization is off too).
         headers[cookie_at] = (b"cookie", b"; ".join(cookies))
@@ -162,15 +188,22 @@ def h2_request_head(
         return None, BadRequest("missing :method")
     if method == b"CONNECT":
         return None, BadRequest("CONNECT is not supported")
+    if not method or 0 in method.translate(_METHOD_OK):
+        return None, BadRequest("invalid :method")
     if scheme is None:
         bad = bad or "missing :scheme"
-    if not path or not (path[0] == 47 or (path == b"*" and method == b"OPTIONS")):
+    if (not path or not (path[0] == 47 or (path == b"*" and method == b"OPTIONS"))
+            or 0 in path.translate(_PATH_OK)):
         return None, BadRequest("missing or invalid :path")
     if authority is None:
         authority = host
         if authority is None:
             bad = bad or "missing :authority and host"
             authority = b""
+        elif 0 in authority.translate(_AUTHORITY_OK):
+            return None, BadRequest("invalid host header")
+    elif 0 in authority.translate(_AUTHORITY_OK):
+        return None, BadRequest("invalid :authority")
     elif host is not None and host != authority:
         bad = bad or ":authority and host differ"
     # h2 has already checked that content-length is all digits.

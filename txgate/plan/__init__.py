@@ -53,6 +53,7 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
     state_ok = step(check_state_dir, config)  # (the local CA and a dir store live there)
     step(checks.check_admin, config, plan)
     auth_ok = step(prepare_client_auth, config, plan, now)
+    step(checks.check_h2_engine, config, plan)
     if check_ports:
         step(checks.check_ports, config, plan, gateway_binds)
     # Listeners may create the local CA in state_dir: only once everything before checked out.

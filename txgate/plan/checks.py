@@ -29,6 +29,16 @@ def check_access_log(config: Config) -> None:
         raise ConfigError(config.path, "gateway", "access_log", f"{target}: cannot create a file in {parent} (permission denied)")
 
 
+def check_h2_engine(config: Config, plan: Plan) -> None:
+    """`[gateway] h2_engine` resolves to an engine that is built here (native needs txgate._nghttp2)."""
+    from txgate.http.h2engine import select_engine
+
+    try:
+        plan.h2_engine = select_engine(config.gateway.h2_engine)
+    except RuntimeError as e:
+        raise ConfigError(config.path, "gateway", "h2_engine", str(e)) from None
+
+
 def check_admin(config: Config, plan: Plan) -> None:
     """`[admin]` files: the token file must hold a token, client_ca must be a PEM CA bundle."""
     adm = config.admin

@@ -24,6 +24,8 @@ class Plan:
     store_ids: dict = field(default_factory=dict)
     # False when the default admin bind (not written in gw.ini) is busy: the admin API is then off.
     admin_available: bool = True
+    # The HTTP/2 engine class `[gateway] h2_engine` resolves to (txgate.http.h2engine).
+    h2_engine: type | None = None
     # OCSP stapling: txgate.ocsp.check.cert_key -> txgate.ocsp.staple.StapleTarget (holders in the contexts).
     staples: dict = field(default_factory=dict)
     # ACME certificates not issued yet (a local-CA placeholder serves meanwhile): (section, names).

@@ -55,6 +55,9 @@ def makeService(config: Config, reactor=None, *, loader=None, gateway_class=None
     from txgate.metrics import Metrics
 
     _pins.announce()  # once per process, whoever asks first
+    from txgate.http.h2engine import describe_engine
+
+    log.info("HTTP/2 engine: {engine}", engine=describe_engine(config.gateway.h2_engine))
     if metrics is None:
         metrics = Metrics()
     top = MultiService()

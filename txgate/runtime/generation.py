@@ -68,6 +68,7 @@ def build_generation(plan: Plan, reactor, *, connections: dict[str, set], metric
             factory = ListenerFactory(ln.name, dispatcher, limits, reactor, tls=ln.tls,
                                       max_connections=ln.max_connections,
                                       client_certs=plan.client_verifiers.get(ln.name), metrics=metrics,
+                                      h2_engine=plan.h2_engine,
                                       client_ocsp=ocsp.client_policy(plan, ln) if ocsp is not None else None)
             factory.connections = connections.setdefault(ln.name, set())
             gen.factories[ln.name] = factory

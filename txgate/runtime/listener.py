@@ -141,7 +141,7 @@ class Negotiator(Protocol):
         if alpn == "h2":
             from txgate.http.h2 import H2Connection
 
-            inner = H2Connection(f.dispatcher, self.info, f.limits, f.clock)
+            inner = H2Connection(f.dispatcher, self.info, f.limits, f.clock, engine=f.h2_engine)
         else:
             inner = H1Connection(f.dispatcher, self.info, f.limits, f.clock)
         self.inner = inner
@@ -207,10 +207,12 @@ class ListenerFactory(Factory):
     """Builds one Negotiator per accepted connection; the one place that refuses connections above the limit."""
 
     def __init__(self, name: str, dispatcher, limits: Limits, clock, *, tls: bool, max_connections: int,
-                 client_certs=None, metrics=None, client_ocsp=None) -> None:
+                 client_certs=None, metrics=None, client_ocsp=None, h2_engine: type | None = None) -> None:
         self.name = name
         # txgate.ocsp.client.ClientPolicy when client_ocsp is on: asked after the handshake, before HTTP.
         self.client_ocsp = client_ocsp
+        # The HTTP/2 engine class (`txgate.http.h2engine.select_engine`); None: "auto".
+        self.h2_engine = h2_engine
         self.metrics = metrics  # txgate.metrics.Metrics: handshake outcomes (None: not counted)
         # The listener's ClientVerifier when it asks for client certificates: captured at handshakeCompleted.
         self.client_certs = client_certs

@@ -38,6 +38,12 @@ class EngineSettings:
     connection_window_size: int = 16 << 20
     # CONTINUATION frames accepted after one HEADERS before the connection is failed (hyper-h2: 64).
     max_continuations: int = 63
+    # PING and SETTINGS acknowledgements queued but not yet handed out by `data_to_send()` (a
+    # peer that does not read is not read either, so they stay queued): beyond, GOAWAY(ENHANCE_YOUR_CALM).
+    max_control_replies: int = 1000
+    # Streams opened beyond max_concurrent_streams get RST_STREAM(REFUSED_STREAM); after this many
+    # in one connection, GOAWAY(ENHANCE_YOUR_CALM).
+    max_refused_streams: int = 100
 
     @property
     def header_decode_limit(self) -> int:
@@ -125,7 +131,8 @@ class H2Engine(Protocol):
     never stalls the connection); a stream's receive window reopens only through `acknowledge()`.
     Sending: `send_data()` never takes more than `send_window()`; when that is 0 the stream is
     blocked until a `WindowOpened` event. After `goaway()`, new streams above its last stream id are
-    refused with RST_STREAM(REFUSED_STREAM) by the engine and never reported."""
+    refused with RST_STREAM(REFUSED_STREAM) by the engine and never reported; so is a stream opened
+    while ``max_concurrent_streams`` are open (a stream error, not a connection error)."""
 
     name: str
 
@@ -170,6 +177,12 @@ class H2Engine(Protocol):
 
     def data_to_send(self) -> bytes:
         """Every byte queued so far (frames are serialized here); b"" when there is nothing."""
+
+    def idle(self) -> None:
+        """The protocol has no stream left: drop what is kept for closed streams (memory per idle connection)."""
+
+    def close(self) -> None:
+        """The connection is gone: free what the engine holds."""
 
 
 def encode_goaway(last_stream_id: int, error_code: int) -> bytes:

@@ -73,6 +73,8 @@ class NativeEngine:
         limits.initial_window_size = settings.initial_window_size
         limits.connection_window_size = settings.connection_window_size
         limits.max_continuations = settings.max_continuations
+        limits.max_control_replies = settings.max_control_replies
+        limits.max_refused_streams = settings.max_refused_streams
         self._handle = ffi.new_handle(self)
         err = ffi.new("int *")
         h = lib.txg_h2_new(self._handle, limits, err)
@@ -86,6 +88,7 @@ class NativeEngine:
         self._over = False
         self._windows = ffi.new("int32_t[2]")
         self._outp = ffi.new("const uint8_t **")
+        self._early: list[bytes] = []  # serialized ahead of a reset, to keep frame order
 
     def initiate(self) -> None:
         """SETTINGS and the connection window were queued when the session was made."""
@@ -160,7 +163,9 @@ class NativeEngine:
         return True
 
     def reset(self, stream_id: int, error_code: int) -> None:
-        """Queue RST_STREAM."""
+        """Queue RST_STREAM after what the stream has queued (nghttp2 would send RST_STREAM first)."""
+        if stream_id in self._out:
+            self._early.append(self._serialize())
         self._forget(stream_id)
         lib.txg_h2_reset(self._h, stream_id, error_code)
 
@@ -183,10 +188,21 @@ class NativeEngine:
 
     def data_to_send(self) -> bytes:
         """Every byte queued so far (nghttp2 serializes the frames here)."""
+        data = self._serialize()
+        if self._early:
+            self._early.append(data)
+            data = b"".join(self._early)
+            self._early = []
+        return data
+
+    def _serialize(self) -> bytes:
         n = lib.txg_h2_send(self._h, self._outp)
         if n <= 0:
             return b""
         return ffi.buffer(self._outp[0], n)[:]
+
+    def idle(self) -> None:
+        """No stream left at the protocol: nothing to drop (nghttp2 keeps no closed streams here)."""
 
     def close(self) -> None:
         """Free the nghttp2 session now rather than at garbage collection."""

@@ -16,6 +16,7 @@ from h2.stream import StreamState
 from hyperframe.frame import GoAwayFrame
 
 from txgate.http.h2engine.base import (
+    ENHANCE_YOUR_CALM,
     INTERNAL_ERROR,
     NO_ERROR,
     PROTOCOL_ERROR,
@@ -71,6 +72,10 @@ class PythonEngine:
         self._over = False
         self._refuse_above: int | None = None
         self._refused: set[int] = set()
+        self._open: set[int] = set()      # accepted streams, pruned against h2's states when full
+        self._refused_total = 0
+        self._replies = 0                 # PING/SETTINGS ACKs queued since the last data_to_send()
+        self._failure: ProtocolFailure | None = None
         self._conn_credit = 0
         self._acks: dict[int, int] = {}
         self._ack_threshold = max(1, settings.initial_window_size // 2)
@@ -92,6 +97,10 @@ class PythonEngine:
         )
         self._set_decoder_limit()
         conn.initiate_connection()
+        # Advertised above; h2 itself gets a higher ceiling, since it makes a stream over the limit a
+        # connection error: `_on_request` refuses it with RST_STREAM(REFUSED_STREAM) instead.
+        conn.local_settings._settings[SC.MAX_CONCURRENT_STREAMS] = (
+            s.max_concurrent_streams + s.max_refused_streams + 16)  # LeanSettings: the value itself
         if s.connection_window_size > 65535:
             conn.increment_flow_control_window(s.connection_window_size - 65535)
         # hyper-h2 buffers CONTINUATION frames up to a fixed backlog of 64 (HEADERS included).
@@ -124,6 +133,12 @@ class PythonEngine:
             fn = table.get(ev.__class__)
             if fn is not None:
                 fn(self, ev, out)
+        if self._failure is None and self._replies > self.settings.max_control_replies:
+            self._failure = ProtocolFailure(ENHANCE_YOUR_CALM, "too many PING/SETTINGS to acknowledge")
+        if self._failure is not None:
+            self._over = True
+            self._queue_goaway(self._failure.error_code)
+            return [self._failure]
         if self._conn_credit >= self._credit_threshold:
             credit, self._conn_credit = self._conn_credit, 0
             self._conn.increment_flow_control_window(credit)
@@ -135,6 +150,17 @@ class PythonEngine:
             self._refused.add(sid)
             self._conn.reset_stream(sid, REFUSED_STREAM)
             return
+        if len(self._open) >= self.settings.max_concurrent_streams:
+            streams = self._conn.streams
+            self._open = {i for i in self._open if (st := streams.get(i)) is not None and not st.closed}
+            if len(self._open) >= self.settings.max_concurrent_streams:
+                self._refused.add(sid)
+                self._refused_total += 1
+                if self._refused_total > self.settings.max_refused_streams:
+                    self._failure = ProtocolFailure(ENHANCE_YOUR_CALM, "too many streams over the concurrency limit")
+                self._conn.reset_stream(sid, REFUSED_STREAM)
+                return
+        self._open.add(sid)
         out.append(RequestReceived(sid, ev.headers, ev.stream_ended is not None))
 
     def _on_data(self, ev, out: list) -> None:
@@ -163,7 +189,11 @@ class PythonEngine:
         out.append(WindowOpened(ev.stream_id))
 
     def _on_settings(self, ev, out: list) -> None:
+        self._replies += 1
         out.append(WindowOpened(0))
+
+    def _on_ping(self, ev, out: list) -> None:
+        self._replies += 1
 
     def _on_settings_acked(self, ev, out: list) -> None:
         self._set_decoder_limit()
@@ -271,11 +301,16 @@ class PythonEngine:
     def data_to_send(self) -> bytes:
         """Every byte queued so far."""
         data = self._conn.data_to_send()
+        self._replies = 0
         if self._out:
             self._out.append(data)
             data = b"".join(self._out)
             self._out = []
         return data
+
+    def idle(self) -> None:
+        """No stream left at the protocol: h2 forgets its closed streams when it counts open ones."""
+        self._conn.open_inbound_streams  # noqa: B018
 
     def close(self) -> None:
         """Nothing to free (symmetry with the native engine)."""
@@ -291,4 +326,5 @@ _TABLE = {
     h2.events.RemoteSettingsChanged: PythonEngine._on_settings,
     h2.events.SettingsAcknowledged: PythonEngine._on_settings_acked,
     h2.events.ConnectionTerminated: PythonEngine._on_goaway,
+    h2.events.PingReceived: PythonEngine._on_ping,
 }
