@@ -41,7 +41,7 @@ setup(
     ],
     # pyyaml reads kubeconfig files (k8s-secret: and k8s-csr: certificates).
     extras_require={"kubernetes": ["pyyaml>=6"],
-                    "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "pyyaml>=6", "openapi-spec-validator>=0.7"],
+                    "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "pyyaml>=6", "openapi-spec-validator>=0.7", "matplotlib>=3.5"],
                     "benchmarks": ["matplotlib>=3.5"]},
     entry_points={"console_scripts": ["txgate=txgate.cli:main"]},
     # txgate._spki: the native SPKI core (native/), linked against the system libcrypto;

@@ -9,7 +9,9 @@ Twisted TLS client (pyOpenSSL). Two loads, each timed with ``time.process_time``
 
 * ``new connection``: handshake (TLS 1.3, ECDSA P-256), ``GET /`` with ``Connection: close``, the
   response, close_notify both ways;
-* ``keep-alive request``: one more ``GET /`` on an open connection.
+* ``keep-alive request``: one more ``GET /`` on an open connection;
+* ``keep-alive, chunked response``: the same with a response of unknown length (the h1 protocol
+  writes the head with the first chunk, then the last chunk: two writes on the TLS layer).
 
 The client side and the h1 protocol are the same code in both columns, so the difference between
 them is the server's TLS layer (and what it makes the layers above do). The OpenSSL work (both
@@ -41,15 +43,16 @@ KEEP = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 class _Hello(NullHandler):
     """Answers ``200 hello`` once the request is complete (so that the connection stays open)."""
 
-    __slots__ = ("stream",)
+    __slots__ = ("stream", "length")
 
-    def __init__(self, stream) -> None:
+    def __init__(self, stream, length: int | None = 6) -> None:
         super().__init__()
         self.stream = stream
+        self.length = length
 
     def body_finished(self) -> None:
         s, self.stream = self.stream, None
-        s.start_response(200, [(b"content-type", b"text/plain")], 6)
+        s.start_response(200, [(b"content-type", b"text/plain")], self.length)
         s.write(b"hello\n")
         s.finish()
 
@@ -57,8 +60,11 @@ class _Hello(NullHandler):
 class _Dispatcher:
     metrics = None
 
+    def __init__(self, length: int | None = 6) -> None:
+        self.length = length
+
     def dispatch(self, stream, head):
-        return _Hello(stream)
+        return _Hello(stream, self.length)
 
     def log_request(self, *args) -> None:
         pass
@@ -96,8 +102,8 @@ class Bench:
 
         self.client_factory = DirectTLSFactory(Creator(), True, Factory.forProtocol(_Client), clock=self.clock)
 
-    def top(self, kind: str):
-        listener = ListenerFactory("bench", _Dispatcher(), Limits(), self.clock, tls=True, max_connections=1 << 30)
+    def top(self, kind: str, length: int | None = 6):
+        listener = ListenerFactory("bench", _Dispatcher(length), Limits(), self.clock, tls=True, max_connections=1 << 30)
         if kind == "twisted":
             return DirectTLSFactory(self.server_tls, False, listener, clock=self.clock)
         return TLSServerFactory(self.server_tls, listener)
@@ -121,8 +127,8 @@ class Bench:
             self.clock.advance(0)
         return (time.process_time() - t0) / n * 1e6
 
-    def keepalive(self, kind: str, n: int) -> float:
-        sp, cp, pump = self.connect(self.top(kind))
+    def keepalive(self, kind: str, n: int, length: int | None = 6) -> float:
+        sp, cp, pump = self.connect(self.top(kind, length))
         cp.write(KEEP)
         pump.flush()
         t0 = time.process_time()
@@ -139,16 +145,18 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds per layer (default 5)")
     a = p.parse_args(argv)
     b = Bench()
-    results = {("twisted", "conn"): [], ("txgate", "conn"): [], ("twisted", "req"): [], ("txgate", "req"): []}
+    results = {(kind, key): [] for kind in ("twisted", "txgate") for key in ("conn", "req", "chunked")}
     b.new_connections("twisted", 20)
     b.new_connections("txgate", 20)
     for _ in range(a.rounds):
         for kind in ("twisted", "txgate"):
             results[(kind, "conn")].append(b.new_connections(kind, a.connections))
             results[(kind, "req")].append(b.keepalive(kind, a.requests))
+            results[(kind, "chunked")].append(b.keepalive(kind, a.requests, None))
     print("| load (in memory, both sides in this process) | Twisted TLSMemoryBIOProtocol us | txgate TLSServerProtocol us | difference us |")
     print("|---|---|---|---|")
-    for key, title in (("conn", "new connection (handshake + GET + close)"), ("req", "keep-alive request")):
+    for key, title in (("conn", "new connection (handshake + GET + close)"), ("req", "keep-alive request"),
+                       ("chunked", "keep-alive, chunked response")):
         old, new = min(results[("twisted", key)]), min(results[("txgate", key)])
         print(f"| {title} | {old:.1f} | {new:.1f} | {old - new:.1f} |")
     print(f"best of {a.rounds} alternating rounds, process CPU time; {a.connections} connections, "

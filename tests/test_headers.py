@@ -1,7 +1,7 @@
 """Header rules without sockets: hop-by-hop, Proxy-*, forwarding headers replaced, Via, multi-values."""
 from __future__ import annotations
 
-from txgate.http.headers import connection_named, downstream_response_headers, upstream_request_headers
+from txgate.http.headers import VIA_H1, connection_named, downstream_response_headers, upstream_request_headers
 
 
 def up(headers, client_ip="192.0.2.1", proto=b"https", host=b"api.test", via=b"1.1 txgate"):
@@ -111,3 +111,12 @@ def test_response_headers_hop_by_hop_removed_and_set_cookie_kept():
                  b"proxy-authenticate", b"upgrade"):
         assert gone not in names(out)
     assert (b"content-type", b"text/plain") in out
+
+
+def test_connection_keep_alive_alone_and_with_other_names():
+    plain = downstream_response_headers(
+        [(b"connection", b"keep-alive"), (b"keep-alive", b"timeout=5"), (b"x-a", b"1")], VIA_H1)
+    assert plain == [(b"x-a", b"1"), (b"via", VIA_H1)]
+    named = downstream_response_headers(
+        [(b"connection", b"keep-alive, x-a"), (b"keep-alive", b"timeout=5"), (b"x-a", b"1"), (b"x-b", b"2")], VIA_H1)
+    assert named == [(b"x-b", b"2"), (b"via", VIA_H1)]

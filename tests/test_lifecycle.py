@@ -64,13 +64,14 @@ def ca_dir(tmp_path_factory):
 
 def test_ca_init_writes_a_ca_with_a_0600_key_in_a_0700_dir(tmp_path):
     d = tmp_path / "ca"
+    started = datetime.now(timezone.utc)  # this test's own clock: the module's NOW is from collection time
     proc = ok(txgate_cli("ca", "init", str(d), "--name", "Acme Private CA", "--days", "30"))
     assert f"{d}/ca-key.pem (0600)" in proc.stdout
     assert mode(d) == 0o700 and mode(d / "ca-key.pem") == 0o600 and mode(d / "ca.pem") == 0o644
     cert = load_chain(d / "ca.pem")[0]
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "Acme Private CA"
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
-    assert timedelta(days=29) < cert.not_valid_after_utc - NOW <= timedelta(days=30, minutes=5)
+    assert timedelta(days=29) < cert.not_valid_after_utc - started <= timedelta(days=30, minutes=5)
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
     # A root verifies against itself.
     assert openssl("verify", "-CAfile", str(d / "ca.pem"), str(d / "ca.pem")).returncode == 0
@@ -133,6 +134,7 @@ def test_rsa_ca_issues_verifiable_rsa_signed_leaves(tmp_path):
 
 def test_cert_issue_server_certificate_verifies_and_works_in_gw_ini(ca_dir, tmp_path):
     out = tmp_path / "api"
+    started = datetime.now(timezone.utc)
     proc = ok(txgate_cli("cert", "issue", "--ca", str(ca_dir), "--dns", "api.example.com", "*.api.example.com",
                          "--ip", "127.0.0.1", "--ip", "::1", "--days", "10", "--out", str(out)))
     assert "api.example.com, *.api.example.com, 127.0.0.1, ::1" in proc.stdout
@@ -146,7 +148,7 @@ def test_cert_issue_server_certificate_verifies_and_works_in_gw_ini(ca_dir, tmp_
     assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
-    assert leaf.not_valid_after_utc - NOW <= timedelta(days=10, minutes=5)
+    assert leaf.not_valid_after_utc - started <= timedelta(days=10, minutes=5)
     check = gw_check(tmp_path, cert_path, key_path)
     assert check.returncode == 0 and check.stdout.rstrip().endswith(": OK (1 listeners, 0 APIs)"), check.stderr
 

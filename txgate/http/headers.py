@@ -87,6 +87,10 @@ def _forwarding_tail(client_ip: str, proto: bytes, original_host: bytes) -> tupl
     return tail
 
 
+# "Connection: keep-alive" names only a header that is dropped anyway: no lookup of named headers.
+_ONLY_KEEP_ALIVE = frozenset({b"keep-alive", b"Keep-Alive"})
+
+
 def _filtered(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> tuple[list, list, bool]:
     """One pass: kept headers, Via values, and whether a Connection header named others."""
     out = []
@@ -95,7 +99,7 @@ def _filtered(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> tup
     for kv in headers:
         k = kv[0]
         if k in drop:
-            if k == b"connection":
+            if k == b"connection" and kv[1] not in _ONLY_KEEP_ALIVE:
                 named = True
             continue
         if k == b"via":

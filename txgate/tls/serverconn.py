@@ -59,6 +59,31 @@ def looks_like_plain_http(first: bytes) -> bool:
 
 _RECORD = 1 << 14  # a TLS record's plaintext at most: writes are fed to OpenSSL in pieces of this size
 
+_holding: list[TLSServerProtocol] | None = None  # connections whose output waits for release_writes()
+
+
+def hold_writes() -> bool:
+    """Until `release_writes`, small writes on downstream TLS connections stay in OpenSSL's output
+    buffer; then each connection's output goes out in one TCP write. For one reactor callback that
+    writes several times (an upstream read carrying a response's head, chunks and end): True when
+    this call started the hold (pass it to `release_writes`)."""
+    global _holding
+    if _holding is not None:
+        return False
+    _holding = []
+    return True
+
+
+def release_writes(started: bool) -> None:
+    """Send what was held since `hold_writes` returned ``started`` (True); nothing for a nested hold."""
+    global _holding
+    if not started:
+        return
+    held, _holding = _holding, None
+    for conn in held:
+        conn._corked = False
+        conn._flush()
+
 
 def read_app_data(tls) -> bytes | None:
     """Decrypted bytes of the next record; None when OpenSSL needs more input. Raises like recv()."""
@@ -168,7 +193,7 @@ class TLSServerProtocol:
     """One accepted TLS connection: the TCP transport's protocol and the transport of ``app``."""
 
     __slots__ = ("factory", "transport", "app", "sink", "_tls", "_done", "_lost", "_aborted", "disconnecting",
-                 "connected", "_pending", "_producer", "_reason", "_fresh", "__weakref__")
+                 "connected", "_pending", "_producer", "_reason", "_fresh", "_corked", "__weakref__")
 
     def __init__(self, factory: TLSServerFactory, app) -> None:
         self.factory = factory
@@ -185,6 +210,7 @@ class TLSServerProtocol:
         self._producer: _Membrane | None = None
         self._reason: Failure | None = None
         self._fresh = True  # nothing received yet
+        self._corked = False  # while reads are delivered: small writes wait for the flush at the end
 
     # -- IProtocol (below: TCP) -------------------------------------------------------------
     def makeConnection(self, transport) -> None:
@@ -229,8 +255,19 @@ class TLSServerProtocol:
         self._deliver()
 
     def _deliver(self) -> None:
-        """Hand every decrypted record to the application, then send what OpenSSL wrote meanwhile."""
+        """Hand every decrypted record to the application, then send what OpenSSL wrote meanwhile:
+        the responses written during the reads go out in one TCP write."""
         tls = self._tls
+        corked = self._corked
+        self._corked = True
+        try:
+            self._deliver_records(tls)
+        finally:
+            self._corked = corked
+            if not corked:
+                self._flush()
+
+    def _deliver_records(self, tls) -> None:
         while not self._lost:
             try:
                 data = read_app_data(tls)
@@ -246,7 +283,6 @@ class TLSServerProtocol:
                 break
             if not self._aborted:
                 self.sink.dataReceived(data)
-        self._flush()
 
     def connectionLost(self, reason=None) -> None:
         if not self._lost:
@@ -317,6 +353,12 @@ class TLSServerProtocol:
                 return
             except Error:
                 self._failed(Failure())
+                return
+            if self._corked:
+                return
+            if _holding is not None:
+                self._corked = True
+                _holding.append(self)
                 return
             self._flush()
             return
@@ -450,5 +492,5 @@ class TLSServerFactory(Factory):
         return f"{inner() if inner else self.wrappedFactory.__class__.__name__} (TLS)"
 
 
-__all__ = ["TLSServerFactory", "TLSServerProtocol", "encrypt", "feed", "handshake_step", "looks_like_plain_http",
-           "read_app_data", "read_tls_output"]
+__all__ = ["TLSServerFactory", "TLSServerProtocol", "encrypt", "feed", "handshake_step", "hold_writes",
+           "looks_like_plain_http", "read_app_data", "read_tls_output", "release_writes"]

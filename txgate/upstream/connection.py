@@ -19,6 +19,7 @@ from zope.interface import implementer
 from txgate.errors import UpstreamHeadersTooLarge, UpstreamProtocolError, UpstreamTruncated
 from txgate.http.closing import abort_connection
 from txgate.directwrite import no_delay
+from txgate.tls.serverconn import hold_writes, release_writes
 
 log = Logger()
 
@@ -188,6 +189,14 @@ class UpstreamConnection(Protocol):
 
     # -- parsing ------------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
+        # What this read makes the client's side write (head, body chunks, end) leaves in one send.
+        started = hold_writes()
+        try:
+            self._data_received(data)
+        finally:
+            release_writes(started)
+
+    def _data_received(self, data: bytes) -> None:
         ex = self.exchange
         if ex is None or self.response_done:
             # Bytes with no request outstanding: the upstream is confused; drop it.

@@ -132,17 +132,21 @@ class ProxyHandler:
         line = b"%s %s%s HTTP/1.1\r\nhost: %s\r\n" % (
             self.method, self.pool.base_path, self.target, host)
         self.sent_at = self.clock.seconds()
-        conn.start(self, line + self.header_block, self.head_only)
+        # The head, the body read meanwhile and its end go out in one write.
+        out = [line, self.header_block]
         if self.buffer:
-            for chunk in self.buffer:
-                self._send_body(chunk)
+            self.sent_body = True
+            out.extend(self._framed(chunk) for chunk in self.buffer)
             self.buffer = []
             self.buffered = 0
-            if self.paused_downstream:
-                self.paused_downstream = False
-                self.stream.resume_reading()
         if self.body_done:
-            self._end_body()
+            out.append(self._body_tail())
+        conn.start(self, b"".join(out), self.head_only)
+        if self.paused_downstream:
+            self.paused_downstream = False
+            self.stream.resume_reading()
+        if self.body_done:
+            conn.end_body(b"")
 
     def upstream_failed(self, pool, err: GatewayError) -> None:
         if self.done:
@@ -179,12 +183,15 @@ class ProxyHandler:
             return
         self._send_body(data)
 
+    def _framed(self, data: bytes) -> bytes:
+        return b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data
+
+    def _body_tail(self) -> bytes:
+        return b"0\r\n\r\n" if self.chunked else b""
+
     def _send_body(self, data: bytes) -> None:
         self.sent_body = True
-        if self.chunked:
-            self.conn.write_body(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self.conn.write_body(data)
+        self.conn.write_body(self._framed(data))
 
     def body_finished(self) -> None:
         if self.done:
@@ -194,7 +201,7 @@ class ProxyHandler:
             self._end_body()
 
     def _end_body(self) -> None:
-        self.conn.end_body(b"0\r\n\r\n" if self.chunked else b"")
+        self.conn.end_body(self._body_tail())
 
     def upstream_write_paused(self) -> None:
         self.stream.pause_reading()
