@@ -113,3 +113,53 @@ def test_short_lived_certificate_is_renewed_and_store_keeps_both_versions(acme_e
     r = txgate_cli("store", "list", "--config", str(gw.config_path), cwd=gw.workdir)
     line = next(x for x in r.stdout.splitlines() if x.startswith("acme/www.acme-test.example@"))
     assert "versions=1,2" in line, r.stdout + r.stderr
+
+
+def _issued_and_served(acme_env, tmp_path, challenges: str, extra_acme: str = "", **pebble_kw):
+    """pebble and a gateway; returns once the ACME certificate is served: (gateway, a served() check)."""
+    start_pebble, start_gateway = acme_env
+    http_port, tls_port = free_port(), free_port()
+    pebble = start_pebble(http_port, tls_port, **pebble_kw)
+    gw = start_gateway(_config(pebble, http_port, tls_port, challenges, extra_acme))
+    gw.wait_log(r"acme: certificate for www.acme-test.example issued", timeout=90)
+    root = tmp_path / "pebble-root.pem"
+    root.write_bytes(pebble.root_pem())
+
+    def served() -> bool:
+        return _served_by_pebble(gw, tls_port, str(root))
+
+    poll(served, 20, 0.2, "the ACME certificate being served")
+    return gw, served
+
+
+@pytest.mark.timeout(150)
+def test_issuance_succeeds_when_the_ca_rejects_half_the_nonces(acme_env, tmp_path):
+    gw, _ = _issued_and_served(acme_env, tmp_path, "http-01", env={"PEBBLE_WFE_NONCEREJECT": "50"})
+    assert "acme: order for" not in gw.output()  # badNonce was retried within the order, not by a backed-off re-order
+
+
+@pytest.mark.timeout(150)
+def test_renewal_under_continuous_load_fails_no_request(acme_env, tmp_path):
+    import threading
+
+    gw, served = _issued_and_served(acme_env, tmp_path, "tls-alpn-01", "renew_ratio = 0.7", validity=30)
+    results: list[bool] = []
+    stop = threading.Event()
+
+    def load():  # a new connection (and handshake) per request, verified against pebble's root
+        while not stop.is_set():
+            results.append(served())
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        poll(lambda: gw.output().count("acme: certificate for www.acme-test.example issued") >= 2, 60, 0.2,
+             "the renewal")
+        poll(lambda: gw.output().count("reloaded (store change: acme/www.acme-test.example)") >= 2, 20, 0.2,
+             "the reload onto the renewed certificate")
+        n = len(results)
+        poll(lambda: len(results) >= n + 20, 30, 0.1, "20 requests after the swap")
+    finally:
+        stop.set()
+        worker.join(30)
+    assert results and all(results), f"{results.count(False)} of {len(results)} requests failed"

@@ -165,12 +165,12 @@ class FakeStore:
         return self.entries[slot]
 
 
-def _service(clock, store, order):
+def _service(clock, store, order, state_dir):
     from txgate.acme.service import AcmeService
 
     names = ("www.example.com",)
     cfg = SimpleNamespace(acme_certificates=lambda: [names], acme=SimpleNamespace(renew_ratio=0.33),
-                          gateway=SimpleNamespace(state_dir="/nonexistent"))
+                          gateway=SimpleNamespace(state_dir=str(state_dir)))
     svc = AcmeService(lambda: cfg, store, ChallengeBoard(), clock, secret=b"s" * 32,
                       run_blocking=lambda fn, *a: defer.maybeDeferred(fn, *a), now=lambda: T0 + timedelta(
                           seconds=clock.seconds()), backoff_base=10)
@@ -178,7 +178,7 @@ def _service(clock, store, order):
     return svc, names
 
 
-def test_failed_orders_back_off_and_are_reported(monkeypatch):
+def test_failed_orders_back_off_and_are_reported(monkeypatch, tmp_path):
     from txgate.acme import service as service_mod
     from txgate.acme.client import AcmeFailure
 
@@ -190,7 +190,7 @@ def test_failed_orders_back_off_and_are_reported(monkeypatch):
         calls.append(clock.seconds())
         raise AcmeFailure("connection_failed", "pebble is down")
 
-    svc, names = _service(clock, store, order)
+    svc, names = _service(clock, store, order, tmp_path)
     svc.startService()
     clock.advance(0)
     assert calls == [0]
@@ -201,16 +201,22 @@ def test_failed_orders_back_off_and_are_reported(monkeypatch):
     gaps = [b - a for a, b in zip(calls, calls[1:])]
     assert len(calls) == 4 and all(later > earlier for earlier, later in zip(gaps, gaps[1:]))
     assert svc.status()[0]["failures"] == 4
+    # What `txgate acme status` reads: the failures, the last error and the next attempt.
+    from txgate.acme.status import read_status
+
+    saved = read_status(str(tmp_path))["certificates"][0]
+    assert saved["failures"] == 4 and saved["last_error"] == "connection_failed: pebble is down"
+    assert saved["next_check"] == svc.status()[0]["next_check"]
     svc.stopService()
 
 
-def test_a_renewed_certificate_by_another_gateway_is_picked_up_without_ordering(monkeypatch):
+def test_a_renewed_certificate_by_another_gateway_is_picked_up_without_ordering(monkeypatch, tmp_path):
     from txgate.acme import service as service_mod
 
     monkeypatch.setattr(service_mod, "fleet_lock", lambda *a, **k: _nolock())
     clock, store = Clock(), FakeStore()
     store.entries["acme/www.example.com"] = SimpleNamespace(info=info(1, 89), chain_pem=b"")
-    svc, names = _service(clock, store, lambda *a, **k: pytest.fail("ordered"))
+    svc, names = _service(clock, store, lambda *a, **k: pytest.fail("ordered"), tmp_path)
     svc.startService()
     clock.advance(0)
     st = svc.states[names]

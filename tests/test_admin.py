@@ -831,3 +831,17 @@ def test_mtls_admin_requires_a_client_certificate_from_client_ca(mtls_admin, ca,
     logged = "\n".join(str(formatEvent(e)) for e in log_events)
     assert "admin API: TLS handshake with 127.0.0.1 refused: client_certificate_untrusted" in logged
     assert "refused: client_certificate_required" in logged
+
+
+# -- GET /acme ------------------------------------------------------------------------------------
+
+
+def test_acme_status_needs_the_token_and_lists_the_facades_certificates(admin):
+    status, _, body = admin.request("GET", "/acme", auth=False)
+    assert status == 401
+    status, _, body = admin.request("GET", "/acme")
+    assert (status, body) == (200, {"certificates": []})  # a facade without ACME
+    entry = {"names": ["www.example.com"], "slot": "acme/www.example.com", "issuer": "CN=CA", "last_error": None}
+    admin.facade.acme_status = lambda: [entry]
+    status, _, body = admin.request("GET", "/acme")
+    assert (status, body) == (200, {"certificates": [entry]})

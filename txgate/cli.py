@@ -183,15 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print txgate's version, the versions of the libraries it runs on, and its SPKI pin backend.",
         exits={0: "always"}, examples=("txgate version",),
     )
+    from txgate.cli_acme import register_acme_commands
     from txgate.cli_admin import register_admin_commands
     from txgate.cli_certs import register_cert_commands
+    from txgate.cli_k8s import register_k8s_commands
     from txgate.cli_store import register_store_commands
 
     register_admin_commands(sub)
     register_store_commands(sub)
     register_cert_commands(sub)
-    from txgate.cli_k8s import register_k8s_commands
-
+    register_acme_commands(sub)
     register_k8s_commands(sub)
     return p
 

@@ -22,6 +22,51 @@ from txgate.config.model import AcmeConfig
 
 USER_AGENT = "txgate-acme"
 ORDER_TIMEOUT = 120.0
+# badNonce: the library retries once; a CA rejecting many nonces (pebble's PEBBLE_WFE_NONCEREJECT) needs more.
+NONCE_RETRIES = 10
+# A Retry-After while polling an authorization is honoured up to this (the order's deadline still applies).
+MAX_POLL_WAIT = 10.0
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds of a ``Retry-After`` header (delay-seconds or HTTP-date), or None when absent or malformed."""
+    from email.utils import parsedate_to_datetime
+
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+class Network(client.ClientNetwork):
+    """The library's ClientNetwork, plus: ``badNonce`` retried up to NONCE_RETRIES times (with the fresh
+    nonce of the error response), and an error's ``Retry-After`` kept on the error (``retry_after``,
+    seconds) because ``messages.Error`` has no field for it."""
+
+    def post(self, *args, **kwargs):
+        for attempt in range(NONCE_RETRIES + 1):
+            try:
+                return self._post_once(*args, **kwargs)
+            except messages.Error as error:
+                if error.code != "badNonce" or attempt == NONCE_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _check_response(cls, response, content_type=None):
+        try:
+            return super()._check_response(response, content_type=content_type)
+        except messages.Error as error:
+            error.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise
 
 
 @challenges.ChallengeResponse.register
@@ -41,6 +86,29 @@ class TLSALPN01(challenges.KeyAuthorizationChallenge):
     def validation(self, account_key: jose.JWK, **unused) -> str:
         """The key authorization (its SHA-256 goes into the challenge certificate)."""
         return self.key_authorization(account_key)
+
+
+class NewOrderReplacing(messages.NewOrder):
+    """A newOrder with RFC 9773's ``replaces`` (the ARI certID of the certificate it renews): the acme
+    library's NewOrder has no such field."""
+
+    replaces: str | None = jose.field("replaces", omitempty=True)
+
+
+def ari_cert_id(chain_pem: bytes) -> str:
+    """RFC 9773 certID of the leaf of ``chain_pem``: base64url(AKI keyIdentifier) "." base64url(DER serial)."""
+    import base64
+
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(chain_pem)
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    serial = cert.serial_number.to_bytes((cert.serial_number.bit_length() + 8) // 8, "big", signed=True)
+
+    def b64(b: bytes) -> str:
+        return base64.urlsafe_b64encode(b).decode("ascii").rstrip("=")
+
+    return f"{b64(aki)}.{b64(serial)}"
 
 
 class AcmeFailure(Exception):
@@ -74,7 +142,7 @@ def _failure(e: Exception) -> AcmeFailure:
         return e
     if isinstance(e, messages.Error):
         code = (e.typ or "error").rsplit(":", 1)[-1]
-        return AcmeFailure(code, e.detail or str(e))
+        return AcmeFailure(code, e.detail or str(e), getattr(e, "retry_after", None))
     if isinstance(e, errors.ValidationError):
         details = []
         for authzr in e.failed_authzrs:
@@ -102,7 +170,7 @@ class AcmeClient:
 
     def _connect(self) -> client.ClientV2:
         if self._client is None:
-            net = client.ClientNetwork(self.jwk, alg=jose.ES256, verify_ssl=self.cfg.ca_bundle or True,
+            net = Network(self.jwk, alg=jose.ES256, verify_ssl=self.cfg.ca_bundle or True,
                                        user_agent=USER_AGENT, timeout=30)
             directory = client.ClientV2.get_directory(self.cfg.directory, net)
             self._client = client.ClientV2(directory, net)
@@ -139,8 +207,10 @@ class AcmeClient:
         return regr.uri
 
     def order(self, names: tuple[str, ...], board: ChallengeBoard, *, log: Callable[..., None] = lambda *a, **k: None,
-              timeout: float = ORDER_TIMEOUT) -> Issued:
-        """Order a certificate for ``names``, answer one challenge per name through ``board``, finalize."""
+              timeout: float = ORDER_TIMEOUT, replaces: str | None = None) -> Issued:
+        """Order a certificate for ``names``, answer one challenge per name through ``board``, finalize.
+
+        ``replaces``: the ARI certID of the certificate this one renews (sent only when given)."""
         from txgate.lifecycle.csr import build_csr
 
         try:
@@ -148,8 +218,9 @@ class AcmeClient:
             acme = self._connect()
             key = new_certificate_key(self.cfg.key_type)
             csr = build_csr(key, dns=names)
-            orderr = acme.new_order(csr.public_bytes(serialization.Encoding.PEM))
-            log("acme: order {url} for {names}", url=orderr.uri, names=" ".join(names))
+            orderr = self._new_order(acme, csr.public_bytes(serialization.Encoding.PEM), names, replaces)
+            log("acme: order {url} for {names}{replacing}", url=orderr.uri, names=" ".join(names),
+                replacing=f" (replaces {replaces})" if replaces else "")
             deadline = datetime.now(timezone.utc) + timedelta(seconds=timeout)
             cleanups: list[Callable[[], None]] = []
             try:
@@ -167,6 +238,25 @@ class AcmeClient:
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
         return Issued(orderr.fullchain_pem.encode(), key_pem, orderr.uri)
+
+    @staticmethod
+    def _new_order(acme: client.ClientV2, csr_pem: bytes, names: tuple[str, ...], replaces: str | None):
+        """ClientV2.new_order, with ``replaces`` in the newOrder JSON when given (a CA that answers
+        alreadyReplaced gets the plain order)."""
+        if replaces:
+            order = NewOrderReplacing(identifiers=[messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n)
+                                                   for n in names], replaces=replaces)
+            try:
+                response = acme._post(acme.directory["newOrder"], order)
+            except messages.Error as e:
+                if e.code != "alreadyReplaced":
+                    raise
+            else:
+                body = messages.Order.from_json(response.json())
+                authzrs = [acme._authzr_from_response(acme._post_as_get(url), uri=url) for url in body.authorizations]
+                return messages.OrderResource(body=body, uri=response.headers.get("Location"),
+                                              authorizations=authzrs, csr_pem=csr_pem)
+        return acme.new_order(csr_pem)
 
     def _answer(self, acme: client.ClientV2, authzr, board: ChallengeBoard, cleanups: list) -> None:
         name = authzr.body.identifier.value
@@ -196,15 +286,20 @@ class AcmeClient:
             if datetime.now(timezone.utc) > deadline:
                 raise errors.TimeoutError()
             still = []
+            wait = self.poll_interval
             for authzr in pending:
-                authzr, _ = acme.poll(authzr)
+                authzr, response = acme.poll(authzr)
                 if authzr.body.status in (messages.STATUS_VALID, messages.STATUS_INVALID):
                     done.append(authzr)
                 else:
                     still.append(authzr)
+                    asked = parse_retry_after(response.headers.get("Retry-After"))
+                    if asked is not None:
+                        wait = max(wait, min(asked, MAX_POLL_WAIT))
             pending = still
             if pending:
-                time.sleep(self.poll_interval)
+                left = (deadline - datetime.now(timezone.utc)).total_seconds()
+                time.sleep(max(0.0, min(wait, left)))
         failed = [a for a in done if a.body.status == messages.STATUS_INVALID]
         if failed:
             raise errors.ValidationError(failed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 
 from txgate.acme import schedule
 from txgate.acme.challenges import ChallengeBoard
+from txgate.acme.status import fmt_time, write_status
 
 log = Logger(namespace="txgate.acme")
 
@@ -52,9 +54,7 @@ class CertState:
 
     def as_dict(self) -> dict:
         """JSON-ready status."""
-        def t(v):
-            return v.strftime("%Y-%m-%dT%H:%M:%SZ") if v else None
-
+        t = fmt_time
         return {"names": list(self.names), "slot": self.slot, "issuer": self.issuer, "not_after": t(self.not_after),
                 "next_renewal": t(self.renew_at), "renewal_reason": self.reason, "next_check": t(self.next_check),
                 "failures": self.failures, "last_error": self.last_error, "orders": self.orders}
@@ -69,9 +69,15 @@ def fleet_lock(store, state_dir: str, slot: str, ttl: float = LOCK_TTL):
         key, token = store._k("acme-lock", slot), uuid.uuid4().hex
         if not r.set(key, token, nx=True, px=int(ttl * 1000)):
             raise FleetBusy(slot)
+        stop = threading.Event()
+        keeper = threading.Thread(target=_keep_lock, args=(r, key, token, ttl, stop), daemon=True,
+                                  name=f"acme-lock {slot}")
+        keeper.start()
         try:
             yield
         finally:
+            stop.set()
+            keeper.join()
             if r.get(key) == token:
                 r.delete(key)
         return
@@ -88,6 +94,22 @@ def fleet_lock(store, state_dir: str, slot: str, ttl: float = LOCK_TTL):
         yield
     finally:
         os.close(fd)
+
+
+# Refresh the TTL only while the key still holds our token (a lock that expired and was taken stays taken).
+_REFRESH = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+
+
+def _keep_lock(r, key: str, token, ttl: float, stop: threading.Event) -> None:
+    """The holder's refresher (a thread): push the lock's expiry out every third of its TTL until ``stop``."""
+    refresh = r.register_script(_REFRESH)
+    while not stop.wait(ttl / 3):
+        try:
+            if not refresh(keys=[key], args=[token, int(ttl * 1000)]):
+                log.warn("acme: the order lock {key} was lost (expired or taken) during the order", key=key)
+                return
+        except Exception as e:  # Redis away for a moment: the TTL still covers two more tries
+            log.warn("acme: cannot refresh the order lock {key}: {e}", key=key, e=e)
 
 
 class AcmeService(Service):
@@ -143,10 +165,18 @@ class AcmeService(Service):
                 st = CertState(names, f"acme/{names[0]}")
                 self.states[names] = st
                 self._later(st, 0)
+        self._persist()
 
     def status(self) -> list[dict]:
         """Every certificate's state (for the CLI and the admin API)."""
         return [st.as_dict() for st in self.states.values()]
+
+    def _persist(self) -> None:
+        """Write the status file the CLI reads (``txgate.acme.status``); never fails the service."""
+        try:
+            write_status(self.config_source().gateway.state_dir, self.status(), self.now())
+        except Exception as e:  # a full disk must not stop renewals
+            log.warn("acme: cannot write the status file: {e}", e=e)
 
     # -- one certificate --------------------------------------------------------------------------
     def _later(self, st: CertState, seconds: float) -> None:
@@ -154,6 +184,7 @@ class AcmeService(Service):
             st.call.cancel()
         st.next_check = self.now() + _td(seconds)
         st.call = self.reactor.callLater(seconds, self.check, st)
+        self._persist()
 
     def check(self, st: CertState) -> defer.Deferred:
         """Look at the stored certificate; order when due; schedule the next look."""
@@ -210,7 +241,13 @@ class AcmeService(Service):
                 return decision2, got, False
             log.info("acme: ordering a certificate for {names} ({reason})", names=" ".join(st.names),
                      reason=decision.reason)
-            issued = self._acme_client().order(st.names, self.board, log=log.info)
+            client = self._acme_client()
+            replaces = None
+            if got is not None and decision2.reason in ("ari", "ratio", "expired") and _has_ari(client):
+                from txgate.acme.client import ari_cert_id
+
+                replaces = ari_cert_id(got.chain_pem)
+            issued = client.order(st.names, self.board, log=log.info, **({"replaces": replaces} if replaces else {}))
             self.store.put(st.slot, issued.chain_pem, issued.key_pem)
         got = self._current(st.slot)
         return self._decide(st, got, ratio), got, True
@@ -218,8 +255,13 @@ class AcmeService(Service):
     def _decide(self, st: CertState, got, ratio: float) -> schedule.Decision:
         info = got.info if got is not None else None
         ari_at = None
-        if info is not None and self._client is not None and self._client.directory_has("renewalInfo"):
-            ari_at = self._client.renewal_window(got.chain_pem)
+        if info is not None:
+            try:  # the CA's renewalInfo when its directory offers it; unreachable CA: the ratio decides
+                client = self._acme_client()
+                if _has_ari(client):
+                    ari_at = client.renewal_window(got.chain_pem)
+            except Exception as e:
+                log.debug("acme: no renewalInfo for {names}: {e}", names=" ".join(st.names), e=e)
         return schedule.decide(self.now(), st.names, info, ratio, ari_at)
 
     def _done(self, st: CertState, result) -> None:
@@ -254,15 +296,22 @@ class AcmeService(Service):
         detail = err.detail if isinstance(err, AcmeFailure) else f"{type(err).__name__}: {err}"
         st.last_error = f"{code}: {detail}"
         self._count(code)
-        delay = schedule.backoff(st.failures, getattr(err, "retry_after", None), base=self.backoff_base)
-        log.error("acme: order for {names} failed ({code}: {detail}); attempt {n}, retrying in {delay:.0f}s; "
+        asked = getattr(err, "retry_after", None)
+        delay = schedule.backoff(st.failures, asked, base=self.backoff_base)
+        log.error("acme: order for {names} failed ({code}: {detail}); attempt {n}{asked}, retrying in {delay:.0f}s; "
                   "the current certificate keeps serving", names=" ".join(st.names), code=code, detail=detail,
-                  n=st.failures, delay=delay)
+                  n=st.failures, delay=delay, asked=f" (the CA's Retry-After: {asked:.0f}s)" if asked else "")
         self._later(st, delay)
 
     def _count(self, result: str) -> None:
         if self.metrics is not None and hasattr(self.metrics, "acme_order"):
             self.metrics.acme_order(result)
+
+
+def _has_ari(client) -> bool:
+    """Whether the CA's directory offers renewalInfo (RFC 9773)."""
+    has = getattr(client, "directory_has", None)
+    return bool(has is not None and has("renewalInfo"))
 
 
 def _td(seconds: float):
@@ -272,4 +321,4 @@ def _td(seconds: float):
 
 
 def _fmt(t: datetime | None) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t else "-"
+    return fmt_time(t) or "-"

@@ -182,6 +182,7 @@ class AdminResource(Resource):
             (b"POST", ("csr",), self.create_csr, True),
             (b"GET", ("csr", "*"), self.show_csr, True),
             (b"POST", ("reload",), self.reload, True),
+            (b"GET", ("acme",), self.acme_status, True),
         ]
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -348,6 +349,11 @@ class AdminResource(Resource):
         return Raw(200, body, "text/html; charset=utf-8",
                    ((b"content-security-policy", CSP), (b"x-frame-options", b"DENY"),
                     (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")))
+
+    def acme_status(self, request: Any) -> tuple[int, dict]:
+        """GET /acme: per ACME certificate, issuer, expiry, next renewal (and why), last error."""
+        status = getattr(self.facade, "acme_status", None)
+        return 200, {"certificates": (status() if status is not None else None) or []}
 
     def get_metrics(self, request: Any) -> Raw:
         """GET /metrics: Prometheus text format."""

@@ -71,3 +71,6 @@ class GatewayFacade(Protocol):
 
     def upstream_targets(self) -> list[TargetState]:
         """Every API's targets and their state (the status page)."""
+
+    def acme_status(self) -> list[dict]:
+        """Every ACME certificate's state (GET /acme; optional: [] when absent)."""

@@ -93,4 +93,6 @@ def add_acme(top: MultiService, gateway: GatewayService, config: Config, metrics
     gateway.on_reload.append(lambda cfg: acme.sync())
     acme.setServiceParent(top)
     top.acme = acme
+    if getattr(top, "facade", None) is not None:
+        top.facade.acme = acme
     return acme

@@ -17,6 +17,11 @@ class ServiceFacade:
 
     def __init__(self, service: GatewayService) -> None:
         self._service = service
+        self.acme = None  # the AcmeService, when the config has ACME certificates (runtime.assemble)
+
+    def acme_status(self) -> list[dict]:
+        """Every ACME certificate's state (``GET /acme``); [] without ACME."""
+        return self.acme.status() if self.acme is not None else []
 
     @property
     def store(self):
