@@ -295,7 +295,8 @@ def render(rows, meta: str) -> str:
     lines = []
     for r in rows:
         p = r["probe"]
-        lines.append([title[r["mode"]], f"{r['opened']:,}", str(r["errors"]), f"{r['rss_before_mib']:.1f}",
+        engine = r.get("h2_engine", "auto")
+        lines.append([title[r["mode"]] + ("" if engine == "auto" else f" [h2 {engine}]"), f"{r['opened']:,}", str(r["errors"]), f"{r['rss_before_mib']:.1f}",
                       f"{r['rss_after_mib']:.1f}", f"{r['kib_per_conn']:.2f}", f"{r['anon_kib_per_conn']:.2f}",
                       f"{r.get('openssl_kib_per_conn') or 0:.2f}", f"{r['mib_at_10k']:.1f}", f"{r['gw_cpu_us_per_open']:.0f}", f"{p['new_conn_ms']:.2f}",
                       f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['max_ms']:.2f}"])
@@ -328,10 +329,13 @@ def run(args, pm: _procs.Procs, tmp: str, backend_port: int, gw_cpu, load_cpu, l
     _procs.raise_nofile(n + 1024)  # the client processes inherit it
     rows = []
     openssl_kib = None
-    for mode in args.idle_modes:
+    runs = [(mode, engine) for mode in args.idle_modes
+            for engine in (getattr(args, "h2_engines", None) or ["auto"] if mode == "h2" else ["auto"])]
+    for mode, engine in runs:
         # Idle connections must outlive the run (idle_timeout), and all of them fit (max_connections).
-        gw = _gateway.start(pm, tmp, args.repo, backend_port, gw_cpu, name=f"gateway-idle-{mode}",
-                            listener={"idle_timeout": 3600, "max_connections": n + 1000}, nofile=n + 1024)
+        gw = _gateway.start(pm, tmp, args.repo, backend_port, gw_cpu, name=f"gateway-idle-{mode}-{engine}",
+                            listener={"idle_timeout": 3600, "max_connections": n + 1000}, nofile=n + 1024,
+                            h2_engine=engine)
         log(f"gateway ({args.repo}): pid {gw.pid} on https://127.0.0.1:{gw.port}, CPU {gw_cpu}")
         try:
             row = run_phase(pm, gw, n, mode, load_cpu, log)
@@ -342,6 +346,7 @@ def run(args, pm: _procs.Procs, tmp: str, backend_port: int, gw_cpu, load_cpu, l
                 openssl_kib = _handshake.server_connection_kib(ck, min(n, 2000)) or 0.0
                 log(f"OpenSSL's own memory per idle server connection, in process: {openssl_kib} KiB")
             row["openssl_kib_per_conn"] = openssl_kib
+            row["h2_engine"] = engine
             rows.append(row)
         finally:
             pm.stop(gw.proc)

@@ -17,10 +17,12 @@ from txgate.tlswrap import DirectTLSFactory
 from txgate.tls.serverconn import TLSServerFactory, read_app_data, read_tls_output
 
 
-@pytest.fixture(scope="module")
-def server_tls():
+@pytest.fixture(scope="module", params=[False, True], ids=["openssl-records", "records13"])
+def server_tls(request):
+    """Every behaviour twice: records by OpenSSL throughout, and handed over to txgate.tls.records13
+    after a TLS 1.3 handshake (the gateway's default)."""
     ca = make_ca("serverconn test CA")
-    return ServerTLS(default=make_leaf(ca, ["localhost"]))
+    return ServerTLS(default=make_leaf(ca, ["localhost"]), hand_over=request.param)
 
 
 class App(Protocol):
@@ -66,11 +68,13 @@ class Client(Protocol):
         self.lost = reason
 
 
-def _pair(server_tls, alpn=(b"http/1.1",)):
+def _pair(server_tls, alpn=(b"http/1.1",), max_version=None):
     f = _Factory()
     sp = TLSServerFactory(server_tls, f).buildProtocol(None)
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     ctx.set_alpn_protos(list(alpn))
+    if max_version is not None:
+        ctx.set_max_proto_version(max_version)
 
     @implementer(IOpenSSLClientConnectionCreator)
     class Creator:
@@ -88,11 +92,27 @@ def test_handshake_then_data_both_ways(server_tls):
     sp, app, cp, client, pump = _pair(server_tls)
     assert app.handshakes == 1
     assert sp.negotiatedProtocol == b"http/1.1"
-    assert sp.getHandle().get_protocol_version_name() == "TLSv1.3"
+    if server_tls.hand_over:
+        # TLS 1.3: OpenSSL's connection is freed once the handshake is done; records13 carries on.
+        assert sp.getHandle() is None and sp._rec is not None
+    else:
+        assert sp.getHandle().get_protocol_version_name() == "TLSv1.3"
+    _ping_pong(app, cp, client, pump)
+
+
+def _ping_pong(app, cp, client, pump) -> None:
     cp.write(b"ping")
     pump.flush()
     assert app.received == [b"ping"]
     assert client.received == b"pong"
+
+
+def test_tls12_handshake_then_data_both_ways(server_tls):
+    """TLS 1.2 stays with OpenSSL whatever the setting: its last flight must still reach the client."""
+    sp, app, cp, client, pump = _pair(server_tls, max_version=SSL.TLS1_2_VERSION)
+    assert app.handshakes == 1
+    assert sp.getHandle().get_protocol_version_name() == "TLSv1.2"
+    _ping_pong(app, cp, client, pump)
 
 
 def test_data_goes_straight_to_the_inner_protocol_once_chosen(server_tls):

@@ -44,7 +44,7 @@ upstream = builtin:echo
 
 GATEWAY_KEYS = {
     "state_dir", "access_log", "log_format", "shutdown_timeout", "store", "store_secret_file", "expiry_warning_days",
-    "error_detail", "workers", "worker_affinity", "h2_engine",
+    "error_detail", "workers", "worker_affinity", "h2_engine", "tls_record_layer",
 }
 ADMIN_KEYS = {"bind", "client_ca", "token_file", "allowed_hosts"}
 LISTENER_KEYS = {
@@ -332,6 +332,7 @@ def parse_gateway(s: Section) -> GatewayConfig:
         workers=None if s.str("workers", "auto") == "auto" else s.number("workers", 1, integer=True, minimum=1),
         worker_affinity=s.choice("worker_affinity", "client_address", WORKER_AFFINITY),
         h2_engine=s.choice("h2_engine", "auto", H2_ENGINES),
+        tls_record_layer=s.choice("tls_record_layer", "txgate", ("txgate", "openssl")),
     )
 
 

@@ -137,6 +137,9 @@ class GatewayConfig:
     expiry_warning_days: int = 30
     # The HTTP/2 engine: "auto" (native when built), "native" (libnghttp2) or "python" (hyper-h2).
     h2_engine: str = "auto"
+    # Who protects a downstream TLS 1.3 connection's records after the handshake: "txgate"
+    # (txgate.tls.records13; OpenSSL's per-connection object is freed) or "openssl" (it stays).
+    tls_record_layer: str = "txgate"
     # Error bodies carry the details (upstream URLs, TLS reasons) instead of a generic message: development only.
     error_detail: bool = False
     # Worker processes under `twistd txgate`: None = auto (the CPUs this process may run on).

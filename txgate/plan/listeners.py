@@ -74,6 +74,7 @@ def _prepare_listener(config: Config, plan: Plan, ln: ListenerConfig, local: Loc
             session_tickets=ln.session_tickets,
             client_verifier=plan.client_verifiers.get(ln.name),
             staple=staple_lookup(plan) if plan.staples else None,
+            hand_over=config.gateway.tls_record_layer == "txgate",
         )
     except TLSSettingError as e:
         raise ConfigError(config.path, section, e.key, f"rejected by OpenSSL: {e}") from None

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txgate.config.hostnames import wildcard_parent
+from txgate.tls import handover
 from txgate.tls.certs import CertifiedKey
 
 log = Logger()
@@ -187,6 +188,7 @@ class ServerTLS:
         session_id_context: bytes | None = None,
         client_verifier: Any = None,
         staple: Callable[[CertifiedKey], Any] | None = None,
+        hand_over: bool = False,
     ) -> None:
         self._min = tls_version(min_tls)
         self._max = tls_version(max_tls)
@@ -209,6 +211,8 @@ class ServerTLS:
         self._staple = staple
         # Shared by every context so a session resumes whichever SNI context it was made under.
         self._sid_ctx = session_id_context or os.urandom(16)
+        # TLS 1.3 connections continue on txgate.tls.records13 after the handshake (txgate.tls.handover).
+        self.hand_over = hand_over and handover.available()
         # Pending TLS-ALPN-01 challenges (txgate.acme.challenges.ChallengeBoard), attached by the runtime.
         self.challenges: Any = None
         self.default_context = self._build(default)
@@ -259,6 +263,8 @@ class ServerTLS:
             ctx.set_ocsp_server_callback(holder.callback)
         # Set on every context: OpenSSL may consult the current context on a second ClientHello.
         ctx.set_tlsext_servername_callback(self._servername)
+        if self.hand_over:
+            handover.install(ctx)  # every context: SNI may switch a connection to another one
         return ctx
 
     def _select_alpn(self, conn: SSL.Connection, offered: list[bytes]) -> bytes | Any:
@@ -311,7 +317,7 @@ class ServerTLS:
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """Create the server-side connection for one accepted TLS connection."""
-        conn = SSL.Connection(self.default_context, None)
+        conn = handover.ServerConnection(self.default_context, None)
         if self._client_verifier is not None:
             # Not set_app_data: Twisted replaces the app data with tlsProtocol after this returns.
             self._client_verifier.attach(conn)

@@ -25,7 +25,9 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txgate.tls import handover
 from txgate.tls.outcomes import PlainHTTPRequest, represents_eof
+from txgate.tls.records13 import CLOSE_NOTIFY, RecordError
 
 try:  # The raw calls under pyOpenSSL's recv() and bio_read(), to tell "no more data" without raising.
     from OpenSSL._util import ffi as _ffi
@@ -192,15 +194,16 @@ class _Membrane:
 class TLSServerProtocol:
     """One accepted TLS connection: the TCP transport's protocol and the transport of ``app``."""
 
-    __slots__ = ("factory", "transport", "app", "sink", "_tls", "_done", "_lost", "_aborted", "disconnecting",
-                 "connected", "_pending", "_producer", "_reason", "_fresh", "_corked", "__weakref__")
+    __slots__ = ("factory", "transport", "app", "sink", "_tls", "_rec", "_done", "_lost", "_aborted",
+                 "disconnecting", "connected", "_pending", "_producer", "_reason", "_fresh", "_corked", "__weakref__")
 
     def __init__(self, factory: TLSServerFactory, app) -> None:
         self.factory = factory
         self.app = app  # connectionLost and handshakeCompleted go here
         self.sink = app  # dataReceived goes here: the HTTP protocol itself once the negotiator chose it
         self.transport = None
-        self._tls = None
+        self._tls = None  # the pyOpenSSL connection (None once handed over to _rec)
+        self._rec = None  # after a TLS 1.3 handshake: the records13.Records carrying on without OpenSSL
         self._done = False  # handshake completed
         self._lost = False  # TLS is over (shut down or failed): nothing more is read or written
         self._aborted = False
@@ -224,6 +227,10 @@ class TLSServerProtocol:
     def dataReceived(self, data: bytes) -> None:
         if self._lost:
             return
+        rec = self._rec
+        if rec is not None:
+            self._receive(rec, data)
+            return
         tls = self._tls
         if self._fresh:
             self._fresh = False
@@ -244,15 +251,66 @@ class TLSServerProtocol:
                 self._flush()
                 return
             self._done = True
-            done = getattr(self.app, "handshakeCompleted", None)
-            if done is not None:
-                done()
-            inner = getattr(self.app, "inner", None)
-            if inner is not None:
-                self.sink = inner
+            corked = self._corked
+            self._corked = True  # what the application writes now stays in OpenSSL until the hand-over
+            try:
+                done = getattr(self.app, "handshakeCompleted", None)
+                if done is not None:
+                    done()
+                inner = getattr(self.app, "inner", None)
+                if inner is not None:
+                    self.sink = inner
+                rest = None
+                if self.factory.hand_over and not self.disconnecting and not self._lost:
+                    rest = self._hand_over(tls)
+            finally:
+                self._corked = corked
             if self._pending:
                 self._unbuffer()
+            if rest is not None:
+                self._receive(self._rec, rest)
+                return
         self._deliver()
+
+    def _hand_over(self, tls) -> bytes | None:
+        """TLS 1.3: carry on with `records13` and free OpenSSL's connection; the input it had not
+        read yet (None: the connection stays with OpenSSL)."""
+        if tls.traffic is None:  # TLS 1.2: no TLS 1.3 traffic secrets were seen
+            return None
+        out = read_tls_output(tls)
+        taken = handover.take(tls, out)
+        if taken is None:
+            if out:
+                self.transport.write(out)
+            return None
+        self._rec, rest = taken
+        self._tls = None
+        return rest
+
+    def _receive(self, rec, data: bytes) -> None:
+        """Records after the hand-over: decrypt, deliver, then send what was written meanwhile in one write."""
+        corked = self._corked
+        self._corked = True
+        try:
+            try:
+                plain = rec.unprotect(data)  # one item per record
+            except RecordError as e:
+                if e.alert >= 0:
+                    rec.alert(e.alert)
+                self._failed(Failure(e))
+                return
+            for data in plain:
+                if self._lost or self._aborted:
+                    break
+                self.sink.dataReceived(data)
+            if rec.closed_by_peer and not self._lost:
+                # The peer's close_notify: answer it, then the connection ends with the TCP one's reason.
+                self._shutdown_tls()
+                self._failed(None)
+        finally:
+            self._corked = corked
+            if not corked:
+                self._flush()
 
     def _deliver(self) -> None:
         """Hand every decrypted record to the application, then send what OpenSSL wrote meanwhile:
@@ -286,9 +344,13 @@ class TLSServerProtocol:
 
     def connectionLost(self, reason=None) -> None:
         if not self._lost:
-            # No more bytes will come: let OpenSSL see the EOF (a truncation is reported as an error).
-            self._tls.bio_shutdown()
-            self._deliver()
+            if self._rec is not None:
+                # An EOF without the peer's close_notify is reported as OpenSSL's would be: lost.
+                self._failed(None if self._rec.closed_by_peer else Failure(CONNECTION_LOST))
+            else:
+                # No more bytes will come: let OpenSSL see the EOF (a truncation is reported as an error).
+                self._tls.bio_shutdown()
+                self._deliver()
             self._lost = True
         reason = self._reason or reason
         self._reason = None
@@ -297,11 +359,16 @@ class TLSServerProtocol:
         try:
             app.connectionLost(reason)
         finally:
-            self._tls = None
+            self._tls = self._rec = None
             self.sink = self.app = None
 
     # -- TLS state ---------------------------------------------------------------------------
     def _flush(self) -> None:
+        rec = self._rec
+        if rec is not None:
+            if rec.out:
+                self.transport.write(rec.take_output())
+            return
         tls = self._tls
         if tls is not None:
             out = read_tls_output(tls)
@@ -310,10 +377,15 @@ class TLSServerProtocol:
 
     def _shutdown_tls(self) -> None:
         """Send close_notify (or answer the peer's); close TCP once both sides have sent theirs."""
-        try:
-            done = self._tls.shutdown()
-        except Error:
-            done = False  # mid-handshake OpenSSL may want to read first
+        rec = self._rec
+        if rec is not None:
+            rec.alert(CLOSE_NOTIFY)
+            done = rec.closed_by_peer
+        else:
+            try:
+                done = self._tls.shutdown()
+            except Error:
+                done = False  # mid-handshake OpenSSL may want to read first
         self._flush()
         if done:
             self.transport.loseConnection()
@@ -343,6 +415,20 @@ class TLSServerProtocol:
         if not self._done:
             self._buffer(data)
             return
+        rec = self._rec
+        if rec is not None:
+            if rec.closed_by_us:
+                return
+            if len(data) > _RECORD:
+                # A record at a time, as with OpenSSL: TCP's buffer (and its producer) sees it as it comes.
+                view = memoryview(data)
+                for start in range(0, len(data), _RECORD):
+                    rec.protect(view[start:start + _RECORD].tobytes())
+                    self._flush()
+                return
+            rec.protect(data)
+            self._sent_small()
+            return
         tls = self._tls
         size = len(data)
         if size <= _RECORD:
@@ -354,13 +440,7 @@ class TLSServerProtocol:
             except Error:
                 self._failed(Failure())
                 return
-            if self._corked:
-                return
-            if _holding is not None:
-                self._corked = True
-                _holding.append(self)
-                return
-            self._flush()
+            self._sent_small()
             return
         sent = 0
         while sent < size:
@@ -374,6 +454,17 @@ class TLSServerProtocol:
                 break
             # A piece at a time: OpenSSL's output BIO never holds more than one record (it keeps its size).
             self._flush()
+
+    def _sent_small(self) -> None:
+        """A small write is protected: send it now, or at the end of the read being handled, or at
+        `release_writes` (the output of one reactor callback leaves in one TCP write)."""
+        if self._corked:
+            return
+        if _holding is not None:
+            self._corked = True
+            _holding.append(self)
+            return
+        self._flush()
 
     def _buffer(self, data: bytes) -> None:
         if self._pending is None:
@@ -406,21 +497,27 @@ class TLSServerProtocol:
     def abortConnection(self) -> None:
         self._aborted = True
         self.disconnecting = True
-        if self._tls is not None:
+        if self._tls is not None or self._rec is not None:
             self._shutdown_tls()
         self.transport.abortConnection()
 
     def getHandle(self):
-        """The pyOpenSSL Connection (peer certificate, version, cipher, ALPN, client-verify state)."""
+        """The pyOpenSSL Connection (peer certificate, version, cipher, ALPN, client-verify state)
+        until the handshake is complete (what the listener reads then); None once a TLS 1.3
+        connection was handed over to `records13` and OpenSSL's object is freed."""
         return self._tls
 
     def getPeerCertificate(self):
-        return self._tls.get_peer_certificate()
+        tls = self._tls
+        return tls.get_peer_certificate() if tls is not None else None
 
     @property
     def negotiatedProtocol(self) -> bytes | None:
         tls = self._tls
-        return (tls.get_alpn_proto_negotiated() or None) if tls is not None else None
+        if tls is None:
+            rec = self._rec
+            return rec.alpn if rec is not None else None
+        return tls.get_alpn_proto_negotiated() or None
 
     def getPeer(self):
         return self.transport.getPeer()
@@ -480,6 +577,8 @@ class TLSServerFactory(Factory):
     def __init__(self, creator: Any, wrapped: Any) -> None:
         self.creator = creator  # IOpenSSLServerConnectionCreator (txgate.tls.server.ServerTLS)
         self.wrappedFactory = wrapped  # the ListenerFactory (max_connections: its accepting())
+        # TLS 1.3 connections leave OpenSSL after their handshake (txgate.tls.handover).
+        self.hand_over = bool(getattr(creator, "hand_over", False))
 
     def buildProtocol(self, addr):
         app = self.wrappedFactory.buildProtocol(addr)
