@@ -113,10 +113,16 @@ def handle_signals(top, *, clean_exit: bool = True) -> None:
     Call it before starting ``top``. ``clean_exit=False`` leaves SIGTERM/SIGINT to the embedding program.
     """
     gateway = top.getServiceNamed("txgate")
+    services = [ReloadOnSignal(gateway), ReopenOnSignal(gateway)]
     if clean_exit:
-        CleanExitOnSignals().setServiceParent(top)
-    ReloadOnSignal(gateway).setServiceParent(top)
-    ReopenOnSignal(gateway).setServiceParent(top)
+        services.insert(0, CleanExitOnSignals())
+    for svc in services:
+        svc.setServiceParent(top)
+        # Now, not when ``top`` starts its children: the gateway (started before these) announces its
+        # listeners, and a SIGHUP sent on seeing that line must reload, not kill the process.
+        install = getattr(svc, "_install", None)
+        if install is not None:
+            install()
 
 
 def reopen_logs(top) -> None:
