@@ -279,11 +279,11 @@ def test_reload_follows_a_secret_added_to_the_config(api, tmp_path, gateway_fact
 
 
 def rbac_permissions() -> set:
-    """(verb, resource) pairs the example RBAC manifests grant (examples/kubernetes/rbac.yaml)."""
+    """(verb, resource) pairs the RBAC manifests grant (deploy/kubernetes/rbac.yaml)."""
     import yaml
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "examples" / "kubernetes" / "rbac.yaml"
+    path = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "rbac.yaml"
     allowed = set()
     for doc in yaml.safe_load_all(path.read_text()):
         if doc and doc.get("kind") in ("Role", "ClusterRole"):
@@ -295,7 +295,8 @@ def rbac_permissions() -> set:
 def test_example_rbac_is_enough_and_minimal(api, tmp_path, gateway_factory, site_ca):
     allowed = rbac_permissions()
     assert allowed == {("get", "secrets"), ("list", "secrets"), ("watch", "secrets"),
-                       ("create", "certificatesigningrequests"), ("get", "certificatesigningrequests")}
+                       ("create", "certificatesigningrequests"), ("get", "certificatesigningrequests"),
+                       ("list", "certificatesigningrequests"), ("watch", "certificatesigningrequests")}
     v1 = make_leaf(site_ca, ["site.example"])
     apply_secret(api, tmp_path, "web", "site-tls", v1)
     api.allowed = allowed
