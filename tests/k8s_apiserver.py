@@ -94,6 +94,7 @@ class FakeApiServer:
         self.secrets: dict[tuple[str, str], dict] = {}
         self.csrs: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
+        self.agents: list[tuple[str, str, str]] = []  # (method, path, User-Agent) of every request
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(crt, key)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -348,6 +349,7 @@ def _handler(api: FakeApiServer):
             parts = urlsplit(self.path)
             path, query = parts.path.rstrip("/"), {k: v[-1] for k, v in parse_qs(parts.query).items()}
             api.requests.append((method, self.path))
+            api.agents.append((method, self.path, self.headers.get("User-Agent", "")))
             if path == "/version":
                 return self.send_json(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0-standin",
                                             "platform": "linux/amd64"})
@@ -419,12 +421,12 @@ def _handler(api: FakeApiServer):
                 verb = "watch" if query.get("watch") in ("1", "true") else "list"
                 if not self.authorized(verb, resource, None):
                     return
+                field = query.get("fieldSelector", "")
+                want = field[len("metadata.name="):] if field.startswith("metadata.name=") else None
                 if verb == "watch":
-                    field = query.get("fieldSelector", "")
-                    want = field[len("metadata.name="):] if field.startswith("metadata.name=") else None
                     return self.watch(resource, query, lambda o: want is None or o["metadata"]["name"] == want)
                 with api.lock:
-                    items = list(api.csrs.values())
+                    items = [json.loads(json.dumps(o)) for n, o in api.csrs.items() if want is None or n == want]
                 return self.listing("CertificateSigningRequestList", items)
             if method == "GET":
                 if not self.authorized("get", resource, None):

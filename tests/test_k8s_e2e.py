@@ -208,6 +208,15 @@ def test_csr_issued_after_approval_and_renewed(api, tmp_path, gateway_factory):
     kubectl(api, tmp_path, "certificate", "approve", first)
     poll(lambda: "stand-in cluster signer" in _issuer(served(gw.port)), 10, what="the signed certificate served")
     assert curl_ok(gw.port, api.signer_ca_path, host="localhost")
+    # The CSR was followed with list + watch on its name, not polled by GET.
+    from urllib.parse import quote
+
+    selector = "fieldSelector=" + quote(f"metadata.name={first}", safe="")
+    csr_path = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+    assert [m for m, p in api.requests if p.startswith(csr_path + "?") and selector in p and "watch=1" not in p]
+    assert [m for m, p in api.requests if p.startswith(csr_path + "?") and selector in p and "watch=1" in p
+            and "allowWatchBookmarks=true" in p and "resourceVersion=" in p]
+    assert not [p for m, p, agent in api.agents if agent == "txgate" and p.split("?")[0] == f"{csr_path}/{first}"]
     leaf = served(gw.port)
     second = poll(lambda: [n for n in api.csr_names() if n != first], 15, what="a renewal CSR")[0]
     kubectl(api, tmp_path, "certificate", "approve", second)
