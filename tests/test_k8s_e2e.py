@@ -237,6 +237,38 @@ def test_csr_denied_is_reported(api, tmp_path, gateway_factory):
     gw.wait_log(rf"CertificateSigningRequest {name} denied: KubectlDeny: This CSR was denied by kubectl certificate deny")
 
 
+def test_restart_while_a_csr_is_pending_follows_the_same_csr(api, tmp_path, gateway_factory):
+    gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig"), f"k8s-csr:{SIGNER}", "pod_name = gw-0\n"))
+    first = poll(api.csr_names, 10, what="a CSR submitted")[0]
+    gw.wait_log(rf"submitted CertificateSigningRequest {first}")
+    assert gw.stop() == 0
+    gw.start()
+    gw.wait_log(rf"following CertificateSigningRequest {first} \(submitted before for the pending key\)")
+    assert "submitted CertificateSigningRequest" not in gw.output()
+    assert kubectl(api, tmp_path, "get", "csr", "-o", "name").split() == [
+        f"certificatesigningrequest.certificates.k8s.io/{first}"]
+    kubectl(api, tmp_path, "certificate", "approve", first)
+    poll(lambda: "stand-in cluster signer" in _issuer(served(gw.port)), 10, what="the signed certificate served")
+    assert curl_ok(gw.port, api.signer_ca_path, host="localhost")
+    assert api.csr_names() == [first]
+    # The certificate is the one of the CSR submitted before the restart (the key kept in the store).
+    request = x509.load_pem_x509_csr(__import__("base64").b64decode(api.csrs[first]["spec"]["request"]))
+    assert served(gw.port).public_key().public_bytes(*_spki()) == request.public_key().public_bytes(*_spki())
+
+
+def test_restart_after_a_denial_submits_a_new_csr_with_a_new_key(api, tmp_path, gateway_factory):
+    gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig"), f"k8s-csr:{SIGNER}", "pod_name = gw-0\n"))
+    first = poll(api.csr_names, 10, what="a CSR submitted")[0]
+    kubectl(api, tmp_path, "certificate", "deny", first)
+    gw.wait_log(rf"CertificateSigningRequest {first} denied")
+    assert gw.stop() == 0
+    gw.start()
+    second = poll(lambda: [n for n in api.csr_names() if n != first], 10, what="a new CSR after the restart")[0]
+    assert api.csrs[second]["spec"]["request"] != api.csrs[first]["spec"]["request"]
+    kubectl(api, tmp_path, "certificate", "approve", second)
+    poll(lambda: "stand-in cluster signer" in _issuer(served(gw.port)), 10, what="the signed certificate served")
+
+
 def test_missing_permission_is_a_clear_error(api, tmp_path, gateway_factory, site_ca):
     api.allowed = {("list", "secrets")}  # no get (startup read), no watch
     v1 = make_leaf(site_ca, ["site.example"])
