@@ -3,8 +3,9 @@
 It implements only what txgate and the tests' kubectl calls use, following the real API's shapes:
 discovery (``/version``, ``/api``, ``/apis``, the ``v1`` and ``certificates.k8s.io/v1`` resource lists),
 Secrets (get, list with ``fieldSelector=metadata.name=``, watch with ``resourceVersion``, bookmarks and
-410 Gone as an ``ERROR`` event, create, replace and the merge patch of ``kubectl apply``),
-CertificateSigningRequests (create, get, list, watch, the ``/approval`` subresource in JSON and in the
+410 Gone as an ``ERROR`` event, create in JSON and in the protobuf envelope ``kubectl create secret``
+sends, replace and the merge patch of ``kubectl apply``),
+CertificateSigningRequests (create, get, list and watch with ``fieldSelector=metadata.name=``, the ``/approval`` subresource in JSON and in the
 protobuf envelope ``kubectl certificate approve`` sends, conditions as the real API sets them) with a
 test signer that writes ``status.certificate`` honouring ``expirationSeconds``; bearer-token
 authentication (401) and per-resource permissions (403 Status objects worded like the real ones).
@@ -294,6 +295,38 @@ def csr_conditions_from_protobuf(body: bytes) -> list[dict]:
     return conditions
 
 
+def secret_from_protobuf(body: bytes) -> dict:
+    """A Secret in the Kubernetes protobuf envelope (what `kubectl create secret` sends) as its JSON object:
+    Secret{metadata(1): ObjectMeta{name(1), namespace(3), labels(11), annotations(12)}, data(2): map<string, bytes>,
+    type(3), stringData(4): map<string, string>}."""
+    if not body.startswith(b"k8s\x00"):
+        raise ValueError("no k8s protobuf magic")
+    raw = next(v for f, v in proto_fields(body[4:]) if f == 2)
+    obj: dict = {"apiVersion": "v1", "kind": "Secret", "metadata": {}}
+
+    def entry(v: bytes) -> tuple[str, bytes]:
+        kv = dict(proto_fields(v))
+        return kv.get(1, b"").decode(), kv.get(2, b"")
+
+    for f, v in proto_fields(raw):
+        if f == 1:
+            for g, w in proto_fields(v):
+                if g in (1, 3):
+                    obj["metadata"]["name" if g == 1 else "namespace"] = w.decode()
+                elif g in (11, 12):
+                    k, val = entry(w)
+                    obj["metadata"].setdefault("labels" if g == 11 else "annotations", {})[k] = val.decode()
+        elif f == 2:
+            k, val = entry(v)
+            obj.setdefault("data", {})[k] = base64.b64encode(val).decode()
+        elif f == 3:
+            obj["type"] = v.decode()
+        elif f == 4:
+            k, val = entry(v)
+            obj.setdefault("data", {})[k] = base64.b64encode(val).decode()  # stringData is stored as data
+    return obj
+
+
 def _handler(api: FakeApiServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -316,6 +349,8 @@ def _handler(api: FakeApiServer):
             n = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(n) if n else b""
             if self.headers.get("Content-Type", "").startswith("application/vnd.kubernetes.protobuf"):
+                if "/secrets" in self.path:  # kubectl create secret
+                    return secret_from_protobuf(raw)
                 # kubectl certificate approve/deny send protobuf: only the conditions are read.
                 return {"status": {"conditions": csr_conditions_from_protobuf(raw)}}
             return json.loads(raw or b"{}")

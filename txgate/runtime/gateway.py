@@ -367,7 +367,7 @@ class GatewayService(Service):
         for name in list(opened) + list(moves.adopted):
             self._log_listening(gen, new[name])
         if old is not None:
-            drain_changed_client_auth(self.connections, old.config, cfg)
+            drain_changed_client_auth(self.connections, old.config, cfg, old.plan.ca_stamps, plan.ca_stamps)
             self.retirer.retire(old)
         parts = [f"{len(cfg.listeners)} listeners, {len(cfg.apis)} APIs"]
         if opened or moves.adopted:
