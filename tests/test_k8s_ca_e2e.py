@@ -13,6 +13,11 @@ from k8s_apiserver import FakeApiServer
 from test_k8s_e2e import config, kubectl
 
 
+@pytest.fixture(scope="module")
+def site_ca():
+    return make_ca("site CA")
+
+
 @pytest.fixture
 def api(tmp_path):
     server = FakeApiServer(tmp_path)
@@ -46,11 +51,12 @@ def mtls_config(api, tmp_path, client_ca: str) -> str:
         "certificate = local\n", f"certificate = local\nclient_auth = require\nclient_ca = {client_ca}\n")
 
 
-def client_ok(gw, tmp_path, client) -> bool:
-    """A curl request with ``client``'s certificate gets 200 (False for a refused handshake or another status)."""
+def client_ok(gw, tmp_path, client, cacert: str | None = None) -> bool:
+    """A curl request with ``client``'s certificate gets 200 (False for a refused handshake or another status);
+    the gateway's certificate is verified under ``cacert`` (default: its local CA)."""
     crt = write(tmp_path, f"client-{client.leaf.serial_number}.crt", pem_chain(client))
     key = write(tmp_path, f"client-{client.leaf.serial_number}.key", pem_key(client))
-    r = curl("--cacert", gw.ca, "--cert", crt, "--key", key, f"https://localhost:{gw.port}/echo", "-o", os.devnull,
+    r = curl("--cacert", cacert or gw.ca, "--cert", crt, "--key", key, f"https://localhost:{gw.port}/echo", "-o", os.devnull,
              "-w", "%{http_code}")
     return r.returncode == 0 and r.stdout == b"200"
 
@@ -115,3 +121,28 @@ def test_upstream_ca_from_a_secret_follows_its_updates(api, tmp_path, gateway_fa
         poll(lambda: status() == b"200", 5, what="the upstream verified under the updated CA")
     finally:
         backend.close()
+
+
+def test_a_reload_that_names_a_secret_ca_reads_it_and_then_follows_it(api, tmp_path, gateway_factory, site_ca):
+    import signal
+
+    from test_k8s_e2e import apply_secret, served
+
+    ca1, ca2, ca3 = make_ca("file CA"), make_ca("secret CA"), make_ca("secret CA, updated")
+    alice, bob, carol = (make_leaf(ca, [n], client=True) for ca, n in ((ca1, "alice"), (ca2, "bob"), (ca3, "carol")))
+    leaf = make_leaf(site_ca, ["localhost"])
+    apply_secret(api, tmp_path, "web", "site-tls", leaf)
+    apply_ca_secret(api, tmp_path, "client-ca", write(tmp_path, "ca2.pem", ca_pem(ca2)), create=True)
+    text = config(api.kubeconfig(tmp_path / "kubeconfig"), "k8s-secret:web/site-tls").replace(
+        "certificate = k8s-secret:web/site-tls\n",
+        f"certificate = k8s-secret:web/site-tls\nclient_auth = require\nclient_ca = {write(tmp_path, 'ca1.pem', ca_pem(ca1))}\n")
+    gw = gateway_factory(text)
+    assert served(gw.port) == leaf.leaf
+    site = write(tmp_path, "site-ca.pem", ca_pem(site_ca))
+    assert client_ok(gw, tmp_path, alice, site) and not client_ok(gw, tmp_path, bob, site)
+    gw.config_path.write_text(text.replace(str(tmp_path / "ca1.pem"), "k8s-secret:web/client-ca#ca.crt"))
+    gw.signal(signal.SIGHUP)
+    poll(lambda: client_ok(gw, tmp_path, bob, site), 10, what="the client of the Secret's CA accepted after the reload")
+    assert not client_ok(gw, tmp_path, alice, site)
+    apply_ca_secret(api, tmp_path, "client-ca", write(tmp_path, "ca3.pem", ca_pem(ca3)))
+    poll(lambda: client_ok(gw, tmp_path, carol, site), 5, what="the Secret followed after the reload")

@@ -97,13 +97,17 @@ def fetch_secrets(access: ClusterAccess, wants, store, timeout: float) -> None:
                      error=str(e) or e.__class__.__name__)
 
 
-def fetch_secret_cas(access: ClusterAccess, config, store, timeout: float) -> None:
-    """GET the Secret of each CA source of ``config`` and put its bundle in the store; ConfigError when it cannot be had."""
+def fetch_secret_cas(access: ClusterAccess, config, store, timeout: float, *, new_only: bool = False) -> None:
+    """GET the Secret of each CA source of ``config`` and put its bundle in the store; ConfigError when it cannot be had.
+
+    ``new_only`` (a reload): only the bundles the store does not hold yet (the others are followed)."""
     from txgate.config import ConfigError
     from txgate.config.kubernetes import secret_ca_ref, store_name_secret_ca
     from txgate.store import StoreError
 
     sources = config.kubernetes_cas()
+    if new_only:
+        sources = [src for src in sources if not _stored(store, store_name_secret_ca(src[2]))]
     if not sources:
         return
     deadline = time.monotonic() + max(timeout, 0.0)
