@@ -3,8 +3,9 @@
 It implements only what txgate and the tests' kubectl calls use, following the real API's shapes:
 discovery (``/version``, ``/api``, ``/apis``, the ``v1`` and ``certificates.k8s.io/v1`` resource lists),
 Secrets (get, list with ``fieldSelector=metadata.name=``, watch with ``resourceVersion``, bookmarks and
-410 Gone as an ``ERROR`` event, create, replace and the merge patch of ``kubectl apply``),
-CertificateSigningRequests (create, get, list, watch, the ``/approval`` subresource in JSON and in the
+410 Gone as an ``ERROR`` event, create in JSON and in the protobuf envelope ``kubectl create secret``
+sends, replace and the merge patch of ``kubectl apply``),
+CertificateSigningRequests (create, get, list and watch with ``fieldSelector=metadata.name=``, the ``/approval`` subresource in JSON and in the
 protobuf envelope ``kubectl certificate approve`` sends, conditions as the real API sets them) with a
 test signer that writes ``status.certificate`` honouring ``expirationSeconds``; bearer-token
 authentication (401) and per-resource permissions (403 Status objects worded like the real ones).
@@ -94,6 +95,7 @@ class FakeApiServer:
         self.secrets: dict[tuple[str, str], dict] = {}
         self.csrs: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
+        self.agents: list[tuple[str, str, str]] = []  # (method, path, User-Agent) of every request
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(crt, key)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -293,6 +295,38 @@ def csr_conditions_from_protobuf(body: bytes) -> list[dict]:
     return conditions
 
 
+def secret_from_protobuf(body: bytes) -> dict:
+    """A Secret in the Kubernetes protobuf envelope (what `kubectl create secret` sends) as its JSON object:
+    Secret{metadata(1): ObjectMeta{name(1), namespace(3), labels(11), annotations(12)}, data(2): map<string, bytes>,
+    type(3), stringData(4): map<string, string>}."""
+    if not body.startswith(b"k8s\x00"):
+        raise ValueError("no k8s protobuf magic")
+    raw = next(v for f, v in proto_fields(body[4:]) if f == 2)
+    obj: dict = {"apiVersion": "v1", "kind": "Secret", "metadata": {}}
+
+    def entry(v: bytes) -> tuple[str, bytes]:
+        kv = dict(proto_fields(v))
+        return kv.get(1, b"").decode(), kv.get(2, b"")
+
+    for f, v in proto_fields(raw):
+        if f == 1:
+            for g, w in proto_fields(v):
+                if g in (1, 3):
+                    obj["metadata"]["name" if g == 1 else "namespace"] = w.decode()
+                elif g in (11, 12):
+                    k, val = entry(w)
+                    obj["metadata"].setdefault("labels" if g == 11 else "annotations", {})[k] = val.decode()
+        elif f == 2:
+            k, val = entry(v)
+            obj.setdefault("data", {})[k] = base64.b64encode(val).decode()
+        elif f == 3:
+            obj["type"] = v.decode()
+        elif f == 4:
+            k, val = entry(v)
+            obj.setdefault("data", {})[k] = base64.b64encode(val).decode()  # stringData is stored as data
+    return obj
+
+
 def _handler(api: FakeApiServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -315,6 +349,8 @@ def _handler(api: FakeApiServer):
             n = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(n) if n else b""
             if self.headers.get("Content-Type", "").startswith("application/vnd.kubernetes.protobuf"):
+                if "/secrets" in self.path:  # kubectl create secret
+                    return secret_from_protobuf(raw)
                 # kubectl certificate approve/deny send protobuf: only the conditions are read.
                 return {"status": {"conditions": csr_conditions_from_protobuf(raw)}}
             return json.loads(raw or b"{}")
@@ -348,6 +384,7 @@ def _handler(api: FakeApiServer):
             parts = urlsplit(self.path)
             path, query = parts.path.rstrip("/"), {k: v[-1] for k, v in parse_qs(parts.query).items()}
             api.requests.append((method, self.path))
+            api.agents.append((method, self.path, self.headers.get("User-Agent", "")))
             if path == "/version":
                 return self.send_json(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0-standin",
                                             "platform": "linux/amd64"})
@@ -419,12 +456,12 @@ def _handler(api: FakeApiServer):
                 verb = "watch" if query.get("watch") in ("1", "true") else "list"
                 if not self.authorized(verb, resource, None):
                     return
+                field = query.get("fieldSelector", "")
+                want = field[len("metadata.name="):] if field.startswith("metadata.name=") else None
                 if verb == "watch":
-                    field = query.get("fieldSelector", "")
-                    want = field[len("metadata.name="):] if field.startswith("metadata.name=") else None
                     return self.watch(resource, query, lambda o: want is None or o["metadata"]["name"] == want)
                 with api.lock:
-                    items = list(api.csrs.values())
+                    items = [json.loads(json.dumps(o)) for n, o in api.csrs.items() if want is None or n == want]
                 return self.listing("CertificateSigningRequestList", items)
             if method == "GET":
                 if not self.authorized("get", resource, None):

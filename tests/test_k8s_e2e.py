@@ -208,6 +208,15 @@ def test_csr_issued_after_approval_and_renewed(api, tmp_path, gateway_factory):
     kubectl(api, tmp_path, "certificate", "approve", first)
     poll(lambda: "stand-in cluster signer" in _issuer(served(gw.port)), 10, what="the signed certificate served")
     assert curl_ok(gw.port, api.signer_ca_path, host="localhost")
+    # The CSR was followed with list + watch on its name, not polled by GET.
+    from urllib.parse import quote
+
+    selector = "fieldSelector=" + quote(f"metadata.name={first}", safe="")
+    csr_path = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+    assert [m for m, p in api.requests if p.startswith(csr_path + "?") and selector in p and "watch=1" not in p]
+    assert [m for m, p in api.requests if p.startswith(csr_path + "?") and selector in p and "watch=1" in p
+            and "allowWatchBookmarks=true" in p and "resourceVersion=" in p]
+    assert not [p for m, p, agent in api.agents if agent == "txgate" and p.split("?")[0] == f"{csr_path}/{first}"]
     leaf = served(gw.port)
     second = poll(lambda: [n for n in api.csr_names() if n != first], 15, what="a renewal CSR")[0]
     kubectl(api, tmp_path, "certificate", "approve", second)
@@ -226,6 +235,38 @@ def test_csr_denied_is_reported(api, tmp_path, gateway_factory):
     name = poll(api.csr_names, 10, what="a CSR submitted")[0]
     kubectl(api, tmp_path, "certificate", "deny", name)
     gw.wait_log(rf"CertificateSigningRequest {name} denied: KubectlDeny: This CSR was denied by kubectl certificate deny")
+
+
+def test_restart_while_a_csr_is_pending_follows_the_same_csr(api, tmp_path, gateway_factory):
+    gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig"), f"k8s-csr:{SIGNER}", "pod_name = gw-0\n"))
+    first = poll(api.csr_names, 10, what="a CSR submitted")[0]
+    gw.wait_log(rf"submitted CertificateSigningRequest {first}")
+    assert gw.stop() == 0
+    gw.start()
+    gw.wait_log(rf"following CertificateSigningRequest {first} \(submitted before for the pending key\)")
+    assert "submitted CertificateSigningRequest" not in gw.output()
+    assert kubectl(api, tmp_path, "get", "csr", "-o", "name").split() == [
+        f"certificatesigningrequest.certificates.k8s.io/{first}"]
+    kubectl(api, tmp_path, "certificate", "approve", first)
+    poll(lambda: "stand-in cluster signer" in _issuer(served(gw.port)), 10, what="the signed certificate served")
+    assert curl_ok(gw.port, api.signer_ca_path, host="localhost")
+    assert api.csr_names() == [first]
+    # The certificate is the one of the CSR submitted before the restart (the key kept in the store).
+    request = x509.load_pem_x509_csr(__import__("base64").b64decode(api.csrs[first]["spec"]["request"]))
+    assert served(gw.port).public_key().public_bytes(*_spki()) == request.public_key().public_bytes(*_spki())
+
+
+def test_restart_after_a_denial_submits_a_new_csr_with_a_new_key(api, tmp_path, gateway_factory):
+    gw = gateway_factory(config(api.kubeconfig(tmp_path / "kubeconfig"), f"k8s-csr:{SIGNER}", "pod_name = gw-0\n"))
+    first = poll(api.csr_names, 10, what="a CSR submitted")[0]
+    kubectl(api, tmp_path, "certificate", "deny", first)
+    gw.wait_log(rf"CertificateSigningRequest {first} denied")
+    assert gw.stop() == 0
+    gw.start()
+    second = poll(lambda: [n for n in api.csr_names() if n != first], 10, what="a new CSR after the restart")[0]
+    assert api.csrs[second]["spec"]["request"] != api.csrs[first]["spec"]["request"]
+    kubectl(api, tmp_path, "certificate", "approve", second)
+    poll(lambda: "stand-in cluster signer" in _issuer(served(gw.port)), 10, what="the signed certificate served")
 
 
 def test_missing_permission_is_a_clear_error(api, tmp_path, gateway_factory, site_ca):
@@ -279,11 +320,11 @@ def test_reload_follows_a_secret_added_to_the_config(api, tmp_path, gateway_fact
 
 
 def rbac_permissions() -> set:
-    """(verb, resource) pairs the example RBAC manifests grant (examples/kubernetes/rbac.yaml)."""
+    """(verb, resource) pairs the RBAC manifests grant (deploy/kubernetes/rbac.yaml)."""
     import yaml
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "examples" / "kubernetes" / "rbac.yaml"
+    path = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "rbac.yaml"
     allowed = set()
     for doc in yaml.safe_load_all(path.read_text()):
         if doc and doc.get("kind") in ("Role", "ClusterRole"):
@@ -295,7 +336,8 @@ def rbac_permissions() -> set:
 def test_example_rbac_is_enough_and_minimal(api, tmp_path, gateway_factory, site_ca):
     allowed = rbac_permissions()
     assert allowed == {("get", "secrets"), ("list", "secrets"), ("watch", "secrets"),
-                       ("create", "certificatesigningrequests"), ("get", "certificatesigningrequests")}
+                       ("create", "certificatesigningrequests"), ("get", "certificatesigningrequests"),
+                       ("list", "certificatesigningrequests"), ("watch", "certificatesigningrequests")}
     v1 = make_leaf(site_ca, ["site.example"])
     apply_secret(api, tmp_path, "web", "site-tls", v1)
     api.allowed = allowed

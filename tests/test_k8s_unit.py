@@ -227,8 +227,46 @@ def test_csr_body_and_name():
                             "usages": ["digital signature", "key encipherment", "server auth"],
                             "expirationSeconds": 3600}
     assert csr_body("n", b"P", "s/x", client=True, expiration_seconds=600)["spec"]["usages"][-1] == "client auth"
-    assert csr_object_name("k8s-csr.listener.main.certificate", "GW_0", 12) == \
-        "txgate-gw-0-k8s-csr.listener.main.certificate-12"
+
+def _csr_pem(**kw) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    from txgate.lifecycle import build_csr, generate_key
+
+    return build_csr(generate_key("ec"), **kw).public_bytes(serialization.Encoding.PEM)
+
+
+def test_csr_name_is_pod_use_and_key_digest():
+    a, b = _csr_pem(dns=["a.example"]), _csr_pem(dns=["a.example"])
+    name = csr_object_name("k8s-csr.listener.main.certificate", "GW_0", a)
+    assert name.startswith("txgate-gw-0-k8s-csr.listener.main.certificate-")
+    assert name == csr_object_name("k8s-csr.listener.main.certificate", "GW_0", a)  # found again after a restart
+    assert name != csr_object_name("k8s-csr.listener.main.certificate", "GW_0", b)  # a new key: a new name
+    long = csr_object_name("k8s-csr." + "x" * 300, "gw-0", a)
+    assert len(long) == 253 and long.endswith(name.rsplit("-", 1)[1])  # the digest survives truncation
+
+
+def test_resume_action_after_a_restart():
+    from txgate.k8s.objects import resume_action
+
+    mine, other = _csr_pem(dns=["a.example"]), _csr_pem(dns=["a.example"])
+
+    def csr(request: bytes, *conditions: str, cert: bool = False) -> dict:
+        status = {"conditions": [{"type": c, "status": "True"} for c in conditions]}
+        if cert:
+            status["certificate"] = base64.b64encode(b"C").decode()
+        return {"metadata": {"name": "n"}, "spec": {"request": base64.b64encode(request).decode()}, "status": status}
+
+    assert resume_action(None, None) == "new-key"  # nothing pending
+    assert resume_action(csr(mine), None) == "new-key"
+    assert resume_action(None, mine) == "submit"  # never sent, or garbage-collected: same key, a CSR again
+    assert resume_action(csr(mine), mine) == "follow"  # still pending
+    assert resume_action(csr(mine, "Approved"), mine) == "follow"
+    assert resume_action(csr(mine, "Approved", cert=True), mine) == "follow"  # issued while stopped
+    assert resume_action(csr(mine, "Denied"), mine) == "new-key"
+    assert resume_action(csr(mine, "Approved", "Failed"), mine) == "new-key"
+    assert resume_action(csr(other), mine) == "new-key"  # another key under that name
+    assert resume_action({"spec": {"request": "%%"}}, mine) == "new-key"
 
 
 def test_csr_state():
@@ -242,6 +280,22 @@ def test_csr_state():
     failed = {"status": {"conditions": [{"type": "Failed", "reason": "SignerError", "message": "x"}],
                          "certificate": "Qw=="}}
     assert csr_state(failed).outcome == "failed"
+
+
+def test_parse_secret_ca(ca):
+    from txgate.k8s.objects import parse_secret_ca
+
+    from cryptography.hazmat.primitives import serialization
+
+    pem = ca.leaf.public_bytes(serialization.Encoding.PEM)
+    obj = {"data": {"ca.crt": base64.b64encode(pem).decode(), "other": "eA=="}}
+    assert parse_secret_ca(obj, "ca.crt") == pem
+    with pytest.raises(SecretProblem, match=r"^no ca.pem in the Secret \(its keys: ca.crt, other\)$"):
+        parse_secret_ca(obj, "ca.pem")
+    with pytest.raises(SecretProblem, match="^other: not a PEM certificate$"):
+        parse_secret_ca(obj, "other")
+    with pytest.raises(SecretProblem, match="^ca.crt is not base64$"):
+        parse_secret_ca({"data": {"ca.crt": "%%"}}, "ca.crt")
 
 
 def test_renew_at_two_thirds_and_split_names():
@@ -283,7 +337,7 @@ class FakeClient:
         self.lists += 1
         return defer.succeed({"items": [], "metadata": {"resourceVersion": str(10 * self.lists)}})
 
-    def watch(self, path, query, on_event):
+    def watch(self, path, query, on_event, on_stream=None):
         from twisted.internet import defer
 
         self.watch_calls.append(query["resourceVersion"])

@@ -6,6 +6,7 @@ import re
 from urllib.parse import urlsplit
 
 from txgate.config.hostnames import WILDCARD_RULE, is_ip, split_pattern, wildcard_ok
+from txgate.config.kubernetes import check_ca_source
 from txgate.config.model import TLS_VERSIONS, ApiConfig, ConfigError, SecurityConfig, Target
 from txgate.config.sections import Section, parse_cert_spec, suggest
 
@@ -146,6 +147,7 @@ def parse_api(section: Section, name: str, listener_names: list[str]) -> ApiConf
     if len(path) > 1:
         path = path.rstrip("/") or "/"
     upstream_ca = section.str("upstream_ca")
+    check_ca_source(section, "upstream_ca", upstream_ca)
     return ApiConfig(
         name=name,
         upstreams=targets,

@@ -24,7 +24,7 @@ from txgate.config.model import (
     ListenerConfig,
     SecurityConfig,
 )
-from txgate.config.kubernetes import KUBERNETES_KEYS, parse_kubernetes
+from txgate.config.kubernetes import KUBERNETES_KEYS, check_ca_source, parse_kubernetes
 from txgate.config.sections import Section, parse_bind, parse_cert_spec, suggest
 
 DEFAULT_CONFIG = """\
@@ -87,6 +87,7 @@ def parse_listener(section: Section, name: str, warnings: list[str]) -> Listener
     if TLS_VERSIONS.index(min_tls) > TLS_VERSIONS.index(max_tls):
         section.fail("max_tls", f"max_tls {max_tls} is below min_tls {min_tls}")
     client_ca = section.str("client_ca")
+    check_ca_source(section, "client_ca", client_ca)
     crls = tuple(section.words("client_crl") or ())
     client_auth = section.choice("client_auth", "none", CLIENT_AUTH_MODES)
     if not tls and (client_auth != "none" or client_ca or crls):

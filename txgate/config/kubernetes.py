@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.test_k8s_unit -*-
-"""The Kubernetes syntax of gw.ini: the `[kubernetes]` section and the `k8s-secret:` / `k8s-csr:` certificate words.
+"""The Kubernetes syntax of gw.ini: the `[kubernetes]` section, the `k8s-secret:` / `k8s-csr:` certificate words
+and the `k8s-secret:NS/NAME#KEY` CA source (``client_ca``, ``upstream_ca``).
 
-A Kubernetes certificate is kept in the certificate store under a derived name (``store_name_*``):
-the Kubernetes source (``txgate.k8s``) writes it there, and the plan reads it like a `store:NAME`.
+A Kubernetes certificate or CA bundle is kept in the certificate store under a derived name
+(``store_name_*``): the Kubernetes source (``txgate.k8s``) writes it there, and the plan reads it
+like a `store:NAME`.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # A signer name is a domain-qualified path: example.com/my-signer, kubernetes.io/kube-apiserver-client.
 _SIGNER = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$")
+_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")  # a Secret's data key
 _STORE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -54,6 +57,37 @@ def parse_k8s_spec(section, key: str, word: str, use: str | None = None) -> Cert
                           "example.com/my-signer or kubernetes.io/kube-apiserver-client)")
     where = ".".join(p for p in (section.name, key, use) if p)
     return CertSpec(local=False, k8s_csr=signer, store_ref=store_name_csr(where))
+
+
+def secret_ca_ref(word: str) -> tuple[str, str, str] | None:
+    """(namespace, name, data key) of a `k8s-secret:NS/NAME#KEY` CA source; None for a file path."""
+    if not word.startswith(SECRET_PREFIX) or "#" not in word:
+        return None
+    ref, _, key = word[len(SECRET_PREFIX):].partition("#")
+    ns, _, name = ref.partition("/")
+    return ns, name, key
+
+
+def check_ca_source(section, key: str, word: str | None) -> None:
+    """A `client_ca` / `upstream_ca` value naming the cluster must be `k8s-secret:NAMESPACE/NAME#KEY`."""
+    if word is None or not word.startswith(("k8s-", "k8s_")):
+        return
+    expected = ("expected k8s-secret:NAMESPACE/NAME#KEY (the Secret and the key of its CA bundle, "
+                "e.g. k8s-secret:web/site-tls#ca.crt)")
+    if not word.startswith(SECRET_PREFIX):
+        section.fail(key, f"'{word}': a CA bundle comes from a Secret: {expected}")
+    ref = secret_ca_ref(word)
+    if ref is None:
+        section.fail(key, f"'{word}': name the Secret's key that holds the CA bundle: {expected}")
+    ns, name, data_key = ref
+    if not _DNS_LABEL.match(ns) or not _DNS_SUBDOMAIN.match(name) or not _DATA_KEY.match(data_key):
+        section.fail(key, f"'{word}': {expected}")
+
+
+def store_name_secret_ca(word: str) -> str:
+    """The store name the CA bundle of a `k8s-secret:NS/NAME#KEY` is kept under: k8s-secret-ca.NS.NAME.KEY."""
+    ns, name, key = secret_ca_ref(word)
+    return _bounded(f"k8s-secret-ca.{ns}.{name}.{key}")
 
 
 def is_k8s_word(word: str) -> bool:

@@ -365,6 +365,21 @@ class Config:
         """The certificate specs that come from the Kubernetes API (``cert_specs`` entries)."""
         return [item for item in self.cert_specs() if item[3].kubernetes]
 
+    def kubernetes_cas(self) -> list[tuple[str, str, str]]:
+        """(section, key, word) of every CA bundle taken from a Secret (`k8s-secret:NS/NAME#KEY`)."""
+        from txgate.config.kubernetes import secret_ca_ref
+
+        out = [(f"listener:{ln.name}", "client_ca", ln.client_ca) for ln in self.listeners
+               if ln.client_ca and secret_ca_ref(ln.client_ca)]
+        out += [(f"api:{api.name}", "upstream_ca", api.upstream_ca) for api in self.apis
+                if api.upstream_ca and secret_ca_ref(api.upstream_ca)]
+        return out
+
+    @property
+    def uses_kubernetes(self) -> bool:
+        """Whether anything in the config comes from the Kubernetes API."""
+        return bool(self.kubernetes_specs() or self.kubernetes_cas())
+
     def acme_certificates(self) -> list[tuple[str, ...]]:
         """The names of every ACME certificate in use (one entry per distinct list of names)."""
         out: list[tuple[str, ...]] = []
@@ -382,4 +397,10 @@ class Config:
                 users = refs.setdefault(ref, [])
                 if user not in users:
                     users.append(user)
+        from txgate.config.kubernetes import store_name_secret_ca
+
+        for section, key, word in self.kubernetes_cas():
+            users = refs.setdefault(store_name_secret_ca(word), [])
+            if f"{section} {key}" not in users:
+                users.append(f"{section} {key}")
         return refs

@@ -3,8 +3,11 @@
 
 ``fetch_secrets`` runs in ``makeService``, before anything listens and before the reactor starts, so
 listeners start with the Secrets' certificates (bounded; a Secret not read in time is left to the
-watch and its listener starts with a placeholder). Everything in the running gateway (watches, CSRs)
-goes through ``txgate.k8s.client``.
+watch and its listener starts with a placeholder). ``fetch_secret_cas`` does the same for CA bundles
+(``client_ca`` / ``upstream_ca = k8s-secret:NS/NAME#KEY``), which have no placeholder: a missing key
+or a bad PEM is a ConfigError naming the file, section, key and Secret, and so is a Secret that cannot
+be read unless the store holds its bundle from before. Everything in the running gateway (watches,
+CSRs) goes through ``txgate.k8s.client``.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from urllib.parse import urlsplit
 from twisted.logger import Logger
 
 from txgate.k8s.kubeconfig import ClusterAccess
-from txgate.k8s.objects import SecretProblem, parse_tls_secret, secret_path
+from txgate.k8s.objects import SecretProblem, parse_secret_ca, parse_tls_secret, secret_path
 
 log = Logger(namespace="txgate.k8s")
 
@@ -86,7 +89,7 @@ def fetch_secrets(access: ClusterAccess, wants, store, timeout: float) -> None:
         try:
             obj = blocking_request(access, "GET", secret_path(ns, name), timeout=left, ctx=ctx)
             secret = parse_tls_secret(obj, datetime.now(timezone.utc))
-            _put_if_new(store, store_name, secret)
+            _put_if_new(store, store_name, secret.chain_pem, secret.key_pem)
         except SecretProblem as e:
             log.warn("{label}: {reason}; not served", label=label, reason=str(e))
         except Exception as e:
@@ -94,15 +97,69 @@ def fetch_secrets(access: ClusterAccess, wants, store, timeout: float) -> None:
                      error=str(e) or e.__class__.__name__)
 
 
-def _put_if_new(store, store_name: str, secret) -> None:
+def fetch_secret_cas(access: ClusterAccess, config, store, timeout: float, *, new_only: bool = False) -> None:
+    """GET the Secret of each CA source of ``config`` and put its bundle in the store; ConfigError when it cannot be had.
+
+    ``new_only`` (a reload): only the bundles the store does not hold yet (the others are followed)."""
+    from txgate.config import ConfigError
+    from txgate.config.kubernetes import secret_ca_ref, store_name_secret_ca
+    from txgate.store import StoreError
+
+    sources = config.kubernetes_cas()
+    if new_only:
+        sources = [src for src in sources if not _stored(store, store_name_secret_ca(src[2]))]
+    if not sources:
+        return
+    deadline = time.monotonic() + max(timeout, 0.0)
+    ctx = _context(access)
+    read: dict[tuple[str, str], object] = {}  # (namespace, name) -> the Secret, or why it could not be read
+    for section, key, word in sources:
+        ns, name, data_key = secret_ca_ref(word)
+        store_name = store_name_secret_ca(word)
+        if (ns, name) not in read:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError("not read within [kubernetes] startup_timeout")
+                read[(ns, name)] = blocking_request(access, "GET", secret_path(ns, name), timeout=left, ctx=ctx)
+            except Exception as e:
+                read[(ns, name)] = e
+        obj = read[(ns, name)]
+        if isinstance(obj, Exception):
+            error = str(obj) or obj.__class__.__name__
+            if _stored(store, store_name):
+                log.warn("{word}: cannot read the Secret at startup ({error}); using the CA bundle read before",
+                         word=word, error=error)
+                continue
+            raise ConfigError(config.path, section, key, f"{word}: cannot read the Secret {ns}/{name} ({error})")
+        try:
+            pem = parse_secret_ca(obj, data_key)
+            _put_if_new(store, store_name, pem, None)
+        except SecretProblem as e:
+            raise ConfigError(config.path, section, key, f"{word}: Secret {ns}/{name}: {e}") from None
+        except StoreError as e:
+            raise ConfigError(config.path, section, key, f"{word}: Secret {ns}/{name}: {data_key}: {e.reason}") from None
+
+
+def _stored(store, store_name: str) -> bool:
+    from txgate.store import StoreError
+
+    try:
+        store.get(store_name)
+    except StoreError:
+        return False
+    return True
+
+
+def _put_if_new(store, store_name: str, chain_pem: bytes, key_pem: bytes | None) -> None:
     from cryptography import x509
 
     from txgate.store import StoreError
 
-    leaf = x509.load_pem_x509_certificates(secret.chain_pem)[0]
+    chain = tuple(x509.load_pem_x509_certificates(chain_pem))
     try:
-        if store.get(store_name).chain[0] == leaf:
+        if tuple(store.get(store_name).chain) == chain:
             return
     except StoreError:
         pass
-    store.put(store_name, secret.chain_pem, secret.key_pem)
+    store.put(store_name, chain_pem, key_pem)

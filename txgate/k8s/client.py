@@ -103,8 +103,9 @@ class _Lines(protocol.Protocol):
         self.streams.add(self)
 
     def stop(self) -> None:
-        """Drop the stream (the watch ends with a failure)."""
-        self.transport.stopProducing()
+        """Drop the stream (the watch ends with a failure); nothing once it has ended."""
+        if self in self.streams:
+            self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         self.buf += data
@@ -170,14 +171,19 @@ class KubeClient:
         return json.loads(data)
 
     @defer.inlineCallbacks
-    def watch(self, path: str, query: dict, on_event):
-        """Deferred firing when a watch stream ends (None) or breaks (failure); ``on_event(dict)`` per event."""
+    def watch(self, path: str, query: dict, on_event, on_stream=None):
+        """Deferred firing when a watch stream ends (None) or breaks (failure); ``on_event(dict)`` per event.
+
+        ``on_stream(stream)`` gets the open stream (``stream.stop()`` drops it)."""
         response = yield self.agent.request(b"GET", self.url(path, dict(query, watch="1")), self._headers())
         if response.code >= 400:
             data = yield readBody(response)
             raise api_error(response.code, data)
         done: defer.Deferred = defer.Deferred()
-        response.deliverBody(_Lines(on_event, done, self.streams))
+        stream = _Lines(on_event, done, self.streams)
+        response.deliverBody(stream)
+        if on_stream is not None:
+            on_stream(stream)
         yield done
 
     def close(self) -> defer.Deferred:

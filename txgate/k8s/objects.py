@@ -64,6 +64,25 @@ def parse_tls_secret(obj: dict, now: datetime) -> TlsSecret:
     return TlsSecret(chain_pem=crt, key_pem=key, ca_pem=ca, resource_version=rv)
 
 
+def parse_secret_ca(obj: dict, key: str) -> bytes:
+    """The PEM CA bundle under ``data[key]`` of a Secret; SecretProblem when it is missing or not PEM certificates."""
+    value = (obj.get("data") or {}).get(key)
+    if value is None:
+        present = ", ".join(sorted(obj.get("data") or {})) or "none"
+        raise SecretProblem(f"no {key} in the Secret (its keys: {present})")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        raise SecretProblem(f"{key} is not base64") from None
+    try:
+        certs = parse_certificates(raw, key)
+    except CertificateError as e:
+        raise SecretProblem(str(e)) from None
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+
+
 def split_names(names) -> tuple[list[str], list[str]]:
     """(DNS names, IP addresses) of a listener's names."""
     dns, ips = [], []
@@ -76,11 +95,28 @@ def split_names(names) -> tuple[list[str], list[str]]:
     return dns, ips
 
 
-def csr_object_name(store_name: str, pod: str, serial: int) -> str:
-    """The CSR's object name: txgate-POD-USE-SERIAL, a valid DNS subdomain (one per replica and use)."""
-    raw = f"txgate-{pod}-{store_name}-{serial}".lower()
+def csr_public_key(csr_pem: bytes) -> bytes | None:
+    """The DER SubjectPublicKeyInfo of a PEM CSR (None when it does not parse)."""
+    from cryptography import x509
+
+    try:
+        return public_key_der(x509.load_pem_x509_csr(csr_pem).public_key())
+    except ValueError:
+        return None
+
+
+def csr_object_name(store_name: str, pod: str, csr_pem: bytes) -> str:
+    """The CSR's object name: txgate-POD-USE-KEYHASH, a valid DNS subdomain.
+
+    One per replica, use and key: a restart finds the CSR of its pending key again by name, and a
+    new key (a renewal, or after a denial) gets a new name.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(csr_public_key(csr_pem) or csr_pem).hexdigest()[:16]
+    raw = f"txgate-{pod}-{store_name}".lower()
     raw = re.sub(r"[^a-z0-9.-]+", "-", raw).strip("-.")
-    return raw[:253]
+    return f"{raw[:253 - 17].rstrip('-.')}-{digest}"
 
 
 def csr_body(name: str, csr_pem: bytes, signer: str, *, client: bool, expiration_seconds: int) -> dict:
@@ -123,6 +159,29 @@ def csr_state(obj: dict) -> CsrState:
         except ValueError:
             return CsrState("failed", reason="BadCertificate", message="status.certificate is not base64")
     return CsrState("pending")
+
+
+def resume_action(obj: dict | None, pending_csr_pem: bytes | None) -> str:
+    """What to do at start with the pending key in the store and the CSR found under its name.
+
+    ``new-key``: no pending key, or its CSR was denied/failed or holds another key: make a key and a
+    CSR; ``submit``: the CSR is gone (never sent, or garbage-collected): submit one for the pending
+    key; ``follow``: pending, approved or issued: keep following it.
+    """
+    if pending_csr_pem is None:
+        return "new-key"
+    if obj is None:
+        return "submit"
+    try:
+        theirs = base64.b64decode((obj.get("spec") or {}).get("request") or "", validate=True)
+    except ValueError:
+        return "new-key"
+    mine = csr_public_key(pending_csr_pem)
+    if mine is None or csr_public_key(theirs) != mine:
+        return "new-key"
+    if csr_state(obj).outcome in ("denied", "failed"):
+        return "new-key"
+    return "follow"
 
 
 def renew_at(not_before: datetime, not_after: datetime) -> datetime:

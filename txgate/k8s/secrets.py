@@ -1,155 +1,116 @@
 # -*- test-case-name: tests.test_k8s_e2e -*-
-"""Following one kubernetes.io/tls Secret: list, then watch from its resourceVersion, into the certificate store.
+"""Following one Secret into the certificate store: its TLS pair, and CA bundles under named keys (``#ca.crt``).
 
-Each good version of the Secret is written to the store under its derived name; the store's change
-notification makes the gateway reload (no dropped connections). A bad version (malformed PEM, a key
-that does not match) keeps the previous certificate, with one log line naming the Secret and the
-reason. The watch is resumed from the last resourceVersion (bookmarks keep it fresh); a 410 Gone
-means a fresh list; any other break reconnects with exponential backoff.
+The Secret is followed by ``txgate.k8s.watch.ObjectWatch`` (list, then watch from its
+resourceVersion). Each good version of what the config takes from it is written to the store under
+its derived name: the pair (``tls.crt`` + ``tls.key``) for ``k8s-secret:NS/NAME``, a key-less entry
+for each ``k8s-secret:NS/NAME#KEY`` CA source. The store's change notification makes the gateway
+reload (no dropped connections). A bad version (malformed PEM, a key that does not match, a missing
+key) keeps the previous certificate or CA, with one log line naming the Secret and the reason.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from txgate.k8s.client import ApiError
-from txgate.k8s.objects import SecretProblem, parse_tls_secret, secret_path
+from txgate.k8s.objects import SecretProblem, parse_secret_ca, parse_tls_secret, secret_path
+from txgate.k8s.watch import ObjectWatch
 
 log = Logger(namespace="txgate.k8s")
 
 
-class Gone(Exception):
-    """The watch's resourceVersion is too old (410 Gone): list again."""
-
-
 class SecretFollower:
-    """Keeps the store entry ``store_name`` equal to the Secret NAMESPACE/NAME's certificate."""
+    """Keeps the store entries of the Secret NAMESPACE/NAME equal to its content.
 
-    BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
-    WATCH_SECONDS = 300
+    ``store_name``: where its TLS pair goes (None when only CAs are taken from it); ``ca_keys``:
+    (data key, store name) of each CA bundle taken from it.
+    """
 
-    def __init__(self, client, dstore, namespace: str, name: str, store_name: str, reactor) -> None:
-        self.client, self.dstore, self.reactor = client, dstore, reactor
-        self.namespace, self.name, self.store_name = namespace, name, store_name
+    def __init__(self, client, dstore, namespace: str, name: str, store_name: str | None, reactor, *,
+                 ca_keys: tuple[tuple[str, str], ...] = ()) -> None:
+        self.dstore = dstore
+        self.namespace, self.name, self.store_name, self.ca_keys = namespace, name, store_name, ca_keys
         self.label = f"k8s-secret:{namespace}/{name}"
-        self.rv: str | None = None
-        self.applied: bytes | None = None  # the (chain, key) last written or found in the store
-        self.listed: defer.Deferred = defer.Deferred()  # fires after the first list was applied
-        self.running = False
-        self._queue: defer.Deferred = defer.succeed(None)  # applies events in order
-        self._gone = False
-        self._backoff = self.BACKOFF_MIN
+        self.applied: dict[str, bytes] = {}  # store name -> content last written or found in the store
+        self.watch = ObjectWatch(client, secret_path(namespace), name, self.label, reactor,
+                                 on_object=self._apply, on_deleted=self._deleted, on_missing=self._missing)
+
+    @property
+    def listed(self) -> defer.Deferred:
+        """Fires after the first list was applied."""
+        return self.watch.listed
+
+    @property
+    def running(self) -> bool:
+        return self.watch.running
 
     def start(self) -> None:
         """Start following (runs until ``stop``)."""
-        self.running = True
-        self._run()
+        self.watch.start()
 
     def stop(self) -> None:
-        self.running = False
+        self.watch.stop()
 
-    @defer.inlineCallbacks
-    def _run(self):
-        while self.running:
-            try:
-                if self.rv is None:
-                    yield self._list()
-                self._gone = False
-                started = self.reactor.seconds()
-                yield self.client.watch(secret_path(self.namespace), {
-                    "fieldSelector": f"metadata.name={self.name}", "resourceVersion": self.rv,
-                    "allowWatchBookmarks": "true", "timeoutSeconds": str(self.WATCH_SECONDS)}, self._event)
-                yield self._queue
-                if self._gone:
-                    raise Gone()
-                if self.reactor.seconds() - started >= self.BACKOFF_MIN:
-                    self._backoff = self.BACKOFF_MIN
-                    continue  # a watch that ended normally resumes at once
-                why = "the watch ended at once"  # a server that closes every watch: back off, do not spin
-            except Gone:
-                log.info("{label}: resourceVersion {rv} is gone; listing again", label=self.label, rv=self.rv)
-                self.rv = None
-                continue
-            except ApiError as e:
-                if e.status == 410:
-                    log.info("{label}: resourceVersion {rv} is gone; listing again", label=self.label, rv=self.rv)
-                    self.rv = None
-                    continue
-                why = str(e)
-            except Exception as e:
-                why = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
-            if not self.running:
-                break
-            log.warn("{label}: watch failed ({error}); retrying in {delay:.1f}s", label=self.label, error=why,
-                     delay=self._backoff)
-            yield task.deferLater(self.reactor, self._backoff, lambda: None)
-            self._backoff = min(self._backoff * 2, self.BACKOFF_MAX)
+    def _missing(self) -> None:
+        log.warn("{label}: the Secret does not exist (waiting for it)", label=self.label)
 
-    @defer.inlineCallbacks
-    def _list(self):
-        got = yield self.client.request("GET", secret_path(self.namespace),
-                                        query={"fieldSelector": f"metadata.name={self.name}"})
-        items = [i for i in got.get("items") or () if (i.get("metadata") or {}).get("name") == self.name]
-        if not items:
-            log.warn("{label}: the Secret does not exist (waiting for it)", label=self.label)
-        for item in items:
-            yield self._apply(item)
-        self.rv = str((got.get("metadata") or {}).get("resourceVersion") or "") or None
-        if not self.listed.called:
-            self.listed.callback(None)
-
-    def _event(self, event: dict) -> None:
-        kind, obj = event.get("type"), event.get("object") or {}
-        if kind == "ERROR":
-            if obj.get("code") == 410:
-                self._gone = True
-            else:
-                log.warn("{label}: watch error: {message}", label=self.label, message=obj.get("message"))
-            return
-        rv = (obj.get("metadata") or {}).get("resourceVersion")
-        if kind in ("ADDED", "MODIFIED"):
-            self._queue.addCallback(lambda _: self._apply(obj))
-        elif kind == "DELETED":
-            log.warn("{label}: the Secret was deleted; keeping the certificate in use", label=self.label)
-        if rv:
-            self.rv = str(rv)
+    def _deleted(self, _obj) -> None:
+        log.warn("{label}: the Secret was deleted; keeping the certificates in use", label=self.label)
 
     @defer.inlineCallbacks
     def _apply(self, obj: dict):
-        """Write a good Secret version to the store; log a bad one and keep the previous certificate."""
-        if not self.running:  # no longer named by the running config
-            return
+        """Write the good parts of a Secret version to the store; log a bad part and keep its previous version."""
+        if self.store_name is not None:
+            yield self._apply_pair(obj)
+        for key, store_name in self.ca_keys:
+            yield self._apply_ca(obj, key, store_name)
+
+    @defer.inlineCallbacks
+    def _apply_pair(self, obj: dict):
         try:
             secret = parse_tls_secret(obj, datetime.now(timezone.utc))
         except SecretProblem as e:
             log.warn("{label}: {reason}; keeping the previous certificate", label=self.label, reason=str(e))
             return
-        content = secret.chain_pem + b"\0" + secret.key_pem
-        if content == self.applied:
-            return
-        if self.applied is None and (yield self._same_in_store(secret)):
-            self.applied = content
-            return
-        try:
-            entry = yield self.dstore.put(self.store_name, secret.chain_pem, secret.key_pem)
-        except Exception as e:
-            log.warn("{label}: {reason}; keeping the previous certificate", label=self.label,
-                     reason=getattr(e, "reason", str(e)))
-            return
-        self.applied = content
-        log.info("{label}: certificate {id} stored as {name} (resourceVersion {rv})", label=self.label,
-                 id=entry.id[:16], name=self.store_name, rv=secret.resource_version)
+        yield self._put(self.store_name, secret.chain_pem, secret.key_pem, "certificate", secret.resource_version)
 
     @defer.inlineCallbacks
-    def _same_in_store(self, secret) -> bool:
-        """Whether the store already serves this certificate (no new version after a restart)."""
+    def _apply_ca(self, obj: dict, key: str, store_name: str):
+        try:
+            pem = parse_secret_ca(obj, key)
+        except SecretProblem as e:
+            log.warn("{label}#{key}: {reason}; keeping the previous CA", label=self.label, key=key, reason=str(e))
+            return
+        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        yield self._put(store_name, pem, None, f"CA ({key})", rv)
+
+    @defer.inlineCallbacks
+    def _put(self, store_name: str, chain_pem: bytes, key_pem: bytes | None, what: str, rv: str):
+        content = chain_pem + b"\0" + (key_pem or b"")
+        if content == self.applied.get(store_name):
+            return
+        if store_name not in self.applied and (yield self._same_in_store(store_name, chain_pem)):
+            self.applied[store_name] = content
+            return
+        try:
+            entry = yield self.dstore.put(store_name, chain_pem, key_pem)
+        except Exception as e:
+            log.warn("{label}: {reason}; keeping the previous {what}", label=self.label,
+                     reason=getattr(e, "reason", str(e)), what="CA" if key_pem is None else "certificate")
+            return
+        self.applied[store_name] = content
+        log.info("{label}: {what} {id} stored as {name} (resourceVersion {rv})", label=self.label, what=what,
+                 id=entry.id[:16], name=store_name, rv=rv)
+
+    @defer.inlineCallbacks
+    def _same_in_store(self, store_name: str, chain_pem: bytes) -> bool:
+        """Whether the store already holds this content (no new version after a restart)."""
         from cryptography import x509
 
         try:
-            current = yield self.dstore.get(self.store_name)
+            current = yield self.dstore.get(store_name)
         except Exception:
             return False
-        leaf = x509.load_pem_x509_certificates(secret.chain_pem)[0]
-        return current.chain[0] == leaf
+        return tuple(current.chain) == tuple(x509.load_pem_x509_certificates(chain_pem))

@@ -29,6 +29,21 @@ def secret_wants(config: Config) -> list[tuple[str, str, str]]:
     return list(out.values())
 
 
+def followed_secrets(config: Config) -> list[tuple[str, str, str | None, tuple[tuple[str, str], ...]]]:
+    """(namespace, name, store name of its TLS pair or None, ((CA key, store name), ...)) of every Secret to follow."""
+    from txgate.config.kubernetes import secret_ca_ref, store_name_secret_ca
+
+    found: dict[tuple[str, str], list] = {}
+    for ns, name, store_name in secret_wants(config):
+        found[(ns, name)] = [store_name, []]
+    for _section, _key, word in config.kubernetes_cas():
+        ns, name, data_key = secret_ca_ref(word)
+        cas = found.setdefault((ns, name), [None, []])[1]
+        if (data_key, store_name_secret_ca(word)) not in cas:
+            cas.append((data_key, store_name_secret_ca(word)))
+    return [(ns, name, store_name, tuple(cas)) for (ns, name), (store_name, cas) in found.items()]
+
+
 def csr_wants(config: Config) -> list[CsrWant]:
     """Every certificate the config asks the cluster to sign, with the names it must carry."""
     from txgate.plan.listeners import local_names
@@ -91,10 +106,10 @@ class KubernetesSource(Service):
         from txgate.k8s.secrets import SecretFollower
 
         out = {}
-        for ns, name, store_name in secret_wants(config):
-            out[("secret", ns, name, store_name)] = (
-                lambda ns=ns, name=name, sn=store_name: SecretFollower(self.client, self.dstore, ns, name, sn,
-                                                                       self.reactor))
+        for ns, name, store_name, cas in followed_secrets(config):
+            out[("secret", ns, name, store_name, cas)] = (
+                lambda ns=ns, name=name, sn=store_name, cas=cas: SecretFollower(
+                    self.client, self.dstore, ns, name, sn, self.reactor, ca_keys=cas))
         pod = pod_name(config)
         seconds = config.kubernetes.csr_expiration_seconds
         for want in csr_wants(config):

@@ -52,7 +52,7 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
     step(checks.check_access_log, config)
     state_ok = step(check_state_dir, config)  # (the local CA and a dir store live there)
     step(checks.check_admin, config, plan)
-    auth_ok = step(prepare_client_auth, config, plan, now)
+    auth_ok = step(prepare_client_auth, config, plan, now, store, required=create_state)
     step(checks.check_h2_engine, config, plan)
     if check_ports:
         step(checks.check_ports, config, plan, gateway_binds)
@@ -60,7 +60,7 @@ def prepare(config: Config, *, now: datetime | None = None, check_ports: bool = 
     if state_ok and auth_ok and not (errors and create_state):
         step(prepare_listeners, config, plan, now, create_state=create_state, store=store)
     if state_ok:
-        step(prepare_upstreams, config, plan, now, store=store)
+        step(prepare_upstreams, config, plan, now, store=store, required=create_state)
     raise_collected(first_per_key(errors))
     warn_open_keys(config, plan)
     acme_warnings(config, plan)

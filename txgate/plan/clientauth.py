@@ -25,7 +25,7 @@ def _load_client_entries(config: Config, section: str, tokens: tuple[str, ...], 
     return entries
 
 
-def prepare_client_auth(config: Config, plan: Plan, now: datetime) -> None:
+def prepare_client_auth(config: Config, plan: Plan, now: datetime, store=None, *, required: bool = True) -> None:
     """Allowlists of `mtls = require` APIs and the client verifier of each listener that asks for certificates."""
     from txgate.tls.clientauth import Allowlist
 
@@ -48,12 +48,13 @@ def prepare_client_auth(config: Config, plan: Plan, now: datetime) -> None:
             raise ConfigError(config.path, section, "client_subjects", str(e)) from None
     for ln in config.listeners:
         if ln.tls:
-            _prepare_verifier(config, plan, ln, shared, api_cas, now)
+            _prepare_verifier(config, plan, ln, shared, api_cas, now, store, required)
 
 
-def _prepare_verifier(config: Config, plan: Plan, ln, shared, api_cas: dict, now: datetime) -> None:
+def _prepare_verifier(config: Config, plan: Plan, ln, shared, api_cas: dict, now: datetime, store=None,
+                      required: bool = True) -> None:
     """The ClientVerifier of one TLS listener (none, with warnings for unused keys, when it asks for nothing)."""
-    from txgate.tls.certs import CertificateError, load_ca_bundle
+    from txgate.plan.casources import load_ca_source
     from txgate.tls.clientverify import ClientVerifier
 
     section = f"listener:{ln.name}"
@@ -72,12 +73,10 @@ def _prepare_verifier(config: Config, plan: Plan, ln, shared, api_cas: dict, now
         return
     anchors = []
     if ln.client_ca:
-        try:
-            anchors.extend(load_ca_bundle(ln.client_ca))
-            for ca in anchors:
-                plan.held.append((f"{section} client_ca", "ca", ca))
-        except CertificateError as e:
-            raise ConfigError(config.path, section, "client_ca", str(e)) from None
+        found = load_ca_source(config, section, "client_ca", ln.client_ca, plan, store, required=required)
+        if found is None:  # `txgate check` before the gateway read the Secret: nothing more to check here
+            return
+        anchors.extend(found)
     _check_no_entry_apis(config, ln.name, mtls_apis, plan, anchors)
     for a in mtls_apis:
         anchors.extend(api_cas[a.name])
@@ -177,12 +176,15 @@ def _check_ca_entries_anchored(config: Config, listener: str, mtls_apis, api_cas
                 )
 
 
-def client_auth_signature(config: Config, listener: str) -> tuple:
-    """Everything that decides which client certificates a listener's APIs accept (files by mtime/size)."""
+def client_auth_signature(config: Config, listener: str, ca_stamps: dict | None = None) -> tuple:
+    """Everything that decides which client certificates a listener's APIs accept (files by mtime/size,
+    CA bundles from Secrets by the digests in ``ca_stamps``, a Plan's)."""
+    from txgate.plan.casources import ca_source_stamp
+
     ln = next((x for x in config.listeners if x.name == listener), None)
     if ln is None:
         return ()
-    lsig = (ln.client_auth, file_stamp(ln.client_ca), tuple(file_stamp(p) for p in ln.client_crl),
+    lsig = (ln.client_auth, ca_source_stamp(ln.client_ca, ca_stamps), tuple(file_stamp(p) for p in ln.client_crl),
             ln.verify_depth)
     entries = lambda items: tuple(file_stamp(e) if os.path.exists(e) else e for e in items)  # noqa: E731
     apis = tuple(

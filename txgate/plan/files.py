@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from txgate.config.kubernetes import secret_ca_ref
 from txgate.config.model import CertSpec, Config, ConfigError, raise_collected
 from txgate.config.tokens import FILE, may_be_path, token_kind
 
@@ -82,13 +83,13 @@ def named_files(config: Config):
         yield from _pair(section, "certificate", ln.certificate)
         for _name, spec in ln.sni:
             yield from _pair(section, "sni", spec)
-        if ln.client_ca is not None:
+        if ln.client_ca is not None and secret_ca_ref(ln.client_ca) is None:
             yield section, "client_ca", ln.client_ca, None
         for crl in ln.client_crl:
             yield section, "client_crl", crl, None
     for api in config.apis:
         section = f"api:{api.name}"
-        if api.upstream_ca is not None:
+        if api.upstream_ca is not None and secret_ca_ref(api.upstream_ca) is None:
             yield section, "upstream_ca", api.upstream_ca, None
         if api.upstream_certificate is not None:
             yield from _pair(section, "upstream_certificate", api.upstream_certificate)

@@ -7,7 +7,7 @@ from txgate.config import Config, ConfigError
 
 def kubernetes_access(config: Config):
     """The API server access when the config uses Kubernetes certificates (else None); errors name [kubernetes]."""
-    if not config.kubernetes_specs():
+    if not config.uses_kubernetes:
         return None
     from txgate.k8s.kubeconfig import KubeconfigError, find_access
 

@@ -22,6 +22,8 @@ class Plan:
     held: list = field(default_factory=list)
     # store ref as written (NAME, NAME@V or ID) -> the entry ID it resolved to.
     store_ids: dict = field(default_factory=dict)
+    # CA sources from Secrets (`k8s-secret:NS/NAME#KEY`) -> a digest of the bundle in use.
+    ca_stamps: dict = field(default_factory=dict)
     # False when the default admin bind (not written in gw.ini) is busy: the admin API is then off.
     admin_available: bool = True
     # The HTTP/2 engine class `[gateway] h2_engine` resolves to (txgate.http.h2engine).

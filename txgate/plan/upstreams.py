@@ -9,25 +9,25 @@ from txgate.plan.model import Plan
 from txgate.plan.pairs import load_pair
 
 
-def prepare_upstreams(config: Config, plan: Plan, now: datetime, store=None) -> None:
+def prepare_upstreams(config: Config, plan: Plan, now: datetime, store=None, *, required: bool = True) -> None:
     """An UpstreamTLS for each https:// target into ``plan.upstream_tls``, with the trust warnings."""
     pin_cache: dict = {}
     for api in config.apis:
-        _prepare_api(config, plan, api, now, pin_cache, store)
+        _prepare_api(config, plan, api, now, pin_cache, store, required)
 
 
-def _prepare_api(config: Config, plan: Plan, api: ApiConfig, now: datetime, pin_cache: dict, store) -> None:
-    from txgate.tls.certs import CertificateError, load_ca_bundle
+def _prepare_api(config: Config, plan: Plan, api: ApiConfig, now: datetime, pin_cache: dict, store,
+                 required: bool = True) -> None:
+    from txgate.plan.casources import load_ca_source
     from txgate.tls.client import UpstreamTLS
     from txgate.tls.server import TLSSettingError
 
     section = f"api:{api.name}"
+    ca_certs = None
     if api.upstream_ca:
-        try:
-            for ca in load_ca_bundle(api.upstream_ca):
-                plan.held.append((f"{section} upstream_ca", "ca", ca))
-        except CertificateError as e:
-            raise ConfigError(config.path, section, "upstream_ca", str(e)) from None
+        ca_certs = load_ca_source(config, section, "upstream_ca", api.upstream_ca, plan, store, required=required)
+        if ca_certs is None:  # `txgate check` before the gateway read the Secret
+            ca_certs = []
     for target in api.upstreams:
         if not target.tls:
             if api.pinned_public_keys or api.upstream_certificate:
@@ -40,7 +40,7 @@ def _prepare_api(config: Config, plan: Plan, api: ApiConfig, now: datetime, pin_
         try:
             plan.upstream_tls[(api.name, target.label)] = UpstreamTLS(
                 api.upstream_server_name or target.host,
-                ca_path=api.upstream_ca,
+                ca_certs=ca_certs,
                 verify=api.upstream_verify,
                 client_certificate=client,
                 min_tls=api.upstream_min_tls,

@@ -33,12 +33,13 @@ def makeService(config: Config, reactor=None, *, loader=None, gateway_class=None
     store = open_gateway_store(config, create=False) if config.store_refs() else None
     try:
         if access is not None:
-            from txgate.k8s.bootstrap import fetch_secrets
+            from txgate.k8s.bootstrap import fetch_secret_cas, fetch_secrets
             from txgate.k8s.service import secret_wants
 
             if store is None:
                 store = open_gateway_store(config)
             fetch_secrets(access, secret_wants(config), store, config.kubernetes.startup_timeout)
+            fetch_secret_cas(access, config, store, config.kubernetes.startup_timeout)
         plan = prepare(config, store=store)
         if store is None:
             store = open_gateway_store(config)

@@ -290,6 +290,13 @@ class GatewayService(Service):
         """Off the reactor thread: read gw.ini again and prepare it against the running store."""
         cfg = self.loader()
         notes = reload_notes(cfg, self.config)
+        if cfg.kubernetes_cas() and self.role != "worker":
+            # A CA bundle named for the first time has no placeholder: read its Secret now (the
+            # Kubernetes source follows it once this reload is in).
+            from txgate.k8s.bootstrap import fetch_secret_cas
+            from txgate.plan.kubernetes import kubernetes_access
+
+            fetch_secret_cas(kubernetes_access(cfg), cfg, self.store, cfg.kubernetes.startup_timeout, new_only=True)
         plan = prepare(cfg, now=datetime.now(timezone.utc), check_ports=False, store=self.store)
         plan.warnings.extend(notes)
         plan.admin_available = self.plan.admin_available
@@ -367,7 +374,7 @@ class GatewayService(Service):
         for name in list(opened) + list(moves.adopted):
             self._log_listening(gen, new[name])
         if old is not None:
-            drain_changed_client_auth(self.connections, old.config, cfg)
+            drain_changed_client_auth(self.connections, old.config, cfg, old.plan.ca_stamps, plan.ca_stamps)
             self.retirer.retire(old)
         parts = [f"{len(cfg.listeners)} listeners, {len(cfg.apis)} APIs"]
         if opened or moves.adopted:

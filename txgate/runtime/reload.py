@@ -105,19 +105,21 @@ def plan_port_moves(binds: dict[str, tuple[str, int]], listeners) -> PortMoves:
     return moves
 
 
-def drain_changed_client_auth(connections: dict[str, set], old_cfg: Config, new_cfg: Config) -> None:
+def drain_changed_client_auth(connections: dict[str, set], old_cfg: Config, new_cfg: Config,
+                              old_stamps: dict | None = None, new_stamps: dict | None = None) -> None:
     """Connections whose client-certificate policy changed are drained (graceful close).
 
     Established connections keep the generation they started with — except where that would keep
     a removed or revoked client in: when a listener's client verification or an allowlist of one
     of its APIs changed (config or the files behind it: CAs, CRLs, allowlist files), its open
     connections finish their requests and close (h2: GOAWAY), so clients reconnect under the
-    new policy."""
+    new policy. ``old_stamps``/``new_stamps`` are the plans' ``ca_stamps`` (CA bundles from Secrets)."""
     for ln in new_cfg.listeners:
         conns = connections.get(ln.name)
         if not conns:
             continue
-        if client_auth_signature(old_cfg, ln.name) == client_auth_signature(new_cfg, ln.name):
+        old_sig = client_auth_signature(old_cfg, ln.name, old_stamps)
+        if old_sig == client_auth_signature(new_cfg, ln.name, new_stamps):
             continue
         log.info("listener {name}: client certificate policy changed; draining {n} open connections",
                  name=ln.name, n=len(conns))

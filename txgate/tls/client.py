@@ -83,6 +83,7 @@ class UpstreamTLS:
         server_name: str,
         *,
         ca_path: str | None = None,
+        ca_certs: list | None = None,
         verify: bool = True,
         client_certificate: CertifiedKey | None = None,
         min_tls: str = "1.2",
@@ -106,7 +107,11 @@ class UpstreamTLS:
             raise TLSSettingError("upstream_ciphers", f"invalid cipher configuration: {e}") from None
         ctx.set_options(SSL.OP_NO_COMPRESSION | OP_NO_RENEGOTIATION)
         ctx.set_alpn_protos([b"http/1.1"])
-        if ca_path is not None:
+        if ca_certs is not None:  # the CA bundle already loaded (a file, or a Secret's key)
+            store = ctx.get_cert_store()
+            for ca in ca_certs:
+                store.add_cert(crypto.X509.from_cryptography(ca))
+        elif ca_path is not None:
             try:
                 ctx.load_verify_locations(ca_path)
             except SSL.Error:
