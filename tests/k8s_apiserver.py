@@ -6,19 +6,22 @@ Secrets (get, list with ``fieldSelector=metadata.name=``, watch with ``resourceV
 410 Gone as an ``ERROR`` event, create, replace and the merge patch of ``kubectl apply``),
 CertificateSigningRequests (create, get, list, watch, the ``/approval`` subresource in JSON and in the
 protobuf envelope ``kubectl certificate approve`` sends, conditions as the real API sets them) with a
-test signer that writes ``status.certificate`` honouring ``expirationSeconds``; bearer-token
-authentication (401) and per-resource permissions (403 Status objects worded like the real ones).
-Not implemented: Table responses (kubectl falls back to its default columns), OpenAPI documents
-(use ``kubectl apply --validate=false``), client-certificate authentication.
+test signer that writes ``status.certificate`` honouring ``expirationSeconds``; authentication by
+bearer token or by client certificate (as kube-apiserver with ``--client-ca-file``: TLS asks for any
+client certificate and the authenticator verifies it against the client CA, user = CN, groups = O;
+no valid credential is a 401 Status) and per-resource permissions (403 Status objects worded like the
+real ones, naming the user).
 
-It is a stdlib ``ThreadingHTTPServer`` over TLS run in a thread; the test API (``put_secret``,
-``approve``, ``deny``, ``drop_watches``, ``compact``) changes its state directly.
+It is a stdlib ``ThreadingHTTPServer`` run in a thread, with TLS by pyOpenSSL in each connection's
+thread (the stdlib ``ssl`` module cannot request a client certificate without verifying it in the
+handshake); the test API (``put_secret``, ``approve``, ``deny``, ``drop_watches``, ``compact``,
+``client_certificate``) changes its state directly.
 """
 from __future__ import annotations
 
 import base64
+import io
 import json
-import ssl
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -28,10 +31,12 @@ from urllib.parse import parse_qs, urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL
 
 from certs_helpers import make_ca, make_leaf, pem_chain, pem_key
 
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+SERVICE_ACCOUNT = "system:serviceaccount:txgate:txgate"  # the user of the bearer tokens
 ALL_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete")
 
 
@@ -82,6 +87,10 @@ class FakeApiServer:
         self.signer_ca_path = f"{directory}/signer-ca.pem"
         with open(self.signer_ca_path, "wb") as f:
             f.write(self.signer_ca.leaf.public_bytes(serialization.Encoding.PEM))
+        self.client_ca = make_ca("stand-in client CA")  # kube-apiserver --client-ca-file
+        self.client_ca_path = f"{directory}/client-ca.pem"
+        with open(self.client_ca_path, "wb") as f:
+            f.write(self.client_ca.leaf.public_bytes(serialization.Encoding.PEM))
         self.tokens = set(tokens)
         self.signers = set(signers)
         self.allowed: set | None = None  # {(verb, resource)}; None: everything
@@ -94,11 +103,15 @@ class FakeApiServer:
         self.secrets: dict[tuple[str, str], dict] = {}
         self.csrs: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(crt, key)
+        self.users: list[tuple[str, tuple[str, ...]]] = []  # (user, groups) of every authenticated request
+        self.tls = SSL.Context(SSL.TLS_SERVER_METHOD)
+        self.tls.use_certificate_chain_file(crt)
+        self.tls.use_privatekey_file(key)
+        # tls.RequestClientCert, as kube-apiserver: any certificate is taken; the authenticator verifies it.
+        self.tls.set_verify(SSL.VERIFY_PEER, lambda conn, cert, errno, depth, ok: True)
+        self.tls.load_client_ca(self.client_ca_path.encode())  # the acceptable CAs named in the request
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.url = f"https://localhost:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -109,11 +122,14 @@ class FakeApiServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def kubeconfig(self, path, token: str | None = "test-token", token_file: str | None = None) -> str:
-        """Write a kubeconfig pointing at the stand-in and return its path."""
+    def kubeconfig(self, path, token: str | None = "test-token", token_file: str | None = None,
+                   client_cert: tuple[bytes, bytes] | None = None) -> str:
+        """Write a kubeconfig pointing at the stand-in and return its path (``client_cert``: (cert, key) PEM)."""
         import yaml
 
         user: dict = {}
+        if client_cert:
+            user["client-certificate-data"], user["client-key-data"] = (base64.b64encode(p).decode() for p in client_cert)
         if token_file:
             user["tokenFile"] = str(token_file)
         elif token:
@@ -228,6 +244,80 @@ class FakeApiServer:
     def allowed_to(self, verb: str, resource: str) -> bool:
         return self.allowed is None or (verb, resource) in self.allowed
 
+    def client_certificate(self, user: str, groups=(), ca=None) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) of a client certificate CN=user, O=group... signed by the client CA."""
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        ca = ca or self.client_ca
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(timezone.utc) - timedelta(minutes=1)
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups] +
+                            [x509.NameAttribute(NameOID.COMMON_NAME, user)])
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.leaf.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(now + timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .sign(ca.key, hashes.SHA256()))
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+    def x509_user(self, cert: x509.Certificate | None) -> tuple[str, tuple[str, ...]] | None:
+        """The user and groups of a client certificate the client CA issued (kube-apiserver's x509 authenticator)."""
+        if cert is None:
+            return None
+        try:
+            cert.verify_directly_issued_by(self.client_ca.leaf)
+        except Exception:  # another issuer (ValueError) or a bad signature (InvalidSignature)
+            return None
+        now = datetime.now(timezone.utc)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return None
+        try:
+            if ExtendedKeyUsageOID.CLIENT_AUTH not in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value:
+                return None
+        except x509.ExtensionNotFound:
+            pass
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if not cn:
+            return None
+        return str(cn[0].value), tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
+
+
+class _TLSStream(io.RawIOBase):
+    """A pyOpenSSL connection as the file objects http.server reads and writes (SSL errors become OSError)."""
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        self.conn = conn
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        try:
+            data = self.conn.recv(len(buf))
+        except SSL.ZeroReturnError:
+            return 0
+        except SSL.SysCallError as e:
+            if e.args and e.args[0] == -1:  # EOF without close_notify
+                return 0
+            raise ConnectionResetError(str(e)) from None
+        except SSL.Error as e:
+            raise ConnectionResetError(str(e)) from None
+        buf[:len(data)] = data
+        return len(data)
+
+    def write(self, data) -> int:
+        try:
+            self.conn.sendall(bytes(data))
+        except SSL.Error as e:
+            raise BrokenPipeError(str(e)) from None
+        return len(data)
+
 
 def merge_patch(target: dict, patch: dict) -> dict:
     """A JSON merge patch (RFC 7396): maps merge, null deletes, anything else replaces."""
@@ -296,9 +386,32 @@ def csr_conditions_from_protobuf(body: bytes) -> list[dict]:
 def _handler(api: FakeApiServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        tls: SSL.Connection | None = None
+        peer: x509.Certificate | None = None
 
         def log_message(self, *args) -> None:
             pass
+
+        def setup(self) -> None:
+            """The TLS handshake, in this connection's thread; then rfile and wfile over it."""
+            # A blocking socket: pyOpenSSL works on the descriptor, which a Python timeout makes non-blocking.
+            conn = SSL.Connection(api.tls, self.request)
+            conn.set_accept_state()
+            try:
+                conn.do_handshake()
+            except (SSL.Error, OSError):
+                self.rfile, self.wfile = io.BytesIO(), io.BytesIO()  # handle() reads nothing: the connection ends
+                return
+            self.tls, self.peer = conn, conn.get_peer_certificate(as_cryptography=True)
+            self.rfile = io.BufferedReader(_TLSStream(conn))
+            self.wfile = _TLSStream(conn)
+
+        def finish(self) -> None:
+            if self.tls is not None:
+                try:
+                    self.tls.shutdown()
+                except (SSL.Error, OSError):
+                    pass
 
         def send_json(self, code: int, obj: dict) -> None:
             body = json.dumps(obj).encode()
@@ -319,15 +432,23 @@ def _handler(api: FakeApiServer):
                 return {"status": {"conditions": csr_conditions_from_protobuf(raw)}}
             return json.loads(raw or b"{}")
 
-        def authorized(self, verb: str, resource: str, namespace: str | None) -> bool:
+        def authenticate(self) -> tuple[str, tuple[str, ...]] | None:
+            """(user, groups) from a valid bearer token or client certificate (any one that succeeds)."""
             auth = self.headers.get("Authorization", "")
-            if not auth.startswith("Bearer ") or auth[7:] not in api.tokens:
+            if auth.startswith("Bearer ") and auth[7:] in api.tokens:
+                return SERVICE_ACCOUNT, ("system:serviceaccounts", "system:serviceaccounts:txgate")
+            return api.x509_user(self.peer)
+
+        def authorized(self, verb: str, resource: str, namespace: str | None) -> bool:
+            who = self.authenticate()
+            if who is None:
                 self.fail(401, "Unauthorized", "Unauthorized")
                 return False
+            api.users.append(who)
             if not api.allowed_to(verb, resource):
                 where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
                 group = "certificates.k8s.io" if resource.startswith("certificatesigningrequests") else ""
-                self.fail(403, "Forbidden", f'{resource} is forbidden: User "system:serviceaccount:txgate:txgate" '
+                self.fail(403, "Forbidden", f'{resource} is forbidden: User "{who[0]}" '
                                             f'cannot {verb} resource "{resource}" in API group "{group}"{where}')
                 return False
             return True

@@ -371,3 +371,35 @@ def test_fleet_each_replica_has_its_own_key_and_csr(api, tmp_path, gateway_facto
              what="each replica's signed certificate")
     keys = {served(gw.ports["signed"]).public_key().public_bytes(*_spki()) for gw in gws}
     assert len(keys) == 2
+
+
+def test_client_certificate_authentication(api, tmp_path, gateway_factory, site_ca):
+    """The gateway authenticates with client-certificate-data / client-key-data only (user = CN, groups = O)."""
+    v1 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v1), pem_key(v1))
+    cert = api.client_certificate("txgate-gw", groups=("txgate-gateways",))
+    kc = api.kubeconfig(tmp_path / "kubeconfig", token=None, client_cert=cert)
+    gw = gateway_factory(config(kc, "k8s-secret:web/site-tls"))
+    assert served(gw.port) == v1.leaf  # the startup read (blocking client) presented the certificate
+    gw.wait_log(r"kubernetes: API server https://localhost:\d+ \(.*; client certificate CN=txgate-gw, "
+                r"O=txgate-gateways\)")
+    v2 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v2), pem_key(v2))
+    poll(lambda: served(gw.port) == v2.leaf, 10, what="the Secret followed by the watch (Twisted client)")
+    assert set(api.users) == {("txgate-gw", ("txgate-gateways",))}
+    assert "Unauthorized" not in gw.output()
+
+
+def test_client_certificate_from_an_untrusted_ca_is_a_clear_401(api, tmp_path, gateway_factory, site_ca):
+    v1 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v1), pem_key(v1))
+    rogue = make_ca("rogue client CA")
+    kc = api.kubeconfig(tmp_path / "kubeconfig", token=None,
+                        client_cert=api.client_certificate("txgate-gw", ca=rogue))
+    gw = gateway_factory(config(kc, "k8s-secret:web/site-tls"))
+    why = (r"401 Unauthorized: Unauthorized \(the API server accepted neither txgate's token nor its client "
+           r"certificate\)")
+    gw.wait_log(r"k8s-secret:web/site-tls: cannot read it at startup \(" + why)
+    gw.wait_log(r"k8s-secret:web/site-tls: watch failed \(" + why + r"\); retrying in")
+    assert served(gw.port) != v1.leaf  # the placeholder
+    assert api.users == []

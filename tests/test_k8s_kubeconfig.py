@@ -135,3 +135,13 @@ def test_without_the_kubernetes_package_the_error_names_file_section_and_key(tmp
         kubernetes_access(cfg)
     assert str(err.value) == (f"gw.ini: [kubernetes] kubeconfig: {kc}: reading Kubernetes credentials needs the "
                               "kubernetes package (pip install 'txgate[kubernetes]')")
+
+
+def test_credentials_are_described_without_secrets():
+    from txgate.k8s.kubeconfig import ClusterAccess
+
+    assert ClusterAccess("https://a", token="s3cret").credentials() == "token"
+    assert ClusterAccess("https://a", token_file="/t").credentials() == "token file /t"
+    assert ClusterAccess("https://a").credentials() == "no credentials"
+    assert ClusterAccess("https://a", client_cert_pem=b"junk", client_key_pem=b"k").credentials() == (
+        "client certificate (not PEM)")

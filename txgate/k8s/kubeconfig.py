@@ -40,6 +40,26 @@ class ClusterAccess:
     insecure: bool = False
     source: str = ""  # for messages: the kubeconfig path or "in-cluster"
 
+    def credentials(self) -> str:
+        """How txgate authenticates, for the startup log line (no secret in it)."""
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        said = []
+        if self.client_cert_pem:
+            try:
+                subject = x509.load_pem_x509_certificates(self.client_cert_pem)[0].subject
+                names = [f"CN={a.value}" for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+                names += [f"O={a.value}" for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+                said.append(f"client certificate {', '.join(names) or '(no CN)'}")
+            except ValueError:
+                said.append("client certificate (not PEM)")
+        if self.token_file:
+            said.append(f"token file {self.token_file}")
+        elif self.token:
+            said.append("token")
+        return " and ".join(said) or "no credentials"
+
 
 def _library(source: str):
     """The ``kubernetes.config`` modules, or a clear error naming the extra to install."""
