@@ -2,6 +2,7 @@
 
 It implements only what txgate and the tests' kubectl calls use, following the real API's shapes:
 discovery (``/version``, ``/api``, ``/apis``, the ``v1`` and ``certificates.k8s.io/v1`` resource lists),
+OpenAPI v3 documents, Tables for ``kubectl get`` and ``fieldValidation=Strict`` (tests/k8s_kubectl_views.py),
 Secrets (get, list with ``fieldSelector=metadata.name=``, watch with ``resourceVersion``, bookmarks and
 410 Gone as an ``ERROR`` event, create, replace and the merge patch of ``kubectl apply``),
 CertificateSigningRequests (create, get, list, watch, the ``/approval`` subresource in JSON and in the
@@ -34,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
 from certs_helpers import make_ca, make_leaf, pem_chain, pem_key
+from k8s_kubectl_views import openapi_document, openapi_root, strict_errors, table, wants_table
 
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 SERVICE_ACCOUNT = "system:serviceaccount:txgate:txgate"  # the user of the bearer tokens
@@ -479,6 +481,10 @@ def _handler(api: FakeApiServer):
                 gv = {"groupVersion": "certificates.k8s.io/v1", "version": "v1"}
                 return self.send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
                     {"name": "certificates.k8s.io", "versions": [gv], "preferredVersion": gv}]})
+            if path == "/openapi/v3":
+                return self.send_json(200, openapi_root())
+            if path.startswith("/openapi/v3/") and path[len("/openapi/v3/"):] in ("api/v1", "apis/certificates.k8s.io/v1"):
+                return self.send_json(200, openapi_document(path[len("/openapi/v3/"):]))
             if path in RESOURCES:
                 return self.send_json(200, {"kind": "APIResourceList", "apiVersion": "v1",
                                             "groupVersion": path.split("/apis/")[-1].replace("/api/", ""),
@@ -494,8 +500,27 @@ def _handler(api: FakeApiServer):
         def listing(self, kind: str, items: list[dict]) -> None:
             with api.lock:
                 rv = str(api.rv)
+            if wants_table(self.headers.get("Accept", "")):  # kubectl get
+                resource = "secrets" if kind == "SecretList" else "certificatesigningrequests"
+                return self.send_json(200, table(resource, items, rv))
             self.send_json(200, {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": rv},
                                  "items": items})
+
+        def send_object(self, resource: str, obj: dict) -> None:
+            """One object, or its one-row Table when the client asks for one (kubectl get KIND NAME)."""
+            if wants_table(self.headers.get("Accept", "")):
+                return self.send_json(200, table(resource, [obj], obj["metadata"].get("resourceVersion")))
+            self.send_json(200, obj)
+
+        def strict(self, query: dict, body: dict, gv: str = "api/v1") -> bool:
+            """fieldValidation=Strict (kubectl's default once the OpenAPI document offers it): unknown fields are a 400."""
+            errors = strict_errors(gv, body) if query.get("fieldValidation") == "Strict" else []
+            if errors:
+                kind, version = ("Secret", "v1") if gv == "api/v1" else ("CertificateSigningRequest",
+                                                                         "certificates.k8s.io/v1")
+                self.fail(400, "BadRequest", f'{kind} in version "{version}" cannot be handled as a {kind}: strict '
+                                             f'decoding error: {", ".join(errors)}')
+            return not errors
 
         def secrets(self, method: str, ns: str, name: str | None, query: dict) -> None:
             field = query.get("fieldSelector", "")
@@ -516,9 +541,12 @@ def _handler(api: FakeApiServer):
                 obj = api.secrets.get((ns, name))
                 if obj is None:
                     return self.fail(404, "NotFound", f'secrets "{name}" not found')
-                return self.send_json(200, obj)
+                return self.send_object("secrets", obj)
             verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}[method]
             if not self.authorized(verb, "secrets", ns):
+                return
+            body = self.body()
+            if not self.strict(query, body):
                 return
             if method == "PATCH":  # `kubectl apply`: a strategic merge patch, which for a Secret merges maps
                 with api.lock:
@@ -526,8 +554,8 @@ def _handler(api: FakeApiServer):
                     old = json.loads(json.dumps(old)) if old else None
                 if old is None:
                     return self.fail(404, "NotFound", f'secrets "{name}" not found')
-                return self.send_json(200, api.store_secret(merge_patch(old, self.body())))
-            obj = self.body()
+                return self.send_json(200, api.store_secret(merge_patch(old, body)))
+            obj = body
             obj.setdefault("metadata", {})["namespace"] = ns
             exists = (ns, obj["metadata"].get("name")) in api.secrets
             if method == "POST" and exists:
@@ -555,11 +583,13 @@ def _handler(api: FakeApiServer):
                     obj = json.loads(json.dumps(obj)) if obj else None
                 if obj is None:
                     return self.fail(404, "NotFound", f'certificatesigningrequests.certificates.k8s.io "{name}" not found')
-                return self.send_json(200, obj)
+                return self.send_object("certificatesigningrequests", obj)
             if method == "POST" and name is None:
                 if not self.authorized("create", resource, None):
                     return
                 obj = self.body()
+                if not self.strict(query, obj, "apis/certificates.k8s.io/v1"):
+                    return
                 n = obj.get("metadata", {}).get("name")
                 spec = obj.get("spec") or {}
                 if not n or not spec.get("request") or not spec.get("signerName"):
