@@ -39,9 +39,12 @@ setup(
         "acme>=5.0",
         "josepy>=2.0",
     ],
-    # pyyaml reads kubeconfig files (k8s-secret: and k8s-csr: certificates).
-    extras_require={"kubernetes": ["pyyaml>=6"],
-                    "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "pyyaml>=6", "openapi-spec-validator>=0.7", "matplotlib>=3.5"],
+    # The official Kubernetes client reads kubeconfig files and the in-cluster settings for k8s-secret: and
+    # k8s-csr: certificates (txgate.k8s.kubeconfig; docs/kubernetes.md says why); tested with 37.0.2. An extra:
+    # it pulls in ~100 MB (aiohttp, pydantic, requests) that a gateway without Kubernetes does not need.
+    extras_require={"kubernetes": ["kubernetes>=31"],
+                    "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "pyyaml>=6", "openapi-spec-validator>=0.7", "matplotlib>=3.5",
+                             "kubernetes>=31"],
                     "benchmarks": ["matplotlib>=3.5"]},
     entry_points={"console_scripts": ["txgate=txgate.cli:main"]},
     # txgate._spki: the native SPKI core (native/), linked against the system libcrypto;

@@ -2,24 +2,28 @@
 
 It implements only what txgate and the tests' kubectl calls use, following the real API's shapes:
 discovery (``/version``, ``/api``, ``/apis``, the ``v1`` and ``certificates.k8s.io/v1`` resource lists),
+OpenAPI v3 documents, Tables for ``kubectl get`` and ``fieldValidation=Strict`` (tests/k8s_kubectl_views.py),
 Secrets (get, list with ``fieldSelector=metadata.name=``, watch with ``resourceVersion``, bookmarks and
 410 Gone as an ``ERROR`` event, create in JSON and in the protobuf envelope ``kubectl create secret``
 sends, replace and the merge patch of ``kubectl apply``),
 CertificateSigningRequests (create, get, list and watch with ``fieldSelector=metadata.name=``, the ``/approval`` subresource in JSON and in the
 protobuf envelope ``kubectl certificate approve`` sends, conditions as the real API sets them) with a
-test signer that writes ``status.certificate`` honouring ``expirationSeconds``; bearer-token
-authentication (401) and per-resource permissions (403 Status objects worded like the real ones).
-Not implemented: Table responses (kubectl falls back to its default columns), OpenAPI documents
-(use ``kubectl apply --validate=false``), client-certificate authentication.
+test signer that writes ``status.certificate`` honouring ``expirationSeconds``; authentication by
+bearer token or by client certificate (as kube-apiserver with ``--client-ca-file``: TLS asks for any
+client certificate and the authenticator verifies it against the client CA, user = CN, groups = O;
+no valid credential is a 401 Status) and per-resource permissions (403 Status objects worded like the
+real ones, naming the user).
 
-It is a stdlib ``ThreadingHTTPServer`` over TLS run in a thread; the test API (``put_secret``,
-``approve``, ``deny``, ``drop_watches``, ``compact``) changes its state directly.
+It is a stdlib ``ThreadingHTTPServer`` run in a thread, with TLS by pyOpenSSL in each connection's
+thread (the stdlib ``ssl`` module cannot request a client certificate without verifying it in the
+handshake); the test API (``put_secret``, ``approve``, ``deny``, ``drop_watches``, ``compact``,
+``client_certificate``) changes its state directly.
 """
 from __future__ import annotations
 
 import base64
+import io
 import json
-import ssl
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -29,10 +33,13 @@ from urllib.parse import parse_qs, urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL
 
 from certs_helpers import make_ca, make_leaf, pem_chain, pem_key
+from k8s_kubectl_views import openapi_document, openapi_root, strict_errors, table, wants_table
 
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+SERVICE_ACCOUNT = "system:serviceaccount:txgate:txgate"  # the user of the bearer tokens
 ALL_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete")
 
 
@@ -83,6 +90,10 @@ class FakeApiServer:
         self.signer_ca_path = f"{directory}/signer-ca.pem"
         with open(self.signer_ca_path, "wb") as f:
             f.write(self.signer_ca.leaf.public_bytes(serialization.Encoding.PEM))
+        self.client_ca = make_ca("stand-in client CA")  # kube-apiserver --client-ca-file
+        self.client_ca_path = f"{directory}/client-ca.pem"
+        with open(self.client_ca_path, "wb") as f:
+            f.write(self.client_ca.leaf.public_bytes(serialization.Encoding.PEM))
         self.tokens = set(tokens)
         self.signers = set(signers)
         self.allowed: set | None = None  # {(verb, resource)}; None: everything
@@ -96,11 +107,15 @@ class FakeApiServer:
         self.csrs: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.agents: list[tuple[str, str, str]] = []  # (method, path, User-Agent) of every request
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(crt, key)
+        self.users: list[tuple[str, tuple[str, ...]]] = []  # (user, groups) of every authenticated request
+        self.tls = SSL.Context(SSL.TLS_SERVER_METHOD)
+        self.tls.use_certificate_chain_file(crt)
+        self.tls.use_privatekey_file(key)
+        # tls.RequestClientCert, as kube-apiserver: any certificate is taken; the authenticator verifies it.
+        self.tls.set_verify(SSL.VERIFY_PEER, lambda conn, cert, errno, depth, ok: True)
+        self.tls.load_client_ca(self.client_ca_path.encode())  # the acceptable CAs named in the request
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.url = f"https://localhost:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -111,11 +126,14 @@ class FakeApiServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def kubeconfig(self, path, token: str | None = "test-token", token_file: str | None = None) -> str:
-        """Write a kubeconfig pointing at the stand-in and return its path."""
+    def kubeconfig(self, path, token: str | None = "test-token", token_file: str | None = None,
+                   client_cert: tuple[bytes, bytes] | None = None) -> str:
+        """Write a kubeconfig pointing at the stand-in and return its path (``client_cert``: (cert, key) PEM)."""
         import yaml
 
         user: dict = {}
+        if client_cert:
+            user["client-certificate-data"], user["client-key-data"] = (base64.b64encode(p).decode() for p in client_cert)
         if token_file:
             user["tokenFile"] = str(token_file)
         elif token:
@@ -230,6 +248,80 @@ class FakeApiServer:
     def allowed_to(self, verb: str, resource: str) -> bool:
         return self.allowed is None or (verb, resource) in self.allowed
 
+    def client_certificate(self, user: str, groups=(), ca=None) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) of a client certificate CN=user, O=group... signed by the client CA."""
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        ca = ca or self.client_ca
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(timezone.utc) - timedelta(minutes=1)
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups] +
+                            [x509.NameAttribute(NameOID.COMMON_NAME, user)])
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.leaf.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(now + timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .sign(ca.key, hashes.SHA256()))
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+    def x509_user(self, cert: x509.Certificate | None) -> tuple[str, tuple[str, ...]] | None:
+        """The user and groups of a client certificate the client CA issued (kube-apiserver's x509 authenticator)."""
+        if cert is None:
+            return None
+        try:
+            cert.verify_directly_issued_by(self.client_ca.leaf)
+        except Exception:  # another issuer (ValueError) or a bad signature (InvalidSignature)
+            return None
+        now = datetime.now(timezone.utc)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return None
+        try:
+            if ExtendedKeyUsageOID.CLIENT_AUTH not in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value:
+                return None
+        except x509.ExtensionNotFound:
+            pass
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if not cn:
+            return None
+        return str(cn[0].value), tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
+
+
+class _TLSStream(io.RawIOBase):
+    """A pyOpenSSL connection as the file objects http.server reads and writes (SSL errors become OSError)."""
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        self.conn = conn
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        try:
+            data = self.conn.recv(len(buf))
+        except SSL.ZeroReturnError:
+            return 0
+        except SSL.SysCallError as e:
+            if e.args and e.args[0] == -1:  # EOF without close_notify
+                return 0
+            raise ConnectionResetError(str(e)) from None
+        except SSL.Error as e:
+            raise ConnectionResetError(str(e)) from None
+        buf[:len(data)] = data
+        return len(data)
+
+    def write(self, data) -> int:
+        try:
+            self.conn.sendall(bytes(data))
+        except SSL.Error as e:
+            raise BrokenPipeError(str(e)) from None
+        return len(data)
+
 
 def merge_patch(target: dict, patch: dict) -> dict:
     """A JSON merge patch (RFC 7396): maps merge, null deletes, anything else replaces."""
@@ -330,9 +422,32 @@ def secret_from_protobuf(body: bytes) -> dict:
 def _handler(api: FakeApiServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        tls: SSL.Connection | None = None
+        peer: x509.Certificate | None = None
 
         def log_message(self, *args) -> None:
             pass
+
+        def setup(self) -> None:
+            """The TLS handshake, in this connection's thread; then rfile and wfile over it."""
+            # A blocking socket: pyOpenSSL works on the descriptor, which a Python timeout makes non-blocking.
+            conn = SSL.Connection(api.tls, self.request)
+            conn.set_accept_state()
+            try:
+                conn.do_handshake()
+            except (SSL.Error, OSError):
+                self.rfile, self.wfile = io.BytesIO(), io.BytesIO()  # handle() reads nothing: the connection ends
+                return
+            self.tls, self.peer = conn, conn.get_peer_certificate(as_cryptography=True)
+            self.rfile = io.BufferedReader(_TLSStream(conn))
+            self.wfile = _TLSStream(conn)
+
+        def finish(self) -> None:
+            if self.tls is not None:
+                try:
+                    self.tls.shutdown()
+                except (SSL.Error, OSError):
+                    pass
 
         def send_json(self, code: int, obj: dict) -> None:
             body = json.dumps(obj).encode()
@@ -355,15 +470,23 @@ def _handler(api: FakeApiServer):
                 return {"status": {"conditions": csr_conditions_from_protobuf(raw)}}
             return json.loads(raw or b"{}")
 
-        def authorized(self, verb: str, resource: str, namespace: str | None) -> bool:
+        def authenticate(self) -> tuple[str, tuple[str, ...]] | None:
+            """(user, groups) from a valid bearer token or client certificate (any one that succeeds)."""
             auth = self.headers.get("Authorization", "")
-            if not auth.startswith("Bearer ") or auth[7:] not in api.tokens:
+            if auth.startswith("Bearer ") and auth[7:] in api.tokens:
+                return SERVICE_ACCOUNT, ("system:serviceaccounts", "system:serviceaccounts:txgate")
+            return api.x509_user(self.peer)
+
+        def authorized(self, verb: str, resource: str, namespace: str | None) -> bool:
+            who = self.authenticate()
+            if who is None:
                 self.fail(401, "Unauthorized", "Unauthorized")
                 return False
+            api.users.append(who)
             if not api.allowed_to(verb, resource):
                 where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
                 group = "certificates.k8s.io" if resource.startswith("certificatesigningrequests") else ""
-                self.fail(403, "Forbidden", f'{resource} is forbidden: User "system:serviceaccount:txgate:txgate" '
+                self.fail(403, "Forbidden", f'{resource} is forbidden: User "{who[0]}" '
                                             f'cannot {verb} resource "{resource}" in API group "{group}"{where}')
                 return False
             return True
@@ -395,6 +518,10 @@ def _handler(api: FakeApiServer):
                 gv = {"groupVersion": "certificates.k8s.io/v1", "version": "v1"}
                 return self.send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
                     {"name": "certificates.k8s.io", "versions": [gv], "preferredVersion": gv}]})
+            if path == "/openapi/v3":
+                return self.send_json(200, openapi_root())
+            if path.startswith("/openapi/v3/") and path[len("/openapi/v3/"):] in ("api/v1", "apis/certificates.k8s.io/v1"):
+                return self.send_json(200, openapi_document(path[len("/openapi/v3/"):]))
             if path in RESOURCES:
                 return self.send_json(200, {"kind": "APIResourceList", "apiVersion": "v1",
                                             "groupVersion": path.split("/apis/")[-1].replace("/api/", ""),
@@ -410,8 +537,27 @@ def _handler(api: FakeApiServer):
         def listing(self, kind: str, items: list[dict]) -> None:
             with api.lock:
                 rv = str(api.rv)
+            if wants_table(self.headers.get("Accept", "")):  # kubectl get
+                resource = "secrets" if kind == "SecretList" else "certificatesigningrequests"
+                return self.send_json(200, table(resource, items, rv))
             self.send_json(200, {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": rv},
                                  "items": items})
+
+        def send_object(self, resource: str, obj: dict) -> None:
+            """One object, or its one-row Table when the client asks for one (kubectl get KIND NAME)."""
+            if wants_table(self.headers.get("Accept", "")):
+                return self.send_json(200, table(resource, [obj], obj["metadata"].get("resourceVersion")))
+            self.send_json(200, obj)
+
+        def strict(self, query: dict, body: dict, gv: str = "api/v1") -> bool:
+            """fieldValidation=Strict (kubectl's default once the OpenAPI document offers it): unknown fields are a 400."""
+            errors = strict_errors(gv, body) if query.get("fieldValidation") == "Strict" else []
+            if errors:
+                kind, version = ("Secret", "v1") if gv == "api/v1" else ("CertificateSigningRequest",
+                                                                         "certificates.k8s.io/v1")
+                self.fail(400, "BadRequest", f'{kind} in version "{version}" cannot be handled as a {kind}: strict '
+                                             f'decoding error: {", ".join(errors)}')
+            return not errors
 
         def secrets(self, method: str, ns: str, name: str | None, query: dict) -> None:
             field = query.get("fieldSelector", "")
@@ -432,9 +578,12 @@ def _handler(api: FakeApiServer):
                 obj = api.secrets.get((ns, name))
                 if obj is None:
                     return self.fail(404, "NotFound", f'secrets "{name}" not found')
-                return self.send_json(200, obj)
+                return self.send_object("secrets", obj)
             verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}[method]
             if not self.authorized(verb, "secrets", ns):
+                return
+            body = self.body()
+            if not self.strict(query, body):
                 return
             if method == "PATCH":  # `kubectl apply`: a strategic merge patch, which for a Secret merges maps
                 with api.lock:
@@ -442,8 +591,8 @@ def _handler(api: FakeApiServer):
                     old = json.loads(json.dumps(old)) if old else None
                 if old is None:
                     return self.fail(404, "NotFound", f'secrets "{name}" not found')
-                return self.send_json(200, api.store_secret(merge_patch(old, self.body())))
-            obj = self.body()
+                return self.send_json(200, api.store_secret(merge_patch(old, body)))
+            obj = body
             obj.setdefault("metadata", {})["namespace"] = ns
             exists = (ns, obj["metadata"].get("name")) in api.secrets
             if method == "POST" and exists:
@@ -471,11 +620,13 @@ def _handler(api: FakeApiServer):
                     obj = json.loads(json.dumps(obj)) if obj else None
                 if obj is None:
                     return self.fail(404, "NotFound", f'certificatesigningrequests.certificates.k8s.io "{name}" not found')
-                return self.send_json(200, obj)
+                return self.send_object("certificatesigningrequests", obj)
             if method == "POST" and name is None:
                 if not self.authorized("create", resource, None):
                     return
                 obj = self.body()
+                if not self.strict(query, obj, "apis/certificates.k8s.io/v1"):
+                    return
                 n = obj.get("metadata", {}).get("name")
                 spec = obj.get("spec") or {}
                 if not n or not spec.get("request") or not spec.get("signerName"):

@@ -49,13 +49,18 @@ upstream = builtin:echo
 """
 
 
-def kubectl(api, tmp_path, *args, stdin: str | None = None) -> str:
-    """Run the real kubectl against the stand-in; its stdout (fails the test on a non-zero exit)."""
+def kubectl_run(api, tmp_path, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """kubectl against the stand-in, as it is (the caller checks the exit status)."""
     kc = tmp_path / "kubeconfig-kubectl"
     if not kc.exists():
         api.kubeconfig(kc)
-    r = subprocess.run(["kubectl", "--kubeconfig", str(kc), "--cache-dir", str(tmp_path / "kcache"), *args],
-                       input=stdin, capture_output=True, text=True, timeout=120)
+    return subprocess.run(["kubectl", "--kubeconfig", str(kc), "--cache-dir", str(tmp_path / "kcache"), *args],
+                          input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def kubectl(api, tmp_path, *args, stdin: str | None = None) -> str:
+    """Run the real kubectl against the stand-in; its stdout (fails the test on a non-zero exit)."""
+    r = kubectl_run(api, tmp_path, *args, stdin=stdin)
     assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stderr}"
     return r.stdout
 
@@ -73,7 +78,7 @@ def apply_secret(api, tmp_path, namespace: str, name: str, leaf, key_of=None) ->
         good, bad = (base64.b64encode(pem_key(k)).decode() for k in (leaf, key_of))
         assert good in manifest
         manifest = manifest.replace(good, bad)
-    kubectl(api, tmp_path, "-n", namespace, "apply", "--validate=false", "-f", "-", stdin=manifest)
+    kubectl(api, tmp_path, "-n", namespace, "apply", "-f", "-", stdin=manifest)
 
 
 def served(port: int) -> x509.Certificate:
@@ -280,16 +285,53 @@ def test_missing_permission_is_a_clear_error(api, tmp_path, gateway_factory, sit
     poll(lambda: served(gw.port) == v1.leaf, 10, what="the listed certificate served")  # the list still worked
 
 
+def table_rows(output: str) -> list[list[str]]:
+    """kubectl's default table output as rows of cells (the header first)."""
+    return [line.split() for line in output.splitlines() if line.strip()]
+
+
 def test_kubectl_reads_the_stand_in(api, tmp_path, site_ca):
-    """The stand-in's fidelity, checked with the real kubectl: discovery and JSON get of Secrets and CSRs."""
+    """The stand-in's fidelity, checked with the real kubectl: discovery, Tables, OpenAPI-validated apply."""
+    import base64
+
     v1 = make_leaf(site_ca, ["site.example"])
-    api.put_secret("web", "site-tls", pem_chain(v1), pem_key(v1))
-    kc = api.kubeconfig(tmp_path / "kubeconfig")
-    base = ["kubectl", "--kubeconfig", kc, "--cache-dir", str(tmp_path / "kcache")]
-    r = subprocess.run(base + ["get", "secret", "site-tls", "-n", "web", "-o", "jsonpath={.type}"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == "kubernetes.io/tls"
+    apply_secret(api, tmp_path, "web", "site-tls", v1)  # kubectl apply with its default --validate=strict
+    assert ("GET", "/openapi/v3?timeout=32s") in api.requests
+    assert any(m == "POST" and "fieldValidation=Strict" in p for m, p in api.requests)
+    assert kubectl(api, tmp_path, "get", "secret", "site-tls", "-n", "web", "-o", "jsonpath={.type}") == (
+        "kubernetes.io/tls")
+    # `kubectl get` asks for a Table: the real columns, not kubectl's NAME/AGE fallback.
+    rows = table_rows(kubectl(api, tmp_path, "get", "secret", "-n", "web"))
+    assert rows[0] == ["NAME", "TYPE", "DATA", "AGE"]
+    assert rows[1][:3] == ["site-tls", "kubernetes.io/tls", "2"]
+    assert table_rows(kubectl(api, tmp_path, "get", "secret", "site-tls", "-n", "web"))[1][:3] == rows[1][:3]
+    # The server validates (fieldValidation=Strict): an unknown field is refused, as by a real API server.
+    manifest = kubectl(api, tmp_path, "get", "secret", "site-tls", "-n", "web", "-o", "yaml")
+    r = kubectl_run(api, tmp_path, "-n", "web", "apply", "-f", "-", stdin=manifest.replace("\ntype:", "\ntipe: x\ntype:"))
+    assert r.returncode == 1
+    assert 'strict decoding error: unknown field "tipe"' in r.stderr
+    # A CSR created with kubectl apply, listed, approved: the CONDITION column follows.
+    from txgate.lifecycle import build_csr, generate_key
+    from cryptography.hazmat.primitives import serialization
+
+    request = build_csr(generate_key("ec"), dns=["ops.example"], ips=[]).public_bytes(serialization.Encoding.PEM)
+    csr = f"""\
+apiVersion: certificates.k8s.io/v1
+kind: CertificateSigningRequest
+metadata:
+  name: ops-cert
+spec:
+  request: {base64.b64encode(request).decode()}
+  signerName: {SIGNER}
+  expirationSeconds: 3600
+  usages: [digital signature, key encipherment, server auth]
+"""
+    kubectl(api, tmp_path, "apply", "-f", "-", stdin=csr)
+    rows = table_rows(kubectl(api, tmp_path, "get", "csr"))
+    assert rows[0] == ["NAME", "AGE", "SIGNERNAME", "REQUESTOR", "REQUESTEDDURATION", "CONDITION"]
+    assert rows[1][0] == "ops-cert" and rows[1][2:] == [SIGNER, "system:serviceaccount:txgate:txgate", "60m", "Pending"]
+    kubectl(api, tmp_path, "certificate", "approve", "ops-cert")
+    assert table_rows(kubectl(api, tmp_path, "get", "csr", "ops-cert"))[1][-1] == "Approved,Issued"
 
 
 def served_sni(port: int, name: str) -> x509.Certificate:
@@ -413,3 +455,35 @@ def test_fleet_each_replica_has_its_own_key_and_csr(api, tmp_path, gateway_facto
              what="each replica's signed certificate")
     keys = {served(gw.ports["signed"]).public_key().public_bytes(*_spki()) for gw in gws}
     assert len(keys) == 2
+
+
+def test_client_certificate_authentication(api, tmp_path, gateway_factory, site_ca):
+    """The gateway authenticates with client-certificate-data / client-key-data only (user = CN, groups = O)."""
+    v1 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v1), pem_key(v1))
+    cert = api.client_certificate("txgate-gw", groups=("txgate-gateways",))
+    kc = api.kubeconfig(tmp_path / "kubeconfig", token=None, client_cert=cert)
+    gw = gateway_factory(config(kc, "k8s-secret:web/site-tls"))
+    assert served(gw.port) == v1.leaf  # the startup read (blocking client) presented the certificate
+    gw.wait_log(r"kubernetes: API server https://localhost:\d+ \(.*; client certificate CN=txgate-gw, "
+                r"O=txgate-gateways\)")
+    v2 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v2), pem_key(v2))
+    poll(lambda: served(gw.port) == v2.leaf, 10, what="the Secret followed by the watch (Twisted client)")
+    assert set(api.users) == {("txgate-gw", ("txgate-gateways",))}
+    assert "Unauthorized" not in gw.output()
+
+
+def test_client_certificate_from_an_untrusted_ca_is_a_clear_401(api, tmp_path, gateway_factory, site_ca):
+    v1 = make_leaf(site_ca, ["site.example"])
+    api.put_secret("web", "site-tls", pem_chain(v1), pem_key(v1))
+    rogue = make_ca("rogue client CA")
+    kc = api.kubeconfig(tmp_path / "kubeconfig", token=None,
+                        client_cert=api.client_certificate("txgate-gw", ca=rogue))
+    gw = gateway_factory(config(kc, "k8s-secret:web/site-tls"))
+    why = (r"401 Unauthorized: Unauthorized \(the API server accepted neither txgate's token nor its client "
+           r"certificate\)")
+    gw.wait_log(r"k8s-secret:web/site-tls: cannot read it at startup \(" + why)
+    gw.wait_log(r"k8s-secret:web/site-tls: watch failed \(" + why + r"\); retrying in")
+    assert served(gw.port) != v1.leaf  # the placeholder
+    assert api.users == []

@@ -35,7 +35,10 @@ def api_error(status: int, body: bytes) -> ApiError:
     except ValueError:
         obj = None
     if isinstance(obj, dict) and obj.get("kind") == "Status":
-        return ApiError(status, str(obj.get("reason") or ""), str(obj.get("message") or ""))
+        message = str(obj.get("message") or "")
+        if status == 401:
+            message += " (the API server accepted neither txgate's token nor its client certificate)"
+        return ApiError(status, str(obj.get("reason") or ""), message)
     return ApiError(status, "", body[:200].decode("utf-8", "replace").strip() or "no message")
 
 

@@ -98,7 +98,8 @@ class KubernetesSource(Service):
 
         self.client = KubeClient(self.access, self.reactor)
         self.dstore = DeferredStore(self.store, self.reactor)
-        log.info("kubernetes: API server {server} ({source})", server=self.access.server, source=self.access.source)
+        log.info("kubernetes: API server {server} ({source}; {credentials})", server=self.access.server,
+                 source=self.access.source, credentials=self.access.credentials())
         self.sync()
 
     def wanted(self, config: Config) -> dict:
