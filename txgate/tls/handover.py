@@ -115,6 +115,9 @@ def take(conn: SSL.Connection, out: bytes) -> tuple[Records, bytes] | None:
     except KeyError:
         return None
     conn.traffic = None
+    # OpenSSL's SSL_free removes the session from the server's cache when the connection was not shut
+    # down (a "bad session"): the connection goes on, so its stateful ticket or session id must stay.
+    conn.set_shutdown(SSL.SENT_SHUTDOWN)
     rest = _unread_input(conn)
     records = Records(suite, client, server, read_seq=0, write_seq=written,
                       alpn=conn.get_alpn_proto_negotiated() or None)
