@@ -17,6 +17,7 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from certs_helpers import make_ca, make_leaf
+from test_serverconn import Client
 from txgate.tls.records13 import SUITES
 from txgate.tls.server import ServerTLS
 from txgate.tls.serverconn import TLSServerFactory
@@ -41,18 +42,6 @@ class App(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.received.append(data)
         self.transport.write(b"echo:" + data)
-
-    def connectionLost(self, reason=None) -> None:
-        self.lost = reason
-
-
-class Client(Protocol):
-    def __init__(self) -> None:
-        self.received = b""
-        self.lost = None
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
 
     def connectionLost(self, reason=None) -> None:
         self.lost = reason
