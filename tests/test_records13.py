@@ -263,9 +263,10 @@ def test_key_update_requested_by_the_peer_is_answered_and_both_keys_move_on(leaf
     client.protect(b"after update")
     assert server.unprotect(client.take_output()) == [b"after update"]
     assert server.read.secret == expand_label(old_read, b"traffic upd", len(old_read), server.suite[2])
-    assert server.write.secret != old_write and server.write.seq == 0
-    # The server's answer (KeyUpdate(update_not_requested)) precedes its next data.
+    # The server's answer (KeyUpdate(update_not_requested)) precedes its next data (section 4.6.3).
+    assert server.write.secret == old_write and not server.out
     server.protect(b"answer")
+    assert server.write.secret != old_write and server.write.seq == 1
     assert client.unprotect(server.take_output()) == [b"answer"]
     assert client.read.secret == server.write.secret
 
