@@ -187,3 +187,152 @@ def test_application_writes_while_the_handshake_completes(leaf, size):
     _handed_over(c)
     assert c.client.received == greeting
     c.exchange()
+
+
+# -- the peer's bytes as TCP delivers them, through TLSServerProtocol ---------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from twisted.internet.error import ConnectionDone, ConnectionLost  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
+
+from txgate.tls.records13 import RecordError, Records  # noqa: E402
+
+
+class Raw:
+    """A TLSServerProtocol on a StringTransport and a pyOpenSSL client on memory BIOs: the test says
+    which bytes reach the server, in which pieces."""
+
+    def __init__(self, server_tls: ServerTLS) -> None:
+        app = self.app = App()
+        self.sp = TLSServerFactory(server_tls, type("F", (), {"buildProtocol": lambda s, a: app})()).buildProtocol(None)
+        self.tcp = StringTransport()
+        self.sp.makeConnection(self.tcp)
+        self.c = SSL.Connection(client_context(), None)
+        self.c.set_connect_state()
+        self.c.set_tlsext_host_name(b"localhost")
+        self._step()  # ClientHello
+        self.sp.dataReceived(self.c.bio_read(1 << 16))
+        self.c.bio_write(self.server_output())
+        self._step()  # the client's Finished is now in its output BIO, not yet sent
+
+    def _step(self) -> None:
+        try:
+            self.c.do_handshake()
+        except SSL.WantReadError:
+            pass
+
+    def server_output(self) -> bytes:
+        out = self.tcp.value()
+        self.tcp.clear()
+        return out
+
+    def client_read(self) -> bytes:
+        self.c.bio_write(self.server_output())
+        got = b""
+        while True:
+            try:
+                got += self.c.recv(1 << 16)
+            except SSL.WantReadError:
+                return got
+
+    def client_wire(self) -> bytes:
+        try:
+            return self.c.bio_read(1 << 20)
+        except SSL.WantReadError:
+            return b""
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(0, 1 << 16), max_size=12), sizes=st.lists(st.integers(1, 20_000), min_size=1, max_size=4))
+def test_the_client_finished_and_its_requests_split_anywhere(leaf, cuts, sizes):
+    """Finished and application records in any pieces: part of it read by OpenSSL, the rest by records13."""
+    r = Raw(ServerTLS(default=leaf, hand_over=True))
+    msgs = [bytes([65 + i]) * n for i, n in enumerate(sizes)]
+    for m in msgs:
+        while m:  # pyOpenSSL's writes are partial (a record at a time)
+            m = m[r.c.send(m):]
+    wire = r.client_wire()
+    points = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
+    for a, b in zip(points, points[1:]):
+        r.sp.dataReceived(wire[a:b])
+    assert r.sp._rec is not None
+    assert b"".join(r.app.received) == b"".join(msgs)
+    assert r.client_read() == b"".join(b"echo:" + d for d in r.app.received)
+    assert r.app.lost is None and not r.tcp.disconnecting
+
+
+def _mirror(r: Raw) -> Records:
+    """The client's side of the records after the hand-over (for records pyOpenSSL will not make)."""
+    rec = r.sp._rec
+    suite_name = next(n for n, s in SUITES.items() if s is rec.suite)
+    return Records(suite_name, rec.write.secret, rec.read.secret, read_seq=rec.write.seq, write_seq=rec.read.seq)
+
+
+def _handed(leaf) -> Raw:
+    r = Raw(ServerTLS(default=leaf, hand_over=True))
+    r.sp.dataReceived(r.client_wire())
+    assert r.sp._rec is not None
+    r.client_read()  # the tickets
+    return r
+
+
+def test_a_truncated_record_at_eof_is_connection_lost(leaf):
+    r = _handed(leaf)
+    r.c.send(b"cut short")
+    wire = r.client_wire()
+    r.sp.dataReceived(wire[:-3])
+    r.sp.connectionLost(Failure(ConnectionDone()))
+    assert r.app.received == [] and r.app.lost.check(ConnectionLost)
+
+
+def test_the_peers_close_notify_is_answered_and_what_follows_is_ignored(leaf):
+    r = _handed(leaf)
+    client = _mirror(r)
+    client.protect(b"last")
+    client.alert(0)
+    client.closed_by_us = False
+    client.protect(b"after close_notify")
+    r.sp.dataReceived(client.take_output())
+    assert r.app.received == [b"last"]
+    assert r.tcp.disconnecting
+    out = r.server_output()
+    assert client.unprotect(out) == [b"echo:last"] and client.closed_by_peer  # echo, then our close_notify
+    r.sp.connectionLost(Failure(ConnectionDone()))
+    assert r.app.lost.check(ConnectionDone)
+
+
+@pytest.mark.parametrize("description", [40, 90])
+def test_an_alert_ends_the_connection_with_the_record_error(leaf, description):
+    r = _handed(leaf)
+    client = _mirror(r)
+    client._protect_one(bytes((2, description)), 21)
+    r.sp.dataReceived(client.take_output())
+    assert r.tcp.disconnecting and r.server_output() == b""  # nothing is answered to an alert
+    r.sp.connectionLost(Failure(ConnectionDone()))
+    assert r.app.lost.check(RecordError)
+
+
+def test_a_bad_record_gets_a_bad_record_mac_alert(leaf):
+    r = _handed(leaf)
+    client = _mirror(r)
+    client.protect(b"x")
+    wire = bytearray(client.take_output())
+    wire[-1] ^= 1
+    r.sp.dataReceived(bytes(wire))
+    assert r.tcp.disconnecting
+    with pytest.raises(SSL.Error, match="bad record mac"):
+        r.client_read()
+
+
+def test_a_key_update_flood_queues_nothing_and_requests_go_on(leaf):
+    r = _handed(leaf)
+    client = _mirror(r)
+    for _ in range(2000):
+        client._protect_one(b"\x18\x00\x00\x01\x01", 22)
+        client.write.update(client.suite)
+    r.sp.dataReceived(client.take_output())
+    assert r.server_output() == b""
+    client.protect(b"ping")
+    r.sp.dataReceived(client.take_output())
+    assert client.unprotect(r.server_output()) == [b"echo:ping"]
