@@ -167,6 +167,16 @@ def test_tls12_connections_stay_with_openssl(leaf, cafile):
     out = p.handshake()
     assert p.server.get_protocol_version_name() == "TLSv1.2"
     assert handover.take(p.server, out) is None
+    assert p.server.traffic is None
+
+
+def test_a_connection_that_stays_with_openssl_keeps_no_copy_of_its_secrets(leaf, cafile, monkeypatch):
+    p = Pair(ServerTLS(default=leaf, hand_over=True), cafile)
+    out = p.handshake()
+    assert len(p.server.traffic) == 2
+    monkeypatch.setattr(handover, "_SSL_pending", lambda ssl: 1)  # decrypted bytes inside OpenSSL: it keeps them
+    assert handover.take(p.server, out) is None
+    assert p.server.traffic is None
 
 
 def test_without_hand_over_no_secret_is_recorded(leaf, cafile):
