@@ -258,3 +258,12 @@ def test_a_large_write_during_handshake_completed_keeps_the_sequence_numbers(ser
     client.received = b""
     _ping_pong(app, cp, client, pump)
     assert client.lost is None
+
+
+def test_writes_of_any_bytes_like_object_are_sent(server_tls):
+    """As OpenSSL's send() takes any buffer, so does the record layer after the hand-over."""
+    sp, app, cp, client, pump = _pair(server_tls)
+    for data in (bytearray(b"ba"), memoryview(b"xmvx")[1:3], memoryview(b"L" * 20_000)):
+        sp.write(data)
+    pump.flush()
+    assert client.received == b"bamv" + b"L" * 20_000 and client.lost is None

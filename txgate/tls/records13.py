@@ -236,7 +236,8 @@ class Records:
             self._protect_one(b"\x18\x00\x00\x01\x00", HANDSHAKE)
             self.write.update(self.suite)
         if len(data) <= MAX_PLAINTEXT:
-            self._protect_one(data, APPLICATION_DATA)
+            # bytes or bytearray as they are; a memoryview (any buffer OpenSSL's send() takes) copied
+            self._protect_one(data if data.__class__ is not memoryview else data.tobytes(), APPLICATION_DATA)
             return
         view = memoryview(data)
         for start in range(0, len(data), MAX_PLAINTEXT):
