@@ -231,3 +231,16 @@ def test_no_secret_in_repr_or_errors():
     for text in texts:
         for secret in secrets:
             assert (secret if isinstance(secret, str) else secret.hex()) not in text
+
+
+def test_the_write_key_is_updated_before_the_aes_gcm_record_limit():
+    """Section 5.5: a key update before 2^24.5 records under one AES-GCM key; ours at 2^24."""
+    server, client = pair()
+    server.write.seq = client.read.seq = (1 << 24) - 1
+    old = server.write.secret
+    server.protect(b"last under the first key")
+    assert server.write.secret == old
+    server.protect(b"first under the next key")
+    assert server.write.secret != old and server.write.seq == 1
+    assert client.unprotect(server.take_output()) == [b"last under the first key", b"first under the next key"]
+    assert client.read.secret == server.write.secret

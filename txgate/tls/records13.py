@@ -57,6 +57,9 @@ INTERNAL_ERROR = 80
 _HEADER = struct.Struct(">BHH")
 _TYPE_BYTE = tuple(bytes((i,)) for i in range(256))
 _SEQ_LIMIT = (1 << 64) - 1  # a sequence number must not wrap (section 5.3): the connection ends first
+# Records under one write key before we update it ourselves (section 5.5: AES-GCM's margin is 2^24.5
+# full-size records; ChaCha20-Poly1305 needs none, but an update costs nothing there either).
+_REKEY_AT = 1 << 24
 _MAX_HANDSHAKE_BUFFER = 1 << 10  # a post-handshake message we accept (KeyUpdate) is 5 bytes
 
 
@@ -231,7 +234,7 @@ class Records:
     # -- sending --------------------------------------------------------------------------------
     def protect(self, data: bytes) -> None:
         """Application data -> records appended to ``out`` (one per 2^14 bytes)."""
-        if self._update_due:
+        if self._update_due or self.write.seq >= _REKEY_AT:
             self._update_due = False
             self._protect_one(b"\x18\x00\x00\x01\x00", HANDSHAKE)
             self.write.update(self.suite)
