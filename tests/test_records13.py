@@ -167,6 +167,16 @@ def test_tls12_connections_stay_with_openssl(leaf, cafile):
     out = p.handshake()
     assert p.server.get_protocol_version_name() == "TLSv1.2"
     assert handover.take(p.server, out) is None
+    assert p.server.traffic is None
+
+
+def test_a_connection_that_stays_with_openssl_keeps_no_copy_of_its_secrets(leaf, cafile, monkeypatch):
+    p = Pair(ServerTLS(default=leaf, hand_over=True), cafile)
+    out = p.handshake()
+    assert len(p.server.traffic) == 2
+    monkeypatch.setattr(handover, "_SSL_pending", lambda ssl: 1)  # decrypted bytes inside OpenSSL: it keeps them
+    assert handover.take(p.server, out) is None
+    assert p.server.traffic is None
 
 
 def test_without_hand_over_no_secret_is_recorded(leaf, cafile):
@@ -263,9 +273,10 @@ def test_key_update_requested_by_the_peer_is_answered_and_both_keys_move_on(leaf
     client.protect(b"after update")
     assert server.unprotect(client.take_output()) == [b"after update"]
     assert server.read.secret == expand_label(old_read, b"traffic upd", len(old_read), server.suite[2])
-    assert server.write.secret != old_write and server.write.seq == 0
-    # The server's answer (KeyUpdate(update_not_requested)) precedes its next data.
+    # The server's answer (KeyUpdate(update_not_requested)) precedes its next data (section 4.6.3).
+    assert server.write.secret == old_write and not server.out
     server.protect(b"answer")
+    assert server.write.secret != old_write and server.write.seq == 1
     assert client.unprotect(server.take_output()) == [b"answer"]
     assert client.read.secret == server.write.secret
 

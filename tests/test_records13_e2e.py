@@ -133,3 +133,44 @@ def test_tls_record_layer_bad_value_names_file_section_and_key(tmp_path):
     err = r.stdout + r.stderr
     assert re.search(r"gw\.ini.*\[gateway\].*tls_record_layer", err), err
     assert "Traceback" not in err
+
+
+def _s_client(gw, *args: str, request: bytes = b"") -> str:
+    """One `openssl s_client -tls1_3` connection sending ``request`` (Connection: close) to its end."""
+    r = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{gw.port}", "-servername", "localhost", "-CAfile", gw.ca,
+         "-alpn", "http/1.1", "-tls1_3", "-ign_eof", *args],
+        input=request, capture_output=True, timeout=30)
+    return (r.stdout + r.stderr).decode("latin-1")
+
+
+def _listener_with(line: str) -> str:
+    listener = "[listener:main]\nbind = 127.0.0.1:0\n"
+    return GW.format(extra="").replace(listener, listener + line + "\n")
+
+
+REQUEST = b"GET /echo/%s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize("tickets", ["on", "off"])
+def test_openssl_s_client_resumes_and_is_served_after_the_hand_over(gateway_factory, tmp_path, tickets):
+    """-sess_out then -sess_in: both handshakes hand over, the second one resumed (PSK), and each
+    connection's request is answered. With session_tickets = off TLS 1.3 resumes through the server's
+    session cache (stateful tickets), which the hand-over must not empty."""
+    gw = gateway_factory(_listener_with(f"session_tickets = {tickets}"))
+    sess = str(tmp_path / "sess.pem")
+    first = _s_client(gw, "-sess_out", sess, request=REQUEST % b"first")
+    assert '"/echo/first"' in first and "New, TLSv1.3" in first, first[-3000:]
+    second = _s_client(gw, "-sess_in", sess, request=REQUEST % b"second")
+    assert "Reused, TLSv1.3" in second, second[-3000:]
+    assert '"/echo/second"' in second, second[-3000:]
+    assert "Unhandled" not in gw.output()
+
+
+def test_hello_retry_request_then_served_after_the_hand_over(gateway_factory):
+    """The client's only key share (X25519) is not a group of the listener's: a HelloRetryRequest
+    (its fixed random, RFC 8446 4.1.3, in s_client's message dump), then a request is served."""
+    gw = gateway_factory(_listener_with("groups = P-256"))
+    out = _s_client(gw, "-groups", "X25519:P-256", "-msg", request=REQUEST % b"hrr")
+    assert "cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c" in re.sub(r"\s+", "", out), out[:3000]
+    assert '"/echo/hrr"' in out, out[-3000:]

@@ -238,3 +238,32 @@ def test_server_contexts_release_idle_buffers(server_tls):
 
     conn = SSL.Connection(server_tls.default_context, None)
     assert lib.SSL_set_mode(conn._ssl, 0) & SSL.MODE_RELEASE_BUFFERS
+
+
+class BigGreeter(App):
+    """Writes more than one record's worth while the handshake completes (as a protocol may)."""
+
+    def handshakeCompleted(self) -> None:
+        super().handshakeCompleted()
+        self.transport.write(b"G" * 40_000)
+
+
+def test_a_large_write_during_handshake_completed_keeps_the_sequence_numbers(server_tls, monkeypatch):
+    """What OpenSSL wrote under the application key before the hand-over (tickets, then the greeting,
+    three records of it) must all be counted: a record of ours under an already used sequence number
+    reuses an AEAD nonce (and the client fails to decrypt it)."""
+    monkeypatch.setattr(_Factory, "buildProtocol", lambda self, addr: self.apps.append(BigGreeter()) or self.apps[-1])
+    sp, app, cp, client, pump = _pair(server_tls)
+    assert client.received == b"G" * 40_000
+    client.received = b""
+    _ping_pong(app, cp, client, pump)
+    assert client.lost is None
+
+
+def test_writes_of_any_bytes_like_object_are_sent(server_tls):
+    """As OpenSSL's send() takes any buffer, so does the record layer after the hand-over."""
+    sp, app, cp, client, pump = _pair(server_tls)
+    for data in (bytearray(b"ba"), memoryview(b"xmvx")[1:3], memoryview(b"L" * 20_000)):
+        sp.write(data)
+    pump.flush()
+    assert client.received == b"bamv" + b"L" * 20_000 and client.lost is None

@@ -95,6 +95,7 @@ def take(conn: SSL.Connection, out: bytes) -> tuple[Records, bytes] | None:
     """`Records` continuing ``conn`` after its handshake (``out``: what OpenSSL wrote since the
     handshake's last flight was sent) and the input OpenSSL did not read; None to stay with OpenSSL."""
     traffic = getattr(conn, "traffic", None)
+    conn.traffic = None  # taken or not, the secrets stay on no object longer than this call
     if not traffic or len(traffic) != 2:
         return None
     suite = conn.get_cipher_name()
@@ -114,7 +115,9 @@ def take(conn: SSL.Connection, out: bytes) -> tuple[Records, bytes] | None:
         server = secrets[b"SERVER_TRAFFIC_SECRET_0"]
     except KeyError:
         return None
-    conn.traffic = None
+    # OpenSSL's SSL_free removes the session from the server's cache when the connection was not shut
+    # down (a "bad session"): the connection goes on, so its stateful ticket or session id must stay.
+    conn.set_shutdown(SSL.SENT_SHUTDOWN)
     rest = _unread_input(conn)
     records = Records(suite, client, server, read_seq=0, write_seq=written,
                       alpn=conn.get_alpn_proto_negotiated() or None)

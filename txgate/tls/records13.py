@@ -10,7 +10,8 @@ is ~5 KiB. That is what lets an idle keep-alive connection cost a few KiB (issue
 What it implements, and only that: the record framing (``TLSCiphertext``/``TLSInnerPlaintext``), the
 per-record nonce (the static IV XOR the 64-bit sequence number), the three AEAD suites OpenSSL enables
 by default for TLS 1.3 (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305: the AEADs of the ``cryptography``
-package, i.e. its OpenSSL), ``KeyUpdate`` (section 4.6.3; answered when the peer asks), alerts
+package, i.e. its OpenSSL), ``KeyUpdate`` (section 4.6.3; when the peer asks, ours goes before our
+next application data record, so any number of requests while we are silent cost one), alerts
 (``close_notify`` both ways; any other alert from the peer ends the connection) and the checks a
 receiver must make: record size, content types allowed after the handshake, zero padding, a record
 that does not authenticate (``bad_record_mac``), handshake messages other than ``KeyUpdate``
@@ -56,6 +57,9 @@ INTERNAL_ERROR = 80
 _HEADER = struct.Struct(">BHH")
 _TYPE_BYTE = tuple(bytes((i,)) for i in range(256))
 _SEQ_LIMIT = (1 << 64) - 1  # a sequence number must not wrap (section 5.3): the connection ends first
+# Records under one write key before we update it ourselves (section 5.5: AES-GCM's margin is 2^24.5
+# full-size records; ChaCha20-Poly1305 needs none, but an update costs nothing there either).
+_REKEY_AT = 1 << 24
 _MAX_HANDSHAKE_BUFFER = 1 << 10  # a post-handshake message we accept (KeyUpdate) is 5 bytes
 
 
@@ -110,7 +114,8 @@ class Records:
     they complete; protected output (records, KeyUpdate answers, alerts)
     accumulates in ``out`` for the caller to send."""
 
-    __slots__ = ("suite", "read", "write", "_buf", "_hs", "out", "closed_by_peer", "closed_by_us", "alpn")
+    __slots__ = ("suite", "read", "write", "_buf", "_hs", "out", "closed_by_peer", "closed_by_us", "alpn",
+                 "_update_due")
 
     def __init__(self, suite_name: str, client_secret: bytes, server_secret: bytes, *,
                  read_seq: int = 0, write_seq: int = 0, alpn: bytes | None = None) -> None:
@@ -124,6 +129,7 @@ class Records:
         self.closed_by_peer = False
         self.closed_by_us = False
         self.alpn = alpn
+        self._update_due = False  # the peer asked for a KeyUpdate: ours goes before our next data
 
     # -- receiving ------------------------------------------------------------------------------
     def unprotect(self, data: bytes) -> list[bytes]:
@@ -216,10 +222,11 @@ class Records:
             if hs:  # a KeyUpdate must end its record (section 5.1): the key changes after it
                 raise RecordError(UNEXPECTED_MESSAGE, "data after KeyUpdate in its record")
             self.read.update(self.suite)
-            if request == 1 and not self.closed_by_us:
-                # update_requested: ours, update_not_requested, before any further data (section 4.6.3)
-                self._protect_one(b"\x18\x00\x00\x01\x00", HANDSHAKE)
-                self.write.update(self.suite)
+            if request == 1:
+                # update_requested: ours (update_not_requested) goes before our next application data
+                # record (section 4.6.3), not now: requests that arrive while we are silent get one
+                # answer, and a peer that floods them without reading gets nothing queued.
+                self._update_due = True
         if len(hs) > _MAX_HANDSHAKE_BUFFER:
             raise RecordError(UNEXPECTED_MESSAGE, "oversized handshake message")
         self._hs = hs
@@ -227,8 +234,13 @@ class Records:
     # -- sending --------------------------------------------------------------------------------
     def protect(self, data: bytes) -> None:
         """Application data -> records appended to ``out`` (one per 2^14 bytes)."""
+        if self._update_due or self.write.seq >= _REKEY_AT:
+            self._update_due = False
+            self._protect_one(b"\x18\x00\x00\x01\x00", HANDSHAKE)
+            self.write.update(self.suite)
         if len(data) <= MAX_PLAINTEXT:
-            self._protect_one(data, APPLICATION_DATA)
+            # bytes or bytearray as they are; a memoryview (any buffer OpenSSL's send() takes) copied
+            self._protect_one(data if data.__class__ is not memoryview else data.tobytes(), APPLICATION_DATA)
             return
         view = memoryview(data)
         for start in range(0, len(data), MAX_PLAINTEXT):

@@ -195,7 +195,8 @@ class TLSServerProtocol:
     """One accepted TLS connection: the TCP transport's protocol and the transport of ``app``."""
 
     __slots__ = ("factory", "transport", "app", "sink", "_tls", "_rec", "_done", "_lost", "_aborted",
-                 "disconnecting", "connected", "_pending", "_producer", "_reason", "_fresh", "_corked", "__weakref__")
+                 "disconnecting", "connected", "_pending", "_producer", "_reason", "_fresh", "_corked", "_handing",
+                 "__weakref__")
 
     def __init__(self, factory: TLSServerFactory, app) -> None:
         self.factory = factory
@@ -214,6 +215,9 @@ class TLSServerProtocol:
         self._reason: Failure | None = None
         self._fresh = True  # nothing received yet
         self._corked = False  # while reads are delivered: small writes wait for the flush at the end
+        # While handshakeCompleted runs before a hand-over: every record OpenSSL writes stays in its
+        # output BIO, where _hand_over counts them (the next sequence number of records13's writes).
+        self._handing = False
 
     # -- IProtocol (below: TCP) -------------------------------------------------------------
     def makeConnection(self, transport) -> None:
@@ -253,6 +257,7 @@ class TLSServerProtocol:
             self._done = True
             corked = self._corked
             self._corked = True  # what the application writes now stays in OpenSSL until the hand-over
+            self._handing = self.factory.hand_over
             try:
                 done = getattr(self.app, "handshakeCompleted", None)
                 if done is not None:
@@ -265,6 +270,7 @@ class TLSServerProtocol:
                     rest = self._hand_over(tls)
             finally:
                 self._corked = corked
+                self._handing = False
             if self._pending:
                 self._unbuffer()
             if rest is not None:
@@ -452,8 +458,10 @@ class TLSServerProtocol:
             except Error:
                 self._failed(Failure())
                 break
-            # A piece at a time: OpenSSL's output BIO never holds more than one record (it keeps its size).
-            self._flush()
+            # A piece at a time: OpenSSL's output BIO never holds more than one record (it keeps its size);
+            # not before a hand-over, which must count every record written under the application key.
+            if not self._handing:
+                self._flush()
 
     def _sent_small(self) -> None:
         """A small write is protected: send it now, or at the end of the read being handled, or at
