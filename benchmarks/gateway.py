@@ -126,8 +126,9 @@ def _preexec(cpu, nofile):
 
 def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access_log: bool = False,
           profile: bool = False, timeout: float = 30.0, workers: int = 1, listener: dict | None = None,
-          nofile: int = 0, name: str = "", h2_engine: str = "auto") -> Gateway:
-    """Start ``twistd -n txgate`` from ``repo``; ``listener``: extra [listener:main] keys (e.g. idle_timeout)."""
+          nofile: int = 0, name: str = "", h2_engine: str = "auto", wrap=()) -> Gateway:
+    """Start ``twistd -n txgate`` from ``repo``; ``listener``: extra [listener:main] keys (e.g. idle_timeout);
+    ``wrap``: a command to run the Python interpreter under (e.g. valgrind's)."""
     d = os.path.join(tmp, name or f"gateway-{workers}w" + ("" if h2_engine == "auto" else f"-{h2_engine}"))
     os.makedirs(d)
     ini = os.path.join(d, "gw.ini")
@@ -151,7 +152,7 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
         head = [sys.executable, launcher]
     else:
         head = [sys.executable, "-c", RUN]
-    args = head + ["-n", "--pidfile=", "txgate", "--config", ini]
+    args = list(wrap) + head + ["-n", "--pidfile=", "txgate", "--config", ini]
     out_path = os.path.join(d, "gateway.out")
     out = open(out_path, "wb")
     p = pm.popen(args, cwd=d, env=env, stdout=out, stderr=out, preexec_fn=_preexec(cpu, nofile))
