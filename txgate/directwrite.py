@@ -6,6 +6,10 @@ epoll re-registration for writability and another one to unregister: four syscal
 event dispatches per response on a keep-alive connection. When the transport's buffer is
 empty, sending right away is equivalent (same bytes, same order); whatever the kernel does
 not take goes through Twisted's normal buffered path, with its producer flow control.
+
+The subclass is also the mark of txgate's own TCP transports: their reads skip Twisted's per-event
+log context (``txgate.runtime.eventloop``). Listening ports make accepted connections of it directly
+(`lean_accepts`).
 """
 from __future__ import annotations
 
@@ -62,13 +66,25 @@ _DIRECT: dict[type, type] = {}  # TCP transport class -> its subclass with _dire
 
 
 def _direct_class(cls: type) -> type:
+    if cls.__dict__.get("_txgate_direct"):
+        return cls
     sub = _DIRECT.get(cls)
     if sub is None:
         sub = _DIRECT[cls] = type(cls.__name__, (cls,), {
             "write": _direct_write, "_buffered_write": cls.write, "_txgate_direct": True,
+            # Reads dispatched without Twisted's log context (txgate.runtime.eventloop).
+            "_txgate_lean": True,
             "__module__": cls.__module__, "__doc__": cls.__doc__,
         })
     return sub
+
+
+def lean_accepts(port) -> None:
+    """Connections a listening port accepts get the direct-write transport class from the start
+    (no class switch per connection; their reads are dispatched lean by ``txgate.runtime.eventloop``)."""
+    cls = getattr(port, "transport", None)
+    if isinstance(cls, type) and issubclass(cls, tcp.Connection):
+        port.transport = _direct_class(cls)
 
 
 def enable_direct_writes(transport) -> None:
