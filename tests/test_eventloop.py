@@ -140,3 +140,37 @@ def test_listening_ports_accept_connections_of_txgates_transport_class():
     assert port.transport._txgate_lean and port.transport._txgate_direct
     lean_accepts(port)  # idempotent: the same class, not a subclass of it
     assert port.transport is _direct_class(Port.transport)
+
+
+def test_accepted_connections_inherit_nodelay_from_the_listening_socket_and_skip_setting_it():
+    from twisted.internet.tcp import Server
+
+    from txgate.directwrite import no_delay
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+
+    class Port:
+        transport = Server
+        socket = listening
+
+    port = Port()
+    lean_accepts(port)
+    assert listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    assert port.transport._txgate_nodelay and issubclass(port.transport, _direct_class(Server))
+    client = socket.create_connection(listening.getsockname())
+    accepted, _ = listening.accept()
+    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1  # what lets no_delay skip it
+
+    calls = []
+    t = port.transport.__new__(port.transport)  # no reactor: only the class matters to no_delay
+    t.setTcpNoDelay = calls.append
+    no_delay(t)
+    assert calls == []
+    plain = _direct_class(Server).__new__(_direct_class(Server))
+    plain.setTcpNoDelay = calls.append
+    no_delay(plain)
+    assert calls == [True]
+    for s in (client, accepted, listening):
+        s.close()

@@ -13,6 +13,9 @@ log context (``txgate.runtime.eventloop``). Listening ports make accepted connec
 """
 from __future__ import annotations
 
+import socket
+import sys
+
 from twisted.internet import tcp
 
 
@@ -31,6 +34,9 @@ def _tcp_transport(transport):
 def no_delay(transport) -> None:
     """Responses go out at once: no Nagle (it would hold one behind unacknowledged TLS
     tickets), and a send on the socket right away when nothing is queued."""
+    t = _tcp_transport(transport)
+    if getattr(t, "_txgate_nodelay", False):
+        return  # accepted from a listening socket with TCP_NODELAY (inherited), direct writes already
     set_no_delay = getattr(transport, "setTcpNoDelay", None)
     if set_no_delay is not None:
         try:
@@ -79,12 +85,37 @@ def _direct_class(cls: type) -> type:
     return sub
 
 
+def _nodelay_class(cls: type) -> type:
+    """The direct-write class of ``cls`` whose sockets have TCP_NODELAY already (inherited at accept)."""
+    direct = _direct_class(cls)
+    sub = _NODELAY.get(direct)
+    if sub is None:
+        sub = _NODELAY[direct] = type(direct.__name__, (direct,), {
+            "_txgate_nodelay": True, "__module__": direct.__module__, "__doc__": direct.__doc__,
+        })
+    return sub
+
+
+_NODELAY: dict[type, type] = {}
+
+
 def lean_accepts(port) -> None:
     """Connections a listening port accepts get the direct-write transport class from the start
-    (no class switch per connection; their reads are dispatched lean by ``txgate.runtime.eventloop``)."""
+    (no class switch per connection; their reads are dispatched lean by ``txgate.runtime.eventloop``),
+    and TCP_NODELAY from the listening socket (Linux copies it to accepted sockets: no setsockopt each)."""
     cls = getattr(port, "transport", None)
-    if isinstance(cls, type) and issubclass(cls, tcp.Connection):
-        port.transport = _direct_class(cls)
+    if not (isinstance(cls, type) and issubclass(cls, tcp.Connection)):
+        return
+    if cls.__dict__.get("_txgate_nodelay"):
+        return
+    sock = getattr(port, "socket", None)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Linux copies it to the sockets accept() returns (elsewhere they still get it one by one).
+        inherited = sys.platform.startswith("linux") and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    except (AttributeError, OSError):
+        inherited = False
+    port.transport = _nodelay_class(cls) if inherited else _direct_class(cls)
 
 
 def enable_direct_writes(transport) -> None:
