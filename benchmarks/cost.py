@@ -12,7 +12,9 @@ workloads, each between a start and a stop of the counter:
 - scenario 1: ``h2load --h1 -c 20 -n --requests`` keep-alive requests.
 
 Counters: cProfile's call count (every Python and builtin function call) in the gateway, divided by the
-connections or requests; with ``--callgrind`` the gateway runs under ``valgrind --tool=callgrind``
+connections or requests (the reactor's loops per connection are printed beside it: each loop costs ~15
+calls, and how many a connection takes depends on how its packets meet the poll, so the figure moves
+by a few dozen from run to run); with ``--callgrind`` the gateway runs under ``valgrind --tool=callgrind``
 instead and the figure is the user-space instructions (Ir) it executed, the same way (kernel work,
 e.g. TCP on loopback, is not in it). Both are counts, not times: they repeat within a fraction of a per
 cent on a loaded machine, so a change shows up run to run. ``--top`` lists the functions with the most
@@ -83,7 +85,8 @@ class _Profile:
     def stop(self) -> dict:
         path = self.gw.profile_stop()
         st = pstats.Stats(path)
-        return {"calls": st.total_calls, "stats": st, "path": path}
+        loops = sum(nc for f, (cc, nc, tt, ct, callers) in st.stats.items() if f[2] == "runUntilCurrent")
+        return {"calls": st.total_calls, "stats": st, "path": path, "loops": loops}
 
 
 class _Callgrind:
@@ -193,11 +196,13 @@ def main(argv=None) -> int:
         for i, (repo, res) in enumerate(results):
             for key, r in res[_Profile].items():
                 shutil.copy(r["path"], os.path.join(args.save, f"{os.path.basename(repo)}-{i}-{key}.prof"))
-    print("| tree | calls/conn (3) | calls/req (1) |" + (" Ir/conn (3) | Ir/req (1) |" if args.callgrind else ""))
-    print("|---|---|---|" + ("---|---|" if args.callgrind else ""))
+    print("| tree | calls/conn (3) | reactor loops/conn | calls/req (1) | reactor loops/req |"
+          + (" Ir/conn (3) | Ir/req (1) |" if args.callgrind else ""))
+    print("|---|---|---|---|---|" + ("---|---|" if args.callgrind else ""))
     for repo, res in results:
         pr = res[_Profile]
-        line = f"| {repo} | {pr['3']['calls'] / pr['3']['n']:,.0f} | {pr['1']['calls'] / pr['1']['n']:,.0f} |"
+        line = (f"| {repo} | {pr['3']['calls'] / pr['3']['n']:,.0f} | {pr['3']['loops'] / pr['3']['n']:.1f} "
+                f"| {pr['1']['calls'] / pr['1']['n']:,.0f} | {pr['1']['loops'] / pr['1']['n']:.2f} |")
         if _Callgrind in res:
             cg = res[_Callgrind]
             line += f" {cg['3']['ir'] / cg['3']['n']:,.0f} | {cg['1']['ir'] / cg['1']['n']:,.0f} |"
