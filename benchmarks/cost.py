@@ -26,6 +26,7 @@ import argparse
 import os
 import pstats
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -126,7 +127,7 @@ class _Callgrind:
                 for line in fh:
                     if line.startswith(("summary:", "totals:")):
                         ir = max(ir, int(line.split()[1]))
-        return {"ir": ir}
+        return {"ir": ir, "files": [os.path.join(self.tmp, f) for f in new]}
 
 
 def measure(pm, repo: str, be, tmp: str, args, counter_cls, name: str) -> dict:
@@ -159,6 +160,10 @@ def _top(stats: pstats.Stats, n: int, k: int) -> list[str]:
     return [f"  {nc / n:7.1f}  {os.path.basename(f[0])}:{f[1]}({f[2]})" for nc, f in rows]
 
 
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cost", description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", action="append", help="a tree to measure (repeat to compare; default: this one)")
@@ -177,6 +182,7 @@ def main(argv=None) -> int:
     cpus = sorted(os.sched_getaffinity(0))
     if args.gateway_cpu not in cpus or args.load_cpu not in cpus:
         args.gateway_cpu = args.load_cpu = None
+    signal.signal(signal.SIGTERM, _on_sigterm)  # stop the gateway and the backend on the way out
     tmp = tempfile.mkdtemp(prefix="txgate-cost-")
     pm = _procs.Procs()
     results = []
@@ -196,6 +202,9 @@ def main(argv=None) -> int:
         for i, (repo, res) in enumerate(results):
             for key, r in res[_Profile].items():
                 shutil.copy(r["path"], os.path.join(args.save, f"{os.path.basename(repo)}-{i}-{key}.prof"))
+            for key, r in res.get(_Callgrind, {}).items():
+                for j, f in enumerate(r["files"]):
+                    shutil.copy(f, os.path.join(args.save, f"{os.path.basename(repo)}-{i}-{key}.callgrind.{j}"))
     print("| tree | calls/conn (3) | reactor loops/conn | calls/req (1) | reactor loops/req |"
           + (" Ir/conn (3) | Ir/req (1) |" if args.callgrind else ""))
     print("|---|---|---|---|---|" + ("---|---|" if args.callgrind else ""))
