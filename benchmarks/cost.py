@@ -130,15 +130,47 @@ class _Callgrind:
         return {"ir": ir, "files": [os.path.join(self.tmp, f) for f in new]}
 
 
+class _Strace:
+    """``strace -c -f`` attached to the gateway: system calls per connection or request, by name."""
+
+    profile = False
+
+    def __init__(self, gw, tmp) -> None:
+        self.gw = gw
+        self.tmp = tmp
+        self.proc = None
+        self.n = 0
+
+    def start(self) -> None:
+        self.n += 1
+        self.out = os.path.join(self.tmp, f"strace-{self.n}.txt")
+        self.proc = subprocess.Popen(["strace", "-c", "-f", "-p", str(self.gw.pid), "-o", self.out],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # attached
+
+    def stop(self) -> dict:
+        self.proc.send_signal(signal.SIGINT)  # detach and write the summary
+        self.proc.wait(60)
+        calls = {}
+        with open(self.out) as f:
+            for line in f:
+                parts = line.split()
+                # "% time  seconds  usecs/call  calls  [errors]  syscall"
+                if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                    calls[parts[-1]] = int(parts[3])
+        return {"syscalls": calls}
+
+
 def measure(pm, repo: str, be, tmp: str, args, counter_cls, name: str) -> dict:
     d = os.path.join(tmp, name)
     os.makedirs(d)
     wrap = counter_cls.wrapper(d) if counter_cls is _Callgrind else ()
+    slow_counter = counter_cls is not _Profile
     gw = _gateway.start(pm, d, repo, be.port, args.gateway_cpu, profile=counter_cls.profile,
                         timeout=600 if wrap else 30, wrap=wrap)
     try:
         counter = counter_cls(gw, d)
-        slow = 10 if wrap else 1
+        slow = 10 if slow_counter else 1
         _connections(gw.port, max(5, 30 // slow))  # warm-up: every code path loaded, pools filled
         _keepalive(pm, gw.port, max(200, 2000 // slow))
         out = {}
@@ -171,6 +203,8 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=20000, help="scenario 1 requests (default 20000)")
     p.add_argument("--callgrind", action="store_true",
                    help="also count instructions under valgrind (connections and requests / 10)")
+    p.add_argument("--strace", action="store_true",
+                   help="also count system calls per connection and request (strace -c attached to the gateway)")
     p.add_argument("--top", type=int, default=0, help="list the N functions with the most calls")
     p.add_argument("--save", metavar="DIR", help="keep the cProfile files there (TREE-INDEX-SCENARIO.prof)")
     p.add_argument("--gateway-cpu", type=int, default=0)
@@ -188,7 +222,7 @@ def main(argv=None) -> int:
     results = []
     try:
         be = _backend.start(pm, tmp, "auto", args.load_cpu)
-        counters = [_Profile] + ([_Callgrind] if args.callgrind else [])
+        counters = [_Profile] + ([_Callgrind] if args.callgrind else []) + ([_Strace] if args.strace else [])
         for i, repo in enumerate(repos):
             res = {}
             for c in counters:
@@ -216,6 +250,19 @@ def main(argv=None) -> int:
             cg = res[_Callgrind]
             line += f" {cg['3']['ir'] / cg['3']['n']:,.0f} | {cg['1']['ir'] / cg['1']['n']:,.0f} |"
         print(line)
+    if args.strace:
+        for key, title in (("3", "per new connection"), ("1", "per keep-alive request")):
+            print(f"\nsystem calls {title} (strace -c)")
+            names = sorted({k for _, res in results for k in res[_Strace][key]["syscalls"]})
+            print("| syscall | " + " | ".join(os.path.basename(r) for r, _ in results) + " |")
+            print("|---|" + "---|" * len(results))
+            for k in names + ["total"]:
+                vals = []
+                for _, res in results:
+                    r = res[_Strace][key]
+                    c = sum(r["syscalls"].values()) if k == "total" else r["syscalls"].get(k, 0)
+                    vals.append(f"{c / r['n']:.2f}")
+                print(f"| {k} | " + " | ".join(vals) + " |")
     if args.top:
         for repo, res in results:
             for key, title in (("3", "per new connection"), ("1", "per keep-alive request")):
