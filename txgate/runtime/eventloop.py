@@ -53,13 +53,15 @@ def _lean_do_poll(self, timeout) -> None:
         if event != EPOLLIN or not getattr(selectable, "_txgate_lean", False) or selectable.fileno() == -1:
             call_with_logger(selectable, drdw, selectable, fd, event)
             continue
+        in_read = False  # as in _doReadOrWrite: True only once doRead has returned
         try:
             why = selectable.doRead()
+            in_read = True
         except BaseException:
             why = sys.exc_info()[1]
             call_with_logger(selectable, log.err)  # in the connection's log context, as Twisted logs it
         if why:
-            call_with_logger(selectable, self._disconnectSelectable, selectable, why, True)
+            call_with_logger(selectable, self._disconnectSelectable, selectable, why, in_read)
 
 
 def install(reactor) -> bool:
