@@ -2,6 +2,7 @@
 
     python -m benchmarks.cost --repo /path/to/main --repo .            # cProfile call counts
     python -m benchmarks.cost --repo /path/to/main --repo . --callgrind  # + valgrind instruction counts
+    python -m benchmarks.cost --repo /path/to/main --repo . --strace     # + system calls by name
 
 For each tree (``--repo``, the same harness for all), one gateway (``twistd -n txgate`` with that tree
 on ``PYTHONPATH``, the harness's gw.ini, nginx backend when installed), warmed up, then two fixed
@@ -16,8 +17,9 @@ connections or requests (the reactor's loops per connection are printed beside i
 calls, and how many a connection takes depends on how its packets meet the poll, so the figure moves
 by a few dozen from run to run); with ``--callgrind`` the gateway runs under ``valgrind --tool=callgrind``
 instead and the figure is the user-space instructions (Ir) it executed, the same way (kernel work,
-e.g. TCP on loopback, is not in it). Both are counts, not times: they repeat within a fraction of a per
-cent on a loaded machine, so a change shows up run to run. ``--top`` lists the functions with the most
+e.g. TCP on loopback, is not in it); with ``--strace``, ``strace -c -f`` attached to the gateway counts its
+system calls by name. All are counts, not times: per request they repeat within ~1% on a loaded
+machine, per connection within a few per cent (the reactor loops), so a change shows up run to run. ``--top`` lists the functions with the most
 calls per connection/request (cProfile).
 """
 from __future__ import annotations
