@@ -60,6 +60,17 @@ upstream = http://127.0.0.1:{upstream_port}
 """
 
 LISTENING = re.compile(r"listener main on https://127\.0\.0\.1:(\d+) ")
+LISTENING_MTLS = re.compile(r"listener mtls on https://127\.0\.0\.1:(\d+) ")
+
+# With a client CA (scenario 3m): a second listener that requires client certificates it issued.
+MTLS_LISTENER = """\
+[listener:mtls]
+bind = 127.0.0.1:0
+certificate = local
+client_auth = require
+client_ca = {client_ca}
+
+"""
 
 
 class Gateway:
@@ -72,6 +83,7 @@ class Gateway:
         self.tmp = tmp
         self.profile_dir = profile_dir
         self._profiles = 0
+        self.mtls_port: int | None = None  # the listener requiring client certificates (scenario 3m)
 
     def cpu(self) -> float:
         """utime + stime of the gateway: the process and, with workers, every worker process."""
@@ -126,8 +138,10 @@ def _preexec(cpu, nofile):
 
 def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access_log: bool = False,
           profile: bool = False, timeout: float = 30.0, workers: int = 1, listener: dict | None = None,
-          nofile: int = 0, name: str = "", h2_engine: str = "auto") -> Gateway:
-    """Start ``twistd -n txgate`` from ``repo``; ``listener``: extra [listener:main] keys (e.g. idle_timeout)."""
+          nofile: int = 0, name: str = "", h2_engine: str = "auto", wrap=(), client_ca: str | None = None) -> Gateway:
+    """Start ``twistd -n txgate`` from ``repo``; ``listener``: extra [listener:main] keys (e.g. idle_timeout);
+    ``wrap``: a command to run the Python interpreter under (e.g. valgrind's); ``client_ca``: also a
+    listener ``mtls`` requiring client certificates issued by that CA (``Gateway.mtls_port``)."""
     d = os.path.join(tmp, name or f"gateway-{workers}w" + ("" if h2_engine == "auto" else f"-{h2_engine}"))
     os.makedirs(d)
     ini = os.path.join(d, "gw.ini")
@@ -136,6 +150,8 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
                              access_log=os.path.join(d, "access.log") if access_log else "off",
                              h2_engine=h2_engine,
                              listener_extra="".join(f"{k} = {v}\n" for k, v in (listener or {}).items()))
+        if client_ca:
+            text = text.replace("[api:bench]", MTLS_LISTENER.format(client_ca=client_ca) + "[api:bench]")
         # All load comes from 127.0.0.1: with client-address affinity it would all go to one worker.
         f.write(text.replace("[gateway]\n", f"[gateway]\nworkers = {workers}\nworker_affinity = none\n", 1))
     env = dict(os.environ, PYTHONPATH=repo + (os.pathsep + os.environ["PYTHONPATH"]
@@ -151,15 +167,17 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
         head = [sys.executable, launcher]
     else:
         head = [sys.executable, "-c", RUN]
-    args = head + ["-n", "--pidfile=", "txgate", "--config", ini]
+    args = list(wrap) + head + ["-n", "--pidfile=", "txgate", "--config", ini]
     out_path = os.path.join(d, "gateway.out")
     out = open(out_path, "wb")
     p = pm.popen(args, cwd=d, env=env, stdout=out, stderr=out, preexec_fn=_preexec(cpu, nofile))
     deadline = time.monotonic() + timeout
     while True:
         with open(out_path, errors="replace") as f:
-            m = LISTENING.search(f.read())
-        if m:
+            text = f.read()
+        m = LISTENING.search(text)
+        m2 = LISTENING_MTLS.search(text) if client_ca else None
+        if m and (m2 or not client_ca):
             break
         if p.poll() is not None or time.monotonic() > deadline:
             with open(out_path, errors="replace") as f:
@@ -168,4 +186,7 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
         time.sleep(0.05)
     port = int(m.group(1))
     _procs.wait_port(port, proc=p)
-    return Gateway(p, port, d, profile_dir)
+    gw = Gateway(p, port, d, profile_dir)
+    if m2:
+        gw.mtls_port = int(m2.group(1))
+    return gw

@@ -186,18 +186,24 @@ def new_connections(pm: _procs.Procs, port: int, *, workers: int, duration: floa
 
 S_TIME_PATH = "/"
 _ST_SUMMARY = re.compile(r"(\d+) connections in [\d.]+s; [\d.]+ connections/user sec, bytes read (\d+)")
-_ST_MARKS = re.compile(r"Collecting connection statistics for \d+ seconds\r?\n([*rt3]*)")
+# -new prints "Collecting connection statistics for N seconds", -reuse "starting", before the marks.
+_ST_MARKS = re.compile(r"(?:Collecting connection statistics for \d+ seconds|starting)\r?\n([*rt3]*)")
 
 
 def openssl_path():
     return shutil.which("openssl")
 
 
-def s_time_probe(port: int, timeout: float = 10.0) -> dict:
+def _client_cert_args(cert) -> list[str]:
+    """s_client/s_time options presenting a client certificate: ``cert`` = (cert.pem, key.pem) or None."""
+    return ["-cert", cert[0], "-key", cert[1]] if cert else []
+
+
+def s_time_probe(port: int, timeout: float = 10.0, cert=None) -> dict:
     """One ``openssl s_client`` connection (same library and defaults as s_time) sending s_time's request:
     the negotiated protocol, cipher and key exchange, and the response's status line and size."""
     args = [openssl_path(), "s_client", "-connect", f"127.0.0.1:{port}", "-brief", "-ign_eof", "-no-CApath",
-            "-no-CAfile", "-no-CAstore"]
+            "-no-CAfile", "-no-CAstore"] + _client_cert_args(cert)
     p = subprocess.run(args, input=f"GET {S_TIME_PATH} HTTP/1.0\r\n\r\n".encode(), capture_output=True,
                        timeout=timeout, start_new_session=True)
     err = p.stderr.decode(errors="replace")
@@ -211,12 +217,16 @@ def s_time_probe(port: int, timeout: float = 10.0) -> dict:
             "kex": field("Server Temp Key"), "status": status, "bytes": len(p.stdout)}
 
 
-def s_time_connections(pm: _procs.Procs, port: int, *, clients: int, duration: float, cpu, tmp: str) -> dict:
-    """``clients`` parallel ``openssl s_time -new`` processes for about ``duration`` seconds."""
-    probe = s_time_probe(port)
+def s_time_connections(pm: _procs.Procs, port: int, *, clients: int, duration: float, cpu, tmp: str,
+                       reuse: bool = False, cert=None) -> dict:
+    """``clients`` parallel ``openssl s_time -new`` processes for about ``duration`` seconds; ``reuse``:
+    ``-reuse`` instead (each process resumes its first connection's session on every later one);
+    ``cert``: (cert.pem, key.pem) presented as the client certificate."""
+    probe = s_time_probe(port, cert=cert)
     seconds = max(1, int(round(duration)) - 1)
-    args = [openssl_path(), "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(seconds),
-            "-www", S_TIME_PATH, "-no-CApath", "-no-CAfile", "-no-CAstore"]
+    args = [openssl_path(), "s_time", "-connect", f"127.0.0.1:{port}", "-reuse" if reuse else "-new",
+            "-time", str(seconds), "-www", S_TIME_PATH, "-no-CApath", "-no-CAfile", "-no-CAstore"]
+    args += _client_cert_args(cert)
     # Start just after a second boundary so that every process stops at the same one (see above).
     frac = time.time() % 1.0
     time.sleep((1.0 - frac + 0.02) if frac > 0.3 else max(0.0, 0.02 - frac))

@@ -14,6 +14,8 @@ SHORT = {
     "1": "(1) HTTPS h1 keep-alive",
     "2": "(2) HTTPS h2, {streams} streams",
     "3": "(3) new TLS conn/request",
+    "3r": "(3r) resumed TLS conn/req",
+    "3m": "(3m) mTLS new conn/request",
     "baseline": "(1) plain HTTP, no proxy",
 }
 

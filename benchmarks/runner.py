@@ -26,11 +26,13 @@ from . import report as _report
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TARGETS = _report.GOALS  # one txgate process on one core
-UNITS = {"1": "req/s", "2": "req/s", "3": "conn/s", "baseline": "req/s"}
+UNITS = {"1": "req/s", "2": "req/s", "3": "conn/s", "3r": "conn/s", "3m": "conn/s", "baseline": "req/s"}
 TITLES = {
     "1": "(1) HTTP/1.1 keep-alive over TLS",
     "2": "(2) HTTP/2 over TLS, {streams} streams/conn",
     "3": "(3) new TLS connection per request",
+    "3r": "(3r) resumed TLS connection per request",
+    "3m": "(3m) new mTLS connection per request",
     "baseline": "nginx direct (no gateway, no TLS), h1 plain",
 }
 
@@ -53,7 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--scenario", default="1,2,3",
                    help="comma-separated scenarios: 1 = HTTP/1.1 keep-alive over TLS, 2 = HTTP/2 over "
                         "TLS with --streams streams per connection, 3 = a new TLS connection per "
-                        "request (default 1,2,3)")
+                        "request; 3r = the same with each openssl s_time process resuming its session "
+                        "(-reuse), 3m = new connections presenting a client certificate to a listener "
+                        "that requires one (3r and 3m need openssl) (default 1,2,3)")
     p.add_argument("--connections", type=int, default=None,
                    help="concurrent connections for scenarios 1 and 2 and the baseline "
                         "(default 20 for 1 and the baseline, 10 for 2)")
@@ -100,8 +104,13 @@ def parse_args(argv=None):
                         "connection and the latency of requests made meanwhile (see docs/benchmarks.md)")
     p.add_argument("--idle-modes", default="h1,h2", help="with --idle: h1, h2 or both (default h1,h2)")
     p.add_argument("--repo", default=REPO,
-                   help="the checkout whose txgate the gateway runs (PYTHONPATH), to compare two trees "
-                        "with one harness (default: this one)")
+                   help="the checkout whose txgate the gateway runs (PYTHONPATH), or a comma-separated list of "
+                        "checkouts measured one after the other with one harness in one run, their rows' server "
+                        "'txgate [DIR]' (the directory's name), with notes comparing each tree's CPU per request "
+                        "to the first's (default: this one)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure the trees (and engines, worker counts) this many times in turn, A B A B ... "
+                        "(default 1); the comparison notes sum CPU and requests over the rounds")
     p.add_argument("--handshake-samples", type=int, default=400,
                    help="in-process OpenSSL handshakes measured beside scenario 3 (0 to skip; default 400)")
     p.add_argument("--workers", default="1",
@@ -122,9 +131,9 @@ def parse_args(argv=None):
         p.error("--workers: expected integers >= 1")
     if a.profile and max(a.workers) > 1:
         p.error("--profile: with --workers 1 only (it profiles the process twistd started)")
-    bad = [s for s in a.scenarios if s not in TARGETS]
+    bad = [s for s in a.scenarios if s not in TITLES or s == "baseline"]
     if bad:
-        p.error(f"--scenario: unknown {','.join(bad)} (choose from 1,2,3)")
+        p.error(f"--scenario: unknown {','.join(bad)} (choose from 1,2,3,3r,3m)")
     a.h2_engines = [s.strip() for s in a.h2_engine.split(",") if s.strip()]
     bad = [s for s in a.h2_engines if s not in ("auto", "native", "python")]
     if bad or not a.h2_engines:
@@ -134,7 +143,12 @@ def parse_args(argv=None):
         p.error("--idle-modes: h1, h2 or h1,h2")
     if a.idle < 0:
         p.error("--idle must be >= 0")
-    a.repo = os.path.abspath(a.repo)
+    a.repos = [os.path.abspath(r.strip()) for r in a.repo.split(",") if r.strip()]
+    if not a.repos:
+        p.error("--repo: expected one or more directories")
+    a.repo = a.repos[0]
+    if a.rounds < 1:
+        p.error("--rounds must be >= 1")
     if a.duration <= 0:
         p.error("--duration must be > 0")
     if a.peers not in ("auto", "nginx", "none"):
@@ -152,6 +166,8 @@ def parse_args(argv=None):
         a.tls_client = "openssl" if _load.openssl_path() else "python"
     elif a.tls_client == "openssl" and not _load.openssl_path():
         p.error("--tls-client openssl: openssl is not on PATH")
+    if {"3r", "3m"} & set(a.scenarios) and not _load.openssl_path():
+        p.error("--scenario 3r, 3m: openssl s_time is needed (openssl is not on PATH)")
     if a.tls_clients is None:
         a.tls_clients = 8 if a.tls_client == "openssl" else 32
     if a.tls_clients < 1:
@@ -186,6 +202,57 @@ def engine_comparison(rows) -> list[str]:
     return notes
 
 
+def tree_labels(repos) -> dict:
+    """Row labels per tree: "txgate" alone, else "txgate [DIR]" (the directory's name, numbered if repeated)."""
+    if len(repos) == 1:
+        return {repos[0]: "txgate"}
+    out = {}
+    for i, r in enumerate(repos):
+        name = os.path.basename(r.rstrip("/")) or r
+        out[r] = f"txgate [{name}]" if name not in {v[8:-1] for v in out.values()} else f"txgate [{name}#{i + 1}]"
+    return out
+
+
+def _per_cpu_second(rows, server: str, key: str):
+    """Requests per CPU-second of ``server`` in scenario ``key``, summed over its rows (rounds); None if none."""
+    sel = [r for r in rows if r["server"] == server and r["scenario"] == key and r["requests"]]
+    cpu = sum(r["server_cpu_s"] for r in sel)
+    return sum(r["requests"] for r in sel) / cpu if sel and cpu else None
+
+
+def tree_comparison(rows) -> list[str]:
+    """With several trees (--repo A,B): each one's requests per CPU-second against the first's, per scenario."""
+    trees = list(dict.fromkeys(r["server"] for r in rows if r["server"].startswith("txgate [")))
+    if len(trees) < 2:
+        return []
+    notes = []
+    for key in dict.fromkeys(r["scenario"] for r in rows):
+        base = _per_cpu_second(rows, trees[0], key)
+        parts = []
+        for t in trees[1:]:
+            v = _per_cpu_second(rows, t, key)
+            if base and v:
+                parts.append(f"{t} / {trees[0]} = {v / base:.2f}x ({1e6 / v:.0f} vs {1e6 / base:.0f} CPU us)")
+        if parts:
+            notes.append(f"({key}) requests per gateway CPU-second, summed over the rounds: " + "; ".join(parts))
+    return notes
+
+
+def peer_comparison(rows) -> list[str]:
+    """Each txgate row set's requests per CPU-second against the nginx proxy's, per scenario."""
+    mine = list(dict.fromkeys(r["server"] for r in rows if r["server"].startswith("txgate")))
+    notes = []
+    for key in dict.fromkeys(r["scenario"] for r in rows):
+        peer = _per_cpu_second(rows, "nginx proxy", key)
+        if not peer:
+            continue
+        parts = [f"{t} {v / peer:.2f}x" for t in mine if (v := _per_cpu_second(rows, t, key))]
+        if parts:
+            notes.append(f"({key}) requests per CPU-second against the nginx proxy ({1e6 / peer:.0f} CPU us): "
+                         + ", ".join(parts))
+    return notes
+
+
 def _row(key, res, gw_cpu, load_cpu, args, note="", server="txgate", engine=None):
     lat = res["lat_us"]
     n = res["succeeded"]
@@ -211,7 +278,7 @@ def _row(key, res, gw_cpu, load_cpu, args, note="", server="txgate", engine=None
         "target": TARGETS.get(key),
         "note": note,
     }
-    if server != "txgate":
+    if not server.startswith("txgate"):
         row["target"] = None  # the goals are txgate's
     if row["target"] is not None:
         row["result"] = "pass" if row["rate"] >= row["target"] else "MISS"
@@ -272,8 +339,10 @@ def main(argv=None) -> int:
         log(f"backend: {be.kind} on 127.0.0.1:{be.port} (pid {be.worker_pid})")
         gw = None
         handshake = None
+        # Scenario 3m: a client CA and a certificate it issued (ca.pem, client.pem, client-key.pem).
+        client_pki = _peers.write_client_pki(tmp) if "3m" in args.scenarios else None
 
-        def measure(key, workers=1, server=None, engine=None):
+        def measure(key, workers=1, server=None, engine=None, label="txgate"):
             server = server or gw
             peer = getattr(server, "name", None)  # None: txgate
             h1 = key in ("1", "baseline")
@@ -282,13 +351,15 @@ def main(argv=None) -> int:
             target_url = (f"http://127.0.0.1:{be.port}/" if key == "baseline"
                           else f"https://127.0.0.1:{server.port}/")
             engine = None if key == "baseline" or peer or args.h2_engines == ["auto"] else engine
-            name = (TITLES[key].format(streams=args.streams) + (f" ({peer})" if peer else "")
+            name = (TITLES[key].format(streams=args.streams) + (f" ({peer or label})" if peer or label != "txgate" else "")
                     + (f" [h2 {engine}]" if engine else ""))
 
             def run(duration, log_file=None):
-                if key == "3" and args.tls_client == "openssl":
-                    return _load.s_time_connections(pm, server.port, clients=args.tls_clients, duration=duration,
-                                                    cpu=load_cpu, tmp=tmp)
+                if key in ("3r", "3m") or (key == "3" and args.tls_client == "openssl"):
+                    return _load.s_time_connections(
+                        pm, server.mtls_port if key == "3m" else server.port, clients=args.tls_clients,
+                        duration=duration, cpu=load_cpu, tmp=tmp, reuse=key == "3r",
+                        cert=client_pki[1:] if key == "3m" else None)
                 if key == "3":
                     return _load.new_connections(pm, server.port, workers=args.tls_clients, duration=duration,
                                                  cpu=load_cpu)
@@ -321,7 +392,9 @@ def main(argv=None) -> int:
                 pr = res["probe"]
                 if pr["protocol"] != "TLSv1.3":
                     note = (note + ", " if note else "") + f"{pr['protocol']}"
-                if res["reused"]:
+                if key == "3r" and res["reused"] < res["succeeded"]:
+                    note = (note + ", " if note else "") + f"{res['succeeded'] - res['reused']} not resumed"
+                elif key != "3r" and res["reused"]:
                     note = (note + ", " if note else "") + f"{res['reused']} resumed"
                 if not pr["status"].startswith("HTTP/1.1 2") or (
                         res["succeeded"] and abs(res["bytes_per_conn"] - pr["bytes"]) > 1):
@@ -330,7 +403,7 @@ def main(argv=None) -> int:
                 for line in res["errors_text"]:
                     log(f"{name}: s_time: {line[0] if line else '?'}")
             row = _row(key, res, c1 - c0, l1 - l0, args, note,
-                       server="nginx direct" if key == "baseline" else (peer or "txgate"), engine=engine)
+                       server="nginx direct" if key == "baseline" else (peer or label), engine=engine)
             row["workers"] = workers if key != "baseline" and not peer else None
             if "probe" in res:
                 row.update(tls=res["probe"], reused=res["reused"], bytes_per_conn=res["bytes_per_conn"])
@@ -341,25 +414,31 @@ def main(argv=None) -> int:
                 f"gateway CPU {row['server_cpu_s']} s, errors {row['errors']}")
             rows.append(row)
 
-        for workers in args.workers:
-            for engine in args.h2_engines:
-                gw = _gateway.start(pm, tmp, args.repo, be.port, gw_cpu, access_log=args.access_log,
-                                    profile=args.profile, workers=workers, h2_engine=engine)
-                log(f"gateway: pid {gw.pid} on https://127.0.0.1:{gw.port}, {workers} worker(s), CPU "
-                    f"{gw_cpu if gw_cpu is not None else 'unpinned'}, h2_engine {engine}, access_log {'on' if args.access_log else 'off'}"
-                    f"{', cProfile' if args.profile else ''}")
-                _sanity(gw.port)
-                if handshake is None and "3" in args.scenarios and args.handshake_samples > 0:
-                    handshake = _handshake.server_handshake_us(_handshake.gateway_certificate(gw.state_dir),
-                                                               args.handshake_samples)
-                    log(f"OpenSSL's own server handshake, in process: {handshake['median_us']} us (median of "
-                        f"{handshake['handshakes']}, {handshake['version']}, {handshake['key']})")
-                for key in args.scenarios:
-                    measure(key, workers, engine=engine)
-                pm.stop(gw.proc, timeout=60)
+        labels = tree_labels(args.repos)
+        for rnd, repo, workers, engine in ((r, t, w, e) for r in range(args.rounds) for t in args.repos
+                                           for w in args.workers for e in args.h2_engines):
+            label = labels[repo]
+            gw = _gateway.start(pm, tmp, repo, be.port, gw_cpu, access_log=args.access_log,
+                                profile=args.profile, workers=workers, h2_engine=engine,
+                                client_ca=client_pki[0] if client_pki else None,
+                                name=f"gateway-{workers}w-{engine}-{len(rows)}")
+            log(f"gateway{' ' + label if label != 'txgate' else ''} (round {rnd + 1}, {repo}): pid {gw.pid} on "
+                f"https://127.0.0.1:{gw.port}, {workers} worker(s), CPU "
+                f"{gw_cpu if gw_cpu is not None else 'unpinned'}, h2_engine {engine}, access_log {'on' if args.access_log else 'off'}"
+                f"{', cProfile' if args.profile else ''}")
+            _sanity(gw.port)
+            if handshake is None and "3" in args.scenarios and args.handshake_samples > 0:
+                handshake = _handshake.server_handshake_us(_handshake.gateway_certificate(gw.state_dir),
+                                                           args.handshake_samples)
+                log(f"OpenSSL's own server handshake, in process: {handshake['median_us']} us (median of "
+                    f"{handshake['handshakes']}, {handshake['version']}, {handshake['key']})")
+            for key in args.scenarios:
+                measure(key, workers, engine=engine, label=label)
+            pm.stop(gw.proc, timeout=60)
         if args.peers == "nginx":
             # The peer on the gateway's core, the same load on the other one; measured once, not per engine.
-            proxy = _peers.start_nginx_proxy(pm, tmp, be.port, gw_cpu)
+            proxy = _peers.start_nginx_proxy(pm, tmp, be.port, gw_cpu,
+                                             client_ca=client_pki[0] if client_pki else None)
             log(f"peer: nginx TLS-terminating proxy, pid {proxy.pid} on "
                 f"https://127.0.0.1:{proxy.port}")
             _sanity(proxy.port)
@@ -393,8 +472,8 @@ def main(argv=None) -> int:
                 f"streams, 3 = {args.tls_clients} "
                 f"{'openssl s_time' if args.tls_client == 'openssl' else 'Python ssl client'} processes; access_log "
                 f"{'on' if args.access_log else 'off'}; {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        notes = engine_comparison(rows)
-        st = [r for r in rows if r.get("tls")]
+        notes = engine_comparison(rows) + tree_comparison(rows) + peer_comparison(rows)
+        st = [r for r in rows if r.get("tls") and r["scenario"] == "3"]
         if st:
             pr = st[0]["tls"]
             notes.append(
@@ -406,7 +485,7 @@ def main(argv=None) -> int:
         for r in rows:
             if "overhead_us_per_conn" in r:
                 notes.append(
-                    f"(3) OpenSSL's own server handshake for the gateway's certificate, in process (memory BIOs, "
+                    f"(3) {r['server']}: OpenSSL's own server handshake for the gateway's certificate, in process (memory BIOs, "
                     f"server side only): {r['openssl_handshake_us']:.0f} us; gateway CPU per connection "
                     f"{r['server_cpu_us_per_req']:.0f} us - that = {r['overhead_us_per_conn']:.0f} us of the "
                     "gateway's own per connection (Python, TCP in the kernel, the proxied request).")

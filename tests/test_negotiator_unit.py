@@ -113,3 +113,39 @@ def test_connections_above_max_connections_are_refused_with_a_warning(make):
     assert not first.closed and second.closed
     assert gw.logs.matching(r"listener main: 1 connections open \(max_connections\); refusing new ones")
     assert first.get("/a/x").status == 200
+
+
+# -- one timer per connection ------------------------------------------------------------------------
+def _count_timers(gw: MemoryGateway) -> list[str]:
+    """The names of the callbacks the gateway (txgate's code; not the in-memory client's TLS) schedules from now on."""
+    names = []
+    real = gw.reactor.callLater
+
+    def call_later(delay, f, *args, **kw):
+        if getattr(f, "__module__", "").startswith("txgate."):
+            names.append(f.__qualname__)
+        return real(delay, f, *args, **kw)
+
+    gw.reactor.callLater = call_later
+    return names
+
+
+@pytest.mark.parametrize("header_timeout, idle_timeout, scheduled", [
+    # The handshake timer is due first: HTTP/1.1 takes it over, no second callLater.
+    (3, 30, ["Negotiator._handshake_timeout"]),
+    # Due after the idle deadline: replaced by the idle timer.
+    (50, 5, ["Negotiator._handshake_timeout", "H1Connection._check_timeout"]),
+])
+def test_an_http11_connection_reuses_the_handshake_timer_when_it_is_due_first(make, header_timeout, idle_timeout,
+                                                                              scheduled):
+    gw = make(upstream="builtin:echo", listener=f"header_timeout = {header_timeout}\nidle_timeout = {idle_timeout}\n")
+    gw.flush()
+    timers = _count_timers(gw)
+    client = gw.client(alpn=("http/1.1",))
+    assert client.get("/a/x").status == 200
+    assert timers == scheduled
+    # Either way the idle connection gets its whole idle_timeout, then is closed.
+    gw.advance(idle_timeout - 1)
+    assert not client.closed
+    gw.advance(2)
+    assert client.closed

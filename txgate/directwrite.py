@@ -6,8 +6,15 @@ epoll re-registration for writability and another one to unregister: four syscal
 event dispatches per response on a keep-alive connection. When the transport's buffer is
 empty, sending right away is equivalent (same bytes, same order); whatever the kernel does
 not take goes through Twisted's normal buffered path, with its producer flow control.
+
+The subclass is also the mark of txgate's own TCP transports: their reads skip Twisted's per-event
+log context (``txgate.runtime.eventloop``). Listening ports make accepted connections of it directly
+(`lean_accepts`).
 """
 from __future__ import annotations
+
+import socket
+import sys
 
 from twisted.internet import tcp
 
@@ -27,6 +34,9 @@ def _tcp_transport(transport):
 def no_delay(transport) -> None:
     """Responses go out at once: no Nagle (it would hold one behind unacknowledged TLS
     tickets), and a send on the socket right away when nothing is queued."""
+    t = _tcp_transport(transport)
+    if getattr(t, "_txgate_nodelay", False):
+        return  # accepted from a listening socket with TCP_NODELAY (inherited), direct writes already
     set_no_delay = getattr(transport, "setTcpNoDelay", None)
     if set_no_delay is not None:
         try:
@@ -62,13 +72,50 @@ _DIRECT: dict[type, type] = {}  # TCP transport class -> its subclass with _dire
 
 
 def _direct_class(cls: type) -> type:
+    if cls.__dict__.get("_txgate_direct"):
+        return cls
     sub = _DIRECT.get(cls)
     if sub is None:
         sub = _DIRECT[cls] = type(cls.__name__, (cls,), {
             "write": _direct_write, "_buffered_write": cls.write, "_txgate_direct": True,
+            # Reads dispatched without Twisted's log context (txgate.runtime.eventloop).
+            "_txgate_lean": True,
             "__module__": cls.__module__, "__doc__": cls.__doc__,
         })
     return sub
+
+
+def _nodelay_class(cls: type) -> type:
+    """The direct-write class of ``cls`` whose sockets have TCP_NODELAY already (inherited at accept)."""
+    direct = _direct_class(cls)
+    sub = _NODELAY.get(direct)
+    if sub is None:
+        sub = _NODELAY[direct] = type(direct.__name__, (direct,), {
+            "_txgate_nodelay": True, "__module__": direct.__module__, "__doc__": direct.__doc__,
+        })
+    return sub
+
+
+_NODELAY: dict[type, type] = {}
+
+
+def lean_accepts(port) -> None:
+    """Connections a listening port accepts get the direct-write transport class from the start
+    (no class switch per connection; their reads are dispatched lean by ``txgate.runtime.eventloop``),
+    and TCP_NODELAY from the listening socket (Linux copies it to accepted sockets: no setsockopt each)."""
+    cls = getattr(port, "transport", None)
+    if not (isinstance(cls, type) and issubclass(cls, tcp.Connection)):
+        return
+    if cls.__dict__.get("_txgate_nodelay"):
+        return
+    sock = getattr(port, "socket", None)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Linux copies it to the sockets accept() returns (elsewhere they still get it one by one).
+        inherited = sys.platform.startswith("linux") and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    except (AttributeError, OSError):
+        inherited = False
+    port.transport = _nodelay_class(cls) if inherited else _direct_class(cls)
 
 
 def enable_direct_writes(transport) -> None:

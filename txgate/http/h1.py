@@ -133,7 +133,7 @@ class _Exchange(StreamRecord):
 class H1Connection(Protocol):
     """HTTP/1.1 on one downstream connection (after TLS, when ALPN chose http/1.1 or nothing)."""
 
-    def __init__(self, dispatcher, info: ConnectionInfo, limits: Limits, clock) -> None:
+    def __init__(self, dispatcher, info: ConnectionInfo, limits: Limits, clock, timer=None) -> None:
         self.dispatcher = dispatcher
         self.info = info
         self.limits = limits
@@ -143,7 +143,8 @@ class H1Connection(Protocol):
         self.queue: list[_Exchange] = []
         self.phase = IDLE
         self.mark = 0.0
-        self.timer = None
+        # The connection's one timer; ``timer``: the negotiator's handshake timer, handed over to be reused.
+        self.timer = timer
         self.shutting_down = False
         self.body_paused = False
         self.read_paused = False
@@ -161,7 +162,15 @@ class H1Connection(Protocol):
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
         no_delay(self.transport)
-        self.mark = self.clock.seconds()
+        self.mark = now = self.clock.seconds()
+        timer = self.timer
+        if timer is not None and timer.active() and timer.getTime() <= now + self.limits.idle_timeout:
+            # The handshake timer, due before the idle deadline: reused rather than replaced (one
+            # callLater per connection); when it fires, _check_timeout re-arms it for what is left.
+            timer.func = self._check_timeout
+            return
+        if timer is not None and timer.active():
+            timer.cancel()
         self.timer = self.clock.callLater(self.limits.idle_timeout, self._check_timeout)
 
     def connectionLost(self, reason=None) -> None:

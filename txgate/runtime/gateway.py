@@ -12,7 +12,9 @@ from twisted.logger import Logger
 from txgate.admin.facade import ReloadResult
 from txgate.config import ConfigError, ListenerConfig
 from txgate.config.hostnames import host_port
+from txgate.directwrite import lean_accepts
 from txgate.plan import Plan, prepare
+from txgate.runtime import eventloop
 from txgate.runtime.generation import Generation, build_generation
 from txgate.runtime.reload import (Coalescer, Debounce, Retirer, drain_changed_client_auth, plan_port_moves,
                                    reload_notes, store_change_matters, store_change_reason)
@@ -116,7 +118,14 @@ class GatewayService(Service):
                                 previous=self.current, challenges=self.challenges, ocsp=self.ocsp)
 
     def _listen(self, ln: ListenerConfig, front: Front):
-        """Listen on a listener's bind with ``front``; a failure is a ConfigError naming its bind."""
+        """Listen on a listener's bind with ``front``; a failure is a ConfigError naming its bind.
+
+        Accepted connections get txgate's TCP transport class (direct writes, lean read dispatch)."""
+        port = self._open_port(ln, front)
+        lean_accepts(port)
+        return port
+
+    def _open_port(self, ln: ListenerConfig, front: Front):
         from twisted.internet.error import CannotListenError
 
         if self.role == "worker":
@@ -156,6 +165,7 @@ class GatewayService(Service):
             self._record_running()  # its Supervisor opened the listeners' sockets (privileged start)
             self._watch_store()
             return
+        eventloop.install(self.reactor)  # reads on txgate's connections without the legacy log context
         gen = self._build(self.plan)
         self.current = gen
         self.ocsp.use(self.plan)

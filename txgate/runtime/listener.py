@@ -50,10 +50,13 @@ class Negotiator(Protocol):
                      client=self.info.client_host, t=self.factory.limits.header_timeout)
             self.transport.abortConnection()
 
+    def _cancel_timer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
     def handshakeCompleted(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        # The handshake timer stays armed: _start hands it to the HTTP/1.1 protocol (one timer per connection).
         from txgate.tls.server import connection_facts
 
         info = self.info
@@ -64,6 +67,7 @@ class Negotiator(Protocol):
         if metrics is not None:
             metrics.handshake(info.listener, info.tls_version, "ok", self.factory.clock.seconds() - self.accepted)
         if self.factory.client_ocsp is not None and self._ask_client_status(info.alpn):
+            self._cancel_timer()  # the status check has its own deadline
             return
         self._start(info.alpn)
 
@@ -135,15 +139,18 @@ class Negotiator(Protocol):
         f = self.factory
         if alpn == "acme-tls/1":
             # An ACME TLS-ALPN-01 validation: the handshake was the answer (RFC 8737 section 3).
+            self._cancel_timer()
             self.inner = Protocol()  # not a failed handshake; nothing more is read
             self.transport.loseConnection()
             return
         if alpn == "h2":
             from txgate.http.h2 import H2Connection
 
+            self._cancel_timer()
             inner = H2Connection(f.dispatcher, self.info, f.limits, f.clock, engine=f.h2_engine)
         else:
-            inner = H1Connection(f.dispatcher, self.info, f.limits, f.clock)
+            timer, self.timer = self.timer, None
+            inner = H1Connection(f.dispatcher, self.info, f.limits, f.clock, timer=timer)
         self.inner = inner
         inner.makeConnection(self.transport)
 
@@ -158,9 +165,7 @@ class Negotiator(Protocol):
         self.factory.connections.discard(self)
         if self.factory.metrics is not None:
             self.factory.metrics.connection_closed(self.info.listener)
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        self._cancel_timer()
         if self.inner is not None:
             self.inner.connectionLost(reason)
         elif self.held is not None:

@@ -1,0 +1,176 @@
+"""txgate.runtime.eventloop: reads on txgate's transports dispatched without the legacy log context,
+errors and disconnections still logged and handled in it; everything else as Twisted does it."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+from twisted.internet import abstract, main
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import context, log
+
+from txgate.directwrite import _direct_class, lean_accepts
+from txgate.runtime import eventloop
+
+
+class Probe(abstract.FileDescriptor):
+    """A readable end of a socketpair that records the log context of each read."""
+
+    def __init__(self, reactor, sock, result=None) -> None:
+        super().__init__(reactor)
+        self.sock = sock
+        self.systems: list[str] = []
+        self.result = result
+        self.lost = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "probe-prefix"
+
+    def doRead(self):
+        self.systems.append(context.get(log.ILogContext)["system"])
+        self.sock.recv(100)
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
+
+    def connectionLost(self, reason) -> None:
+        self.lost.append((reason, context.get(log.ILogContext)["system"]))
+        super().connectionLost(reason)
+
+
+class LeanProbe(Probe):
+    _txgate_lean = True
+
+
+@pytest.fixture
+def reactor():
+    r = EPollReactor()
+    yield r
+    for s in list(r.getReaders()) + list(r.getWriters()):
+        r.removeReader(s)
+        r.removeWriter(s)
+    r._poller.close()
+
+
+def _pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def _read_once(reactor, cls, result=None):
+    a, b = _pair()
+    probe = cls(reactor, a, result)
+    reactor.addReader(probe)
+    b.send(b"x")
+    reactor.doIteration(0)
+    return probe, (a, b)
+
+
+def test_installs_on_twisteds_epoll_reactor_once_and_uninstalls(reactor):
+    assert eventloop.install(reactor) is True
+    assert eventloop.install(reactor) is True
+    assert reactor.doIteration.__func__ is eventloop._lean_do_poll
+    eventloop.uninstall(reactor)
+    assert reactor.doIteration.__func__ is EPollReactor.doPoll
+
+
+def test_other_reactors_are_left_alone():
+    r = MemoryReactorClock()
+    assert eventloop.install(r) is False
+
+
+def test_someone_elses_loop_is_left_alone(reactor):
+    def theirs(timeout):
+        return None
+
+    reactor.doIteration = theirs
+    assert eventloop.install(reactor) is False
+    assert reactor.doIteration is theirs
+
+
+def test_a_read_on_a_lean_transport_skips_the_log_context(reactor):
+    eventloop.install(reactor)
+    probe, socks = _read_once(reactor, LeanProbe)
+    assert probe.systems == ["-"]
+
+
+def test_a_read_on_any_other_selectable_keeps_twisteds_log_context(reactor):
+    eventloop.install(reactor)
+    probe, socks = _read_once(reactor, Probe)
+    assert probe.systems == ["probe-prefix"]
+
+
+def test_a_failing_read_is_logged_in_the_connections_context_and_disconnects_it(reactor):
+    eventloop.install(reactor)
+    seen = []
+    log.addObserver(seen.append)
+    try:
+        probe, socks = _read_once(reactor, LeanProbe, ValueError("boom"))
+    finally:
+        log.removeObserver(seen.append)
+    errors = [e for e in seen if e.get("isError")]
+    assert len(errors) == 1
+    assert errors[0]["system"] == "probe-prefix" and errors[0]["failure"].check(ValueError)
+    [(reason, system)] = probe.lost
+    assert reason.check(ValueError) and system == "probe-prefix"
+    assert probe not in reactor.getReaders()
+
+
+def test_a_read_that_ends_the_connection_disconnects_it_in_its_context(reactor):
+    eventloop.install(reactor)
+    probe, socks = _read_once(reactor, LeanProbe, main.CONNECTION_DONE)
+    [(reason, system)] = probe.lost
+    assert reason.check(type(main.CONNECTION_DONE)) and system == "probe-prefix"
+    assert probe not in reactor.getReaders()
+
+
+def test_listening_ports_accept_connections_of_txgates_transport_class():
+    class Port:
+        from twisted.internet.tcp import Server as transport
+
+    port = Port()
+    lean_accepts(port)
+    assert port.transport is _direct_class(Port.transport)
+    assert port.transport._txgate_lean and port.transport._txgate_direct
+    lean_accepts(port)  # idempotent: the same class, not a subclass of it
+    assert port.transport is _direct_class(Port.transport)
+
+
+def test_accepted_connections_inherit_nodelay_from_the_listening_socket_and_skip_setting_it():
+    from twisted.internet.tcp import Server
+
+    from txgate.directwrite import no_delay
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+
+    class Port:
+        transport = Server
+        socket = listening
+
+    port = Port()
+    lean_accepts(port)
+    assert listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    assert port.transport._txgate_nodelay and issubclass(port.transport, _direct_class(Server))
+    client = socket.create_connection(listening.getsockname())
+    accepted, _ = listening.accept()
+    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1  # what lets no_delay skip it
+
+    calls = []
+    t = port.transport.__new__(port.transport)  # no reactor: only the class matters to no_delay
+    t.setTcpNoDelay = calls.append
+    no_delay(t)
+    assert calls == []
+    plain = _direct_class(Server).__new__(_direct_class(Server))
+    plain.setTcpNoDelay = calls.append
+    no_delay(plain)
+    assert calls == [True]
+    for s in (client, accepted, listening):
+        s.close()
