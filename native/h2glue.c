@@ -684,6 +684,14 @@ void txg_h2_release(txg_h2 *h) {
     }
 }
 
+void txg_h2_memory(txg_h2 *h, size_t *glue, size_t *mapped) {
+    int i;
+    *glue = *mapped = 0;
+    if (!h) return;
+    *glue = h->hcap + h->lcap * sizeof(uint32_t) + h->out_cap;
+    for (i = 0; i < BIG_SLOTS; i++) *mapped += h->big_len[i];
+}
+
 int txg_h2_recv(txg_h2 *h, const uint8_t *data, size_t len) {
     ssize_t rv;
     if (!h || (!data && len)) return H2_INTERNAL_ERROR;
