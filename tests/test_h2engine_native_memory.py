@@ -105,3 +105,19 @@ def test_data_frames_written_by_the_glue_carry_each_stream_s_bytes_in_order():
             break
         eng.receive(c.data_to_send())
     assert {s: bytes(b) for s, b in got.items()} == bodies
+
+
+def test_the_memory_harness_sees_the_frame_buffer_off_the_heap():
+    # benchmarks.h2engine_mem: an idle native engine held ~28 KiB of C heap with nghttp2's 16 KiB frame
+    # buffer on it; with the buffer in its own mapping and the glue's buffers freed, ~10 KiB.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.h2engine_mem import measure
+    from txgate.http.h2engine.native import NativeEngine
+
+    rows = dict((step, heap) for step, heap, rss in measure(NativeEngine, 200, b"ok", churn=True))
+    assert list(rows) == ["engine made", "preface + GET received, SETTINGS out", "response sent",
+                          "SETTINGS ACK received, idle", "total"]
+    assert 4096 < rows["total"] < 16384
