@@ -54,6 +54,7 @@ DECODE_ERROR = 50
 INTERNAL_ERROR = 80
 
 _HEADER = struct.Struct(">BHH")
+_TYPE_BYTE = tuple(bytes((i,)) for i in range(256))
 _SEQ_LIMIT = (1 << 64) - 1  # a sequence number must not wrap (section 5.3): the connection ends first
 _MAX_HANDSHAKE_BUFFER = 1 << 10  # a post-handshake message we accept (KeyUpdate) is 5 bytes
 
@@ -127,9 +128,9 @@ class Records:
     # -- receiving ------------------------------------------------------------------------------
     def unprotect(self, data: bytes) -> list[bytes]:
         """The application data of each complete record in ``buffer + data`` (none while a record is
-        partial), one item per record: a receiver may stop between records, as with OpenSSL. At the peer's close_notify ``closed_by_peer`` turns True, the data before it is
-        returned and nothing after it is read. Raises `RecordError` on anything the connection must
-        end for."""
+        partial), one item per record: a receiver may stop between records, as with OpenSSL. At the
+        peer's close_notify ``closed_by_peer`` turns True, the data before it is returned and nothing
+        after it is read. Raises `RecordError` on anything the connection must end for."""
         buf = self._buf + data if self._buf else data
         size = len(buf)
         pos = 0
@@ -148,9 +149,12 @@ class Records:
             if length < TAG + 1:
                 raise RecordError(DECODE_ERROR, "record shorter than its tag")
             read = self.read
-            nonce = read.nonce()
+            seq = read.seq
+            if seq >= _SEQ_LIMIT:
+                raise RecordError(INTERNAL_ERROR, "record sequence number exhausted")
+            read.seq = seq + 1
             try:
-                inner = read.aead.decrypt(nonce, buf[pos + 5:end], buf[pos:pos + 5])
+                inner = read.aead.decrypt((read.iv ^ seq).to_bytes(12, "big"), buf[pos + 5:end], buf[pos:pos + 5])
             except InvalidTag:
                 raise RecordError(BAD_RECORD_MAC, "record failed authentication") from None
             pos = end
@@ -162,7 +166,7 @@ class Records:
             if last > MAX_PLAINTEXT:
                 raise RecordError(RECORD_OVERFLOW, "record content over 2^14 bytes")
             inner_type = inner[last]
-            if inner_type == APPLICATION_DATA:
+            if inner_type == APPLICATION_DATA and not self._hs:
                 if last:
                     parts.append(inner[:last])
                 continue
@@ -233,8 +237,9 @@ class Records:
     def _protect_one(self, content: bytes, ctype: int) -> None:
         write = self.write
         header = _HEADER.pack(APPLICATION_DATA, 0x0303, len(content) + 1 + TAG)
-        self.out.append(header)
-        self.out.append(write.aead.encrypt(write.nonce(), content + bytes((ctype,)), header))
+        out = self.out
+        out.append(header)
+        out.append(write.aead.encrypt(write.nonce(), content + _TYPE_BYTE[ctype], header))
 
     def alert(self, description: int) -> None:
         """A protected alert (close_notify is a warning; every other one fatal) appended to ``out``."""
