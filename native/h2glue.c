@@ -91,8 +91,16 @@ static int big_slot(txg_h2 *h, const void *p) {
     return -1;
 }
 
-/* A new mapping of at least n bytes in a free slot; NULL when none is free or mmap fails (the
- * caller then uses the heap). */
+/* Mappings made here and not yet unmapped, in the whole process. Adjacent ones merge into one kernel
+ * VMA, but sessions closing in between leave holes: at worst one VMA each, so they are capped well
+ * under vm.max_map_count (65530 by default), which munmap itself needs room under to split a VMA. */
+static size_t big_live;
+#ifndef TXG_H2_BIG_LIVE_MAX
+#define TXG_H2_BIG_LIVE_MAX 16384 /* the fuzz target sets 1: the frame buffer mapped, then the heap */
+#endif
+
+/* A new mapping of at least n bytes in a free slot; NULL when no slot is free, the process holds
+ * TXG_H2_BIG_LIVE_MAX of them, or mmap fails: the caller then uses the heap. */
 static void *big_alloc(txg_h2 *h, size_t n) {
     size_t len;
     void *p;
@@ -100,12 +108,26 @@ static void *big_alloc(txg_h2 *h, size_t n) {
     for (i = 0; i < BIG_SLOTS && h->big[i]; i++)
         ;
     if (i == BIG_SLOTS || n > SIZE_MAX - 4095) return NULL;
+    if (__atomic_add_fetch(&big_live, 1, __ATOMIC_RELAXED) > TXG_H2_BIG_LIVE_MAX) {
+        __atomic_sub_fetch(&big_live, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
     len = (n + 4095) & ~(size_t)4095;
     p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
+    if (p == MAP_FAILED) {
+        __atomic_sub_fetch(&big_live, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
     h->big[i] = p;
     h->big_len[i] = len;
     return p;
+}
+
+/* munmap fails only when splitting a VMA would pass vm.max_map_count: then at least give the pages
+ * back (the address range stays reserved). */
+static void big_unmap(void *p, size_t len) {
+    if (munmap(p, len) != 0) madvise(p, len, MADV_DONTNEED);
+    __atomic_sub_fetch(&big_live, 1, __ATOMIC_RELAXED);
 }
 
 static void *mem_malloc(size_t n, void *ud) {
@@ -120,7 +142,7 @@ static void mem_free(void *p, void *ud) {
         free(p);
         return;
     }
-    munmap(p, h->big_len[i]);
+    big_unmap(p, h->big_len[i]);
     h->big[i] = NULL;
     h->big_len[i] = 0;
 }
@@ -607,7 +629,7 @@ void txg_h2_free(txg_h2 *h) {
     if (!h) return;
     if (h->session) nghttp2_session_del(h->session);
     for (i = 0; i < BIG_SLOTS; i++) /* nghttp2 freed them all; never leak a mapping regardless */
-        if (h->big[i]) munmap(h->big[i], h->big_len[i]);
+        if (h->big[i]) big_unmap(h->big[i], h->big_len[i]);
     while (h->streams) {
         txg_stream *next = h->streams->next;
         free(h->streams);

@@ -35,6 +35,20 @@ def test_nghttp2_frame_buffer_has_its_own_mapping():
     assert mapped >= 16384 + 10 and mapped % 4096 == 0  # 9-byte header + pad length + 16 KiB payload
 
 
+def test_a_big_header_value_is_decoded_in_a_mapping_given_back_afterwards():
+    # nghttp2 allocates a 20,000-byte value's buffer as soon as it reads the length: a second mapping
+    # while the block is decoded, unmapped once the request is handed over.
+    d = Driver("native", respond=False)
+    framebuf = _memory(d.engine)[1]
+    hdrs = request_headers(b"/big")
+    block = _block(hdrs) + b"\x00\x01x\x7f\xa1\x9b\x01" + b"v" * 20000  # x: 20,000 bytes, no indexing
+    d.feed(PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, 0x1, 1, block[:16000]))  # END_STREAM
+    assert _memory(d.engine)[1] >= framebuf + 20000
+    d.feed(frame(CONT, 0x4, 1, block[16000:]))
+    assert d.requests[1] == hdrs + [(b"x", b"v" * 20000)]
+    assert _memory(d.engine)[1] == framebuf
+
+
 def test_an_idle_session_holds_no_glue_buffer_after_a_request():
     d = Driver("native", body=b"r" * 40000)  # the output once held ~40 KiB of DATA frames
     c = client()
