@@ -96,7 +96,7 @@ static int big_slot(txg_h2 *h, const void *p) {
  * under vm.max_map_count (65530 by default), which munmap itself needs room under to split a VMA. */
 static size_t big_live;
 #ifndef TXG_H2_BIG_LIVE_MAX
-#define TXG_H2_BIG_LIVE_MAX 16384 /* the fuzz target sets 1: the frame buffer mapped, then the heap */
+#define TXG_H2_BIG_LIVE_MAX 32768 /* the fuzz target sets 1: the frame buffer mapped, then the heap */
 #endif
 
 /* A new mapping of at least n bytes in a free slot; NULL when no slot is free, the process holds
