@@ -51,6 +51,8 @@ txg_h2 *txg_h2_new(void *user, const txg_h2_limits *limits, int *err);
 void txg_h2_free(txg_h2 *h);
 int txg_h2_recv(txg_h2 *h, const uint8_t *data, size_t len);
 ssize_t txg_h2_send(txg_h2 *h, const uint8_t **out);
+void txg_h2_release(txg_h2 *h);
+void txg_h2_memory(txg_h2 *h, size_t *glue, size_t *mapped);
 int txg_h2_submit(txg_h2 *h, int32_t stream_id, const uint8_t *blob, size_t blob_len,
                   const uint32_t *lens, size_t nfields, int flags);
 int txg_h2_resume(txg_h2 *h, int32_t stream_id);

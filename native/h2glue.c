@@ -9,12 +9,22 @@
  * A stream beyond SETTINGS_MAX_CONCURRENT_STREAMS is refused here with RST_STREAM(REFUSED_STREAM) (RFC 9113
  * 5.1.2 allows a stream error): nghttp2 makes it a connection error once the client has acknowledged the
  * setting, so nghttp2 is given a higher ceiling and the advertised value is written into the SETTINGS frame
- * on the wire; a client that keeps opening refused streams gets GOAWAY(ENHANCE_YOUR_CALM). */
+ * on the wire; a client that keeps opening refused streams gets GOAWAY(ENHANCE_YOUR_CALM).
+ *
+ * Memory per idle session (docs/benchmarks.md, idle memory): response DATA never passes through
+ * nghttp2's frame buffer (NGHTTP2_DATA_FLAG_NO_COPY: the host copies the payload straight into h->out,
+ * send_data() writes the frame header and padding around it); the glue's own buffers (header block,
+ * output) are freed whenever they are empty between calls, like OpenSSL's SSL_MODE_RELEASE_BUFFERS; and
+ * nghttp2's blocks of BIG_BLOCK bytes and more (its 16 KiB frame buffer) get an anonymous mapping of
+ * their own, so that pages it never writes (DATA no longer goes there) are never resident, whatever
+ * the heap held before. Each session has its own mappings: nothing nghttp2 owns is shared. */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS under -std=c99 */
 #include "h2glue.h"
 
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <nghttp2/nghttp2.h>
 
@@ -33,9 +43,18 @@ typedef struct txg_stream {
     int counted; /* one of the h->live streams */
 } txg_stream;
 
+/* nghttp2 blocks this large get a mapping of their own (see the opening comment); at most BIG_SLOTS
+ * at once per session (its frame buffer is one, a header block over 16 KiB adds chunks), beyond that
+ * the heap. */
+#define BIG_BLOCK 16384
+#define BIG_SLOTS 8
+
 struct txg_h2 {
     nghttp2_session *session;
     void *user;
+    nghttp2_mem mem;
+    void *big[BIG_SLOTS];
+    size_t big_len[BIG_SLOTS]; /* the mapping's length (page multiple) */
     txg_h2_limits lim;
     /* the header block being decoded */
     uint8_t *hbuf;
@@ -56,7 +75,99 @@ struct txg_h2 {
     /* output */
     uint8_t *out;
     size_t out_len, out_cap;
+    /* a DATA payload the host copied to h->out + out_len + 9 (NO_COPY), waiting for send_data() */
+    int staged;
+    int32_t staged_sid;
+    size_t staged_len;
 };
+
+/* -- nghttp2's allocator: big blocks in their own mappings ---------------------------------------- */
+
+static int big_slot(txg_h2 *h, const void *p) {
+    int i;
+    if (!p) return -1;
+    for (i = 0; i < BIG_SLOTS; i++)
+        if (h->big[i] == p) return i;
+    return -1;
+}
+
+/* Mappings made here and not yet unmapped, in the whole process. Adjacent ones merge into one kernel
+ * VMA, but sessions closing in between leave holes: at worst one VMA each, so they are capped well
+ * under vm.max_map_count (65530 by default), which munmap itself needs room under to split a VMA. */
+static size_t big_live;
+#ifndef TXG_H2_BIG_LIVE_MAX
+#define TXG_H2_BIG_LIVE_MAX 32768 /* the fuzz target sets 1: the frame buffer mapped, then the heap */
+#endif
+
+/* A new mapping of at least n bytes in a free slot; NULL when no slot is free, the process holds
+ * TXG_H2_BIG_LIVE_MAX of them, or mmap fails: the caller then uses the heap. */
+static void *big_alloc(txg_h2 *h, size_t n) {
+    size_t len;
+    void *p;
+    int i;
+    for (i = 0; i < BIG_SLOTS && h->big[i]; i++)
+        ;
+    if (i == BIG_SLOTS || n > SIZE_MAX - 4095) return NULL;
+    if (__atomic_add_fetch(&big_live, 1, __ATOMIC_RELAXED) > TXG_H2_BIG_LIVE_MAX) {
+        __atomic_sub_fetch(&big_live, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    len = (n + 4095) & ~(size_t)4095;
+    p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        __atomic_sub_fetch(&big_live, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    h->big[i] = p;
+    h->big_len[i] = len;
+    return p;
+}
+
+/* munmap fails only when splitting a VMA would pass vm.max_map_count: then at least give the pages
+ * back (the address range stays reserved). */
+static void big_unmap(void *p, size_t len) {
+    if (munmap(p, len) != 0) madvise(p, len, MADV_DONTNEED);
+    __atomic_sub_fetch(&big_live, 1, __ATOMIC_RELAXED);
+}
+
+static void *mem_malloc(size_t n, void *ud) {
+    void *p = n >= BIG_BLOCK ? big_alloc(ud, n) : NULL;
+    return p ? p : malloc(n);
+}
+
+static void mem_free(void *p, void *ud) {
+    txg_h2 *h = ud;
+    int i = big_slot(h, p);
+    if (i < 0) {
+        free(p);
+        return;
+    }
+    big_unmap(p, h->big_len[i]);
+    h->big[i] = NULL;
+    h->big_len[i] = 0;
+}
+
+static void *mem_calloc(size_t nmemb, size_t size, void *ud) {
+    void *p;
+    if (size && nmemb > SIZE_MAX / size) return NULL;
+    if (nmemb * size < BIG_BLOCK) return calloc(nmemb, size);
+    p = big_alloc(ud, nmemb * size); /* fresh anonymous pages are zero */
+    return p ? p : calloc(nmemb, size);
+}
+
+static void *mem_realloc(void *p, size_t n, void *ud) {
+    txg_h2 *h = ud;
+    int i = big_slot(h, p);
+    void *q;
+    if (!p) return mem_malloc(n, ud);
+    if (i < 0) return realloc(p, n); /* a heap block stays on the heap */
+    if (n <= h->big_len[i]) return p;
+    q = mem_malloc(n, ud);
+    if (!q) return NULL;
+    memcpy(q, p, h->big_len[i]);
+    mem_free(p, ud);
+    return q;
+}
 
 static int grow(void **buf, size_t *cap, size_t need, size_t unit) {
     size_t ncap;
@@ -180,6 +291,9 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
 static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *ud) {
     txg_h2 *h = ud;
     uint8_t f[13] = {0, 0, 4, NGHTTP2_RST_STREAM, 0, 0, 0, 0, 0, 0, 0, 0, H2_REFUSED_STREAM};
+    /* Only CONTINUATION may follow an unfinished header block: any other frame means none is being
+     * gathered (one nghttp2 dropped half-way leaves nothing to keep), so the buffers may be released. */
+    if (hd->type != NGHTTP2_CONTINUATION) h->hlen = h->nlens = 0;
     if (hd->type != NGHTTP2_HEADERS || !h->goaway_sent || hd->stream_id <= h->refuse_above ||
         !(hd->stream_id & 1) || nghttp2_session_find_stream(s, hd->stream_id))
         return 0;
@@ -250,7 +364,10 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
         }
         if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
             if (st) st->expected = expected;
-            if (st && st->refused) return 0;
+            if (st && st->refused) {
+                h->hlen = h->nlens = 0;
+                return 0;
+            }
             rv = txg_h2_on_request(h->user, sid, h->hbuf, h->hlen, h->hlens, h->nlens / 2, es);
             h->hlen = h->nlens = 0;
             if (rv != 0) {
@@ -260,6 +377,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
             return 0;
         }
         /* Trailers: the body is over; they must end the stream. */
+        h->hlen = h->nlens = 0;
         if (!es) {
             fail(h, H2_PROTOCOL_ERROR);
             return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -356,22 +474,79 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *u
     return 0;
 }
 
+/* nghttp2 asks for up to `length` payload bytes of a DATA frame: the host copies them straight into
+ * h->out, 9 bytes past its end (room for the frame header), and nghttp2 is told NO_COPY: send_data()
+ * then completes the frame there. nghttp2 calls send_data() right after this, within the same
+ * nghttp2_session_mem_send() (or drops the frame when the stream is gone); nothing else writes to
+ * h->out in between. */
 static ssize_t read_body(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t length, uint32_t *data_flags,
                          nghttp2_data_source *source, void *ud) {
     txg_h2 *h = ud;
     uint32_t flags = 0;
     ssize_t n;
     (void)s;
+    (void)buf;
     (void)source;
-    n = txg_h2_on_read(h->user, sid, buf, length, &flags);
+    h->staged = 0;
+    if (length > SIZE_MAX - 9 - h->out_len ||
+        grow((void **)&h->out, &h->out_cap, h->out_len + 9 + length, 1) != 0) {
+        fail(h, H2_INTERNAL_ERROR);
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    n = txg_h2_on_read(h->user, sid, h->out + h->out_len + 9, length, &flags);
     if (n == TXG_H2_DEFERRED) return NGHTTP2_ERR_DEFERRED;
     if (n < 0 || (size_t)n > length) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (flags & TXG_H2_READ_EOF) {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         if (flags & TXG_H2_READ_TRAILERS) *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
     }
+    *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    h->staged = 1;
+    h->staged_sid = sid;
+    h->staged_len = (size_t)n;
     return n;
 }
+
+/* The DATA frame read_body() staged: header, pad length, payload (already in place), padding, per
+ * nghttp2_send_data_callback's contract. */
+static int send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd, size_t length,
+                     nghttp2_data_source *source, void *ud) {
+    txg_h2 *h = ud;
+    size_t pad = frame->data.padlen, total;
+    uint8_t *dst;
+    (void)s;
+    (void)source;
+    if (!h->staged || h->staged_sid != frame->hd.stream_id || h->staged_len != length || pad > 256) {
+        fail(h, H2_INTERNAL_ERROR);
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    h->staged = 0;
+    total = 9 + length + pad; /* cannot overflow: read_body() grew h->out to out_len + 9 + length */
+    if (grow((void **)&h->out, &h->out_cap, h->out_len + total, 1) != 0) {
+        fail(h, H2_INTERNAL_ERROR);
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    dst = h->out + h->out_len;
+    if (pad) {
+        if (length) memmove(dst + 10, dst + 9, length);
+        dst[9] = (uint8_t)(pad - 1);
+        if (pad > 1) memset(dst + 10 + length, 0, pad - 1);
+    }
+    memcpy(dst, framehd, 9);
+    h->out_len += total;
+    return 0;
+}
+
+#ifdef TXG_H2_TEST_PADDING
+/* Test builds (the fuzz target) pad DATA frames too, to run send_data()'s padding path. */
+static ssize_t select_padding(nghttp2_session *s, const nghttp2_frame *frame, size_t max_payloadlen, void *ud) {
+    size_t want = frame->hd.length + (frame->hd.length % 3 == 0 ? 0 : 1 + frame->hd.length % 7);
+    (void)s;
+    (void)ud;
+    if (frame->hd.type != NGHTTP2_DATA) return (ssize_t)frame->hd.length;
+    return (ssize_t)(want < max_payloadlen ? want : max_payloadlen);
+}
+#endif
 
 txg_h2 *txg_h2_new(void *user, const txg_h2_limits *limits, int *err) {
     nghttp2_session_callbacks *cbs = NULL;
@@ -406,12 +581,21 @@ txg_h2 *txg_h2_new(void *user, const txg_h2_limits *limits, int *err) {
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_send_data_callback(cbs, send_data);
+#ifdef TXG_H2_TEST_PADDING
+    nghttp2_session_callbacks_set_select_padding_callback(cbs, select_padding);
+#endif
     nghttp2_option_set_no_http_messaging(opt, 1);
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_no_closed_streams(opt, 1);
     nghttp2_option_set_max_continuations(opt, limits->max_continuations);
     nghttp2_option_set_max_outbound_ack(opt, limits->max_control_replies ? limits->max_control_replies : 1000);
-    rv = nghttp2_session_server_new2(&h->session, cbs, h, opt);
+    h->mem.mem_user_data = h;
+    h->mem.malloc = mem_malloc;
+    h->mem.free = mem_free;
+    h->mem.calloc = mem_calloc;
+    h->mem.realloc = mem_realloc;
+    rv = nghttp2_session_server_new3(&h->session, cbs, h, opt, &h->mem);
     nghttp2_session_callbacks_del(cbs);
     nghttp2_option_del(opt);
     cbs = NULL;
@@ -441,8 +625,11 @@ nomem:
 }
 
 void txg_h2_free(txg_h2 *h) {
+    int i;
     if (!h) return;
     if (h->session) nghttp2_session_del(h->session);
+    for (i = 0; i < BIG_SLOTS; i++) /* nghttp2 freed them all; never leak a mapping regardless */
+        if (h->big[i]) big_unmap(h->big[i], h->big_len[i]);
     while (h->streams) {
         txg_stream *next = h->streams->next;
         free(h->streams);
@@ -499,6 +686,34 @@ static int pump(txg_h2 *h) {
     }
 }
 
+/* The header-block buffers hold nothing between blocks: free them (a block spanning two calls keeps them). */
+static void release_block(txg_h2 *h) {
+    if (h->hlen || h->nlens) return;
+    free(h->hbuf);
+    free(h->hlens);
+    h->hbuf = NULL;
+    h->hlens = NULL;
+    h->hcap = h->lcap = 0;
+}
+
+void txg_h2_release(txg_h2 *h) {
+    if (!h) return;
+    release_block(h);
+    if (h->out_len == 0) {
+        free(h->out);
+        h->out = NULL;
+        h->out_cap = 0;
+    }
+}
+
+void txg_h2_memory(txg_h2 *h, size_t *glue, size_t *mapped) {
+    int i;
+    *glue = *mapped = 0;
+    if (!h) return;
+    *glue = h->hcap + h->lcap * sizeof(uint32_t) + h->out_cap;
+    for (i = 0; i < BIG_SLOTS; i++) *mapped += h->big_len[i];
+}
+
 int txg_h2_recv(txg_h2 *h, const uint8_t *data, size_t len) {
     ssize_t rv;
     if (!h || (!data && len)) return H2_INTERNAL_ERROR;
@@ -510,6 +725,7 @@ int txg_h2_recv(txg_h2 *h, const uint8_t *data, size_t len) {
         h->failed = code;
     }
     if (pump(h) != 0 && h->failed < 0) h->failed = H2_INTERNAL_ERROR;
+    release_block(h);
     return h->failed >= 0 ? h->failed : 0;
 }
 

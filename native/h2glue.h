@@ -55,6 +55,12 @@ void txg_h2_free(txg_h2 *h);
 int txg_h2_recv(txg_h2 *h, const uint8_t *data, size_t len);
 /* Serialize every pending frame; *out points at them (valid until the next call), returns the length. */
 ssize_t txg_h2_send(txg_h2 *h, const uint8_t **out);
+/* The host has copied what txg_h2_send gave it: free the glue's empty buffers (an idle session then
+ * holds none; they are allocated again when needed). *out from txg_h2_send is invalid afterwards. */
+void txg_h2_release(txg_h2 *h);
+/* What the session holds beyond nghttp2's heap: the glue's buffers, and the mappings of nghttp2's big
+ * blocks (page multiples; pages never written are not resident). */
+void txg_h2_memory(txg_h2 *h, size_t *glue, size_t *mapped);
 /* Response HEADERS (or trailers) from one blob of name/value bytes and 2 * nfields lengths. */
 int txg_h2_submit(txg_h2 *h, int32_t stream_id, const uint8_t *blob, size_t blob_len,
                   const uint32_t *lens, size_t nfields, int flags);

@@ -11,7 +11,7 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from txgate.http.exchange import ConnectionInfo, Limits
-from txgate.http.h2 import HIGH_WATER, H2Connection
+from txgate.http.h2 import HIGH_WATER, H2Connection, engine_settings
 from txgate.http.h2engine import available_engines
 
 
@@ -206,6 +206,15 @@ def test_settings_advertise_limits_and_windows():
     assert settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] == 1 << 20
     # The connection window was widened beyond the RFC's 65535.
     assert p.client.outbound_flow_control_window > 1 << 20
+
+
+def test_connections_with_equal_limits_share_one_engine_settings():
+    # Engines keep their settings for the connection's life: one object per listener, not per connection.
+    a = engine_settings(Limits(max_header_bytes=8192, max_concurrent_streams=7))
+    assert a is engine_settings(Limits(max_header_bytes=8192, max_concurrent_streams=7))
+    assert (a.max_header_list_size, a.max_concurrent_streams) == (8192, 7)
+    other = engine_settings(Limits(max_header_bytes=8192, max_concurrent_streams=8))
+    assert other is not a and other.max_concurrent_streams == 8
 
 
 def test_get_is_answered_with_headers_and_body():

@@ -59,9 +59,9 @@ def test_request_body_arrives_in_pieces_with_flow_lengths(name):
     assert d.ended == [1]
 
 
-def test_unacknowledged_body_closes_the_stream_window_only(name):
+def test_unacknowledged_body_closes_the_stream_window_only(name, monkeypatch):
     d = Driver(name, EngineSettings(initial_window_size=65535, connection_window_size=1 << 20))
-    d.engine.acknowledge = lambda sid, n: None  # a paused reader
+    monkeypatch.setattr(type(d.engine), "acknowledge", lambda self, sid, n: None)  # a paused reader
     c = client()
     c.receive_data(bytes(d.out))
     d.out.clear()
@@ -121,6 +121,26 @@ def test_large_body_is_split_into_frames_of_the_client_max_size(name):
     sizes = [len(p) for k, f, sid, p in parse_frames(bytes(d.out)) if k == DATA]
     assert sum(sizes) == 40000 and max(sizes) <= 16384
     assert d.server_view()["responses"][1]["ended"]
+
+
+def test_data_frames_end_at_the_frame_size_and_the_window(name):
+    # 32,882 bytes with a stream window of 20000: frames of the client's max size, the window's
+    # remainder, then the rest once WINDOW_UPDATE arrives; the bytes in order, END_STREAM on the last.
+    body = bytes(range(251)) * 131 + b"!"
+    d = Driver(name, body=body)
+    c = client()
+    c.update_settings({4: 20000})
+    c.send_headers(1, request_headers(), end_stream=True)
+    d.feed(c.data_to_send())
+    first = [(f, p) for k, f, sid, p in parse_frames(bytes(d.out)) if k == DATA]
+    assert [len(p) for f, p in first] == [16384, 20000 - 16384] and not any(f & 1 for f, p in first)
+    c.receive_data(bytes(d.out))
+    d.out.clear()
+    c.increment_flow_control_window(len(body), stream_id=1)
+    d.feed(c.data_to_send())
+    rest = [(f, p) for k, f, sid, p in parse_frames(bytes(d.out)) if k == DATA]
+    assert [len(p) for f, p in rest] == [len(body) - 20000] and rest[-1][0] & 1
+    assert b"".join(p for f, p in first + rest) == body
 
 
 def test_trailers_end_the_stream(name):

@@ -41,6 +41,10 @@ def main() -> None:
         "post-trailers": session(2, b"x" * 50, trailers=True),
         "reset": session(3, b"abc", reset=True),
         "bad-cl": session(1, b"abc").replace(b"content-length", b"content-lengtH"),
+        # A literal value declaring 20,000 bytes, cut short: nghttp2 allocates its buffer (a big block,
+        # a mapping or the heap in the glue's allocator) as soon as it reads the length.
+        "big-literal": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        + b"\x00\x00\x6a\x01\x05\x00\x00\x00\x01\x82\x87\x84" + b"\x00\x01x\x7f\xa1\x9b\x01" + b"v" * 96,
         "continuation": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
         + b"\x00\x00\x01\x01\x00\x00\x00\x00\x01\x82" + b"\x00\x00\x01\x09\x00\x00\x00\x00\x01\x87" * 3,
     }

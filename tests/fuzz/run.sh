@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build a fuzz target with libFuzzer + ASan + UBSan and run it for SECONDS (default 60) from its seed
 # corpus: spki (tests/fuzz/fuzz_spki.c against native/spki.c, the default) or h2 (tests/fuzz/fuzz_h2.c
-# against native/h2glue.c and the system libnghttp2). Exits non-zero on any finding (crash, sanitizer
-# report, failed check, leak, timeout, OOM); the reproducer is printed as hex and kept in the work dir.
+# against native/h2glue.c, built with DATA padding on and one mapping at a time for nghttp2's big blocks,
+# and the system libnghttp2). Exits non-zero on any finding (crash, sanitizer report, failed check,
+# leak, timeout, OOM); the reproducer is printed as hex and kept in the work dir.
 # Usage: tests/fuzz/run.sh [SECONDS] [spki|h2]   (needs clang with libFuzzer, e.g. Debian's clang + libclang-rt-dev)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,7 +13,7 @@ TARGET="${2:-spki}"
 case "$TARGET" in
     spki) SOURCES=(tests/fuzz/fuzz_spki.c native/spki.c -lcrypto); SEEDS=tests/fuzz/corpus
           EXTRA=(-dict=tests/fuzz/spki.dict -max_len=8192) ;;
-    h2)   SOURCES=(tests/fuzz/fuzz_h2.c native/h2glue.c -lnghttp2); SEEDS=tests/fuzz/corpus_h2
+    h2)   SOURCES=(-DTXG_H2_TEST_PADDING -DTXG_H2_BIG_LIVE_MAX=1 tests/fuzz/fuzz_h2.c native/h2glue.c -lnghttp2); SEEDS=tests/fuzz/corpus_h2
           EXTRA=(-max_len=16384) ;;
     *)    echo "tests/fuzz/run.sh: unknown target $TARGET (spki or h2)" >&2; exit 2 ;;
 esac

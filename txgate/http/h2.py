@@ -14,6 +14,7 @@ engine, which bounds them (GOAWAY ENHANCE_YOUR_CALM).
 """
 from __future__ import annotations
 
+import functools
 from collections import deque
 
 from twisted.internet.interfaces import IPushProducer
@@ -44,10 +45,16 @@ _REJECTED = NullHandler()
 
 
 def engine_settings(limits: Limits) -> EngineSettings:
-    """What the engine advertises and enforces for a listener's limits."""
+    """What the engine advertises and enforces for a listener's limits (one frozen object shared by
+    the connections of equal limits: engines keep it, so not one per connection)."""
+    return _engine_settings(limits.max_concurrent_streams, limits.max_header_bytes)
+
+
+@functools.lru_cache(maxsize=64)
+def _engine_settings(max_concurrent_streams: int, max_header_bytes: int) -> EngineSettings:
     return EngineSettings(
-        max_concurrent_streams=limits.max_concurrent_streams,
-        max_header_list_size=limits.max_header_bytes,
+        max_concurrent_streams=max_concurrent_streams,
+        max_header_list_size=max_header_bytes,
         initial_window_size=STREAM_WINDOW,
         connection_window_size=CONNECTION_WINDOW,
     )

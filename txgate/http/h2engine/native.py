@@ -59,8 +59,19 @@ def _pack(headers: list[Header]) -> tuple[bytes, object, int]:
     return b"".join(parts), ffi.new("uint32_t[]", [len(x) for x in parts]), len(headers)
 
 
+# Out-parameters of one glue call, read right after it returns (no callback in between runs another
+# engine's call): one pair for every engine rather than two cffi objects per connection.
+_WINDOWS = ffi.new("int32_t[2]")
+_OUTP = ffi.new("const uint8_t **")
+
+
 class NativeEngine:
-    """`H2Engine` over libnghttp2 (see the module docstring)."""
+    """`H2Engine` over libnghttp2 (see the module docstring).
+
+    Lean per connection (docs/benchmarks.md, idle memory): slots, streams' state only while they are
+    live, and no output buffer kept in the glue between writes."""
+
+    __slots__ = ("settings", "_handle", "_h", "_events", "_out", "_queued_total", "_live", "_over", "_early")
 
     name = "native"
 
@@ -82,13 +93,11 @@ class NativeEngine:
             raise MemoryError(f"txgate._nghttp2: session not created (error {err[0]})")
         self._h = ffi.gc(h, lib.txg_h2_free)
         self._events: list[Event] = []
-        self._out: dict[int, _Out] = {}
+        self._out: dict[int, _Out] = {}   # streams whose response body is still queued or open
         self._queued_total = 0
-        self._live: set[int] = set()
+        self._live: dict[int, None] = {}  # requests handed over and not ended (a dict: 64 bytes empty, a set 216)
         self._over = False
-        self._windows = ffi.new("int32_t[2]")
-        self._outp = ffi.new("const uint8_t **")
-        self._early: list[bytes] = []  # serialized ahead of a reset, to keep frame order
+        self._early: list[bytes] | None = None  # serialized ahead of a reset, to keep frame order
 
     def initiate(self) -> None:
         """SETTINGS and the connection window were queued when the session was made."""
@@ -118,7 +127,7 @@ class NativeEngine:
 
     def send_window(self, stream_id: int) -> int:
         """Bytes `send_data` may take now."""
-        w = self._windows
+        w = _WINDOWS
         if lib.txg_h2_send_windows(self._h, stream_id, w) != 0:
             return 0
         out = self._out.get(stream_id)
@@ -137,7 +146,7 @@ class NativeEngine:
         n = len(data)
         if n:
             if n > self.send_window(stream_id):
-                if lib.txg_h2_send_windows(self._h, stream_id, self._windows) != 0:
+                if lib.txg_h2_send_windows(self._h, stream_id, _WINDOWS) != 0:
                     return False
                 raise ValueError(f"send_data: {n} bytes exceed the send window of stream {stream_id}")
             out.chunks.append(data)
@@ -165,7 +174,11 @@ class NativeEngine:
     def reset(self, stream_id: int, error_code: int) -> None:
         """Queue RST_STREAM after what the stream has queued (nghttp2 would send RST_STREAM first)."""
         if stream_id in self._out:
-            self._early.append(self._serialize())
+            early = self._serialize()
+            if self._early is None:
+                self._early = [early]
+            else:
+                self._early.append(early)
         self._forget(stream_id)
         lib.txg_h2_reset(self._h, stream_id, error_code)
 
@@ -189,17 +202,20 @@ class NativeEngine:
     def data_to_send(self) -> bytes:
         """Every byte queued so far (nghttp2 serializes the frames here)."""
         data = self._serialize()
-        if self._early:
+        if self._early is not None:
             self._early.append(data)
             data = b"".join(self._early)
-            self._early = []
+            self._early = None
         return data
 
     def _serialize(self) -> bytes:
-        n = lib.txg_h2_send(self._h, self._outp)
+        h = self._h
+        n = lib.txg_h2_send(h, _OUTP)
         if n <= 0:
             return b""
-        return ffi.buffer(self._outp[0], n)[:]
+        data = ffi.buffer(_OUTP[0], n)[:]
+        lib.txg_h2_release(h)  # the glue's output buffer is not kept between writes
+        return data
 
     def idle(self) -> None:
         """No stream left at the protocol: nothing to drop (nghttp2 keeps no closed streams here)."""
@@ -213,7 +229,7 @@ class NativeEngine:
 
     # -- internals ---------------------------------------------------------------------------
     def _forget(self, stream_id: int) -> None:
-        self._live.discard(stream_id)
+        self._live.pop(stream_id, None)
         out = self._out.pop(stream_id, None)
         if out is not None:
             self._queued_total -= out.queued
@@ -267,7 +283,7 @@ def txg_h2_on_request(user, stream_id, buf, buf_len, lens, nfields, end_stream):
     raw = ffi.buffer(buf, buf_len)[:] if buf_len else b""
     offs = list(accumulate(ffi.unpack(lens, 2 * nfields), initial=0))
     headers = [(raw[offs[i]:offs[i + 1]], raw[offs[i + 1]:offs[i + 2]]) for i in range(0, 2 * nfields, 2)]
-    engine._live.add(stream_id)
+    engine._live[stream_id] = None
     events = engine._events
     events.append(RequestReceived(stream_id, headers, bool(end_stream)))
     if end_stream:
