@@ -13,25 +13,20 @@ secrets not seen, plaintext buffered inside OpenSSL). After a successful take, d
 """
 from __future__ import annotations
 
-import struct
-
 from OpenSSL import SSL
 
-from txgate.tls.records13 import SUITES, Records
+from txgate.tls import membio
+from txgate.tls.records13 import SUITES, Records, count_records
 
 try:
     from OpenSSL._util import ffi as _ffi
     from OpenSSL._util import lib as _lib
 
-    _BIO_read = _lib.BIO_read
     _SSL_pending = _lib.SSL_pending
-    _set_keylog = _lib.SSL_CTX_set_keylog_callback
-    _BUF_SIZE = 1 << 14
-    _BUF = _ffi.new("char[]", _BUF_SIZE)  # the reactor runs one call at a time
+    _set_keylog = _lib.SSL_CTX_set_keylog_callback if membio.available else None
 except Exception:  # pragma: no cover - a pyOpenSSL without these bindings: no hand-over
     _set_keylog = None
 
-_HEADER = struct.Struct(">BHH")
 _T = b"T"
 
 
@@ -70,27 +65,6 @@ def install(ctx: SSL.Context) -> None:
     _set_keylog(ctx._context, _keylog)
 
 
-def count_records(data: bytes) -> int | None:
-    """How many whole TLS records ``data`` holds; None when it ends inside one."""
-    pos, size, n = 0, len(data), 0
-    while pos < size:
-        if size - pos < 5:
-            return None
-        pos += 5 + _HEADER.unpack_from(data, pos)[2]
-        n += 1
-    return n if pos == size else None
-
-
-def _unread_input(conn: SSL.Connection) -> bytes:
-    buf = _BUF
-    parts = []
-    while True:
-        n = _BIO_read(conn._into_ssl, buf, _BUF_SIZE)
-        if n <= 0:
-            return b"".join(parts)
-        parts.append(_ffi.buffer(buf, n)[:])
-
-
 def take(conn: SSL.Connection, out: bytes) -> tuple[Records, bytes] | None:
     """`Records` continuing ``conn`` after its handshake (``out``: what OpenSSL wrote since the
     handshake's last flight was sent) and the input OpenSSL did not read; None to stay with OpenSSL."""
@@ -118,7 +92,7 @@ def take(conn: SSL.Connection, out: bytes) -> tuple[Records, bytes] | None:
     # OpenSSL's SSL_free removes the session from the server's cache when the connection was not shut
     # down (a "bad session"): the connection goes on, so its stateful ticket or session id must stay.
     conn.set_shutdown(SSL.SENT_SHUTDOWN)
-    rest = _unread_input(conn)
+    rest = membio.read_bio(conn._into_ssl)  # input OpenSSL has not read yet
     records = Records(suite, client, server, read_seq=0, write_seq=written,
                       alpn=conn.get_alpn_proto_negotiated() or None)
     if out:

@@ -79,6 +79,17 @@ def expand_label(secret: bytes, label: bytes, length: int, hash_name: str) -> by
     return hmac.digest(secret, info + b"\x01", hash_name)[:length]
 
 
+def count_records(data: bytes) -> int | None:
+    """How many whole records ``data`` holds; None when it ends inside one."""
+    pos, size, n = 0, len(data), 0
+    while pos < size:
+        if size - pos < 5:
+            return None
+        pos += 5 + _HEADER.unpack_from(data, pos)[2]
+        n += 1
+    return n if pos == size else None
+
+
 class _Direction:
     """One direction's traffic secret, AEAD, static IV and sequence number."""
 
@@ -111,8 +122,8 @@ class Records:
     """Both directions of one TLS 1.3 connection's application records.
 
     ``unprotect(data)`` takes bytes as they arrive and returns the application data of the records
-    they complete; protected output (records, KeyUpdate answers, alerts)
-    accumulates in ``out`` for the caller to send."""
+    they complete; protected output (records, KeyUpdate answers, alerts) accumulates in ``out`` for
+    the caller to send."""
 
     __slots__ = ("suite", "read", "write", "_buf", "_hs", "out", "closed_by_peer", "closed_by_us", "alpn",
                  "_update_due")
@@ -155,12 +166,9 @@ class Records:
             if length < TAG + 1:
                 raise RecordError(DECODE_ERROR, "record shorter than its tag")
             read = self.read
-            seq = read.seq
-            if seq >= _SEQ_LIMIT:
-                raise RecordError(INTERNAL_ERROR, "record sequence number exhausted")
-            read.seq = seq + 1
+            nonce = read.nonce()
             try:
-                inner = read.aead.decrypt((read.iv ^ seq).to_bytes(12, "big"), buf[pos + 5:end], buf[pos:pos + 5])
+                inner = read.aead.decrypt(nonce, buf[pos + 5:end], buf[pos:pos + 5])
             except InvalidTag:
                 raise RecordError(BAD_RECORD_MAC, "record failed authentication") from None
             pos = end
@@ -269,4 +277,4 @@ class Records:
         return b"".join(out)
 
 
-__all__ = ["CLOSE_NOTIFY", "SUITES", "RecordError", "Records", "expand_label"]
+__all__ = ["CLOSE_NOTIFY", "SUITES", "RecordError", "Records", "count_records", "expand_label"]

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txgate.tls import handover
+from txgate.tls.membio import read_bio
 from txgate.tls.outcomes import PlainHTTPRequest, represents_eof
 from txgate.tls.records13 import CLOSE_NOTIFY, RecordError
 
@@ -37,7 +38,6 @@ try:  # The raw calls under pyOpenSSL's recv() and bio_read(), to tell "no more 
     _SSL_do_handshake = _lib.SSL_do_handshake
     _SSL_write = _lib.SSL_write
     _BIO_write = _lib.BIO_write
-    _BIO_read = _lib.BIO_read
     _SSL_get_error = _lib.SSL_get_error
     _WANT_READ = _lib.SSL_ERROR_WANT_READ
     _BUF_SIZE = 1 << 15
@@ -145,19 +145,7 @@ def handshake_step(tls) -> bool:
 def read_tls_output(tls) -> bytes:
     """Everything OpenSSL has written to its outgoing memory BIO (b"" when nothing)."""
     if _SSL_read is not None:
-        bio = tls._from_ssl
-        n = _BIO_read(bio, _BUF, _BUF_SIZE)
-        if n <= 0:
-            return b""
-        first = _unpack(_BUF, n)[:]
-        if n < _BUF_SIZE:
-            return first
-        parts = [first]
-        while True:
-            n = _BIO_read(bio, _BUF, _BUF_SIZE)
-            if n <= 0:
-                return b"".join(parts)
-            parts.append(_unpack(_BUF, n)[:])
+        return read_bio(tls._from_ssl)
     parts = []
     while True:
         try:
@@ -231,9 +219,8 @@ class TLSServerProtocol:
     def dataReceived(self, data: bytes) -> None:
         if self._lost:
             return
-        rec = self._rec
-        if rec is not None:
-            self._receive(rec, data)
+        if self._rec is not None:
+            self._deliver(data)
             return
         tls = self._tls
         if self._fresh:
@@ -274,7 +261,7 @@ class TLSServerProtocol:
             if self._pending:
                 self._unbuffer()
             if rest is not None:
-                self._receive(self._rec, rest)
+                self._deliver(rest)
                 return
         self._deliver()
 
@@ -293,43 +280,39 @@ class TLSServerProtocol:
         self._tls = None
         return rest
 
-    def _receive(self, rec, data: bytes) -> None:
-        """Records after the hand-over: decrypt, deliver, then send what was written meanwhile in one write."""
+    def _deliver(self, data: bytes = b"") -> None:
+        """Hand every decrypted record to the application (after a hand-over: those ``data``
+        completes), then send what was written meanwhile: the responses written during the reads go
+        out in one TCP write."""
         corked = self._corked
         self._corked = True
         try:
-            try:
-                plain = rec.unprotect(data)  # one item per record
-            except RecordError as e:
-                if e.alert >= 0:
-                    rec.alert(e.alert)
-                self._failed(Failure(e))
-                return
-            for data in plain:
-                if self._lost or self._aborted:
-                    break
-                self.sink.dataReceived(data)
-            if rec.closed_by_peer and not self._lost:
-                # The peer's close_notify: answer it, then the connection ends with the TCP one's reason.
-                self._shutdown_tls()
-                self._failed(None)
+            rec = self._rec
+            if rec is not None:
+                self._deliver_protected(rec, data)
+            else:
+                self._deliver_records(self._tls)
         finally:
             self._corked = corked
             if not corked:
                 self._flush()
 
-    def _deliver(self) -> None:
-        """Hand every decrypted record to the application, then send what OpenSSL wrote meanwhile:
-        the responses written during the reads go out in one TCP write."""
-        tls = self._tls
-        corked = self._corked
-        self._corked = True
+    def _deliver_protected(self, rec, data: bytes) -> None:
         try:
-            self._deliver_records(tls)
-        finally:
-            self._corked = corked
-            if not corked:
-                self._flush()
+            plain = rec.unprotect(data)  # one item per record
+        except RecordError as e:
+            if e.alert >= 0:
+                rec.alert(e.alert)
+            self._failed(Failure(e))
+            return
+        for data in plain:
+            if self._lost or self._aborted:
+                break
+            self.sink.dataReceived(data)
+        if rec.closed_by_peer and not self._lost:
+            # The peer's close_notify: answer it, then the connection ends with the TCP one's reason.
+            self._shutdown_tls()
+            self._failed(None)
 
     def _deliver_records(self, tls) -> None:
         while not self._lost:
