@@ -45,8 +45,7 @@ GW_INI = """\
 [gateway]
 state_dir = {state}
 access_log = {access_log}
-h2_engine = {h2_engine}
-
+{h2_engine}
 [admin]
 bind = off
 
@@ -85,15 +84,20 @@ class Gateway:
         self._profiles = 0
         self.mtls_port: int | None = None  # the listener requiring client certificates (scenario 3m)
 
-    def cpu(self) -> float:
-        """utime + stime of the gateway: the process and, with workers, every worker process."""
-        total = _procs.cpu_seconds(self.pid)
+    def cpu_times(self) -> tuple[float, float]:
+        """(utime, stime) of the gateway: the process and, with workers, every worker process."""
+        user, system = _procs.cpu_times(self.pid)
         for child in _procs.children(self.pid):
             try:
-                total += _procs.cpu_seconds(child)
+                u, s = _procs.cpu_times(child)
             except OSError:  # exited meanwhile
-                pass
-        return total
+                continue
+            user, system = user + u, system + s
+        return user, system
+
+    def cpu(self) -> float:
+        """utime + stime of the gateway: the process and, with workers, every worker process."""
+        return sum(self.cpu_times())
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -148,12 +152,16 @@ def start(pm: _procs.Procs, tmp: str, repo: str, upstream_port: int, cpu, access
     with open(ini, "w") as f:
         text = GW_INI.format(state=os.path.join(d, "state"), upstream_port=upstream_port,
                              access_log=os.path.join(d, "access.log") if access_log else "off",
-                             h2_engine=h2_engine,
+                             h2_engine="" if h2_engine == "auto" else f"h2_engine = {h2_engine}\n",
                              listener_extra="".join(f"{k} = {v}\n" for k, v in (listener or {}).items()))
         if client_ca:
             text = text.replace("[api:bench]", MTLS_LISTENER.format(client_ca=client_ca) + "[api:bench]")
         # All load comes from 127.0.0.1: with client-address affinity it would all go to one worker.
-        f.write(text.replace("[gateway]\n", f"[gateway]\nworkers = {workers}\nworker_affinity = none\n", 1))
+        # Keys at their defaults (one worker, h2_engine auto) are left out, so that older trees that
+        # do not know them (e.g. ad85f1a, before workers) run under this harness too (--repo).
+        if workers != 1:
+            text = text.replace("[gateway]\n", f"[gateway]\nworkers = {workers}\nworker_affinity = none\n", 1)
+        f.write(text)
     env = dict(os.environ, PYTHONPATH=repo + (os.pathsep + os.environ["PYTHONPATH"]
                                               if os.environ.get("PYTHONPATH") else ""))
     profile_dir = None

@@ -66,10 +66,14 @@ class Peer:
         self.mtls_port = mtls_port  # the server that requires a client certificate (scenario 3m)
         self.tmp = tmp
 
+    def cpu_times(self) -> tuple[float, float]:
+        """(utime, stime) of the peer's worker process(es)."""
+        times = [_procs.cpu_times(k) for k in _procs.children(self.pid) or [self.pid]]
+        return sum(t[0] for t in times), sum(t[1] for t in times)
+
     def cpu(self) -> float:
         """utime + stime of the peer's worker process(es)."""
-        kids = _procs.children(self.pid) or [self.pid]
-        return sum(_procs.cpu_seconds(k) for k in kids)
+        return sum(self.cpu_times())
 
     def alive(self) -> bool:
         return self.proc.poll() is None

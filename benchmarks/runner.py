@@ -238,6 +238,17 @@ def tree_comparison(rows) -> list[str]:
     return notes
 
 
+def cpu_split(rows) -> list[str]:
+    """Per new-connection scenario: each server's CPU per connection split into user space and kernel."""
+    out = []
+    for key in ("3", "3r", "3m"):
+        parts = [f"{r['server']} {r['server_user_us_per_req']:.0f} + {r['server_sys_us_per_req']:.0f}"
+                 for r in rows if r["scenario"] == key and r.get("server_user_us_per_req") is not None]
+        if parts:
+            out.append(f"({key}) CPU us per connection, user + system: " + ", ".join(parts) + ".")
+    return out
+
+
 def peer_comparison(rows) -> list[str]:
     """Each txgate row set's requests per CPU-second against the nginx proxy's, per scenario."""
     mine = list(dict.fromkeys(r["server"] for r in rows if r["server"].startswith("txgate")))
@@ -370,13 +381,14 @@ def main(argv=None) -> int:
                 log(f"{name}: warm-up {args.warmup:g}s")
                 run(args.warmup)
             log(f"{name}: measuring {args.duration:g}s")
-            server_cpu = (lambda: _procs.cpu_seconds(be.worker_pid)) if key == "baseline" else server.cpu
+            server_cpu = (lambda: _procs.cpu_times(be.worker_pid)) if key == "baseline" else server.cpu_times
             if key != "baseline":
                 server.profile_start()
-            c0, l0 = server_cpu(), _load.children_cpu()
+            t0, l0 = server_cpu(), _load.children_cpu()
             who = peer or f"{workers}w-{engine or 'auto'}"
             res = run(args.duration, os.path.join(tmp, f"h2load-{key}-{who}.log".replace(" ", "-")))
-            c1, l1 = server_cpu(), _load.children_cpu()
+            t1, l1 = server_cpu(), _load.children_cpu()
+            c0, c1 = sum(t0), sum(t1)
             if key != "baseline":
                 prof = server.profile_stop()
                 if prof:
@@ -405,9 +417,12 @@ def main(argv=None) -> int:
             row = _row(key, res, c1 - c0, l1 - l0, args, note,
                        server="nginx direct" if key == "baseline" else (peer or label), engine=engine)
             row["workers"] = workers if key != "baseline" and not peer else None
+            if res["succeeded"]:  # where the CPU went: user space or the kernel
+                row.update(server_user_us_per_req=round((t1[0] - t0[0]) / res["succeeded"] * 1e6, 1),
+                           server_sys_us_per_req=round((t1[1] - t0[1]) / res["succeeded"] * 1e6, 1))
             if "probe" in res:
                 row.update(tls=res["probe"], reused=res["reused"], bytes_per_conn=res["bytes_per_conn"])
-            if key == "3" and handshake and row["server_cpu_us_per_req"] and not peer:
+            if key == "3" and handshake and row["server_cpu_us_per_req"]:  # the peer too: same formula
                 row.update(openssl_handshake_us=handshake["median_us"],
                            overhead_us_per_conn=round(row["server_cpu_us_per_req"] - handshake["median_us"], 1))
             log(f"{name}: {row['rate']:,.0f} {row['unit']}, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
@@ -483,12 +498,19 @@ def main(argv=None) -> int:
                 f"{pr['bytes']} bytes). s_time reports no per-connection times: p50/p99 are '-' "
                 "(--tls-client python measures them, at ~1.2x the client CPU per connection).")
         for r in rows:
-            if "overhead_us_per_conn" in r:
+            if "overhead_us_per_conn" in r and r["server"].startswith("txgate"):
                 notes.append(
                     f"(3) {r['server']}: OpenSSL's own server handshake for the gateway's certificate, in process (memory BIOs, "
                     f"server side only): {r['openssl_handshake_us']:.0f} us; gateway CPU per connection "
                     f"{r['server_cpu_us_per_req']:.0f} us - that = {r['overhead_us_per_conn']:.0f} us of the "
                     "gateway's own per connection (Python, TCP in the kernel, the proxied request).")
+            elif "overhead_us_per_conn" in r:
+                notes.append(
+                    f"(3) {r['server']}, the same formula: CPU per connection {r['server_cpu_us_per_req']:.0f} us - "
+                    f"{r['openssl_handshake_us']:.0f} us = {r['overhead_us_per_conn']:.0f} us of its own per connection "
+                    "(TCP in the kernel, the proxied request; its OpenSSL is the system's, its certificate also "
+                    "ECDSA P-256).")
+        notes += cpu_split(rows)
         if args.verbose:
             table = _report.render_verbose(rows, meta, notes)
         else:
