@@ -555,6 +555,36 @@ def test_wrong_purpose_refused(pki, server_pki):
     assert failed == "server" and verifier.state_of(conn).reason == "client_certificate_wrong_purpose"
 
 
+def test_accepted_leaf_is_kept_for_the_connection_and_parsed_once(pki, server_pki, monkeypatch):
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from txgate.tls import clientverify
+
+    verifier, tls = _server(pki, server_pki, "require")
+    conn, failed = handshake(tls, pki["client"])
+    assert failed is None
+    der, parsed = verifier.state_of(conn).leaf
+    assert der == conn.get_peer_certificate(as_cryptography=True).public_bytes(Encoding.DER)
+    assert parsed.public_bytes(Encoding.DER) == der
+    parses, load = [], x509.load_der_x509_certificate
+    monkeypatch.setattr(clientverify.x509, "load_der_x509_certificate",
+                        lambda data: parses.append(data) or load(data))
+    conn, failed = handshake(tls, pki["client"])  # the same client again: no new parse
+    assert failed is None and parses == [] and verifier.state_of(conn).leaf[0] == der
+
+
+def test_leaf_cache_is_bounded(monkeypatch):
+    from txgate.tls import clientverify
+
+    monkeypatch.setattr(clientverify, "_LEAF_CACHE", {})
+    monkeypatch.setattr(clientverify, "_LEAF_CACHE_SIZE", 3)
+    monkeypatch.setattr(clientverify.x509, "load_der_x509_certificate", lambda der: der)
+    monkeypatch.setattr(clientverify, "signature_usage_problem", lambda cert: None)
+    for i in range(5):
+        clientverify._leaf_facts(bytes([i]), b"der%d" % i)
+    assert list(clientverify._LEAF_CACHE) == [bytes([2]), bytes([3]), bytes([4])]
+
+
 def test_optional_without_certificate(pki, server_pki):
     verifier, tls = _server(pki, server_pki, "optional")
     conn, failed = handshake(tls, None)

@@ -160,12 +160,17 @@ BAD_USAGE = {
 def test_client_leaf_whose_key_usage_forbids_signatures_is_refused(world, usage, version):
     gw = gateway(world, f"client_auth = require\nclient_ca = {world['files']['root.pem']}\n")
     try:
-        status, lines = attempt(gw, leaf("ka-client", world["inter"], ku=usage), TLS_VERSIONS[version])
+        ck = leaf("ka-client", world["inter"], ku=usage)
+        status, lines = attempt(gw, ck, TLS_VERSIONS[version])
         assert status is None
         assert len(lines) == 1 and "client_certificate_wrong_purpose" in lines[0]
         # keyAgreement-only passes OpenSSL's own "ssl client" purpose check: ours says why; the others
         # OpenSSL refuses first, in its words.
         assert ("digitalSignature" in lines[0] or "unsuitable certificate purpose" in lines[0]) and "depth 0" in lines[0]
+        # The same leaf again: the gateway's parsed-leaf cache answers now, and refuses it the same way.
+        status, again = attempt(gw, ck, TLS_VERSIONS[version])
+        assert status is None and len(again) == 2
+        assert "client_certificate_wrong_purpose" in again[1] and "depth 0" in again[1]
     finally:
         gw.stop()
 
@@ -185,8 +190,10 @@ def test_client_ed25519_leaf_without_digital_signature_is_refused(world):
 def test_client_leaf_that_may_sign_is_accepted(world, usage):
     gw = gateway(world, f"client_auth = require\nclient_ca = {world['files']['root.pem']}\n")
     try:
-        status, lines = attempt(gw, leaf("ok-client", world["inter"], ku=usage))
-        assert status == 200 and lines == []
+        ck = leaf("ok-client", world["inter"], ku=usage)
+        for _ in range(2):  # the second time from the parsed-leaf cache
+            status, lines = attempt(gw, ck)
+            assert status == 200 and lines == []
     finally:
         gw.stop()
 

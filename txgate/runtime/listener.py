@@ -121,11 +121,15 @@ class Negotiator(Protocol):
 
         try:
             conn = self.transport.getHandle()
-            cert = conn.get_peer_certificate(as_cryptography=True)
-            if cert is None:
-                return
             state = self.factory.client_certs.state_of(conn)
-            der = cert.public_bytes(Encoding.DER)
+            leaf = getattr(state, "leaf", None)  # what the verify callback already parsed
+            if leaf is not None:
+                der, cert = leaf
+            else:
+                cert = conn.get_peer_certificate(as_cryptography=True)
+                if cert is None:
+                    return
+                der = cert.public_bytes(Encoding.DER)
             called = getattr(state, "called", False)
             # No callback facts (e.g. a resumed session): never claim a verified chain.
             verified = bool(called and state.verified)

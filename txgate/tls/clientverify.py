@@ -80,7 +80,7 @@ def _error_string(errno: int) -> str:
 class ClientCertState:
     """What the verify callback learned about one connection's client certificate."""
 
-    __slots__ = ("listener", "called", "verified", "chain", "reason", "detail")
+    __slots__ = ("listener", "called", "verified", "chain", "reason", "detail", "leaf")
 
     def __init__(self, listener: str | None = None) -> None:
         self.listener = listener  # the listener whose trust store verifies this connection
@@ -91,6 +91,9 @@ class ClientCertState:
         self.chain: dict[int, bytes] = {}
         self.reason: str | None = None  # reason code of a refusal
         self.detail: str | None = None  # OpenSSL's words for it
+        # (DER, parsed) of the leaf the callback last accepted at depth 0: the peer's certificate,
+        # so that the connection need not fetch and parse it again after the handshake.
+        self.leaf: tuple[bytes, x509.Certificate] | None = None
 
     @property
     def ca_fingerprints(self) -> VerifiedChain:
@@ -202,10 +205,16 @@ class ClientVerifier:
             chain = state.chain
             if chain and depth >= min(chain):
                 chain.clear()
-            parsed = cert.to_cryptography()
-            if depth == 0 and not self._may_sign(state, parsed):
-                return False
-            chain[depth] = hashlib.sha256(parsed.public_bytes(serialization.Encoding.DER)).digest()
+            der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+            fingerprint = hashlib.sha256(der).digest()
+            if depth == 0:
+                # Only the leaf is parsed (its key usage); the CAs above it need just their fingerprint.
+                parsed, problem = _leaf_facts(fingerprint, der)
+                if problem is not None:
+                    self._refuse(state, REASONS[INVALID_PURPOSE], problem, 0, parsed)
+                    return False
+                state.leaf = (der, parsed)
+            chain[depth] = fingerprint
             return True
         except Exception:
             log.failure("client certificate verify callback failed")
@@ -248,6 +257,25 @@ class ClientVerifier:
         except Exception:
             subject = "?"
         state.detail = f"{text} (depth {depth}, '{subject}')"
+
+
+# Parsed leaves by SHA-256 of their DER: mTLS clients present the same certificate on every
+# connection, and parsing it (plus its key-usage check) is most of the callback's Python cost. Bounded:
+# the oldest entry goes first.
+_LEAF_CACHE: dict[bytes, tuple[x509.Certificate, str | None]] = {}
+_LEAF_CACHE_SIZE = 256
+
+
+def _leaf_facts(fingerprint: bytes, der: bytes) -> tuple[x509.Certificate, str | None]:
+    """(parsed certificate, key-usage problem or None) of a leaf, from the cache when seen before."""
+    facts = _LEAF_CACHE.get(fingerprint)
+    if facts is None:
+        parsed = x509.load_der_x509_certificate(der)
+        facts = (parsed, signature_usage_problem(parsed))
+        if len(_LEAF_CACHE) >= _LEAF_CACHE_SIZE:
+            del _LEAF_CACHE[next(iter(_LEAF_CACHE))]
+        _LEAF_CACHE[fingerprint] = facts
+    return facts
 
 
 def _safe_error_string(errno: int) -> str:
