@@ -189,14 +189,6 @@ class UpstreamConnection(Protocol):
 
     # -- parsing ------------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
-        # What this read makes the client's side write (head, body chunks, end) leaves in one send.
-        started = hold_writes()
-        try:
-            self._data_received(data)
-        finally:
-            release_writes(started)
-
-    def _data_received(self, data: bytes) -> None:
         ex = self.exchange
         if ex is None or self.response_done:
             # Bytes with no request outstanding: the upstream is confused; drop it.
@@ -204,31 +196,36 @@ class UpstreamConnection(Protocol):
             return
         in_head = not self.response_started
         error = None
+        # What this read makes the client's side write (head, body chunks, end) leaves in one send.
+        started = hold_writes()
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            cause = e.__context__
-            if isinstance(cause, _Stop):
-                error = cause.error
-            else:
-                error = UpstreamProtocolError(f"{self.pool.label}: malformed response: {e}")
-        if self._completed:
-            # The response ended in this read. Anything after it answered nothing (on_message_begin
-            # stopped the parser there): the connection is out of step and is not reused.
-            self._completed = False
-            if error is not None or self.parser_stopped:
-                self.no_reuse = True
-            self._finish()
-            return
-        if error is None and in_head and not self.response_started:
-            # A head still incomplete: httptools buffers a partial line itself, so count raw
-            # bytes too, or one endless header (or status) line would never hit the limit.
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_head:
-                error = self._head_too_large()
-        if error is not None:
-            self.close()
-            ex.upstream_error(error)
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError as e:
+                cause = e.__context__
+                if isinstance(cause, _Stop):
+                    error = cause.error
+                else:
+                    error = UpstreamProtocolError(f"{self.pool.label}: malformed response: {e}")
+            if self._completed:
+                # The response ended in this read. Anything after it answered nothing (on_message_begin
+                # stopped the parser there): the connection is out of step and is not reused.
+                self._completed = False
+                if error is not None or self.parser_stopped:
+                    self.no_reuse = True
+                self._finish()
+                return
+            if error is None and in_head and not self.response_started:
+                # A head still incomplete: httptools buffers a partial line itself, so count raw
+                # bytes too, or one endless header (or status) line would never hit the limit.
+                self._head_bytes += len(data)
+                if self._head_bytes > self.max_head:
+                    error = self._head_too_large()
+            if error is not None:
+                self.close()
+                ex.upstream_error(error)
+        finally:
+            release_writes(started)
 
     def _head_too_large(self) -> UpstreamHeadersTooLarge:
         return UpstreamHeadersTooLarge(f"{self.pool.label}: response head exceeds {self.max_head} bytes")
