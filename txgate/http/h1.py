@@ -13,6 +13,7 @@ from txgate.directwrite import no_delay
 from txgate.http.closing import GRACE, Closer, abort_connection
 from txgate.errors import BadRequest, GatewayError, HeadersTooLarge, InternalError
 from txgate.http.errors import error_body, log_error, send_gateway_error
+from txgate.http.headers import header_lines
 from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead, StreamRecord
 from txgate.http.requestid import ensure_request_id
 from txgate.http.requests import dispatch_request, h1_request_head
@@ -41,7 +42,7 @@ class _Exchange(StreamRecord):
     __slots__ = ("conn", "chunked", "pending", "done", "request_complete", "keep_alive", "head_only", "queued_body")
 
     def __init__(self, conn: H1Connection, head: RequestHead, keep_alive: bool, started: float) -> None:
-        super().__init__(conn.info, head, started)
+        StreamRecord.__init__(self, conn.info, head, started)  # (no super object per request)
         self.conn = conn
         self.chunked = False
         self.pending: bytes | None = None
@@ -63,26 +64,23 @@ class _Exchange(StreamRecord):
         if conn.shutting_down:
             self.keep_alive = False
         head = self.head
-        parts = [status_line(status)]
-        for k, v in headers:
-            parts.append(k + b": " + v + b"\r\n")
-        parts.append(b"x-request-id: " + (head.request_id or ensure_request_id(head)) + b"\r\n")
         if self.head_only or status in (204, 304):
-            if content_length is not None and status != 204:
-                parts.append(b"content-length: %d\r\n" % content_length)
+            framing = b"content-length: %d\r\n" % content_length if content_length is not None and status != 204 else b""
         elif content_length is not None:
-            parts.append(b"content-length: %d\r\n" % content_length)
-        elif self.head.version == b"1.1":
+            framing = b"content-length: %d\r\n" % content_length
+        elif head.version == b"1.1":
             self.chunked = True
-            parts.append(b"transfer-encoding: chunked\r\n")
+            framing = b"transfer-encoding: chunked\r\n"
         else:
             self.keep_alive = False
+            framing = b""
         if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        elif self.head.version == b"1.0":
-            parts.append(b"connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        self.pending = b"".join(parts)
+            end = b"connection: close\r\n\r\n"
+        else:
+            end = b"connection: keep-alive\r\n\r\n" if head.version == b"1.0" else b"\r\n"
+        self.pending = b"%s%sx-request-id: %s\r\n%s%s" % (
+            _STATUS_LINES.get(status) or status_line(status), header_lines(headers),
+            head.request_id or ensure_request_id(head), framing, end)
 
     def write(self, data: bytes) -> None:
         if self.done or not data:
@@ -434,7 +432,7 @@ class H1Connection(Protocol):
     # -- completion -------------------------------------------------------------
     def exchange_done(self, ex: _Exchange, clean: bool) -> None:
         """Called by the exchange when its response is over."""
-        self._log(ex)
+        ex.report(self.dispatcher, self.clock.seconds(), ex.handler)
         if ex is not self.current:
             return
         if not clean or not ex.keep_alive:
@@ -458,20 +456,23 @@ class H1Connection(Protocol):
         if self.shutting_down:
             self._close()
             return
-        if self.queue:
-            ex = self.queue.pop(0)
-            body = ex.queued_body or []
-            ex.queued_body = None
-            self._start(ex)
-            for chunk in body:
-                if ex.done:
-                    break
-                ex.handler.body_received(chunk)
-            if ex.request_complete and not ex.done:
-                ex.handler.body_finished()
-            if ex.done and ex.request_complete and self.current is ex:
-                self._next()
-                return
+        if not self.queue:
+            if self.read_paused:  # (else nothing to change: no pause, nothing queued)
+                self._update_reading()
+            return
+        ex = self.queue.pop(0)
+        body = ex.queued_body or []
+        ex.queued_body = None
+        self._start(ex)
+        for chunk in body:
+            if ex.done:
+                break
+            ex.handler.body_received(chunk)
+        if ex.request_complete and not ex.done:
+            ex.handler.body_finished()
+        if ex.done and ex.request_complete and self.current is ex:
+            self._next()
+            return
         self._update_reading()
 
     def _log(self, ex: _Exchange) -> None:

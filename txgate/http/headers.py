@@ -116,7 +116,15 @@ def _less_named(headers, out: list, vias: list) -> tuple[list, list]:
 
 
 def _via(vias: list, via: bytes) -> tuple[bytes, bytes]:
-    return (b"via", b", ".join(vias + [via]) if vias else via)
+    return (b"via", b", ".join(vias + [via]))
+
+
+_LINE = b"%s: %s\r\n"
+
+
+def header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """HTTP/1.1 header lines ('name: value\\r\\n' each) of (name, value) tuples, in one C-level pass."""
+    return b"".join(map(_LINE.__mod__, headers))
 
 
 def upstream_request_headers(
@@ -133,7 +141,7 @@ def upstream_request_headers(
     if named:
         out, vias = _less_named(headers, out, vias)
     out.extend(_forwarding_tail(client_ip, proto, original_host))
-    out.append(_via(vias, via))
+    out.append(_via(vias, via) if vias else (b"via", via))
     if request_id:
         out.append((REQUEST_ID, request_id))
     return out
@@ -146,5 +154,5 @@ def downstream_response_headers(
     out, vias, named = _filtered(headers, RESPONSE_DROP)
     if named:
         out, vias = _less_named(headers, out, vias)
-    out.append(_via(vias, via))
+    out.append(_via(vias, via) if vias else (b"via", via))
     return out
