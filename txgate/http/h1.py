@@ -13,7 +13,7 @@ from txgate.directwrite import no_delay
 from txgate.http.closing import GRACE, Closer, abort_connection
 from txgate.errors import BadRequest, GatewayError, HeadersTooLarge, InternalError
 from txgate.http.errors import error_body, log_error, send_gateway_error
-from txgate.http.headers import header_lines
+from txgate.http.headers import field_bytes, header_lines
 from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead, StreamRecord
 from txgate.http.requestid import ensure_request_id
 from txgate.http.requests import dispatch_request, h1_request_head
@@ -151,7 +151,10 @@ class H1Connection(Protocol):
         # Parser scratch state for the head being read.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] | None = None
-        self._header_bytes = 0
+        self._header_bytes = 0  # field_bytes of _headers[:_counted]
+        self._counted = 0
+        self._fed_in_head = 0  # bytes of the reads that ended inside the head being read
+        self._feed = 0  # bytes of the read being parsed
         self._parsing: _Exchange | None = None
         self._expect_continue = False
         self._raw_head_bytes = 0
@@ -282,6 +285,7 @@ class H1Connection(Protocol):
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
+        self._feed = len(data)
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -301,6 +305,13 @@ class H1Connection(Protocol):
                 log.failure("request handling failed", failure=Failure(cause))
                 self._protocol_error(InternalError())
             return
+        if self._headers is not None:
+            # A head still incomplete (a pipelined one too): its fields so far against the limit.
+            self._fed_in_head += self._feed
+            self._count_fields()
+            if len(self._url) + self._header_bytes > self.limits.max_header_bytes:
+                self._protocol_error(HeadersTooLarge())
+                return
         if self.phase == HEADERS:
             # A head that did not arrive whole: it must be complete within header_timeout.
             # (Checked here, not per request, so a head in one packet costs no timer.)
@@ -357,21 +368,30 @@ class H1Connection(Protocol):
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._counted = 0
+        self._fed_in_head = 0
         self._expect_continue = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._header_bytes += len(url)
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise HeadersTooLarge()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise HeadersTooLarge()
         self._headers.append((name.lower(), value))
 
+    def _count_fields(self) -> None:
+        self._header_bytes += field_bytes(self._headers, self._counted)
+        self._counted = len(self._headers)
+
     def on_headers_complete(self) -> None:
+        # The head against max_header_bytes: the URL and each field (name, value, 4). Fields are
+        # counted at the end of a read inside the head, and here only when the head could be over:
+        # the fields not counted yet came in the reads since (_fed_in_head, _feed), each at most
+        # twice its raw line.
+        limit = self.limits.max_header_bytes
+        if self._header_bytes + 2 * (self._fed_in_head + self._feed) > limit:
+            self._count_fields()
+            if len(self._url) + self._header_bytes > limit:
+                raise HeadersTooLarge()
         parser = self.parser
         head, self._expect_continue = h1_request_head(
             parser.get_method(), self._url, parser.get_http_version().encode(), self._headers

@@ -2,6 +2,8 @@
 """Header rules at each hop: hop-by-hop and connection-specific sets, forwarding headers, Via."""
 from __future__ import annotations
 
+from itertools import chain, islice
+
 # Connection-specific headers: never valid in HTTP/2 (RFC 9113 8.2.2).
 H2_CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
@@ -156,3 +158,8 @@ def downstream_response_headers(
         out, vias = _less_named(headers, out, vias)
     out.append(_via(vias, via) if vias else (b"via", via))
     return out
+
+
+def field_bytes(fields: list[tuple[bytes, bytes]], start: int = 0) -> int:
+    """``fields[start:]`` as a head's size limit counts them: name, value and 4 bytes each (summed in C)."""
+    return sum(map(len, chain.from_iterable(islice(fields, start, None)))) + 4 * (len(fields) - start)
