@@ -78,9 +78,9 @@ class _Exchange(StreamRecord):
             end = b"connection: close\r\n\r\n"
         else:
             end = b"connection: keep-alive\r\n\r\n" if head.version == b"1.0" else b"\r\n"
-        self.pending = b"%s%sx-request-id: %s\r\n%s%s" % (
+        self.pending = b"".join((
             _STATUS_LINES.get(status) or status_line(status), header_lines(headers),
-            head.request_id or ensure_request_id(head), framing, end)
+            b"x-request-id: ", head.request_id or ensure_request_id(head), b"\r\n", framing, end))
 
     def write(self, data: bytes) -> None:
         if self.done or not data:

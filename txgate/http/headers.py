@@ -121,12 +121,13 @@ def _via(vias: list, via: bytes) -> tuple[bytes, bytes]:
     return (b"via", b", ".join(vias + [via]))
 
 
-_LINE = b"%s: %s\r\n"
+_JOIN_FIELD = b": ".join
 
 
 def header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """HTTP/1.1 header lines ('name: value\\r\\n' each) of (name, value) tuples, in one C-level pass."""
-    return b"".join(map(_LINE.__mod__, headers))
+    """HTTP/1.1 header lines ('name: value\\r\\n' each) of (name, value) tuples, in C-level joins."""
+    # (about half the cost of a b"%s: %s\r\n" format per field)
+    return b"\r\n".join(map(_JOIN_FIELD, headers)) + b"\r\n" if headers else b""
 
 
 def upstream_request_headers(
@@ -142,7 +143,8 @@ def upstream_request_headers(
     out, vias, named = _filtered(headers, _REQUEST_DROP_ALL)
     if named:
         out, vias = _less_named(headers, out, vias)
-    out.extend(_forwarding_tail(client_ip, proto, original_host))
+    tail = _TAILS.get((client_ip, proto, original_host))  # (the cache looked up without a call)
+    out.extend(tail if tail is not None else _forwarding_tail(client_ip, proto, original_host))
     out.append(_via(vias, via) if vias else (b"via", via))
     if request_id:
         out.append((REQUEST_ID, request_id))

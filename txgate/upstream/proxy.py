@@ -127,8 +127,8 @@ class ProxyHandler:
         if self.client_paused:
             conn.pause_reading()
         pool = self.pool
-        head = b"%s %s%s HTTP/1.1\r\nhost: %s\r\n%s" % (
-            self.method, pool.base_path, self.target, self.host_override or pool.host_value, self.header_block)
+        head = b"".join((self.method, b" ", pool.base_path, self.target, b" HTTP/1.1\r\nhost: ",
+                         self.host_override or pool.host_value, b"\r\n", self.header_block))
         self.sent_at = self.clock.seconds()
         # The head, the body read meanwhile and its end go out in one write.
         if self.buffer or (self.body_done and self.chunked):
