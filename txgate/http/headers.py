@@ -132,7 +132,6 @@ def header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 def upstream_request_headers(
     headers: list[tuple[bytes, bytes]],
-    *,
     client_ip: str,
     proto: bytes,
     original_host: bytes,

@@ -87,13 +87,9 @@ class ListenerDispatcher:
             path = strip_prefix(prefix, path)
         info = stream.info
         original_host = head.authority
-        headers = upstream_request_headers(
-            head.headers,
-            client_ip=info.client_host,
-            proto=info.scheme,
-            original_host=original_host,
-            via=VIA_H2 if head.version == b"2" else VIA_H1,
-            request_id=head.request_id or ensure_request_id(head),
+        headers = upstream_request_headers(  # (positional: a call with keywords costs more)
+            head.headers, info.client_host, info.scheme, original_host,
+            VIA_H2 if head.version == b"2" else VIA_H1, head.request_id or ensure_request_id(head),
         )
         if api.xfcc:
             peer = info.extra.get(PEER)
