@@ -268,7 +268,8 @@ class H1Connection(Protocol):
             self._update_reading()
 
     def _update_reading(self) -> None:
-        want_paused = self.body_paused or bool(self.queue)
+        # (a pipelined head begun behind the request in flight: the rest waits, as a whole one would)
+        want_paused = self.body_paused or bool(self.queue) or (self.phase == ACTIVE and self._headers is not None)
         if want_paused and not self.read_paused:
             self.read_paused = True
             self.transport.pauseProducing()
@@ -312,6 +313,10 @@ class H1Connection(Protocol):
             if len(self._url) + self._header_bytes > self.limits.max_header_bytes:
                 self._protocol_error(HeadersTooLarge())
                 return
+            if self.phase == ACTIVE and not self.read_paused:
+                # Pipelined behind the request in flight: read no more of it until that one is
+                # answered (_next), then its header timeout and raw byte limit apply from there.
+                self._update_reading()
         if self.phase == HEADERS:
             # A head that did not arrive whole: it must be complete within header_timeout.
             # (Checked here, not per request, so a head in one packet costs no timer.)
@@ -319,7 +324,7 @@ class H1Connection(Protocol):
         if in_head and self.phase == HEADERS:
             # A head still incomplete: httptools buffers a partial header line itself, so
             # count raw bytes too, or one endless header line would never hit the limit.
-            self._raw_head_bytes += len(data)
+            self._raw_head_bytes += self._feed
             if self._raw_head_bytes > self.limits.max_header_bytes + 1024:
                 self._protocol_error(HeadersTooLarge())
 
@@ -477,6 +482,12 @@ class H1Connection(Protocol):
             self._close()
             return
         if not self.queue:
+            if self._headers is not None:
+                # A pipelined head came in part while the last request was in flight: from now
+                # on it is a head being read like any other (header timeout, raw byte limit).
+                self.phase = HEADERS
+                self._raw_head_bytes = 0
+                self._arm_header_timer()
             if self.read_paused:  # (else nothing to change: no pause, nothing queued)
                 self._update_reading()
             return
