@@ -100,7 +100,7 @@ class ListenerDispatcher:
             return EchoHandler(stream, head, path.encode("latin-1"), [(b"host", original_host)] + headers, api.name)
         query = head.query
         # The target's base path is added per pool (round robin may pick any target).
-        target = path.encode("latin-1") + (b"?" + query if query or head.target.endswith(b"?") else b"")
+        target = path.encode("latin-1") + (b"?" + query if query or head.target[-1:] == b"?" else b"")
         if head.content_length is not None:
             end = b"content-length: %d\r\n\r\n" % head.content_length
         else:
