@@ -456,3 +456,65 @@ def test_unknown_transfer_coding_is_501_and_closes():
     (status, hdrs, body), = responses(t.value())
     assert status.startswith(b"HTTP/1.1 501") and json.loads(body)["error"] == "transfer_coding_not_supported"
     assert d.handlers == [] and t.disconnecting
+
+
+def _request_of_size(limit: int, over: int) -> bytes:
+    """A GET whose URL and fields count limit + over bytes (URL, then name + value + 4 per field)."""
+    url = b"/" + b"u" * 99
+    fields = [(b"host", b"x")] + [(b"x-a%03d" % i, b"v" * 90) for i in range(limit // 100 - 2)]
+    rest = limit + over - len(url) - sum(len(n) + len(v) + 4 for n, v in fields)
+    fields.append((b"x-last", b"w" * (rest - len(b"x-last") - 4)))
+    return b"GET %s HTTP/1.1\r\n%s\r\n" % (url, b"".join(b"%s: %s\r\n" % f for f in fields))
+
+
+@pytest.mark.parametrize("read", [100_000, 1000, 7, 1])
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_header_limit_counts_url_and_fields_exactly_whatever_the_reads(read, pipelined):
+    # Fields are counted lazily (at the end of a read inside a head, and at its end when it could
+    # be over), not one by one: the limit stays exact, for a pipelined head too.
+    for over, status in ((0, b"HTTP/1.1 200"), (1, b"HTTP/1.1 431")):
+        proto, t, d, _ = connect(max_header_bytes=2048, header_timeout=1e9)
+        first = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n" if pipelined else b""
+        data = first + _request_of_size(2048, over)
+        for i in range(0, len(data), read):
+            proto.dataReceived(data[i:i + read])
+        got = [r[0][:12] for r in responses(t.value())]
+        assert got == ([b"HTTP/1.1 200"] if pipelined else []) + [status], (over, read)
+
+
+def test_endless_header_line_pipelined_behind_a_request_in_flight_is_bounded():
+    # The head of a pipelined request that began while the one before was in flight: reading
+    # stops until that one is answered; then it is a head like any other (431 past the limit).
+    proto, t, d, clock = connect(auto=False, max_header_bytes=1024)
+    proto.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+    assert t.producerState == "paused"
+    d.handlers[0].respond()
+    assert t.producerState == "producing" and not t.disconnecting
+    for _ in range(5):
+        proto.dataReceived(b"a" * 1000)
+    statuses = [r[0][:12] for r in responses(t.value())]
+    assert statuses == [b"HTTP/1.1 200", b"HTTP/1.1 431"] and t.disconnecting
+    assert len(d.handlers) == 1
+
+
+def test_pipelined_head_begun_in_flight_gets_the_header_timeout_once_its_turn_comes():
+    proto, t, d, clock = connect(auto=False, header_timeout=2.0, idle_timeout=60.0)
+    proto.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n")
+    clock.advance(30)  # the first request takes its time: no header timeout meanwhile
+    assert not t.disconnecting
+    d.handlers[0].respond()
+    clock.advance(1.0)
+    proto.dataReceived(b"Host: x\r\n")
+    assert not t.disconnecting
+    clock.advance(1.1)
+    assert t.disconnecting and len(d.handlers) == 1
+
+
+def test_pipelined_head_begun_in_flight_completes_after_the_answer():
+    proto, t, d, clock = connect(auto=False)
+    proto.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HT")
+    d.handlers[0].respond()
+    proto.dataReceived(b"TP/1.1\r\nHost: x\r\n\r\n")
+    assert [h.head.target for h in d.handlers] == [b"/a", b"/b"]
+    d.handlers[1].respond()
+    assert [r[0][:12] for r in responses(t.value())] == [b"HTTP/1.1 200"] * 2 and not t.disconnecting

@@ -120,3 +120,12 @@ def test_connection_keep_alive_alone_and_with_other_names():
     named = downstream_response_headers(
         [(b"connection", b"keep-alive, x-a"), (b"keep-alive", b"timeout=5"), (b"x-a", b"1"), (b"x-b", b"2")], VIA_H1)
     assert named == [(b"x-b", b"2"), (b"via", VIA_H1)]
+
+
+def test_field_bytes_counts_name_value_and_four_from_start():
+    from txgate.http.headers import field_bytes, header_lines
+
+    fields = [(b"a", b"bc"), (b"host", b""), (b"x-y", b"zzzz")]
+    assert field_bytes(fields) == (1 + 2 + 4) + (4 + 0 + 4) + (3 + 4 + 4)
+    assert field_bytes(fields, 2) == 3 + 4 + 4 and field_bytes(fields, 3) == 0 == field_bytes([])
+    assert header_lines(fields) == b"a: bc\r\nhost: \r\nx-y: zzzz\r\n" and header_lines([]) == b""

@@ -8,6 +8,8 @@ from txgate.upstream.connection import UpstreamConnection
 
 
 class FakePool:
+    label = "up"
+
     def __init__(self):
         self.reactor = Clock()
         self.connect_timeout = 5.0
@@ -169,3 +171,53 @@ def test_body_received_before_the_upstream_is_ready_is_sent_in_order_chunked():
     conn = RecordingConn()
     pool.requesters[0].upstream_ready(conn, False)
     assert conn.sent.endswith(b"\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+
+
+class HeadLimitExchange(SlowReaderExchange):
+    """Records the response head or the error; reads on."""
+
+    status = None
+    error = None
+
+    def response_body(self, data):
+        self.body += data
+
+    def upstream_error(self, err):
+        self.error = err
+
+
+def _head_of_size(limit: int, over: int) -> bytes:
+    """A response head whose fields count limit + over bytes (name + value + 4 each, as the limit counts)."""
+    fields = [(b"x-a%03d" % i, b"v" * 90) for i in range(limit // 100 - 1)]
+    rest = limit + over - sum(len(n) + len(v) + 4 for n, v in fields) - len(b"content-length") - 1 - 4
+    fields += [(b"x-last", b"w" * (rest - len(b"x-last") - 4)), (b"content-length", b"0")]
+    return b"HTTP/1.1 200 OK\r\n" + b"".join(b"%s: %s\r\n" % f for f in fields) + b"\r\n"
+
+
+def _answer_head(head: bytes, read: int, limit: int = 4096):
+    pool = FakePool()
+    pool.max_response_header_bytes = limit
+    conn = UpstreamConnection(pool, tls=False)
+    conn.makeConnection(StringTransport())
+    ex = HeadLimitExchange(conn)
+    conn.start(ex, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", False)
+    conn.end_body(b"")
+    for i in range(0, len(head), read):
+        conn.dataReceived(head[i:i + read])
+        if ex.error is not None:
+            break
+    return ex
+
+
+def test_response_head_limit_counts_fields_exactly_whatever_the_reads():
+    # Fields are counted lazily (when a head could be over the limit, and at the end of a read that
+    # ends inside a head), not one by one: in one read the limit is exact; split into reads, the
+    # raw bytes of the reads before count too (an endless line is bounded), so a third still passes.
+    ok = _answer_head(_head_of_size(4096, 0), 100_000)
+    assert ok.status == 200 and ok.finished and ok.error is None
+    for read in (100_000, 1000, 7, 1):
+        over = _answer_head(_head_of_size(4096, 1), read)
+        assert over.status is None and over.error is not None and over.error.code == "upstream_headers_too_large", read
+        assert over.error.message == "up: response head exceeds 4096 bytes"
+        small = _answer_head(_head_of_size(1300, 0), read)
+        assert small.status == 200 and small.finished and small.error is None, read

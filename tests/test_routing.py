@@ -219,3 +219,12 @@ def test_normalize_path_refuses_ambiguous_paths(raw):
 
     with pytest.raises(UnsafePath):
         normalize_path(raw)
+
+
+def test_request_host_is_the_authority_without_port_lower_cased_every_time():
+    from txgate.http.exchange import RequestHead
+
+    for authority, host in ((b"Api.Example.COM:8443", "api.example.com"), (b"[::1]:443", "::1"),
+                            (b"[FE80::1]", "fe80::1"), (b"[broken", ""), (b"", ""), (b"h", "h")):
+        for _ in range(2):  # the second from the cache
+            assert RequestHead(b"GET", b"/", authority, [], None, False, b"1.1").host == host

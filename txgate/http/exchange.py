@@ -109,11 +109,23 @@ class RequestHead:
     @property
     def host(self) -> str:
         """The authority without its port, lower-cased, as text (for routing)."""
-        a = self.authority
-        if a.startswith(b"["):
-            end = a.find(b"]")
-            return a[1:end].decode("latin-1").lower() if end > 0 else ""
-        return a.partition(b":")[0].decode("latin-1").lower()
+        host = _HOSTS.get(self.authority)
+        return host if host is not None else _host_of(self.authority)
+
+
+_HOSTS: dict[bytes, str] = {}  # authority -> host: a connection's requests repeat theirs
+
+
+def _host_of(a: bytes) -> str:
+    if a.startswith(b"["):
+        end = a.find(b"]")
+        host = a[1:end].decode("latin-1").lower() if end > 0 else ""
+    else:
+        host = a.partition(b":")[0].decode("latin-1").lower()
+    if len(_HOSTS) >= 4096:
+        _HOSTS.clear()
+    _HOSTS[a] = host
+    return host
 
 
 class Stream(Protocol):

@@ -13,6 +13,7 @@ from txgate.directwrite import no_delay
 from txgate.http.closing import GRACE, Closer, abort_connection
 from txgate.errors import BadRequest, GatewayError, HeadersTooLarge, InternalError
 from txgate.http.errors import error_body, log_error, send_gateway_error
+from txgate.http.headers import field_bytes, header_lines
 from txgate.http.exchange import ConnectionInfo, Limits, NullHandler, RequestHead, StreamRecord
 from txgate.http.requestid import ensure_request_id
 from txgate.http.requests import dispatch_request, h1_request_head
@@ -41,7 +42,7 @@ class _Exchange(StreamRecord):
     __slots__ = ("conn", "chunked", "pending", "done", "request_complete", "keep_alive", "head_only", "queued_body")
 
     def __init__(self, conn: H1Connection, head: RequestHead, keep_alive: bool, started: float) -> None:
-        super().__init__(conn.info, head, started)
+        StreamRecord.__init__(self, conn.info, head, started)  # (no super object per request)
         self.conn = conn
         self.chunked = False
         self.pending: bytes | None = None
@@ -63,26 +64,23 @@ class _Exchange(StreamRecord):
         if conn.shutting_down:
             self.keep_alive = False
         head = self.head
-        parts = [status_line(status)]
-        for k, v in headers:
-            parts.append(k + b": " + v + b"\r\n")
-        parts.append(b"x-request-id: " + (head.request_id or ensure_request_id(head)) + b"\r\n")
         if self.head_only or status in (204, 304):
-            if content_length is not None and status != 204:
-                parts.append(b"content-length: %d\r\n" % content_length)
+            framing = b"content-length: %d\r\n" % content_length if content_length is not None and status != 204 else b""
         elif content_length is not None:
-            parts.append(b"content-length: %d\r\n" % content_length)
-        elif self.head.version == b"1.1":
+            framing = b"content-length: %d\r\n" % content_length
+        elif head.version == b"1.1":
             self.chunked = True
-            parts.append(b"transfer-encoding: chunked\r\n")
+            framing = b"transfer-encoding: chunked\r\n"
         else:
             self.keep_alive = False
+            framing = b""
         if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        elif self.head.version == b"1.0":
-            parts.append(b"connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        self.pending = b"".join(parts)
+            end = b"connection: close\r\n\r\n"
+        else:
+            end = b"connection: keep-alive\r\n\r\n" if head.version == b"1.0" else b"\r\n"
+        self.pending = b"".join((
+            _STATUS_LINES.get(status) or status_line(status), header_lines(headers),
+            b"x-request-id: ", head.request_id or ensure_request_id(head), b"\r\n", framing, end))
 
     def write(self, data: bytes) -> None:
         if self.done or not data:
@@ -153,7 +151,10 @@ class H1Connection(Protocol):
         # Parser scratch state for the head being read.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] | None = None
-        self._header_bytes = 0
+        self._header_bytes = 0  # field_bytes of _headers[:_counted]
+        self._counted = 0
+        self._fed_in_head = 0  # bytes of the reads that ended inside the head being read
+        self._feed = 0  # bytes of the read being parsed
         self._parsing: _Exchange | None = None
         self._expect_continue = False
         self._raw_head_bytes = 0
@@ -267,7 +268,8 @@ class H1Connection(Protocol):
             self._update_reading()
 
     def _update_reading(self) -> None:
-        want_paused = self.body_paused or bool(self.queue)
+        # (a pipelined head begun behind the request in flight: the rest waits, as a whole one would)
+        want_paused = self.body_paused or bool(self.queue) or (self.phase == ACTIVE and self._headers is not None)
         if want_paused and not self.read_paused:
             self.read_paused = True
             self.transport.pauseProducing()
@@ -284,6 +286,7 @@ class H1Connection(Protocol):
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
+        self._feed = len(data)
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -303,6 +306,17 @@ class H1Connection(Protocol):
                 log.failure("request handling failed", failure=Failure(cause))
                 self._protocol_error(InternalError())
             return
+        if self._headers is not None:
+            # A head still incomplete (a pipelined one too): its fields so far against the limit.
+            self._fed_in_head += self._feed
+            self._count_fields()
+            if len(self._url) + self._header_bytes > self.limits.max_header_bytes:
+                self._protocol_error(HeadersTooLarge())
+                return
+            if self.phase == ACTIVE and not self.read_paused:
+                # Pipelined behind the request in flight: read no more of it until that one is
+                # answered (_next), then its header timeout and raw byte limit apply from there.
+                self._update_reading()
         if self.phase == HEADERS:
             # A head that did not arrive whole: it must be complete within header_timeout.
             # (Checked here, not per request, so a head in one packet costs no timer.)
@@ -310,7 +324,7 @@ class H1Connection(Protocol):
         if in_head and self.phase == HEADERS:
             # A head still incomplete: httptools buffers a partial header line itself, so
             # count raw bytes too, or one endless header line would never hit the limit.
-            self._raw_head_bytes += len(data)
+            self._raw_head_bytes += self._feed
             if self._raw_head_bytes > self.limits.max_header_bytes + 1024:
                 self._protocol_error(HeadersTooLarge())
 
@@ -359,21 +373,30 @@ class H1Connection(Protocol):
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._counted = 0
+        self._fed_in_head = 0
         self._expect_continue = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._header_bytes += len(url)
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise HeadersTooLarge()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise HeadersTooLarge()
         self._headers.append((name.lower(), value))
 
+    def _count_fields(self) -> None:
+        self._header_bytes += field_bytes(self._headers, self._counted)
+        self._counted = len(self._headers)
+
     def on_headers_complete(self) -> None:
+        # The head against max_header_bytes: the URL and each field (name, value, 4). Fields are
+        # counted at the end of a read inside the head, and here only when the head could be over:
+        # the fields not counted yet came in the reads since (_fed_in_head, _feed), each at most
+        # twice its raw line.
+        limit = self.limits.max_header_bytes
+        if self._header_bytes + 2 * (self._fed_in_head + self._feed) > limit:
+            self._count_fields()
+            if len(self._url) + self._header_bytes > limit:
+                raise HeadersTooLarge()
         parser = self.parser
         head, self._expect_continue = h1_request_head(
             parser.get_method(), self._url, parser.get_http_version().encode(), self._headers
@@ -434,7 +457,7 @@ class H1Connection(Protocol):
     # -- completion -------------------------------------------------------------
     def exchange_done(self, ex: _Exchange, clean: bool) -> None:
         """Called by the exchange when its response is over."""
-        self._log(ex)
+        ex.report(self.dispatcher, self.clock.seconds(), ex.handler)
         if ex is not self.current:
             return
         if not clean or not ex.keep_alive:
@@ -458,20 +481,29 @@ class H1Connection(Protocol):
         if self.shutting_down:
             self._close()
             return
-        if self.queue:
-            ex = self.queue.pop(0)
-            body = ex.queued_body or []
-            ex.queued_body = None
-            self._start(ex)
-            for chunk in body:
-                if ex.done:
-                    break
-                ex.handler.body_received(chunk)
-            if ex.request_complete and not ex.done:
-                ex.handler.body_finished()
-            if ex.done and ex.request_complete and self.current is ex:
-                self._next()
-                return
+        if not self.queue:
+            if self._headers is not None:
+                # A pipelined head came in part while the last request was in flight: from now
+                # on it is a head being read like any other (header timeout, raw byte limit).
+                self.phase = HEADERS
+                self._raw_head_bytes = 0
+                self._arm_header_timer()
+            if self.read_paused:  # (else nothing to change: no pause, nothing queued)
+                self._update_reading()
+            return
+        ex = self.queue.pop(0)
+        body = ex.queued_body or []
+        ex.queued_body = None
+        self._start(ex)
+        for chunk in body:
+            if ex.done:
+                break
+            ex.handler.body_received(chunk)
+        if ex.request_complete and not ex.done:
+            ex.handler.body_finished()
+        if ex.done and ex.request_complete and self.current is ex:
+            self._next()
+            return
         self._update_reading()
 
     def _log(self, ex: _Exchange) -> None:

@@ -2,6 +2,8 @@
 """Header rules at each hop: hop-by-hop and connection-specific sets, forwarding headers, Via."""
 from __future__ import annotations
 
+from itertools import chain, islice
+
 # Connection-specific headers: never valid in HTTP/2 (RFC 9113 8.2.2).
 H2_CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
@@ -116,12 +118,20 @@ def _less_named(headers, out: list, vias: list) -> tuple[list, list]:
 
 
 def _via(vias: list, via: bytes) -> tuple[bytes, bytes]:
-    return (b"via", b", ".join(vias + [via]) if vias else via)
+    return (b"via", b", ".join(vias + [via]))
+
+
+_JOIN_FIELD = b": ".join
+
+
+def header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """HTTP/1.1 header lines ('name: value\\r\\n' each) of (name, value) tuples, in C-level joins."""
+    # (about half the cost of a b"%s: %s\r\n" format per field)
+    return b"\r\n".join(map(_JOIN_FIELD, headers)) + b"\r\n" if headers else b""
 
 
 def upstream_request_headers(
     headers: list[tuple[bytes, bytes]],
-    *,
     client_ip: str,
     proto: bytes,
     original_host: bytes,
@@ -132,8 +142,9 @@ def upstream_request_headers(
     out, vias, named = _filtered(headers, _REQUEST_DROP_ALL)
     if named:
         out, vias = _less_named(headers, out, vias)
-    out.extend(_forwarding_tail(client_ip, proto, original_host))
-    out.append(_via(vias, via))
+    tail = _TAILS.get((client_ip, proto, original_host))  # (the cache looked up without a call)
+    out.extend(tail if tail is not None else _forwarding_tail(client_ip, proto, original_host))
+    out.append(_via(vias, via) if vias else (b"via", via))
     if request_id:
         out.append((REQUEST_ID, request_id))
     return out
@@ -146,5 +157,10 @@ def downstream_response_headers(
     out, vias, named = _filtered(headers, RESPONSE_DROP)
     if named:
         out, vias = _less_named(headers, out, vias)
-    out.append(_via(vias, via))
+    out.append(_via(vias, via) if vias else (b"via", via))
     return out
+
+
+def field_bytes(fields: list[tuple[bytes, bytes]], start: int = 0) -> int:
+    """``fields[start:]`` as a head's size limit counts them: name, value and 4 bytes each (summed in C)."""
+    return sum(map(len, chain.from_iterable(islice(fields, start, None)))) + 4 * (len(fields) - start)

@@ -76,6 +76,6 @@ def routing_path(raw: bytes) -> str:
         path = normalize_path(raw.decode("latin-1"))
     except UnsafePath as e:
         raise BadRequest(f"ambiguous request path: {e}") from None
-    if not path.startswith("/"):
+    if path[:1] != "/":
         raise BadRequest("request target must be an absolute path")
     return path

@@ -17,14 +17,13 @@ MAX_LENGTH = 128
 # Characters a client's ID may use: no spaces, quotes or controls (it goes into log lines).
 _ALLOWED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:/+=@"
 
-_prefix = b""
-_counter = itertools.count(1)
 
 
 def _reseed() -> None:
-    global _prefix, _counter
-    _prefix = os.urandom(6).hex().encode()
-    _counter = itertools.count(1)
+    global _next_id
+    # prefix and counter formatted in C: one builtin call per ID, no Python frame
+    prefix = os.urandom(6).hex().encode()
+    _next_id = map(b"%s%06x".__mod__, zip(itertools.repeat(prefix), itertools.count(1))).__next__
 
 
 _reseed()
@@ -33,7 +32,7 @@ os.register_at_fork(after_in_child=_reseed)
 
 def new_request_id() -> bytes:
     """A fresh ID: 12 hex digits of this process, then a counter in hex."""
-    return b"%s%06x" % (_prefix, next(_counter))
+    return _next_id()
 
 
 def valid_request_id(value: bytes) -> bool:
@@ -45,8 +44,8 @@ def request_id_of(headers: list[tuple[bytes, bytes]]) -> bytes:
     """The client's X-Request-Id if it is valid, else a new ID."""
     for k, v in headers:
         if k == HEADER:
-            return v if valid_request_id(v) else new_request_id()
-    return new_request_id()
+            return v if valid_request_id(v) else _next_id()
+    return _next_id()
 
 
 def ensure_request_id(head: RequestHead) -> bytes:

@@ -7,7 +7,7 @@ from twisted.logger import Logger
 from txgate.config import ApiConfig
 from txgate.errors import ClientCertificateNotAllowed, ClientCertificateRequired, GatewayError, NoRoute, RequestTooLarge
 from txgate.http.echo import EchoHandler
-from txgate.http.headers import VIA_H1, VIA_H2, upstream_request_headers
+from txgate.http.headers import VIA_H1, VIA_H2, header_lines, upstream_request_headers
 from txgate.http.paths import routing_path
 from txgate.http.requestid import ensure_request_id
 from txgate.http.requests import Refusal
@@ -52,6 +52,8 @@ class ListenerDispatcher:
         self.router: Router[ApiRuntime] = Router((a.config.hosts, a.prefix, a) for a in apis)
         self.clock = clock
         self.access_log = access_log
+        # The access log's writer, or None when it is off (no call per request then).
+        self._record = access_log.record if getattr(access_log, "enabled", True) else None
         self.metrics = metrics
 
     def dispatch(self, stream, head):
@@ -85,13 +87,9 @@ class ListenerDispatcher:
             path = strip_prefix(prefix, path)
         info = stream.info
         original_host = head.authority
-        headers = upstream_request_headers(
-            head.headers,
-            client_ip=info.client_host,
-            proto=info.scheme,
-            original_host=original_host,
-            via=VIA_H2 if head.version == b"2" else VIA_H1,
-            request_id=head.request_id or ensure_request_id(head),
+        headers = upstream_request_headers(  # (positional: a call with keywords costs more)
+            head.headers, info.client_host, info.scheme, original_host,
+            VIA_H2 if head.version == b"2" else VIA_H1, head.request_id or ensure_request_id(head),
         )
         if api.xfcc:
             peer = info.extra.get(PEER)
@@ -102,15 +100,13 @@ class ListenerDispatcher:
             return EchoHandler(stream, head, path.encode("latin-1"), [(b"host", original_host)] + headers, api.name)
         query = head.query
         # The target's base path is added per pool (round robin may pick any target).
-        target = path.encode("latin-1") + (b"?" + query if query or head.target.endswith(b"?") else b"")
-        parts = [k + b": " + v + b"\r\n" for k, v in headers]
+        target = path.encode("latin-1") + (b"?" + query if query or head.target[-1:] == b"?" else b"")
         if head.content_length is not None:
-            parts.append(b"content-length: %d\r\n" % head.content_length)
-        elif head.has_body:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        parts.append(b"\r\n")
+            end = b"content-length: %d\r\n\r\n" % head.content_length
+        else:
+            end = b"transfer-encoding: chunked\r\n\r\n" if head.has_body else b"\r\n"
         handler = ProxyHandler(
-            api.upstream, stream, head, target, b"".join(parts),
+            api.upstream, stream, head, target, header_lines(headers) + end,
             original_host if cfg.preserve_host and original_host else None, self.clock,
         )
         handler.start()
@@ -157,7 +153,8 @@ class ListenerDispatcher:
 
     def log_request(self, info, head, status, bytes_in, bytes_out, handler, started, ended) -> None:
         """Access log and metrics for one finished request."""
-        self.access_log.record(info, head, status, bytes_in, bytes_out, handler, started, ended)
+        if self._record is not None:
+            self._record(info, head, status, bytes_in, bytes_out, handler, started, ended)
         if self.metrics is not None:
             self.metrics.request_done(handler, status, self.listener, ended - started, bytes_in, bytes_out)
 

@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from txgate.errors import UpstreamHeadersTooLarge, UpstreamProtocolError, UpstreamTruncated
 from txgate.http.closing import abort_connection
+from txgate.http.headers import field_bytes
 from txgate.directwrite import no_delay
 from txgate.tls.serverconn import hold_writes, release_writes
 
@@ -55,7 +56,13 @@ class UpstreamConnection(Protocol):
         self.handshake_timer = None
         self.read_paused = False
         self.max_head = getattr(pool, "max_response_header_bytes", 65536)
-        self._head_bytes = 0  # response head bytes of this exchange (interim 1xx heads included)
+        # Response head bytes of this exchange (interim 1xx heads included): the fields counted so far
+        # (field_bytes of _headers[:_counted]) and the raw bytes of each read that ended inside a head.
+        # Fields are counted at the end of such a read and when a head completes, not one by one: a
+        # head completed within the current read (_feed bytes) is counted only when it could be over.
+        self._head_bytes = 0
+        self._counted = 0
+        self._feed = 0
         self._content_length: int | None = None
         self._body_bytes = 0
         self._completed = False  # a final response ended inside the current feed_data call
@@ -189,14 +196,6 @@ class UpstreamConnection(Protocol):
 
     # -- parsing ------------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
-        # What this read makes the client's side write (head, body chunks, end) leaves in one send.
-        started = hold_writes()
-        try:
-            self._data_received(data)
-        finally:
-            release_writes(started)
-
-    def _data_received(self, data: bytes) -> None:
         ex = self.exchange
         if ex is None or self.response_done:
             # Bytes with no request outstanding: the upstream is confused; drop it.
@@ -204,31 +203,38 @@ class UpstreamConnection(Protocol):
             return
         in_head = not self.response_started
         error = None
+        self._feed = len(data)
+        # What this read makes the client's side write (head, body chunks, end) leaves in one send.
+        started = hold_writes()
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            cause = e.__context__
-            if isinstance(cause, _Stop):
-                error = cause.error
-            else:
-                error = UpstreamProtocolError(f"{self.pool.label}: malformed response: {e}")
-        if self._completed:
-            # The response ended in this read. Anything after it answered nothing (on_message_begin
-            # stopped the parser there): the connection is out of step and is not reused.
-            self._completed = False
-            if error is not None or self.parser_stopped:
-                self.no_reuse = True
-            self._finish()
-            return
-        if error is None and in_head and not self.response_started:
-            # A head still incomplete: httptools buffers a partial line itself, so count raw
-            # bytes too, or one endless header (or status) line would never hit the limit.
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_head:
-                error = self._head_too_large()
-        if error is not None:
-            self.close()
-            ex.upstream_error(error)
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError as e:
+                cause = e.__context__
+                if isinstance(cause, _Stop):
+                    error = cause.error
+                else:
+                    error = UpstreamProtocolError(f"{self.pool.label}: malformed response: {e}")
+            if self._completed:
+                # The response ended in this read. Anything after it answered nothing (on_message_begin
+                # stopped the parser there): the connection is out of step and is not reused.
+                self._completed = False
+                if error is not None or self.parser_stopped:
+                    self.no_reuse = True
+                self._finish()
+                return
+            if error is None and in_head and not self.response_started:
+                # A head still incomplete: httptools buffers a partial line itself, so count raw
+                # bytes too, or one endless header (or status) line would never hit the limit.
+                self._count_fields()
+                self._head_bytes += len(data)
+                if self._head_bytes > self.max_head:
+                    error = self._head_too_large()
+            if error is not None:
+                self.close()
+                ex.upstream_error(error)
+        finally:
+            release_writes(started)
 
     def _head_too_large(self) -> UpstreamHeadersTooLarge:
         return UpstreamHeadersTooLarge(f"{self.pool.label}: response head exceeds {self.max_head} bytes")
@@ -238,15 +244,24 @@ class UpstreamConnection(Protocol):
             self.parser_stopped = True
             raise _Stop()
         self._headers = []
+        self._counted = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.max_head:
-            raise _Stop(self._head_too_large())
         self._headers.append((name.lower(), value))
+
+    def _count_fields(self) -> None:
+        self._head_bytes += field_bytes(self._headers, self._counted)
+        self._counted = len(self._headers)
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        # The fields not counted yet came in this read (a field split across reads: its first part
+        # is in _head_bytes as raw bytes), and each counts at most twice its raw line: below half the
+        # limit, the head cannot be over it.
+        if status < 200 or 2 * (self._head_bytes + self._feed) > self.max_head:
+            self._count_fields()
+            if self._head_bytes > self.max_head:
+                raise _Stop(self._head_too_large())
         if status < 200:
             return  # 1xx: interim, not forwarded (its bytes still count toward the head limit)
         content_length = None

@@ -74,11 +74,13 @@ class TargetPool:
     # -- acquiring ---------------------------------------------------------------------
     def acquire(self, requester) -> None:
         """Hand requester a connection now or later: requester.upstream_ready(conn, reused) or .upstream_failed(pool, err)."""
-        while self.idle:
-            conn = self.idle.pop()
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
             if conn.lost:
                 continue
-            self._checkout(conn)
+            conn.checked_out = True
+            self.busy += 1
             requester.upstream_ready(conn, True)
             return
         if self.busy + self.connecting < self.max_connections:
@@ -103,10 +105,6 @@ class TargetPool:
         t = self.target
         self.reactor.connectTCP(t.host, t.port, self.factory, timeout=self.connect_timeout)
 
-    def _checkout(self, conn: UpstreamConnection) -> None:
-        conn.checked_out = True
-        self.busy += 1
-
     # -- connection events --------------------------------------------------------------
     def connection_ready(self, conn: UpstreamConnection) -> None:
         self.pending_connections.pop(conn, None)
@@ -117,7 +115,8 @@ class TargetPool:
     def _hand_out(self, conn: UpstreamConnection) -> None:
         if self.waiters and not self.closed:
             requester = self.waiters.popleft()
-            self._checkout(conn)
+            conn.checked_out = True
+            self.busy += 1
             requester.upstream_ready(conn, False)
         elif self.closed:
             conn.close()
@@ -165,7 +164,10 @@ class TargetPool:
             conn.close()
             self._maybe_connect_for_waiters()
             return
-        self._hand_out(conn)
+        if self.waiters:
+            self._hand_out(conn)
+        else:
+            self._park(conn)
 
     def connection_closed(self, conn: UpstreamConnection) -> None:
         """A ready connection went away (idle close by the server, or after use)."""

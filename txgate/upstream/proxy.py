@@ -23,6 +23,7 @@ class Upstream:
         self.api = api
         self.error_detail = error_detail  # `[gateway] error_detail`: details in error bodies
         self.pools = pools
+        self.n_pools = len(pools)
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
         self.rr = 0
@@ -32,11 +33,14 @@ class Upstream:
         self.tick = min(0.25, timeout / 4)
         self._tick_call = None
 
-    def track(self, handler, clock) -> None:
-        """Watch a handler in flight for `timeout`."""
+    def track(self, handler, clock) -> int:
+        """Watch a handler in flight for `timeout`; the index of its first pool (round robin)."""
         self.active[handler] = None
         if self._tick_call is None:
             self._tick_call = clock.callLater(self.tick, self._sweep, clock)
+        i = self.rr
+        self.rr = (i + 1) % self.n_pools
+        return i
 
     def _sweep(self, clock) -> None:
         self._tick_call = None
@@ -45,11 +49,6 @@ class Upstream:
             handler.timed_out()
         if self.active:
             self._tick_call = clock.callLater(self.tick, self._sweep, clock)
-
-    def first_pool(self) -> int:
-        i = self.rr
-        self.rr = (i + 1) % len(self.pools)
-        return i
 
     def close(self) -> None:
         if self._tick_call is not None and self._tick_call.active():
@@ -106,12 +105,11 @@ class ProxyHandler:
     # -- start -------------------------------------------------------------------------
     def start(self) -> None:
         self.last = self.clock.seconds()
-        self.upstream.track(self, self.clock)
-        self._try(self.upstream.first_pool())
+        self._try(self.upstream.track(self, self.clock))
 
     def _try(self, index: int) -> None:
-        pools = self.upstream.pools
-        pool = pools[index % len(pools)]
+        upstream = self.upstream
+        pool = upstream.pools[index % upstream.n_pools]
         self.pool = pool
         self.upstream_label = pool.label
         self.tried += 1
@@ -128,20 +126,22 @@ class ProxyHandler:
         self.reused = reused
         if self.client_paused:
             conn.pause_reading()
-        host = self.host_override or self.pool.host_value
-        line = b"%s %s%s HTTP/1.1\r\nhost: %s\r\n" % (
-            self.method, self.pool.base_path, self.target, host)
+        pool = self.pool
+        head = b"".join((self.method, b" ", pool.base_path, self.target, b" HTTP/1.1\r\nhost: ",
+                         self.host_override or pool.host_value, b"\r\n", self.header_block))
         self.sent_at = self.clock.seconds()
         # The head, the body read meanwhile and its end go out in one write.
-        out = [line, self.header_block]
-        if self.buffer:
-            self.sent_body = True
-            out.extend(self._framed(chunk) for chunk in self.buffer)
-            self.buffer = []
-            self.buffered = 0
-        if self.body_done:
-            out.append(self._body_tail())
-        conn.start(self, b"".join(out), self.head_only)
+        if self.buffer or (self.body_done and self.chunked):
+            out = [head]
+            if self.buffer:
+                self.sent_body = True
+                out.extend(self._framed(chunk) for chunk in self.buffer)
+                self.buffer = []
+                self.buffered = 0
+            if self.body_done:
+                out.append(self._body_tail())
+            head = b"".join(out)
+        conn.start(self, head, self.head_only)
         if self.paused_downstream:
             self.paused_downstream = False
             self.stream.resume_reading()
@@ -194,7 +194,8 @@ class ProxyHandler:
         self.conn.write_body(self._framed(data))
 
     def body_finished(self) -> None:
-        if self.done:
+        if self.done or self.body_done:
+            # (body_done from the start: a request without a body, ended with its head)
             return
         self.body_done = True
         if self.conn is not None:
@@ -214,14 +215,14 @@ class ProxyHandler:
         if self.done:
             return
         self.started = True
-        self._touch()
+        self.last = self.clock.seconds()
         self.upstream_seconds = self.last - self.sent_at
         self.pool.last_success = self.last
         self.stream.start_response(status, downstream_response_headers(headers, VIA_H1), content_length)
 
     def response_body(self, data: bytes) -> None:
         if not self.done:
-            self._touch()
+            self.last = self.clock.seconds()  # progress: the timeout counts from here
             self.stream.write(data)
 
     def response_finished(self) -> None:
@@ -273,9 +274,6 @@ class ProxyHandler:
         if self.pool is not None and not self.started:
             self.pool.last_failure = ("upstream_timeout", self.clock.seconds())
         self._fail(UpstreamTimeout(f"{self.upstream_label or self.api}: no response within {self.upstream.timeout:g}s"))
-
-    def _touch(self) -> None:
-        self.last = self.clock.seconds()
 
     def _fail(self, err: GatewayError) -> None:
         if self.done:
