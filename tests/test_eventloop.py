@@ -2,6 +2,7 @@
 errors and disconnections still logged and handled in it; everything else as Twisted does it."""
 from __future__ import annotations
 
+import select
 import socket
 
 import pytest
@@ -174,3 +175,27 @@ def test_accepted_connections_inherit_nodelay_from_the_listening_socket_and_skip
     assert calls == [True]
     for s in (client, accepted, listening):
         s.close()
+
+
+def test_a_read_with_a_reset_on_a_lean_transport_skips_the_log_context_too(reactor):
+    import struct
+
+    eventloop.install(reactor)
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    peer = socket.create_connection(listening.getsockname())
+    ours, _ = listening.accept()
+    ours.setblocking(False)
+    probe = LeanProbe(reactor, ours)
+    reactor.addReader(probe)
+    peer.send(b"x")
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # a reset: EPOLLIN | EPOLLHUP | EPOLLERR
+    [(fd, event)] = reactor._poller.poll(1)
+    assert event & select.EPOLLIN and event & (select.EPOLLHUP | select.EPOLLERR)
+    reactor.doIteration(0)
+    assert probe.systems == ["-"]
+    reactor.removeReader(probe)
+    ours.close()
+    listening.close()

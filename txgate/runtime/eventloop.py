@@ -8,12 +8,15 @@ each read of every connection. That context only reaches legacy ``twisted.python
 logs through ``twisted.logger``, which never reads it), i.e. Twisted's own error lines.
 
 `install` replaces the running reactor's ``doIteration`` (the same poll) with one that, for a
-plain read event on a transport of a class marked ``_txgate_lean`` (txgate's TCP transports:
-accepted connections on the listeners, upstream connections; see ``txgate.directwrite``), calls
-``doRead`` directly, with ``_doReadOrWrite``'s checks and error handling: an exception from the
-read is logged with ``log.err`` inside the connection's log context, exactly as before, and a
-disconnection runs in it too. Every other event (writes, hang-ups, listening ports, other
-protocols' sockets) goes through Twisted's own path unchanged. Only an ``EPollReactor`` whose
+read event (``EPOLLIN``, with or without a hang-up or error flag, not ``EPOLLOUT``) on a selectable
+of a class marked ``_txgate_lean`` (txgate's TCP transports: accepted connections on the listeners,
+upstream connections, see ``txgate.directwrite``; and txgate's listening ports, whose accept loop
+handles its own errors, see ``txgate.runtime.accept``), calls ``doRead`` directly, with
+``_doReadOrWrite``'s checks and error handling: an exception from the read is logged with
+``log.err`` inside the connection's log context, exactly as before, and a disconnection runs in it
+too. Every other event (writes, hang-ups alone, other protocols' sockets) goes through Twisted's
+own path unchanged. It also counts its polls (``_txgate_polls``), which the listening ports read to
+tell a burst of connections from one at a time. Only an ``EPollReactor`` whose
 ``doIteration`` is Twisted's own gets it; any other reactor is left alone.
 """
 from __future__ import annotations
@@ -26,10 +29,12 @@ from twisted.python import log
 
 try:
     from twisted.internet.epollreactor import EPollReactor
-    from select import EPOLLIN
+    from select import EPOLLIN, EPOLLOUT
 except ImportError:  # pragma: no cover - not Linux
     EPollReactor = None
-    EPOLLIN = 1
+    EPOLLIN, EPOLLOUT = 1, 4
+
+_READ_ONLY = EPOLLIN | EPOLLOUT  # (event & _READ_ONLY) == EPOLLIN: a read, no write
 
 
 def _lean_do_poll(self, timeout) -> None:
@@ -42,6 +47,7 @@ def _lean_do_poll(self, timeout) -> None:
         if err.errno == errno.EINTR:
             return
         raise
+    self._txgate_polls += 1  # listening ports tell a burst (readable poll after poll) by it
     selectables = self._selectables
     drdw = self._doReadOrWrite
     call_with_logger = log.callWithLogger
@@ -50,7 +56,9 @@ def _lean_do_poll(self, timeout) -> None:
             selectable = selectables[fd]
         except KeyError:
             continue
-        if event != EPOLLIN or not getattr(selectable, "_txgate_lean", False) or selectable.fileno() == -1:
+        # EPOLLIN with or without EPOLLHUP/EPOLLERR (a reset): _doReadOrWrite would only doRead too.
+        if (event & _READ_ONLY) != EPOLLIN or not getattr(selectable, "_txgate_lean", False) \
+                or selectable.fileno() == -1:
             call_with_logger(selectable, drdw, selectable, fd, event)
             continue
         in_read = False  # as in _doReadOrWrite: True only once doRead has returned
@@ -73,6 +81,7 @@ def install(reactor) -> bool:
         return True
     if getattr(current, "__func__", None) is not EPollReactor.doPoll:
         return False  # someone else's loop: leave it
+    reactor._txgate_polls = 0
     reactor.doIteration = MethodType(_lean_do_poll, reactor)
     return True
 
