@@ -199,3 +199,44 @@ def test_a_read_with_a_reset_on_a_lean_transport_skips_the_log_context_too(react
     reactor.removeReader(probe)
     ours.close()
     listening.close()
+
+
+def test_timed_calls_run_when_due_and_the_timeout_counts_down_to_the_next(reactor):
+    eventloop.install(reactor)
+    now = [1000.0]
+    reactor.seconds = lambda: now[0]
+    ran = []
+    reactor.callLater(2.0, ran.append, "a")
+    reactor.callLater(5.0, ran.append, "b")
+    reactor.runUntilCurrent()
+    assert ran == [] and reactor.timeout() == 2.0
+    now[0] += 1.5
+    reactor.runUntilCurrent()
+    assert ran == [] and reactor.timeout() == pytest.approx(0.5)
+    now[0] += 0.5
+    reactor.runUntilCurrent()
+    assert ran == ["a"] and reactor.timeout() == pytest.approx(3.0)
+    reactor.callLater(1.0, ran.append, "c")  # a new one, sooner: seen by the next timeout
+    assert reactor.timeout() == pytest.approx(1.0)
+    reactor.runUntilCurrent()
+    assert reactor.timeout() == pytest.approx(1.0)
+    now[0] += 10
+    reactor.runUntilCurrent()
+    assert ran == ["a", "c", "b"] and reactor.timeout() is None
+
+
+def test_calls_from_threads_a_stop_and_the_clean_up_of_cancelled_calls_still_run(reactor):
+    eventloop.install(reactor)
+    ran = []
+    reactor.threadCallQueue.append((ran.append, ("thread",), {}))
+    reactor.runUntilCurrent()
+    assert ran == ["thread"]
+    calls = [reactor.callLater(100 + i, ran.append, i) for i in range(60)]
+    reactor.runUntilCurrent()
+    for c in calls[:55]:
+        c.cancel()
+    reactor.runUntilCurrent()  # more than 50 cancelled, more than half the heap: compacted as Twisted does
+    assert len(reactor._pendingTimedCalls) == 5 and reactor._cancellations == 0
+    assert reactor.timeout() == pytest.approx(155, abs=1)
+    for c in calls[55:]:
+        c.cancel()

@@ -16,7 +16,15 @@ handles its own errors, see ``txgate.runtime.accept``), calls ``doRead`` directl
 ``log.err`` inside the connection's log context, exactly as before, and a disconnection runs in it
 too. Every other event (writes, hang-ups alone, other protocols' sockets) goes through Twisted's
 own path unchanged. It also counts its polls (``_txgate_polls``), which the listening ports read to
-tell a burst of connections from one at a time. Only an ``EPollReactor`` whose
+tell a burst of connections from one at a time.
+
+Around each poll, Twisted's main loop calls ``runUntilCurrent`` and ``timeout``: two passes over the
+new timed calls, two clock reads, ``min`` and ``max``, ~8 calls per loop (a new TLS connection takes
+~5 loops). `install` also gives the reactor a ``runUntilCurrent`` that hands over to Twisted's
+whenever there is anything to run (calls from threads, a timed call due, a stop, the clean-up of
+cancelled calls) and otherwise only reads the clock once, and a ``timeout`` that reuses that read.
+
+Only an ``EPollReactor`` whose
 ``doIteration`` is Twisted's own gets it; any other reactor is left alone.
 """
 from __future__ import annotations
@@ -30,6 +38,9 @@ from twisted.python import log
 try:
     from twisted.internet.epollreactor import EPollReactor
     from select import EPOLLIN, EPOLLOUT
+
+    _run_until_current = EPollReactor.runUntilCurrent
+    _reactor_timeout = EPollReactor.timeout
 except ImportError:  # pragma: no cover - not Linux
     EPollReactor = None
     EPOLLIN, EPOLLOUT = 1, 4
@@ -72,6 +83,38 @@ def _lean_do_poll(self, timeout) -> None:
             call_with_logger(selectable, self._disconnectSelectable, selectable, why, in_read)
 
 
+_LONGEST = 2147483  # ReactorBase.timeout's cap: epoll_wait's timeout is an int of milliseconds
+
+
+def _run_due(self) -> None:
+    """``ReactorBase.runUntilCurrent`` when there is something to run (calls from threads, a timed call
+    due, a stop, the heap's clean-up of cancelled calls); else one clock read, kept for `_timeout`."""
+    if self._newTimedCalls:
+        self._insertNewDelayedCalls()
+    pending = self._pendingTimedCalls
+    now = self.seconds()
+    cancelled = self._cancellations
+    if self.threadCallQueue or self._justStopped or (pending and pending[0].time <= now) \
+            or (cancelled > 50 and cancelled > len(pending) >> 1):
+        self._txgate_now = None  # the calls take time: timeout() reads the clock again
+        _run_until_current(self)
+    else:
+        self._txgate_now = now
+
+
+def _timeout(self) -> float | None:
+    """``ReactorBase.timeout`` right after `runUntilCurrent` found nothing to do: from the clock read it
+    made (a few microseconds old), and without a second pass over the new timed calls (none came)."""
+    now, self._txgate_now = self._txgate_now, None
+    if now is None or self._newTimedCalls:
+        return _reactor_timeout(self)
+    pending = self._pendingTimedCalls
+    if not pending:
+        return None
+    delay = pending[0].time - now
+    return 0 if delay < 0 else (delay if delay < _LONGEST else _LONGEST)
+
+
 def install(reactor) -> bool:
     """Give ``reactor`` the lean dispatch when it is Twisted's epoll reactor; True when installed."""
     if EPollReactor is None or not isinstance(reactor, EPollReactor):
@@ -82,7 +125,10 @@ def install(reactor) -> bool:
     if getattr(current, "__func__", None) is not EPollReactor.doPoll:
         return False  # someone else's loop: leave it
     reactor._txgate_polls = 0
+    reactor._txgate_now = None
     reactor.doIteration = MethodType(_lean_do_poll, reactor)
+    reactor.runUntilCurrent = MethodType(_run_due, reactor)
+    reactor.timeout = MethodType(_timeout, reactor)
     return True
 
 
@@ -90,6 +136,8 @@ def uninstall(reactor) -> None:
     """Back to Twisted's own dispatch (tests)."""
     if getattr(getattr(reactor, "doIteration", None), "__func__", None) is _lean_do_poll:
         del reactor.doIteration
+        del reactor.runUntilCurrent
+        del reactor.timeout
 
 
 __all__ = ["install", "uninstall"]
