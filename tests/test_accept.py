@@ -216,3 +216,50 @@ def test_only_twisteds_epoll_reactor_with_txgates_dispatch_gets_it():
         r._poller.close()
     m = MemoryReactorClock()
     assert lean_listen(m.listenTCP(0, Recording())) is False
+
+
+def test_a_reset_ends_the_connection_in_one_step(reactor):
+    import struct
+
+    factory = Recording()
+    port = _listen(reactor, factory)
+    client = _client(port)
+    _settle(reactor, lambda: factory.made)
+    proto = factory.made[0]
+    t = proto.transport
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    _settle(reactor, lambda: proto.reason is not None)
+    assert proto.reason.check(error.ConnectionLost)
+    assert t not in reactor.getReaders() and t not in reactor.getWriters() and not t.connected
+    port.stopListening()
+
+
+def test_a_half_closing_protocol_still_writes_after_the_peers_end(reactor):
+    from zope.interface import implementer
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+
+    @implementer(IHalfCloseableProtocol)
+    class HalfClose(Recorder):
+        def readConnectionLost(self) -> None:
+            self.transport.write(b"bye")
+            self.transport.loseConnection()
+
+        def writeConnectionLost(self) -> None:
+            pass
+
+    class Factory_(Recording):
+        def buildProtocol(self, addr):
+            return HalfClose(self)
+
+    factory = Factory_()
+    port = _listen(reactor, factory)
+    client = _client(port)
+    _settle(reactor, lambda: factory.made)
+    proto = factory.made[0]
+    client.shutdown(socket.SHUT_WR)
+    _settle(reactor, lambda: proto.reason is not None)
+    assert client.recv(10) == b"bye"
+    assert proto.reason.check(error.ConnectionDone)
+    client.close()
+    port.stopListening()

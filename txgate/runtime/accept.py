@@ -15,18 +15,23 @@ with txgate's event dispatch, `txgate.runtime.eventloop`, which calls it without
   after poll (a burst) the batch doubles, up to `MAX_BATCH`, and it falls back to what was accepted
   once the backlog runs dry. Every error but ``EAGAIN`` (``EMFILE`` and its reserved descriptor,
   ``EPERM``, ``ECONNABORTED``...) goes to Twisted's own loop, which handles and logs it as before;
-- the accepted socket gets txgate's transport class (`txgate.directwrite`) with a lean constructor
-  (the same state; the log prefix and repr made when asked) and a lean ``connectionLost`` (the same
-  steps; the reactor's bookkeeping in one step instead of two trips through ``removeReader`` and
-  ``removeWriter``), and no ``shutdown()`` before ``close()`` (the socket is close-on-exec and never
-  shared: the close alone ends the connection, as Twisted's own comment on it says).
+- the accepted socket is the C socket object (``_socket.socket``, what ``socket.socket`` wraps in
+  Python for ``makefile``, ``dup`` and enum-valued ``family``/``type``, none of which a transport
+  uses); it gets txgate's transport class (`txgate.directwrite`) with a lean constructor (the same
+  state; the log prefix and repr made when asked) and a lean ``connectionLost`` (the same steps; the
+  reactor's bookkeeping in one step instead of two trips through ``removeReader`` and
+  ``removeWriter``, also when the reactor's dispatch ends the connection: ``_txgate_lost``), and no
+  ``shutdown()`` before ``close()`` (the socket is close-on-exec and never shared: the close alone
+  ends the connection, as Twisted's own comment on it says).
 """
 from __future__ import annotations
 
+import _socket
 import socket
 
 from twisted.internet import address, error, tcp
 from twisted.python import log as legacy
+from twisted.python.failure import Failure
 
 from txgate.directwrite import derived_class
 
@@ -93,6 +98,23 @@ def _connection_lost(self, reason) -> None:
     protocol.connectionLost(reason)
 
 
+_LOST = {error.ConnectionDone: Failure(error.ConnectionDone()), error.ConnectionLost: Failure(error.ConnectionLost())}
+
+
+def _lost(self, why, in_read: bool) -> None:
+    """The reactor's ``_disconnectSelectable`` for this transport (``txgate.runtime.eventloop`` calls it):
+    the same outcome, the reactor's bookkeeping left to the one-step ``connectionLost``."""
+    f = _LOST.get(why.__class__)
+    if f is None:
+        f = Failure(why)
+    elif in_read and why.__class__ is error.ConnectionDone:
+        # The peer's clean end of a read: a protocol that wants half-closes keeps writing (Twisted's path).
+        self.reactor.removeReader(self)
+        self.readConnectionLost(f)
+        return
+    self.connectionLost(f)
+
+
 def _log_prefix(self) -> str:
     prefix = self.__dict__.get("logstr")
     if prefix is None:
@@ -116,7 +138,8 @@ def accepted_class(cls: type) -> type:
     if cls.__dict__.get("_txgate_accepted"):
         return cls
     return _ACCEPTED.get(cls) or derived_class(_ACCEPTED, cls, {
-        "__init__": _init, "connectionLost": _connection_lost, "logPrefix": _log_prefix, "__repr__": _repr,
+        "__init__": _init, "connectionLost": _connection_lost, "_txgate_lost": _lost, "logPrefix": _log_prefix,
+        "__repr__": _repr,
         "_txgate_accepted": True})
 
 
@@ -146,7 +169,7 @@ def _do_read(self) -> None:
             return
         accepted += 1
         try:
-            skt = socket.socket(family, kind, proto, fd)
+            skt = _socket.socket(family, kind, proto, fd)
         except OSError:  # pragma: no cover - the descriptor vanished meanwhile
             continue
         try:

@@ -80,7 +80,11 @@ def _lean_do_poll(self, timeout) -> None:
             why = sys.exc_info()[1]
             call_with_logger(selectable, log.err)  # in the connection's log context, as Twisted logs it
         if why:
-            call_with_logger(selectable, self._disconnectSelectable, selectable, why, in_read)
+            lost = getattr(selectable, "_txgate_lost", None)  # an accepted connection's own, leaner
+            if lost is not None:
+                call_with_logger(selectable, lost, why, in_read)
+            else:
+                call_with_logger(selectable, self._disconnectSelectable, selectable, why, in_read)
 
 
 _LONGEST = 2147483  # ReactorBase.timeout's cap: epoll_wait's timeout is an int of milliseconds
