@@ -330,6 +330,16 @@ def test_connection_facts_version_and_cipher(pki: dict[str, Any]) -> None:
     assert connection_facts(sp)[1:3] == ("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")
 
 
+@pytest.mark.parametrize("client", [dict(sni="api.example.com", alpn=[b"h2"]), dict(alpn=[b"spdy/3"]), dict(),
+                                    dict(sni="x.test", alpn=[b"http/1.1"], max_tls=SSL.TLS1_2_VERSION)])
+def test_connection_facts_are_what_pyopenssls_getters_say(sni_server: ServerTLS, client: dict) -> None:
+    from txgate.tls.server import _public_facts
+
+    sp, cp = handshake(sni_server, RawClient(**client))
+    assert cp.rec.handshook
+    assert connection_facts(sp) == _public_facts(sp.getHandle())
+
+
 def test_tls11_client_refused_at_default_min(pki: dict[str, Any]) -> None:
     server = ServerTLS(default=pki["default"])
     sp, cp = handshake(server, RawClient(max_tls=SSL.TLS1_1_VERSION, ciphers=b"DEFAULT:@SECLEVEL=0"))

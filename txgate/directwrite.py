@@ -34,6 +34,11 @@ def _tcp_transport(transport):
 def no_delay(transport) -> None:
     """Responses go out at once: no Nagle (it would hold one behind unacknowledged TLS
     tickets), and a send on the socket right away when nothing is queued."""
+    try:
+        if transport.transport._txgate_nodelay:  # the TCP transport under TLS, in its two attribute reads
+            return
+    except AttributeError:
+        pass
     t = _tcp_transport(transport)
     if getattr(t, "_txgate_nodelay", False):
         return  # accepted from a listening socket with TCP_NODELAY (inherited), direct writes already

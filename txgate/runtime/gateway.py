@@ -42,9 +42,16 @@ class Front(Factory):
         self.name = name
         self.current = current
 
-    def buildProtocol(self, addr):
-        # None when the listener refuses the connection (max_connections): the port closes the socket.
-        return self.current.buildProtocol(addr)
+    @property
+    def current(self):
+        return self._current
+
+    @current.setter
+    def current(self, top) -> None:
+        # Each connection goes straight to the generation's factory (no call through this one).
+        # None from it when the listener refuses the connection (max_connections): the port closes the socket.
+        self._current = top
+        self.buildProtocol = top.buildProtocol
 
     def logPrefix(self) -> str:
         return f"txgate listener {self.name}"

@@ -215,6 +215,7 @@ class ServerTLS:
         self.hand_over = hand_over and handover.available()
         # Pending TLS-ALPN-01 challenges (txgate.acme.challenges.ChallengeBoard), attached by the runtime.
         self.challenges: Any = None
+        self._sni = False  # any SNI entry (set below, once they are built)
         self.default_context = self._build(default)
         self._exact: dict[str, SSL.Context] = {}
         self._wildcard: dict[str, SSL.Context] = {}
@@ -224,6 +225,7 @@ class ServerTLS:
             if key in table:
                 raise DuplicateSNIName(f"duplicate SNI name {name!r}")
             table[key] = self._build(ck)
+        self._sni = bool(self._exact or self._wildcard)
 
     def _build(self, ck: CertifiedKey) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -300,6 +302,8 @@ class ServerTLS:
         return ctx if ctx is not None else self.default_context
 
     def _servername(self, conn: SSL.Connection) -> None:
+        if not self._sni:
+            return  # one certificate: every name gets the default context, the one the connection has
         try:
             raw = conn.get_servername()
             if raw is None:
@@ -324,6 +328,25 @@ class ServerTLS:
         return conn
 
 
+try:  # The raw calls under pyOpenSSL's getters, for connection_facts (once per handshake).
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+
+    _NULL = _ffi.NULL
+    _HOST_NAME = _lib.TLSEXT_NAMETYPE_host_name
+    _SSL_get_servername = _lib.SSL_get_servername
+    _SSL_get_version = _lib.SSL_get_version
+    _SSL_get_current_cipher = _lib.SSL_get_current_cipher
+    _SSL_CIPHER_get_name = _lib.SSL_CIPHER_get_name
+    _SSL_get0_alpn_selected = _lib.SSL_get0_alpn_selected
+    _ALPN = _ffi.new("unsigned char **")  # out-parameters, reused: the reactor runs one call at a time
+    _ALPN_LEN = _ffi.new("unsigned int *")
+    _string = _ffi.string
+    _buffer = _ffi.buffer
+except Exception:  # pragma: no cover - other pyOpenSSL builds: its public getters
+    _SSL_get_servername = None
+
+
 def connection_facts(tls_transport: Any) -> tuple[str | None, str | None, str | None, str | None]:
     """(sni, version, cipher, alpn) of a TLS transport after its handshake; None where unknown."""
     try:
@@ -332,6 +355,26 @@ def connection_facts(tls_transport: Any) -> tuple[str | None, str | None, str | 
         return (None, None, None, None)
     if not isinstance(conn, SSL.Connection):
         return (None, None, None, None)
+    if _SSL_get_servername is None:  # pragma: no cover
+        return _public_facts(conn)
+    # What pyOpenSSL's get_servername, get_protocol_version_name, get_cipher_name and
+    # get_alpn_proto_negotiated return, read without their wrappers (four calls, two cffi allocations).
+    ssl = conn._ssl
+    raw = _SSL_get_servername(ssl, _HOST_NAME)
+    raw = _string(raw) if raw != _NULL else None
+    sni = raw.decode("ascii", "replace") if raw else None
+    version = _string(_SSL_get_version(ssl)).decode("utf-8")
+    if not version or version == "Unknown":
+        version = None
+    cipher = _SSL_get_current_cipher(ssl)
+    cipher = None if cipher == _NULL else _string(_SSL_CIPHER_get_name(cipher)).decode("utf-8")
+    _SSL_get0_alpn_selected(ssl, _ALPN, _ALPN_LEN)
+    n = _ALPN_LEN[0]
+    alpn = _buffer(_ALPN[0], n)[:].decode("ascii", "replace") if n else None
+    return (sni, version, cipher, alpn)
+
+
+def _public_facts(conn: SSL.Connection) -> tuple[str | None, str | None, str | None, str | None]:
     raw_sni = conn.get_servername()
     sni = raw_sni.decode("ascii", "replace") if raw_sni else None
     version = conn.get_protocol_version_name()
