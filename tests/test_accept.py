@@ -138,12 +138,17 @@ def test_a_burst_is_accepted_in_growing_batches(reactor):
     assert MAX_BATCH >= 8
 
 
-def test_an_accepted_connection_reads_and_is_lost_like_twisteds(reactor):
-    factory = Recording()
+def _accepted(reactor, factory=None):
+    """A listening port, a client connected to it and the protocol of the accepted connection."""
+    factory = factory or Recording()
     port = _listen(reactor, factory)
     client = _client(port)
     _settle(reactor, lambda: factory.made)
-    proto = factory.made[0]
+    return factory, port, client, factory.made[0]
+
+
+def test_an_accepted_connection_reads_and_is_lost_like_twisteds(reactor):
+    factory, port, client, proto = _accepted(reactor)
     t = proto.transport
     assert t._txgate_accepted and t._txgate_direct and t.connected
     assert factory.addrs[0].host == "127.0.0.1" and factory.addrs[0].port == client.getsockname()[1]
@@ -221,11 +226,7 @@ def test_only_twisteds_epoll_reactor_with_txgates_dispatch_gets_it():
 def test_a_reset_ends_the_connection_in_one_step(reactor):
     import struct
 
-    factory = Recording()
-    port = _listen(reactor, factory)
-    client = _client(port)
-    _settle(reactor, lambda: factory.made)
-    proto = factory.made[0]
+    factory, port, client, proto = _accepted(reactor)
     t = proto.transport
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.close()
@@ -252,11 +253,7 @@ def test_a_half_closing_protocol_still_writes_after_the_peers_end(reactor):
         def buildProtocol(self, addr):
             return HalfClose(self)
 
-    factory = Factory_()
-    port = _listen(reactor, factory)
-    client = _client(port)
-    _settle(reactor, lambda: factory.made)
-    proto = factory.made[0]
+    factory, port, client, proto = _accepted(reactor, Factory_())
     client.shutdown(socket.SHUT_WR)
     _settle(reactor, lambda: proto.reason is not None)
     assert client.recv(10) == b"bye"

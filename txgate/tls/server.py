@@ -328,23 +328,13 @@ class ServerTLS:
         return conn
 
 
-try:  # The raw calls under pyOpenSSL's getters, for connection_facts (once per handshake).
-    from OpenSSL._util import ffi as _ffi
-    from OpenSSL._util import lib as _lib
+try:  # pyOpenSSL's raw bindings, read by connection_facts (once per handshake)
+    from OpenSSL._util import ffi as _ffi, lib as _lib
 
-    _NULL = _ffi.NULL
-    _HOST_NAME = _lib.TLSEXT_NAMETYPE_host_name
-    _SSL_get_servername = _lib.SSL_get_servername
-    _SSL_get_version = _lib.SSL_get_version
-    _SSL_get_current_cipher = _lib.SSL_get_current_cipher
-    _SSL_CIPHER_get_name = _lib.SSL_CIPHER_get_name
-    _SSL_get0_alpn_selected = _lib.SSL_get0_alpn_selected
     _ALPN = _ffi.new("unsigned char **")  # out-parameters, reused: the reactor runs one call at a time
     _ALPN_LEN = _ffi.new("unsigned int *")
-    _string = _ffi.string
-    _buffer = _ffi.buffer
 except Exception:  # pragma: no cover - other pyOpenSSL builds: its public getters
-    _SSL_get_servername = None
+    _lib = None
 
 
 def connection_facts(tls_transport: Any) -> tuple[str | None, str | None, str | None, str | None]:
@@ -355,22 +345,22 @@ def connection_facts(tls_transport: Any) -> tuple[str | None, str | None, str | 
         return (None, None, None, None)
     if not isinstance(conn, SSL.Connection):
         return (None, None, None, None)
-    if _SSL_get_servername is None:  # pragma: no cover
+    if _lib is None:  # pragma: no cover
         return _public_facts(conn)
     # What pyOpenSSL's get_servername, get_protocol_version_name, get_cipher_name and
     # get_alpn_proto_negotiated return, read without their wrappers (four calls, two cffi allocations).
-    ssl = conn._ssl
-    raw = _SSL_get_servername(ssl, _HOST_NAME)
-    raw = _string(raw) if raw != _NULL else None
+    ssl, lib, string = conn._ssl, _lib, _ffi.string
+    raw = lib.SSL_get_servername(ssl, lib.TLSEXT_NAMETYPE_host_name)
+    raw = string(raw) if raw != _ffi.NULL else None
     sni = raw.decode("ascii", "replace") if raw else None
-    version = _string(_SSL_get_version(ssl)).decode("utf-8")
+    version = string(lib.SSL_get_version(ssl)).decode("utf-8")
     if not version or version == "Unknown":
         version = None
-    cipher = _SSL_get_current_cipher(ssl)
-    cipher = None if cipher == _NULL else _string(_SSL_CIPHER_get_name(cipher)).decode("utf-8")
-    _SSL_get0_alpn_selected(ssl, _ALPN, _ALPN_LEN)
+    cipher = lib.SSL_get_current_cipher(ssl)
+    cipher = None if cipher == _ffi.NULL else string(lib.SSL_CIPHER_get_name(cipher)).decode("utf-8")
+    lib.SSL_get0_alpn_selected(ssl, _ALPN, _ALPN_LEN)
     n = _ALPN_LEN[0]
-    alpn = _buffer(_ALPN[0], n)[:].decode("ascii", "replace") if n else None
+    alpn = _ffi.buffer(_ALPN[0], n)[:].decode("ascii", "replace") if n else None
     return (sni, version, cipher, alpn)
 
 
