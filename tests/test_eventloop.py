@@ -240,3 +240,37 @@ def test_calls_from_threads_a_stop_and_the_clean_up_of_cancelled_calls_still_run
     assert reactor.timeout() == pytest.approx(155, abs=1)
     for c in calls[55:]:
         c.cancel()
+
+
+def test_the_main_loop_logs_a_failing_turn_and_goes_on_until_stopped(reactor):
+    from twisted.logger import globalLogPublisher
+
+    assert eventloop.install(reactor)
+    assert reactor.mainLoop.__func__ is eventloop._main_loop
+    lean_poll = reactor.doIteration
+    turns = []
+
+    def poll(timeout):  # the first turn fails (as a poll error would), the others poll
+        turns.append(timeout)
+        if len(turns) == 1:
+            raise ValueError("a turn failed")
+        lean_poll(timeout)
+
+    reactor.doIteration = poll
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    ran = []
+    try:
+        reactor.callLater(0.01, ran.append, "after")
+        reactor.callLater(0.02, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert ran == ["after"] and len(turns) > 2
+    failures = [e for e in events if e.get("log_failure") is not None]
+    assert [f["log_failure"].check(ValueError) for f in failures] == [ValueError]
+    assert failures[0]["log_format"].startswith("Unexpected error in main loop")
+    assert any(e.get("log_format") == "Main loop terminated." for e in events)
+    reactor.doIteration = lean_poll
+    eventloop.uninstall(reactor)
+    assert "mainLoop" not in reactor.__dict__

@@ -22,7 +22,9 @@ Around each poll, Twisted's main loop calls ``runUntilCurrent`` and ``timeout``:
 new timed calls, two clock reads, ``min`` and ``max``, ~8 calls per loop (a new TLS connection takes
 ~5 loops). `install` also gives the reactor a ``runUntilCurrent`` that hands over to Twisted's
 whenever there is anything to run (calls from threads, a timed call due, a stop, the clean-up of
-cancelled calls) and otherwise only reads the clock once, and a ``timeout`` that reuses that read.
+cancelled calls) and otherwise only reads the clock once, and a ``timeout`` that reuses that read;
+and, when it is not running yet, a ``mainLoop`` whose failure handler (log, go on) wraps the turns
+instead of each turn.
 
 Only an ``EPollReactor`` whose
 ``doIteration`` is Twisted's own gets it; any other reactor is left alone.
@@ -41,6 +43,10 @@ try:
 
     _run_until_current = EPollReactor.runUntilCurrent
     _reactor_timeout = EPollReactor.timeout
+    try:  # what ReactorBase.mainLoop logs with
+        from twisted.internet.base import _log as _base_log, _topHandler as _top_handler
+    except ImportError:  # pragma: no cover - another Twisted: its own main loop
+        _top_handler = None
 except ImportError:  # pragma: no cover - not Linux
     EPollReactor = None
     EPOLLIN, EPOLLOUT = 1, 4
@@ -119,6 +125,19 @@ def _timeout(self) -> float | None:
     return 0 if delay < 0 else (delay if delay < _LONGEST else _LONGEST)
 
 
+def _main_loop(self) -> None:
+    """``ReactorBase.mainLoop`` with its failure handler around the turns rather than around each turn
+    (two calls less per turn; the same outcome: an exception is logged and the loop goes on)."""
+    while self._started:
+        with _top_handler:
+            while self._started:
+                self.runUntilCurrent()
+                t2 = self.timeout()
+                t = self.running and t2
+                self.doIteration(t)
+    _base_log.info("Main loop terminated.")
+
+
 def install(reactor) -> bool:
     """Give ``reactor`` the lean dispatch when it is Twisted's epoll reactor; True when installed."""
     if EPollReactor is None or not isinstance(reactor, EPollReactor):
@@ -133,6 +152,8 @@ def install(reactor) -> bool:
     reactor.doIteration = MethodType(_lean_do_poll, reactor)
     reactor.runUntilCurrent = MethodType(_run_due, reactor)
     reactor.timeout = MethodType(_timeout, reactor)
+    if _top_handler is not None and not reactor.running:  # (a loop already running keeps its own)
+        reactor.mainLoop = MethodType(_main_loop, reactor)
     return True
 
 
@@ -142,6 +163,7 @@ def uninstall(reactor) -> None:
         del reactor.doIteration
         del reactor.runUntilCurrent
         del reactor.timeout
+        reactor.__dict__.pop("mainLoop", None)
 
 
 __all__ = ["install", "uninstall"]
