@@ -72,6 +72,9 @@ def _keepalive(pm, port: int, n: int) -> int:
     raise RuntimeError(f"h2load: {out[-1000:]}")
 
 
+_EPOLL_POLL = "<method 'poll' of 'select.epoll' objects>"  # one per reactor loop (a reactor may wrap runUntilCurrent)
+
+
 class _Profile:
     """cProfile in the gateway (SIGUSR1/SIGUSR2, the harness's --profile launcher)."""
 
@@ -88,7 +91,7 @@ class _Profile:
     def stop(self) -> dict:
         path = self.gw.profile_stop()
         st = pstats.Stats(path)
-        loops = sum(nc for f, (cc, nc, tt, ct, callers) in st.stats.items() if f[2] == "runUntilCurrent")
+        loops = sum(nc for f, (cc, nc, tt, ct, callers) in st.stats.items() if f[2] == _EPOLL_POLL)
         return {"calls": st.total_calls, "stats": st, "path": path, "loops": loops}
 
 

@@ -2,6 +2,7 @@
 errors and disconnections still logged and handled in it; everything else as Twisted does it."""
 from __future__ import annotations
 
+import select
 import socket
 
 import pytest
@@ -174,3 +175,102 @@ def test_accepted_connections_inherit_nodelay_from_the_listening_socket_and_skip
     assert calls == [True]
     for s in (client, accepted, listening):
         s.close()
+
+
+def test_a_read_with_a_reset_on_a_lean_transport_skips_the_log_context_too(reactor):
+    import struct
+
+    eventloop.install(reactor)
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    peer = socket.create_connection(listening.getsockname())
+    ours, _ = listening.accept()
+    ours.setblocking(False)
+    probe = LeanProbe(reactor, ours)
+    reactor.addReader(probe)
+    peer.send(b"x")
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # a reset: EPOLLIN | EPOLLHUP | EPOLLERR
+    [(fd, event)] = reactor._poller.poll(1)
+    assert event & select.EPOLLIN and event & (select.EPOLLHUP | select.EPOLLERR)
+    reactor.doIteration(0)
+    assert probe.systems == ["-"]
+    reactor.removeReader(probe)
+    ours.close()
+    listening.close()
+
+
+def test_timed_calls_run_when_due_and_the_timeout_counts_down_to_the_next(reactor):
+    eventloop.install(reactor)
+    now = [1000.0]
+    reactor.seconds = lambda: now[0]
+    ran = []
+    reactor.callLater(2.0, ran.append, "a")
+    reactor.callLater(5.0, ran.append, "b")
+    reactor.runUntilCurrent()
+    assert ran == [] and reactor.timeout() == 2.0
+    now[0] += 1.5
+    reactor.runUntilCurrent()
+    assert ran == [] and reactor.timeout() == pytest.approx(0.5)
+    now[0] += 0.5
+    reactor.runUntilCurrent()
+    assert ran == ["a"] and reactor.timeout() == pytest.approx(3.0)
+    reactor.callLater(1.0, ran.append, "c")  # a new one, sooner: seen by the next timeout
+    assert reactor.timeout() == pytest.approx(1.0)
+    reactor.runUntilCurrent()
+    assert reactor.timeout() == pytest.approx(1.0)
+    now[0] += 10
+    reactor.runUntilCurrent()
+    assert ran == ["a", "c", "b"] and reactor.timeout() is None
+
+
+def test_calls_from_threads_a_stop_and_the_clean_up_of_cancelled_calls_still_run(reactor):
+    eventloop.install(reactor)
+    ran = []
+    reactor.threadCallQueue.append((ran.append, ("thread",), {}))
+    reactor.runUntilCurrent()
+    assert ran == ["thread"]
+    calls = [reactor.callLater(100 + i, ran.append, i) for i in range(60)]
+    reactor.runUntilCurrent()
+    for c in calls[:55]:
+        c.cancel()
+    reactor.runUntilCurrent()  # more than 50 cancelled, more than half the heap: compacted as Twisted does
+    assert len(reactor._pendingTimedCalls) == 5 and reactor._cancellations == 0
+    assert reactor.timeout() == pytest.approx(155, abs=1)
+    for c in calls[55:]:
+        c.cancel()
+
+
+def test_the_main_loop_logs_a_failing_turn_and_goes_on_until_stopped(reactor):
+    from twisted.logger import globalLogPublisher
+
+    assert eventloop.install(reactor)
+    assert reactor.mainLoop.__func__ is eventloop._main_loop
+    lean_poll = reactor.doIteration
+    turns = []
+
+    def poll(timeout):  # the first turn fails (as a poll error would), the others poll
+        turns.append(timeout)
+        if len(turns) == 1:
+            raise ValueError("a turn failed")
+        lean_poll(timeout)
+
+    reactor.doIteration = poll
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    ran = []
+    try:
+        reactor.callLater(0.01, ran.append, "after")
+        reactor.callLater(0.02, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert ran == ["after"] and len(turns) > 2
+    failures = [e for e in events if e.get("log_failure") is not None]
+    assert [f["log_failure"].check(ValueError) for f in failures] == [ValueError]
+    assert failures[0]["log_format"].startswith("Unexpected error in main loop")
+    assert any(e.get("log_format") == "Main loop terminated." for e in events)
+    reactor.doIteration = lean_poll
+    eventloop.uninstall(reactor)
+    assert "mainLoop" not in reactor.__dict__

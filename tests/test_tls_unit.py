@@ -320,6 +320,27 @@ def test_alpn_h2_chosen_and_http11_fallback(pki: dict[str, Any]) -> None:
     assert connection_facts(sp)[3] is None
 
 
+def test_alpn_picks_from_a_long_offer_and_a_failing_choice_refuses_the_handshake(pki: dict[str, Any]) -> None:
+    from twisted.logger import globalLogPublisher
+
+    server = ServerTLS(default=pki["default"], alpn=("http/1.1",))
+    sp, cp = handshake(server, RawClient(alpn=[b"spdy/3", b"x" * 200, b"h2", b"http/1.1", b"acme"]))
+    assert connection_facts(sp)[3] == "http/1.1" and cp.negotiatedProtocol == b"http/1.1"
+
+    def broken(conn, offered):
+        raise RuntimeError("selection bug")
+
+    server._select_alpn = broken
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        sp, cp = handshake(server, RawClient(alpn=[b"h2"]))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not cp.rec.handshook  # a fatal alert, not a connection without the chosen protocol
+    assert [e["log_failure"].check(RuntimeError) for e in events if e.get("log_failure")] == [RuntimeError]
+
+
 def test_connection_facts_version_and_cipher(pki: dict[str, Any]) -> None:
     server = ServerTLS(default=pki["default"])
     sp, cp = handshake(server, RawClient(sni="default.test", alpn=[b"h2"]))
@@ -328,6 +349,16 @@ def test_connection_facts_version_and_cipher(pki: dict[str, Any]) -> None:
     assert cipher is not None and cipher.startswith("TLS_")
     sp, cp = handshake(server, RawClient(max_tls=SSL.TLS1_2_VERSION))
     assert connection_facts(sp)[1:3] == ("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")
+
+
+@pytest.mark.parametrize("client", [dict(sni="api.example.com", alpn=[b"h2"]), dict(alpn=[b"spdy/3"]), dict(),
+                                    dict(sni="x.test", alpn=[b"http/1.1"], max_tls=SSL.TLS1_2_VERSION)])
+def test_connection_facts_are_what_pyopenssls_getters_say(sni_server: ServerTLS, client: dict) -> None:
+    from txgate.tls.server import _public_facts
+
+    sp, cp = handshake(sni_server, RawClient(**client))
+    assert cp.rec.handshook
+    assert connection_facts(sp) == _public_facts(sp.getHandle())
 
 
 def test_tls11_client_refused_at_default_min(pki: dict[str, Any]) -> None:

@@ -34,6 +34,11 @@ def _tcp_transport(transport):
 def no_delay(transport) -> None:
     """Responses go out at once: no Nagle (it would hold one behind unacknowledged TLS
     tickets), and a send on the socket right away when nothing is queued."""
+    try:
+        if transport.transport._txgate_nodelay:  # the TCP transport under TLS, in its two attribute reads
+            return
+    except AttributeError:
+        pass
     t = _tcp_transport(transport)
     if getattr(t, "_txgate_nodelay", False):
         return  # accepted from a listening socket with TCP_NODELAY (inherited), direct writes already
@@ -71,7 +76,7 @@ def _direct_write(self, data: bytes) -> None:
 _DIRECT: dict[type, type] = {}  # TCP transport class -> its subclass with _direct_write
 
 
-def _derived(cache: dict, base: type, attrs: dict) -> type:
+def derived_class(cache: dict, base: type, attrs: dict) -> type:
     """Make the subclass of ``base`` with ``attrs`` and keep it in ``cache`` (one class per base: callers
     look there first, so a connection never builds one)."""
     sub = cache[base] = type(base.__name__, (base,), {**attrs, "__module__": base.__module__,
@@ -83,14 +88,14 @@ def _direct_class(cls: type) -> type:
     if cls.__dict__.get("_txgate_direct"):
         return cls
     # Reads dispatched without Twisted's log context (txgate.runtime.eventloop): _txgate_lean.
-    return _DIRECT.get(cls) or _derived(_DIRECT, cls, {
+    return _DIRECT.get(cls) or derived_class(_DIRECT, cls, {
         "write": _direct_write, "_buffered_write": cls.write, "_txgate_direct": True, "_txgate_lean": True})
 
 
 def _nodelay_class(cls: type) -> type:
     """The direct-write class of ``cls`` whose sockets have TCP_NODELAY already (inherited at accept)."""
     direct = _direct_class(cls)
-    return _NODELAY.get(direct) or _derived(_NODELAY, direct, {"_txgate_nodelay": True})
+    return _NODELAY.get(direct) or derived_class(_NODELAY, direct, {"_txgate_nodelay": True})
 
 
 _NODELAY: dict[type, type] = {}

@@ -8,12 +8,25 @@ each read of every connection. That context only reaches legacy ``twisted.python
 logs through ``twisted.logger``, which never reads it), i.e. Twisted's own error lines.
 
 `install` replaces the running reactor's ``doIteration`` (the same poll) with one that, for a
-plain read event on a transport of a class marked ``_txgate_lean`` (txgate's TCP transports:
-accepted connections on the listeners, upstream connections; see ``txgate.directwrite``), calls
-``doRead`` directly, with ``_doReadOrWrite``'s checks and error handling: an exception from the
-read is logged with ``log.err`` inside the connection's log context, exactly as before, and a
-disconnection runs in it too. Every other event (writes, hang-ups, listening ports, other
-protocols' sockets) goes through Twisted's own path unchanged. Only an ``EPollReactor`` whose
+read event (``EPOLLIN``, with or without a hang-up or error flag, not ``EPOLLOUT``) on a selectable
+of a class marked ``_txgate_lean`` (txgate's TCP transports: accepted connections on the listeners,
+upstream connections, see ``txgate.directwrite``; and txgate's listening ports, whose accept loop
+handles its own errors, see ``txgate.runtime.accept``), calls ``doRead`` directly, with
+``_doReadOrWrite``'s checks and error handling: an exception from the read is logged with
+``log.err`` inside the connection's log context, exactly as before, and a disconnection runs in it
+too. Every other event (writes, hang-ups alone, other protocols' sockets) goes through Twisted's
+own path unchanged. It also counts its polls (``_txgate_polls``), which the listening ports read to
+tell a burst of connections from one at a time.
+
+Around each poll, Twisted's main loop calls ``runUntilCurrent`` and ``timeout``: two passes over the
+new timed calls, two clock reads, ``min`` and ``max``, ~8 calls per loop (a new TLS connection takes
+~5 loops). `install` also gives the reactor a ``runUntilCurrent`` that hands over to Twisted's
+whenever there is anything to run (calls from threads, a timed call due, a stop, the clean-up of
+cancelled calls) and otherwise only reads the clock once, and a ``timeout`` that reuses that read;
+and, when it is not running yet, a ``mainLoop`` whose failure handler (log, go on) wraps the turns
+instead of each turn.
+
+Only an ``EPollReactor`` whose
 ``doIteration`` is Twisted's own gets it; any other reactor is left alone.
 """
 from __future__ import annotations
@@ -26,10 +39,19 @@ from twisted.python import log
 
 try:
     from twisted.internet.epollreactor import EPollReactor
-    from select import EPOLLIN
+    from select import EPOLLIN, EPOLLOUT
+
+    _run_until_current = EPollReactor.runUntilCurrent
+    _reactor_timeout = EPollReactor.timeout
+    try:  # what ReactorBase.mainLoop logs with
+        from twisted.internet.base import _log as _base_log, _topHandler as _top_handler
+    except ImportError:  # pragma: no cover - another Twisted: its own main loop
+        _top_handler = None
 except ImportError:  # pragma: no cover - not Linux
     EPollReactor = None
-    EPOLLIN = 1
+    EPOLLIN, EPOLLOUT = 1, 4
+
+_READ_ONLY = EPOLLIN | EPOLLOUT  # (event & _READ_ONLY) == EPOLLIN: a read, no write
 
 
 def _lean_do_poll(self, timeout) -> None:
@@ -42,6 +64,7 @@ def _lean_do_poll(self, timeout) -> None:
         if err.errno == errno.EINTR:
             return
         raise
+    self._txgate_polls += 1  # listening ports tell a burst (readable poll after poll) by it
     selectables = self._selectables
     drdw = self._doReadOrWrite
     call_with_logger = log.callWithLogger
@@ -50,7 +73,9 @@ def _lean_do_poll(self, timeout) -> None:
             selectable = selectables[fd]
         except KeyError:
             continue
-        if event != EPOLLIN or not getattr(selectable, "_txgate_lean", False) or selectable.fileno() == -1:
+        # EPOLLIN with or without EPOLLHUP/EPOLLERR (a reset): _doReadOrWrite would only doRead too.
+        if (event & _READ_ONLY) != EPOLLIN or not getattr(selectable, "_txgate_lean", False) \
+                or selectable.fileno() == -1:
             call_with_logger(selectable, drdw, selectable, fd, event)
             continue
         in_read = False  # as in _doReadOrWrite: True only once doRead has returned
@@ -61,7 +86,56 @@ def _lean_do_poll(self, timeout) -> None:
             why = sys.exc_info()[1]
             call_with_logger(selectable, log.err)  # in the connection's log context, as Twisted logs it
         if why:
-            call_with_logger(selectable, self._disconnectSelectable, selectable, why, in_read)
+            lost = getattr(selectable, "_txgate_lost", None)  # an accepted connection's own, leaner
+            if lost is not None:
+                call_with_logger(selectable, lost, why, in_read)
+            else:
+                call_with_logger(selectable, self._disconnectSelectable, selectable, why, in_read)
+
+
+_LONGEST = 2147483  # ReactorBase.timeout's cap: epoll_wait's timeout is an int of milliseconds
+
+
+def _run_due(self) -> None:
+    """``ReactorBase.runUntilCurrent`` when there is something to run (calls from threads, a timed call
+    due, a stop, the heap's clean-up of cancelled calls); else one clock read, kept for `_timeout`."""
+    if self._newTimedCalls:
+        self._insertNewDelayedCalls()
+    pending = self._pendingTimedCalls
+    now = self.seconds()
+    cancelled = self._cancellations
+    if self.threadCallQueue or self._justStopped or (pending and pending[0].time <= now) \
+            or (cancelled > 50 and cancelled > len(pending) >> 1):
+        self._txgate_now = None  # the calls take time: timeout() reads the clock again
+        _run_until_current(self)
+    else:
+        self._txgate_now = now
+
+
+def _timeout(self) -> float | None:
+    """``ReactorBase.timeout`` right after `runUntilCurrent` found nothing to do: from the clock read it
+    made (a few microseconds old), and without a second pass over the new timed calls (none came)."""
+    now, self._txgate_now = self._txgate_now, None
+    if now is None or self._newTimedCalls:
+        return _reactor_timeout(self)
+    pending = self._pendingTimedCalls
+    if not pending:
+        return None
+    delay = pending[0].time - now
+    return 0 if delay < 0 else (delay if delay < _LONGEST else _LONGEST)
+
+
+def _main_loop(self) -> None:
+    """``ReactorBase.mainLoop`` with its failure handler around the turns rather than around each turn
+    (two calls less per turn; the same outcome: an exception is logged and the loop goes on)."""
+    while self._started:
+        with _top_handler:
+            while self._started:
+                self.runUntilCurrent()
+                t2 = self.timeout()
+                t = self.running and t2
+                self.doIteration(t)
+    _base_log.info("Main loop terminated.")
 
 
 def install(reactor) -> bool:
@@ -73,7 +147,13 @@ def install(reactor) -> bool:
         return True
     if getattr(current, "__func__", None) is not EPollReactor.doPoll:
         return False  # someone else's loop: leave it
+    reactor._txgate_polls = 0
+    reactor._txgate_now = None
     reactor.doIteration = MethodType(_lean_do_poll, reactor)
+    reactor.runUntilCurrent = MethodType(_run_due, reactor)
+    reactor.timeout = MethodType(_timeout, reactor)
+    if _top_handler is not None and not reactor.running:  # (a loop already running keeps its own)
+        reactor.mainLoop = MethodType(_main_loop, reactor)
     return True
 
 
@@ -81,6 +161,9 @@ def uninstall(reactor) -> None:
     """Back to Twisted's own dispatch (tests)."""
     if getattr(getattr(reactor, "doIteration", None), "__func__", None) is _lean_do_poll:
         del reactor.doIteration
+        del reactor.runUntilCurrent
+        del reactor.timeout
+        reactor.__dict__.pop("mainLoop", None)
 
 
 __all__ = ["install", "uninstall"]

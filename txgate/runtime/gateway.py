@@ -15,6 +15,7 @@ from txgate.config.hostnames import host_port
 from txgate.directwrite import lean_accepts
 from txgate.plan import Plan, prepare
 from txgate.runtime import eventloop
+from txgate.runtime.accept import lean_listen
 from txgate.runtime.generation import Generation, build_generation
 from txgate.runtime.reload import (Coalescer, Debounce, Retirer, drain_changed_client_auth, plan_port_moves,
                                    reload_notes, store_change_matters, store_change_reason)
@@ -41,9 +42,16 @@ class Front(Factory):
         self.name = name
         self.current = current
 
-    def buildProtocol(self, addr):
-        # None when the listener refuses the connection (max_connections): the port closes the socket.
-        return self.current.buildProtocol(addr)
+    @property
+    def current(self):
+        return self._current
+
+    @current.setter
+    def current(self, top) -> None:
+        # Each connection goes straight to the generation's factory (no call through this one).
+        # None from it when the listener refuses the connection (max_connections): the port closes the socket.
+        self._current = top
+        self.buildProtocol = top.buildProtocol
 
     def logPrefix(self) -> str:
         return f"txgate listener {self.name}"
@@ -120,9 +128,11 @@ class GatewayService(Service):
     def _listen(self, ln: ListenerConfig, front: Front):
         """Listen on a listener's bind with ``front``; a failure is a ConfigError naming its bind.
 
-        Accepted connections get txgate's TCP transport class (direct writes, lean read dispatch)."""
+        Accepted connections get txgate's TCP transport class (direct writes, lean read dispatch), and
+        the port txgate's accept loop (`txgate.runtime.accept`) where the reactor has the lean dispatch."""
         port = self._open_port(ln, front)
         lean_accepts(port)
+        lean_listen(port)
         return port
 
     def _open_port(self, ln: ListenerConfig, front: Front):

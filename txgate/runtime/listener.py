@@ -10,6 +10,7 @@ from zope.interface import implementer
 from txgate.http.exchange import ConnectionInfo, Limits
 from txgate.http.h1 import H1Connection
 from txgate.tls.outcomes import HandshakeFailure, HandshakeOutcome, classify_handshake_failure
+from txgate.tls.server import connection_facts
 from txgate.tls.serverconn import TLSServerFactory
 
 log = Logger(namespace="txgate.listener")
@@ -36,9 +37,10 @@ class Negotiator(Protocol):
         if metrics is not None:
             metrics.connection_opened(self.info.listener)
         if self.tls:
-            self.accepted = self.factory.clock.seconds()
             # A client that never completes the handshake is a slowloris too.
-            self.timer = self.factory.clock.callLater(self.factory.limits.header_timeout, self._handshake_timeout)
+            wait = self.factory.limits.header_timeout
+            self.timer = timer = self.factory.clock.callLater(wait, self._handshake_timeout)
+            self.accepted = timer.time - wait  # the clock read callLater made (no second one)
         else:
             self._start(None)
 
@@ -57,8 +59,6 @@ class Negotiator(Protocol):
 
     def handshakeCompleted(self) -> None:
         # The handshake timer stays armed: _start hands it to the HTTP/1.1 protocol (one timer per connection).
-        from txgate.tls.server import connection_facts
-
         info = self.info
         info.sni, info.tls_version, info.cipher, info.alpn = connection_facts(self.transport)
         if self.factory.client_certs:
@@ -169,7 +169,8 @@ class Negotiator(Protocol):
         self.factory.connections.discard(self)
         if self.factory.metrics is not None:
             self.factory.metrics.connection_closed(self.info.listener)
-        self._cancel_timer()
+        if self.timer is not None:  # (handed to the HTTP/1.1 protocol once it started)
+            self._cancel_timer()
         if self.inner is not None:
             self.inner.connectionLost(reason)
         elif self.held is not None:
@@ -246,10 +247,12 @@ class ListenerFactory(Factory):
         return False
 
     def buildProtocol(self, addr):
-        if not self.accepting():
+        if len(self.connections) >= self.max_connections and not self.accepting():
             return None
-        host = getattr(addr, "host", "?")
-        port = getattr(addr, "port", 0)
+        try:
+            host, port = addr.host, addr.port
+        except AttributeError:  # not an IP address
+            host, port = getattr(addr, "host", "?"), getattr(addr, "port", 0)
         info = ConnectionInfo(self.name, host, port, tls=self.tls)
         return Negotiator(self, info, self.tls)
 

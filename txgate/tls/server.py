@@ -18,6 +18,39 @@ log = Logger()
 
 ACME_TLS_ALPN = b"acme-tls/1"
 
+try:  # pyOpenSSL's raw bindings: the ALPN callback, connection_facts (once per handshake)
+    from OpenSSL._util import ffi as _ffi, lib as _lib
+
+    _ALPN = _ffi.new("unsigned char **")  # out-parameters, reused: the reactor runs one call at a time
+    _ALPN_LEN = _ffi.new("unsigned int *")
+except Exception:  # pragma: no cover - other pyOpenSSL builds: its public getters
+    _lib = None
+
+if _lib is not None:
+    @_ffi.callback("int (*)(SSL *, unsigned char **, unsigned char *, const unsigned char *, unsigned int, void *)")
+    def _alpn_select(ssl, out, outlen, offered, size, arg):  # pragma: no branch - called by OpenSSL
+        """OpenSSL's ALPN callback for every context of a `ServerTLS` (``arg``: its handle): the choice points
+        into the client's own list (OpenSSL copies it at once), so nothing is allocated per connection."""
+        try:
+            raw = _ffi.buffer(offered, size)[:]  # length-prefixed names, checked well-formed by OpenSSL
+            at: dict[bytes, int] = {}
+            i = 0
+            while i < size:
+                n = raw[i]
+                at.setdefault(raw[i + 1:i + 1 + n], i + 1)
+                i += n + 1
+            conn = SSL.Connection._reverse_mapping.get(ssl) if ACME_TLS_ALPN in at else None
+            proto = _ffi.from_handle(arg)._select_alpn(conn, at)
+            if proto is SSL.NO_OVERLAPPING_PROTOCOLS:
+                return _lib.SSL_TLSEXT_ERR_NOACK  # as pyOpenSSL: the handshake goes on without ALPN
+            out[0] = offered + at[proto]
+            outlen[0] = len(proto)
+            return _lib.SSL_TLSEXT_ERR_OK
+        except Exception:
+            log.failure("ALPN selection failed")
+            return _lib.SSL_TLSEXT_ERR_ALERT_FATAL
+
+
 #: TLS <= 1.2 default: forward secrecy and AEAD only, ECDSA first, then RSA.
 DEFAULT_CIPHERS = ":".join(
     [
@@ -215,6 +248,7 @@ class ServerTLS:
         self.hand_over = hand_over and handover.available()
         # Pending TLS-ALPN-01 challenges (txgate.acme.challenges.ChallengeBoard), attached by the runtime.
         self.challenges: Any = None
+        self._sni = False  # any SNI entry (set below, once they are built)
         self.default_context = self._build(default)
         self._exact: dict[str, SSL.Context] = {}
         self._wildcard: dict[str, SSL.Context] = {}
@@ -224,6 +258,7 @@ class ServerTLS:
             if key in table:
                 raise DuplicateSNIName(f"duplicate SNI name {name!r}")
             table[key] = self._build(ck)
+        self._sni = bool(self._exact or self._wildcard)
 
     def _build(self, ck: CertifiedKey) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -251,7 +286,7 @@ class ServerTLS:
         ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER if self._client_verifier is None else SSL.SESS_CACHE_OFF)
         ctx.set_session_id(self._sid_ctx)
         # Always: the ALPN callback also answers ACME TLS-ALPN-01 (RFC 8737) challenges.
-        ctx.set_alpn_select_callback(self._select_alpn)
+        self._set_alpn(ctx)
         if self._client_verifier is not None:
             self._client_verifier.configure(ctx)
         elif self._verify is not None:
@@ -267,7 +302,21 @@ class ServerTLS:
             handover.install(ctx)  # every context: SNI may switch a connection to another one
         return ctx
 
-    def _select_alpn(self, conn: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+    def _set_alpn(self, ctx: SSL.Context) -> None:
+        """ALPN selection by `_select_alpn`: through `_alpn_select` (OpenSSL's callback, no pyOpenSSL wrapper)
+        where pyOpenSSL's bindings have the call, else through pyOpenSSL's own."""
+        if _lib is None or not hasattr(_lib, "SSL_CTX_set_alpn_select_cb"):  # pragma: no cover
+            ctx.set_alpn_select_callback(self._select_alpn)
+            return
+        handle = self.__dict__.get("_handle")
+        if handle is None:
+            handle = self._handle = _ffi.new_handle(self)
+        ctx._txgate_alpn_handle = handle  # the callback's argument lives as long as the context
+        _lib.SSL_CTX_set_alpn_select_cb(ctx._context, _alpn_select, handle)
+
+    def _select_alpn(self, conn: SSL.Connection | None, offered) -> bytes | Any:
+        """The protocol to speak among ``offered`` (a collection of names), or NO_OVERLAPPING_PROTOCOLS;
+        ``conn`` (needed only when ``acme-tls/1`` is offered) gets the challenge certificate."""
         if ACME_TLS_ALPN in offered and self.challenges is not None:
             pair = self._acme_pair(conn)
             if pair is not None:
@@ -300,6 +349,8 @@ class ServerTLS:
         return ctx if ctx is not None else self.default_context
 
     def _servername(self, conn: SSL.Connection) -> None:
+        if not self._sni:
+            return  # one certificate: every name gets the default context, the one the connection has
         try:
             raw = conn.get_servername()
             if raw is None:
@@ -332,6 +383,26 @@ def connection_facts(tls_transport: Any) -> tuple[str | None, str | None, str | 
         return (None, None, None, None)
     if not isinstance(conn, SSL.Connection):
         return (None, None, None, None)
+    if _lib is None:  # pragma: no cover
+        return _public_facts(conn)
+    # What pyOpenSSL's get_servername, get_protocol_version_name, get_cipher_name and
+    # get_alpn_proto_negotiated return, read without their wrappers (four calls, two cffi allocations).
+    ssl, lib, string = conn._ssl, _lib, _ffi.string
+    raw = lib.SSL_get_servername(ssl, lib.TLSEXT_NAMETYPE_host_name)
+    raw = string(raw) if raw != _ffi.NULL else None
+    sni = raw.decode("ascii", "replace") if raw else None
+    version = string(lib.SSL_get_version(ssl)).decode("utf-8")
+    if not version or version == "Unknown":
+        version = None
+    cipher = lib.SSL_get_current_cipher(ssl)
+    cipher = None if cipher == _ffi.NULL else string(lib.SSL_CIPHER_get_name(cipher)).decode("utf-8")
+    lib.SSL_get0_alpn_selected(ssl, _ALPN, _ALPN_LEN)
+    n = _ALPN_LEN[0]
+    alpn = _ffi.buffer(_ALPN[0], n)[:].decode("ascii", "replace") if n else None
+    return (sni, version, cipher, alpn)
+
+
+def _public_facts(conn: SSL.Connection) -> tuple[str | None, str | None, str | None, str | None]:
     raw_sni = conn.get_servername()
     sni = raw_sni.decode("ascii", "replace") if raw_sni else None
     version = conn.get_protocol_version_name()
