@@ -23,7 +23,6 @@ class Upstream:
         self.api = api
         self.error_detail = error_detail  # `[gateway] error_detail`: details in error bodies
         self.pools = pools
-        self.n_pools = len(pools)
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
         self.rr = 0
@@ -39,7 +38,7 @@ class Upstream:
         if self._tick_call is None:
             self._tick_call = clock.callLater(self.tick, self._sweep, clock)
         i = self.rr
-        self.rr = (i + 1) % self.n_pools
+        self.rr = (i + 1) % len(self.pools)
         return i
 
     def _sweep(self, clock) -> None:
@@ -108,8 +107,8 @@ class ProxyHandler:
         self._try(self.upstream.track(self, self.clock))
 
     def _try(self, index: int) -> None:
-        upstream = self.upstream
-        pool = upstream.pools[index % upstream.n_pools]
+        pools = self.upstream.pools
+        pool = pools[index % len(pools)]
         self.pool = pool
         self.upstream_label = pool.label
         self.tried += 1
