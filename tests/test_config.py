@@ -61,7 +61,7 @@ def test_defaults_are_secure_and_documented():
     assert api.upstream_verify is True and api.upstream_ca is None and api.upstream_server_name is None
     assert (api.listeners, api.hosts, api.path, api.strip_path, api.preserve_host) == (None, (), "/", False, False)
     assert (api.connect_timeout, api.timeout, api.max_body_bytes) == (5.0, 30.0, 0)
-    assert (api.max_connections, api.max_pending) == (64, 256)
+    assert (api.max_connections, api.max_pending) == (64, 1024)
     assert api.max_response_header_bytes == 65536
     assert cfg.warnings == ()
 

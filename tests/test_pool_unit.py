@@ -195,3 +195,19 @@ def test_response_cut_short_is_not_retried_and_the_client_sees_the_cut(make):
     second = client.get("/a/2")
     assert second.status == 200 and second.body == b"par" and second.reset and not second.complete
     assert len(up.requests) == 2
+
+
+def test_default_wait_queue_holds_a_burst_of_1024_then_answers_503(make):
+    """The default max_pending (1024, Envoy's) lets a burst wait for one busy connection; the next is refused."""
+    gw = make("max_connections = 1\n")
+    up = gw.upstream("http://a.internal:8080").queue(Hang())
+    first = gw.client().request("GET", "/a/first")
+    waiting = [gw.client().request("GET", f"/a/{i}") for i in range(1024)]
+    gw.flush()
+    refused = gw.get("/a/refused")
+    assert refused.status == 503 and refused.code == "upstream_busy"
+    assert "1 connections busy and 1024 requests waiting" in gw.logs.error_detail(refused.request_id)
+    up.release(Respond(200, b"one"))
+    gw.flush()
+    assert first.status == 200 and [r.status for r in waiting] == [200] * 1024
+    assert len(up.connections) == 1 and len(up.requests) == 1025

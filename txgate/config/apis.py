@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from txgate.config.hostnames import WILDCARD_RULE, is_ip, split_pattern, wildcard_ok
 from txgate.config.kubernetes import check_ca_source
-from txgate.config.model import TLS_VERSIONS, ApiConfig, ConfigError, SecurityConfig, Target
+from txgate.config.model import DEFAULT_MAX_PENDING, TLS_VERSIONS, ApiConfig, ConfigError, SecurityConfig, Target
 from txgate.config.sections import Section, parse_cert_spec, suggest
 
 API_KEYS = {
@@ -165,7 +165,7 @@ def parse_api(section: Section, name: str, listener_names: list[str]) -> ApiConf
         max_body_bytes=section.number("max_body_bytes", 0, integer=True),
         max_response_header_bytes=section.number("max_response_header_bytes", 65536, integer=True, minimum=1024),
         max_connections=section.number("max_connections", 64, integer=True, minimum=1),
-        max_pending=section.number("max_pending", 256, integer=True),
+        max_pending=section.number("max_pending", DEFAULT_MAX_PENDING, integer=True),
         **_api_trust(section),
         **_api_client_auth(section),
     )

@@ -282,6 +282,13 @@ class Target:
         return f"{self.scheme}://{host_port(self.host, self.port)}"
 
 
+# Requests that may wait for each target once its max_connections are busy (Envoy's circuit-breaker default,
+# max_pending_requests = 1024). 256 answered a burst of new connections in front of an idle backend with 503s:
+# while a burst of handshakes runs, a single-threaded gateway reads the backend's answers late, so requests
+# queue on the event loop's time, not the backend's. A waiter stays bounded by the API's timeout.
+DEFAULT_MAX_PENDING = 1024
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     name: str
@@ -300,7 +307,7 @@ class ApiConfig:
     max_body_bytes: int = 0
     max_response_header_bytes: int = 65536
     max_connections: int = 64
-    max_pending: int = 256
+    max_pending: int = DEFAULT_MAX_PENDING
     # Upstream trust (pinning issue). None means "not set here: use [security]".
     pinned_public_keys: tuple[str, ...] | None = None
     pin_mode: str | None = None

@@ -169,6 +169,10 @@ class Link:
         """Deliver what each side wrote and close what was closed; whether anything happened."""
         if self.done:
             return False
+        c, s = self.client, self.server
+        if not (c.outgoing or s.outgoing or c.incoming or s.incoming or c.disconnecting or s.disconnecting
+                or c.producer_paused or s.producer_paused):
+            return False  # nothing to move, close or resume (a test with a thousand quiet links stays fast)
         moved = self._move(self.client, self.server)
         moved = self._move(self.server, self.client) or moved
         return self._close() or moved
