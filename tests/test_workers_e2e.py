@@ -301,7 +301,7 @@ def test_metrics_count_the_requests_of_both_workers(two_workers):
         c.request("GET", "/metrics")
         return c.getresponse().read().decode()
 
-    text = poll(lambda: (t := scrape()) and 'txgate_requests_total{api="echo",status="200"} 50.0' in t and t, 10,
+    text = poll(lambda: (t := scrape()) and 'txgate_requests_total{api="echo",status="200"} 50.0' in t and t, 30,
                 what="50 requests in /metrics")
     assert "txgate_workers 2.0" in text
     assert "txgate_worker_restarts_total 0.0" in text
