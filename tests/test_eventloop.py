@@ -274,3 +274,60 @@ def test_the_main_loop_logs_a_failing_turn_and_goes_on_until_stopped(reactor):
     reactor.doIteration = lean_poll
     eventloop.uninstall(reactor)
     assert "mainLoop" not in reactor.__dict__
+
+
+def _read_outcomes(cls):
+    """What doRead of a ``cls`` connection returns, and what its protocol got, for: nothing to read,
+    data, the peer's end; then for a reset on a second connection."""
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+    import struct
+
+    class Got(Protocol):
+        def __init__(self) -> None:
+            self.data = []
+
+        def dataReceived(self, data: bytes) -> None:
+            self.data.append(data)
+
+    outcomes = []
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    for reset in (False, True):
+        peer = socket.create_connection(listening.getsockname())
+        ours, _ = listening.accept()
+        proto = Got()
+        t = cls(ours, proto, MemoryReactorClock())
+        outcomes.append(t.doRead())  # EAGAIN
+        peer.sendall(b"abc")
+        select.select([ours], [], [], 5)
+        outcomes.append(t.doRead())
+        if reset:
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        select.select([ours], [], [], 5)
+        why = t.doRead()
+        outcomes.append(type(why).__name__)
+        outcomes.append(proto.data)
+        ours.close()
+    listening.close()
+    assert issubclass(cls, tcp.Connection)
+    return outcomes
+
+
+def test_txgates_transports_read_in_one_frame_with_twisteds_outcomes():
+    from twisted.internet import tcp
+
+    from txgate import directwrite
+
+    lean = _direct_class(tcp.Connection)
+    assert lean.doRead is directwrite._read
+    assert _read_outcomes(lean) == _read_outcomes(tcp.Connection) == [
+        None, None, "ConnectionDone", [b"abc"], None, None, "ConnectionLost", [b"abc"]]
+
+
+def test_a_transport_with_its_own_read_keeps_it():
+    from twisted.internet import unix
+
+    assert _direct_class(unix.Server).doRead is unix.Server.doRead  # (file descriptors passed with the data)

@@ -8,15 +8,18 @@ empty, sending right away is equivalent (same bytes, same order); whatever the k
 not take goes through Twisted's normal buffered path, with its producer flow control.
 
 The subclass is also the mark of txgate's own TCP transports: their reads skip Twisted's per-event
-log context (``txgate.runtime.eventloop``). Listening ports make accepted connections of it directly
-(`lean_accepts`).
+log context (``txgate.runtime.eventloop``), and a read is one frame (`_read`: ``doRead`` and
+``_dataReceived`` of ``tcp.Connection`` in one, with their outcomes). Listening ports make accepted
+connections of it directly (`lean_accepts`).
 """
 from __future__ import annotations
 
 import socket
 import sys
+from errno import EWOULDBLOCK
 
 from twisted.internet import tcp
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
 
 def _tcp_transport(transport):
@@ -58,7 +61,8 @@ def _direct_write(self, data: bytes) -> None:
         and not self.disconnecting
         and not self._writeDisconnected
         and not self._tempDataBuffer
-        and len(self.dataBuffer) == self.offset
+        # nothing queued: Twisted empties dataBuffer once it is all sent (a sent one is b"" or offset at its end)
+        and (not self.dataBuffer or len(self.dataBuffer) == self.offset)
         and data.__class__ is bytes
     ):
         try:
@@ -71,6 +75,22 @@ def _direct_write(self, data: bytes) -> None:
             return
         data = data[sent:]
     self._buffered_write(data)
+
+
+def _read(self):
+    """``tcp.Connection.doRead`` and its ``_dataReceived`` in one frame, with their outcomes: nothing on
+    ``EAGAIN``, ``ConnectionLost`` on any other socket error (a reset), ``ConnectionDone`` at the peer's
+    end, else the bytes to the protocol."""
+    try:
+        data = self.socket.recv(self.bufferSize)
+    except OSError as se:
+        if se.args[0] == EWOULDBLOCK:
+            return None
+        return CONNECTION_LOST
+    if data:
+        self.protocol.dataReceived(data)
+        return None
+    return CONNECTION_DONE
 
 
 _DIRECT: dict[type, type] = {}  # TCP transport class -> its subclass with _direct_write
@@ -87,9 +107,14 @@ def derived_class(cache: dict, base: type, attrs: dict) -> type:
 def _direct_class(cls: type) -> type:
     if cls.__dict__.get("_txgate_direct"):
         return cls
+    sub = _DIRECT.get(cls)
+    if sub is not None:
+        return sub
     # Reads dispatched without Twisted's log context (txgate.runtime.eventloop): _txgate_lean.
-    return _DIRECT.get(cls) or derived_class(_DIRECT, cls, {
-        "write": _direct_write, "_buffered_write": cls.write, "_txgate_direct": True, "_txgate_lean": True})
+    attrs = {"write": _direct_write, "_buffered_write": cls.write, "_txgate_direct": True, "_txgate_lean": True}
+    if cls.doRead is tcp.Connection.doRead and cls._dataReceived is tcp.Connection._dataReceived:
+        attrs["doRead"] = _read  # (not over a subclass's own read, e.g. a UNIX socket's with descriptors)
+    return derived_class(_DIRECT, cls, attrs)
 
 
 def _nodelay_class(cls: type) -> type:

@@ -68,13 +68,14 @@ def _lean_do_poll(self, timeout) -> None:
     selectables = self._selectables
     drdw = self._doReadOrWrite
     call_with_logger = log.callWithLogger
+    lean = _LEAN
     for fd, event in events:
         try:
             selectable = selectables[fd]
         except KeyError:
             continue
         # EPOLLIN with or without EPOLLHUP/EPOLLERR (a reset): _doReadOrWrite would only doRead too.
-        if (event & _READ_ONLY) != EPOLLIN or not getattr(selectable, "_txgate_lean", False) \
+        if (event & _READ_ONLY) != EPOLLIN or (selectable.__class__ not in lean and not _learn(selectable)) \
                 or selectable.fileno() == -1:
             call_with_logger(selectable, drdw, selectable, fd, event)
             continue
@@ -91,6 +92,17 @@ def _lean_do_poll(self, timeout) -> None:
                 call_with_logger(selectable, lost, why, in_read)
             else:
                 call_with_logger(selectable, self._disconnectSelectable, selectable, why, in_read)
+
+
+_LEAN: set[type] = set()  # the classes marked _txgate_lean seen so far (a set lookup per event, no getattr)
+
+
+def _learn(selectable) -> bool:
+    """Is ``selectable``'s class marked ``_txgate_lean``? (Remembered when it is.)"""
+    if getattr(selectable.__class__, "_txgate_lean", False):
+        _LEAN.add(selectable.__class__)
+        return True
+    return False
 
 
 _LONGEST = 2147483  # ReactorBase.timeout's cap: epoll_wait's timeout is an int of milliseconds

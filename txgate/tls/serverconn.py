@@ -35,6 +35,7 @@ try:  # The raw calls under pyOpenSSL's recv() and bio_read(), to tell "no more 
     from OpenSSL._util import lib as _lib
 
     _SSL_read = _lib.SSL_read
+    _SSL_set_accept_state = _lib.SSL_set_accept_state
     _SSL_do_handshake = _lib.SSL_do_handshake
     _SSL_write = _lib.SSL_write
     _BIO_write = _lib.BIO_write
@@ -84,7 +85,11 @@ def release_writes(started: bool) -> None:
     held, _holding = _holding, None
     for conn in held:
         conn._corked = False
-        conn._flush()
+        rec = conn._rec
+        if rec is None:
+            conn._flush()
+        elif rec.out:  # (_flush's records13 case; a close_notify may have taken the output already)
+            conn.transport.write(rec.take_output())
 
 
 def read_app_data(tls) -> bytes | None:
@@ -107,7 +112,8 @@ def read_app_data(tls) -> bytes | None:
 def feed(tls, data: bytes) -> None:
     """Hand bytes received from the peer to OpenSSL (its incoming memory BIO)."""
     if _SSL_read is not None and data.__class__ is bytes:
-        if _BIO_write(tls._into_ssl, data, len(data)) == len(data):
+        size = len(data)
+        if _BIO_write(tls._into_ssl, data, size) == size:
             return
     tls.bio_write(data)  # the public call (and its error) for anything else
 
@@ -211,21 +217,26 @@ class TLSServerProtocol:
     def makeConnection(self, transport) -> None:
         self.transport = transport
         tls = self._tls = self.factory.creator.serverConnectionForTLS(self)
-        tls.set_accept_state()
+        if _SSL_read is not None:
+            _SSL_set_accept_state(tls._ssl)  # (what set_accept_state() does, without its frame)
+        else:
+            tls.set_accept_state()
         self.connected = True
         self.app.makeConnection(self)
         # A server has nothing to send before the ClientHello: the handshake starts with the first bytes.
 
     def dataReceived(self, data: bytes) -> None:
-        if self._lost:
+        rec = self._rec
+        if rec is not None:  # after a hand-over: records13's records, straight to the application
+            if not self._lost:
+                self._deliver_protected(rec, data)
             return
-        if self._rec is not None:
-            self._deliver(data)
+        if self._lost:
             return
         tls = self._tls
         if self._fresh:
             self._fresh = False
-            if looks_like_plain_http(data):
+            if data[:1] != b"\x16" and looks_like_plain_http(data):  # (a handshake record starts 0x16)
                 self.transport.write(PLAIN_HTTP_ANSWER)  # in clear: the client speaks no TLS
                 self._failed(Failure(PlainHTTPRequest()))
                 return
@@ -261,7 +272,9 @@ class TLSServerProtocol:
             if self._pending:
                 self._unbuffer()
             if rest is not None:
-                self._deliver(rest)
+                rec = self._rec
+                if rec is not None:
+                    self._deliver_protected(rec, rest)  # (sends the session tickets taken over too)
                 return
         self._deliver()
 
@@ -280,39 +293,43 @@ class TLSServerProtocol:
         self._tls = None
         return rest
 
-    def _deliver(self, data: bytes = b"") -> None:
-        """Hand every decrypted record to the application (after a hand-over: those ``data``
-        completes), then send what was written meanwhile: the responses written during the reads go
-        out in one TCP write."""
+    def _deliver(self) -> None:
+        """Hand every record OpenSSL decrypts to the application, then send what was written
+        meanwhile: the responses written during the reads go out in one TCP write."""
         corked = self._corked
         self._corked = True
         try:
-            rec = self._rec
-            if rec is not None:
-                self._deliver_protected(rec, data)
-            else:
-                self._deliver_records(self._tls)
+            self._deliver_records(self._tls)
         finally:
             self._corked = corked
             if not corked:
                 self._flush()
 
     def _deliver_protected(self, rec, data: bytes) -> None:
+        """After a hand-over: hand every record ``data`` completes to the application, then send
+        what was written meanwhile (when anything was) in one TCP write."""
+        corked = self._corked
+        self._corked = True
         try:
-            plain = rec.unprotect(data)  # one item per record
-        except RecordError as e:
-            if e.alert >= 0:
-                rec.alert(e.alert)
-            self._failed(Failure(e))
-            return
-        for data in plain:
-            if self._lost or self._aborted:
-                break
-            self.sink.dataReceived(data)
-        if rec.closed_by_peer and not self._lost:
-            # The peer's close_notify: answer it, then the connection ends with the TCP one's reason.
-            self._shutdown_tls()
-            self._failed(None)
+            try:
+                plain = rec.unprotect(data)  # one item per record
+            except RecordError as e:
+                if e.alert >= 0:
+                    rec.alert(e.alert)
+                self._failed(Failure(e))
+                return
+            for data in plain:
+                if self._lost or self._aborted:
+                    break
+                self.sink.dataReceived(data)
+            if rec.closed_by_peer and not self._lost:
+                # The peer's close_notify: answer it, then the connection ends with the TCP one's reason.
+                self._shutdown_tls()
+                self._failed(None)
+        finally:
+            self._corked = corked
+            if not corked and rec.out:
+                self._flush()
 
     def _deliver_records(self, tls) -> None:
         while not self._lost:
@@ -360,7 +377,7 @@ class TLSServerProtocol:
             return
         tls = self._tls
         if tls is not None:
-            out = read_tls_output(tls)
+            out = read_bio(tls._from_ssl) if _SSL_read is not None else read_tls_output(tls)
             if out:
                 self.transport.write(out)
 
@@ -396,7 +413,9 @@ class TLSServerProtocol:
         self._write(data)
 
     def writeSequence(self, seq) -> None:
-        self.write(b"".join(seq))
+        if self.disconnecting and self._producer is None:  # (as write: one call less)
+            return
+        self._write(b"".join(seq))
 
     def _write(self, data: bytes) -> None:
         if self._lost:
@@ -404,33 +423,43 @@ class TLSServerProtocol:
         if not self._done:
             self._buffer(data)
             return
+        size = len(data)
         rec = self._rec
         if rec is not None:
             if rec.closed_by_us:
                 return
-            if len(data) > _RECORD:
+            if size > _RECORD:
                 # A record at a time, as with OpenSSL: TCP's buffer (and its producer) sees it as it comes.
                 view = memoryview(data)
-                for start in range(0, len(data), _RECORD):
+                for start in range(0, size, _RECORD):
                     rec.protect(view[start:start + _RECORD].tobytes())
                     self._flush()
                 return
             rec.protect(data)
-            self._sent_small()
-            return
-        tls = self._tls
-        size = len(data)
-        if size <= _RECORD:
+        elif size <= _RECORD:
             try:
-                encrypt(tls, data)
+                encrypt(self._tls, data)
             except WantReadError:
                 self._buffer(data)
                 return
             except Error:
                 self._failed(Failure())
                 return
-            self._sent_small()
+        else:
+            self._write_large(self._tls, data, size)
             return
+        # A small write is protected: send it now, or at the end of the read being handled, or at
+        # `release_writes` (the output of one reactor callback leaves in one TCP write).
+        if self._corked:
+            return
+        if _holding is not None:
+            self._corked = True
+            _holding.append(self)
+            return
+        self._flush()
+
+    def _write_large(self, tls, data: bytes, size: int) -> None:
+        """More than a record's worth through OpenSSL: a record at a time."""
         sent = 0
         while sent < size:
             try:
@@ -445,17 +474,6 @@ class TLSServerProtocol:
             # not before a hand-over, which must count every record written under the application key.
             if not self._handing:
                 self._flush()
-
-    def _sent_small(self) -> None:
-        """A small write is protected: send it now, or at the end of the read being handled, or at
-        `release_writes` (the output of one reactor callback leaves in one TCP write)."""
-        if self._corked:
-            return
-        if _holding is not None:
-            self._corked = True
-            _holding.append(self)
-            return
-        self._flush()
 
     def _buffer(self, data: bytes) -> None:
         if self._pending is None:
