@@ -260,3 +260,65 @@ def test_a_half_closing_protocol_still_writes_after_the_peers_end(reactor):
     assert proto.reason.check(error.ConnectionDone)
     client.close()
     port.stopListening()
+
+
+def test_a_clean_end_reaches_the_protocol_as_done_without_the_legacy_log_context(reactor):
+    from twisted.python import context, log
+
+    systems = []
+
+    class Recording_(Recording):
+        def buildProtocol(self, addr):
+            proto = Recorder(self)
+            lost = proto.connectionLost
+
+            def connection_lost(reason=None):
+                systems.append(context.get(log.ILogContext)["system"])
+                lost(reason)
+
+            proto.connectionLost = connection_lost
+            return proto
+
+    factory, port, client, proto = _accepted(reactor, Recording_())
+    t = proto.transport
+    client.shutdown(socket.SHUT_WR)  # a FIN; the protocol does not want half-closes
+    _settle(reactor, lambda: proto.reason is not None)
+    assert proto.reason.check(error.ConnectionDone) and systems == ["-"]
+    assert t not in reactor.getReaders() and t not in reactor.getWriters() and not t.connected
+    assert client.recv(10) == b""  # closed on our side too
+    client.close()
+    port.stopListening()
+
+
+def test_an_error_ending_a_connection_is_logged_with_its_prefix_and_the_loop_goes_on(reactor):
+    from twisted.python import log
+
+    class Failing(Recorder):
+        def connectionLost(self, reason=None) -> None:
+            Recorder.connectionLost(self, reason)
+            raise ValueError("teardown failed")
+
+    class Factory_(Recording):
+        def buildProtocol(self, addr):
+            return Failing(self)
+
+    seen = []
+    log.addObserver(seen.append)
+    try:
+        factory, port, client, proto = _accepted(reactor, Factory_())
+        prefix = proto.transport.logPrefix()
+        client.close()
+        _settle(reactor, lambda: proto.reason is not None)
+        _poll(reactor)
+    finally:
+        log.removeObserver(seen.append)
+    errors = [e for e in seen if e.get("isError")]
+    assert len(errors) == 1 and errors[0]["failure"].check(ValueError)
+    assert errors[0]["system"] == prefix == "Failing,0,127.0.0.1"
+    assert proto.transport not in reactor.getReaders()
+    second = _client(port)  # the loop goes on
+    _settle(reactor, lambda: len(factory.made) == 2)
+    second.sendall(b"more")
+    _settle(reactor, lambda: factory.made[1].data == b"more")
+    second.close()
+    port.stopListening()

@@ -30,6 +30,7 @@ import _socket
 import socket
 
 from twisted.internet import address, error, tcp
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python import log as legacy
 from twisted.python.failure import Failure
 
@@ -102,13 +103,16 @@ _LOST = {error.ConnectionDone: Failure(error.ConnectionDone()), error.Connection
 
 
 def _lost(self, why, in_read: bool) -> None:
-    """The reactor's ``_disconnectSelectable`` for this transport (``txgate.runtime.eventloop`` calls it):
-    the same outcome, the reactor's bookkeeping left to the one-step ``connectionLost``."""
+    """The reactor's ``_disconnectSelectable`` for this transport (``txgate.runtime.eventloop`` calls it,
+    without the log context): the same outcome, the reactor's bookkeeping left to the one-step
+    ``connectionLost``, also after the peer's clean end of a read when the protocol does not want
+    half-closes (what ``readConnectionLost`` would find, after a trip through ``removeReader``)."""
     f = _LOST.get(why.__class__)
     if f is None:
         f = Failure(why)
-    elif in_read and why.__class__ is error.ConnectionDone:
-        # The peer's clean end of a read: a protocol that wants half-closes keeps writing (Twisted's path).
+    elif in_read and why.__class__ is error.ConnectionDone \
+            and IHalfCloseableProtocol(self.__dict__.get("protocol"), None):
+        # A protocol that wants half-closes keeps writing (Twisted's path).
         self.reactor.removeReader(self)
         self.readConnectionLost(f)
         return

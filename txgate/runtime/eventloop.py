@@ -13,10 +13,14 @@ of a class marked ``_txgate_lean`` (txgate's TCP transports: accepted connection
 upstream connections, see ``txgate.directwrite``; and txgate's listening ports, whose accept loop
 handles its own errors, see ``txgate.runtime.accept``), calls ``doRead`` directly, with
 ``_doReadOrWrite``'s checks and error handling: an exception from the read is logged with
-``log.err`` inside the connection's log context, exactly as before, and a disconnection runs in it
-too. Every other event (writes, hang-ups alone, other protocols' sockets) goes through Twisted's
-own path unchanged. It also counts its polls (``_txgate_polls``), which the listening ports read to
-tell a burst of connections from one at a time.
+``log.err`` inside the connection's log context, exactly as before. A disconnection runs in it too,
+except an accepted connection's (``_txgate_lost``, see ``txgate.runtime.accept``): nothing on its
+way (the TLS protocol, the listener's, HTTP's, Twisted's TCP teardown) logs through the legacy
+log, so it runs without the context (~10 calls and the log prefix's strings less per connection),
+and an exception escaping it is logged in that context, as ``callWithLogger`` logs it, and the
+loop goes on. Every other event (writes, hang-ups alone, other protocols' sockets) goes through
+Twisted's own path unchanged. It also counts its polls (``_txgate_polls``), which the listening
+ports read to tell a burst of connections from one at a time.
 
 Around each poll, Twisted's main loop calls ``runUntilCurrent`` and ``timeout``: two passes over the
 new timed calls, two clock reads, ``min`` and ``max``, ~8 calls per loop (a new TLS connection takes
@@ -87,10 +91,15 @@ def _lean_do_poll(self, timeout) -> None:
             call_with_logger(selectable, log.err)  # in the connection's log context, as Twisted logs it
         if why:
             lost = getattr(selectable, "_txgate_lost", None)  # an accepted connection's own, leaner
-            if lost is not None:
-                call_with_logger(selectable, lost, why, in_read)
-            else:
+            if lost is None:
                 call_with_logger(selectable, self._disconnectSelectable, selectable, why, in_read)
+                continue
+            try:  # (no log context: see the module's docstring)
+                lost(why, in_read)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                call_with_logger(selectable, log.err)  # as callWithLogger logs it: in the connection's context
 
 
 _LONGEST = 2147483  # ReactorBase.timeout's cap: epoll_wait's timeout is an int of milliseconds
