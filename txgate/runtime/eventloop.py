@@ -27,6 +27,8 @@ new timed calls, two clock reads, ``min`` and ``max``, ~8 calls per loop (a new 
 ~5 loops). `install` also gives the reactor a ``runUntilCurrent`` that hands over to Twisted's
 whenever there is anything to run (calls from threads, a timed call due, a stop, the clean-up of
 cancelled calls) and otherwise only reads the clock once, and a ``timeout`` that reuses that read;
+that ``runUntilCurrent`` also ends the accepted connections whose ``loseConnection`` had nothing left
+to send (``txgate.runtime.accept``) instead of a poll for writability and Twisted's write dispatch;
 and, when it is not running yet, a ``mainLoop`` whose failure handler (log, go on) wraps the turns
 instead of each turn.
 
@@ -119,6 +121,24 @@ def _run_due(self) -> None:
         _run_until_current(self)
     else:
         self._txgate_now = now
+    if self._txgate_closing:
+        self._txgate_now = None
+        _end_closed(self)
+
+
+def _end_closed(self) -> None:
+    """End the accepted connections whose ``loseConnection`` had nothing left to send, since the last
+    turn (txgate.runtime.accept): before the next poll, as their end would have come from it; an
+    exception is logged in the connection's log context, as Twisted's write dispatch logs it."""
+    while self._txgate_closing:
+        closing, self._txgate_closing = self._txgate_closing, []
+        for transport in closing:
+            try:
+                transport._txgate_closed()
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                log.callWithLogger(transport, log.err)
 
 
 def _timeout(self) -> float | None:
@@ -158,6 +178,7 @@ def install(reactor) -> bool:
         return False  # someone else's loop: leave it
     reactor._txgate_polls = 0
     reactor._txgate_now = None
+    reactor._txgate_closing = []  # accepted connections that end at the end of the turn (txgate.runtime.accept)
     reactor.doIteration = MethodType(_lean_do_poll, reactor)
     reactor.runUntilCurrent = MethodType(_run_due, reactor)
     reactor.timeout = MethodType(_timeout, reactor)
@@ -173,6 +194,8 @@ def uninstall(reactor) -> None:
         del reactor.runUntilCurrent
         del reactor.timeout
         reactor.__dict__.pop("mainLoop", None)
+        _end_closed(reactor)
+        del reactor._txgate_closing  # lean transports close Twisted's way again
 
 
 __all__ = ["install", "uninstall"]
