@@ -260,3 +260,132 @@ def test_a_half_closing_protocol_still_writes_after_the_peers_end(reactor):
     assert proto.reason.check(error.ConnectionDone)
     client.close()
     port.stopListening()
+
+
+def test_a_clean_end_reaches_the_protocol_as_done_without_the_legacy_log_context(reactor):
+    from twisted.python import context, log
+
+    systems = []
+
+    class Recording_(Recording):
+        def buildProtocol(self, addr):
+            proto = Recorder(self)
+            lost = proto.connectionLost
+
+            def connection_lost(reason=None):
+                systems.append(context.get(log.ILogContext)["system"])
+                lost(reason)
+
+            proto.connectionLost = connection_lost
+            return proto
+
+    factory, port, client, proto = _accepted(reactor, Recording_())
+    t = proto.transport
+    client.shutdown(socket.SHUT_WR)  # a FIN; the protocol does not want half-closes
+    _settle(reactor, lambda: proto.reason is not None)
+    assert proto.reason.check(error.ConnectionDone) and systems == ["-"]
+    assert t not in reactor.getReaders() and t not in reactor.getWriters() and not t.connected
+    assert client.recv(10) == b""  # closed on our side too
+    client.close()
+    port.stopListening()
+
+
+class Failing(Recorder):
+    def connectionLost(self, reason=None) -> None:
+        Recorder.connectionLost(self, reason)
+        raise ValueError("teardown failed")
+
+
+class FailingFactory(Recording):
+    def buildProtocol(self, addr):
+        return Failing(self)
+
+
+def _legacy_errors(end) -> list[dict]:
+    """The legacy log's error events while ``end()`` runs."""
+    from twisted.python import log
+
+    seen = []
+    log.addObserver(seen.append)
+    try:
+        end()
+    finally:
+        log.removeObserver(seen.append)
+    return [e for e in seen if e.get("isError")]
+
+
+def test_an_error_ending_a_connection_is_logged_with_its_prefix_and_the_loop_goes_on(reactor):
+    factory, port, client, proto = _accepted(reactor, FailingFactory())
+    client.close()
+    errors = _legacy_errors(lambda: (_settle(reactor, lambda: proto.reason is not None), _poll(reactor)))
+    assert len(errors) == 1 and errors[0]["failure"].check(ValueError)
+    assert errors[0]["system"] == "Failing,0,127.0.0.1"
+    assert proto.transport not in reactor.getReaders()
+    second = _client(port)  # the loop goes on
+    _settle(reactor, lambda: len(factory.made) == 2)
+    second.sendall(b"more")
+    _settle(reactor, lambda: factory.made[1].data == b"more")
+    second.close()
+    port.stopListening()
+
+
+@pytest.mark.parametrize("late", [b"", b"late"])
+def test_a_close_with_nothing_left_to_write_ends_within_the_turn(reactor, late):
+    factory, port, client, proto = _accepted(reactor)
+    t = proto.transport
+    t.write(b"bye")  # nothing queued: straight to the socket
+    t.loseConnection()
+    t.write(late)  # Twisted sends what is written after a close before the close takes effect
+    assert proto.reason is None  # never from inside loseConnection
+    reactor.runUntilCurrent()  # the end of the turn: no poll for writability first, unless written to
+    assert (proto.reason is None) == bool(late)
+    _settle(reactor, lambda: proto.reason is not None)
+    assert proto.reason.check(error.ConnectionDone)
+    assert t not in reactor.getReaders() and t not in reactor.getWriters() and not t.connected
+    client.settimeout(5)
+    received = b""
+    while chunk := client.recv(10):
+        received += chunk
+    assert received == b"bye" + late  # then a FIN
+    client.close()
+    port.stopListening()
+
+
+def test_an_abort_after_a_close_resets_the_connection(reactor):
+    factory, port, client, proto = _accepted(reactor)
+    t = proto.transport
+    t.loseConnection()
+    t.abortConnection()
+    _settle(reactor, lambda: proto.reason is not None)
+    assert proto.reason.check(error.ConnectionAborted)
+    client.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        client.recv(10)
+    client.close()
+    port.stopListening()
+
+
+def test_an_error_ending_a_closed_connection_is_logged_with_its_prefix(reactor):
+    factory, port, client, proto = _accepted(reactor, FailingFactory())
+    proto.transport.loseConnection()
+    errors = _legacy_errors(reactor.runUntilCurrent)
+    assert len(errors) == 1 and errors[0]["failure"].check(ValueError)
+    assert errors[0]["system"] == "Failing,0,127.0.0.1" and proto.reason.check(error.ConnectionDone)
+    client.close()
+    port.stopListening()
+
+
+def test_uninstalling_the_dispatch_ends_the_pending_closes_and_closes_twisteds_way_after(reactor):
+    factory, port, client, proto = _accepted(reactor)
+    proto.transport.loseConnection()
+    eventloop.uninstall(reactor)
+    assert proto.reason.check(error.ConnectionDone)
+    second = _client(port)
+    _settle(reactor, lambda: len(factory.made) == 2)
+    t = factory.made[1].transport
+    t.loseConnection()
+    assert t in reactor.getWriters()  # Twisted's: the end after a poll for writability
+    _settle(reactor, lambda: factory.made[1].reason is not None)
+    for c in (client, second):
+        c.close()
+    port.stopListening()

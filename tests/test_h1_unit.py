@@ -9,6 +9,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from txgate.http.closing import GRACE
 from txgate.http.exchange import ConnectionInfo, Limits
 from txgate.http.h1 import H1Connection
 from txgate.testing.gateway import LogCapture
@@ -71,8 +72,8 @@ class Dispatcher:
         self.logged.append((head.method if head else None, status, bytes_in, bytes_out))
 
 
-def connect(auto=True, **limits):
-    clock = MemoryReactorClock()
+def connect(auto=True, clock=None, **limits):
+    clock = clock or MemoryReactorClock()
     d = Dispatcher(auto)
     proto = H1Connection(d, ConnectionInfo("main", "127.0.0.1", 4000, tls=True), Limits(**limits), clock)
     t = StringTransport()
@@ -313,6 +314,54 @@ def test_connection_close_request_closes_after_response():
     assert t.disconnecting
     # TLS transports only close once no producer is registered.
     assert t.producer is None
+
+
+class TimerCount(MemoryReactorClock):
+    """A clock that names every callback scheduled on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduled: list[str] = []
+
+    def callLater(self, delay, f, *args, **kw):
+        self.scheduled.append(f.__qualname__)
+        return super().callLater(delay, f, *args, **kw)
+
+
+def test_the_close_takes_over_the_connections_timer_and_aborts_after_the_grace():
+    clock = TimerCount()
+    proto, t, d, _ = connect(clock=clock, header_timeout=10.0, idle_timeout=60.0)
+    clock.advance(1.0)
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert t.disconnecting and not t.disconnected
+    assert len(clock.getDelayedCalls()) == 1  # one timer per connection: the close's grace is on it
+    clock.advance(GRACE - 0.05)  # the timer is due early: re-armed for the rest of the grace
+    assert not t.disconnected and len(clock.getDelayedCalls()) == 1
+    clock.advance(0.1)
+    assert t.disconnected, "a peer that does not finish the close is aborted once the grace is over"
+    assert clock.scheduled == ["H1Connection._check_timeout", "Closer._check"]
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_connection_lost_after_its_close_leaves_no_timer():
+    clock = TimerCount()
+    proto, t, d, _ = connect(clock=clock)
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == [] and clock.scheduled == ["H1Connection._check_timeout"]
+
+
+def test_an_idle_close_is_aborted_after_the_grace():
+    proto, t, d, clock = connect(header_timeout=2.0, idle_timeout=5.0)
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    clock.advance(5.1)
+    assert t.disconnecting and not t.disconnected
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(GRACE - 0.2)
+    assert not t.disconnected
+    clock.advance(0.2)
+    assert t.disconnected
 
 
 def test_backpressure_both_ways():

@@ -130,22 +130,42 @@ def _count_timers(gw: MemoryGateway) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("header_timeout, idle_timeout, scheduled", [
-    # The handshake timer is due first: HTTP/1.1 takes it over, no second callLater.
-    (3, 30, ["Negotiator._handshake_timeout"]),
-    # Due after the idle deadline: replaced by the idle timer.
-    (50, 5, ["Negotiator._handshake_timeout", "H1Connection._check_timeout"]),
-])
-def test_an_http11_connection_reuses_the_handshake_timer_when_it_is_due_first(make, header_timeout, idle_timeout,
-                                                                              scheduled):
+@pytest.mark.parametrize("header_timeout, idle_timeout", [(3, 30), (50, 5), (1, 30)])
+def test_an_http11_connection_reuses_the_handshake_timer(make, header_timeout, idle_timeout):
     gw = make(upstream="builtin:echo", listener=f"header_timeout = {header_timeout}\nidle_timeout = {idle_timeout}\n")
     gw.flush()
     timers = _count_timers(gw)
     client = gw.client(alpn=("http/1.1",))
     assert client.get("/a/x").status == 200
-    assert timers == scheduled
+    # The handshake timer is first due within the close's grace: HTTP/1.1 takes it over, no second callLater.
+    assert timers == ["Negotiator._handshake_timeout"]
     # Either way the idle connection gets its whole idle_timeout, then is closed.
     gw.advance(idle_timeout - 1)
     assert not client.closed
     gw.advance(2)
     assert client.closed
+
+
+def test_a_connection_closed_after_its_request_keeps_its_one_timer(make):
+    gw = make(upstream="builtin:echo")
+    gw.flush()
+    timers = _count_timers(gw)
+    client = gw.client(alpn=("http/1.1",))
+    assert client.get("/a/x", headers=[("connection", "close")]).status == 200
+    gw.flush()
+    assert client.closed
+    assert timers == ["Negotiator._handshake_timeout"]  # the close's grace went on it, then it was cancelled
+    assert not [c for c in gw.reactor.getDelayedCalls() if getattr(c.func, "__module__", "").startswith("txgate.")]
+
+
+def test_a_slow_handshake_gets_its_whole_header_timeout(make):
+    gw = make(upstream="builtin:echo", listener="header_timeout = 7\n")
+    gw.flush()
+    timers = _count_timers(gw)
+    client = gw.client(tls=False)  # connects and never sends a ClientHello
+    gw.advance(6.9)
+    assert not client.closed
+    gw.advance(0.2)
+    assert client.closed
+    assert timers == ["Negotiator._handshake_timeout"] * 2  # first due within the grace, then re-armed once
+    assert handshakes(gw) == {("unknown", "timeout"): 1}

@@ -6,6 +6,12 @@ TCP connection (and its slot under `max_connections`) held meanwhile: a client t
 keeps it forever, and keeps being read (and decrypted) all that time. `Closer` gives the peer a
 short grace period once everything we wrote has left, then aborts; while our own data is still
 draining to a slow reader it waits, as long as the reader makes progress.
+
+A connection keeps one timer from its accept to its end: the close takes over the connection's
+timer when it is due by the end of the grace (it then fires early and is re-armed for the rest),
+which the listener makes likely by arming it first at most `GRACE` after the accept. Moving a
+Twisted timer sooner is a linear search of the reactor's heap; a second timer is a second
+``callLater``, its heap push and its cancel.
 """
 from __future__ import annotations
 
@@ -35,18 +41,22 @@ def abort_connection(transport, fallback=None) -> None:
 class Closer:
     """Close now, abort later: one per connection, cancelled when the connection is gone."""
 
-    __slots__ = ("transport", "clock", "grace", "call", "last_unsent", "stalled_for")
+    __slots__ = ("transport", "clock", "grace", "call", "due", "last_unsent", "stalled_for")
 
     def __init__(self, transport, clock, grace: float = GRACE) -> None:
         self.transport = transport
         self.clock = clock
         self.grace = grace
-        self.call = None
+        self.call = None  # None, or a timer not yet run nor cancelled (ours alone)
+        self.due = 0.0  # the end of the grace: a taken-over timer due before it is re-armed
         self.last_unsent = -1
         self.stalled_for = 0.0
 
-    def close(self) -> None:
-        """Send close_notify after what is written; abort if the peer does not finish it."""
+    def close(self, timer=None) -> None:
+        """Send close_notify after what is written; abort if the peer does not finish it.
+
+        ``timer``: the connection's own timer (a DelayedCall, its other deadlines now over), taken
+        over when it is due by the end of the grace, else cancelled."""
         t = self.transport
         try:
             # TLS waits for a registered producer before closing: unregister it first.
@@ -55,6 +65,14 @@ class Closer:
         except Exception:
             pass
         t.loseConnection()
+        if timer is not None and timer.active():
+            if self.call is None:
+                due = self.due = self.clock.seconds() + self.grace
+                if timer.getTime() <= due:
+                    timer.func = self._check
+                    self.call = timer
+                    return
+            timer.cancel()
         if self.call is None:
             self.call = self.clock.callLater(self.grace, self._check)
 
@@ -65,6 +83,11 @@ class Closer:
 
     def _check(self) -> None:
         self.call = None
+        clock = self.clock
+        left = self.due - clock.seconds()
+        if left > 0:  # the connection's timer, taken over: due before the grace's end
+            self.call = clock.callLater(left, self._check)
+            return
         unsent = _unsent(self.transport)
         if unsent == 0:
             self.abort()
@@ -77,10 +100,10 @@ class Closer:
         else:
             self.stalled_for = 0.0
         self.last_unsent = unsent
-        self.call = self.clock.callLater(self.grace, self._check)
+        self.call = clock.callLater(self.grace, self._check)
 
     def cancel(self) -> None:
         """The connection is gone: nothing left to do."""
-        if self.call is not None and self.call.active():
-            self.call.cancel()
-        self.call = None
+        call, self.call = self.call, None
+        if call is not None:  # (not run: _check clears it first)
+            call.cancel()

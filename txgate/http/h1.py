@@ -141,7 +141,8 @@ class H1Connection(Protocol):
         self.queue: list[_Exchange] = []
         self.phase = IDLE
         self.mark = 0.0
-        # The connection's one timer; ``timer``: the negotiator's handshake timer, handed over to be reused.
+        # The connection's one timer (None, or due and not cancelled: ours alone until the close takes
+        # it); ``timer``: the negotiator's handshake timer, handed over to be reused.
         self.timer = timer
         self.shutting_down = False
         self.body_paused = False
@@ -165,22 +166,26 @@ class H1Connection(Protocol):
         no_delay(self.transport)
         self.mark = now = self.clock.seconds()
         timer = self.timer
-        if timer is not None and timer.active() and timer.getTime() <= now + self.limits.idle_timeout:
-            # The handshake timer, due before the idle deadline: reused rather than replaced (one
-            # callLater per connection); when it fires, _check_timeout re-arms it for what is left.
-            timer.func = self._check_timeout
-            return
-        if timer is not None and timer.active():
+        idle = self.limits.idle_timeout
+        if timer is not None:
+            if timer.getTime() <= now + idle:
+                # The handshake timer, due before the idle deadline: reused rather than replaced (one
+                # timer per connection); when it fires, _check_timeout re-arms it for what is left.
+                timer.func = self._check_timeout
+                return
             timer.cancel()
-        self.timer = self.clock.callLater(self.limits.idle_timeout, self._check_timeout)
+        # First due within the close's grace, as the listener's (see txgate.http.closing): re-armed
+        # then for the rest, unless the connection is gone or closing by then.
+        self.timer = self.clock.callLater(idle if idle < GRACE else GRACE, self._check_timeout)
 
     def connectionLost(self, reason=None) -> None:
         self.lost = True
         if self.closer is not None:
             self.closer.cancel()
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
         exchanges = ([self.current] if self.current else []) + self.queue
         if self._parsing is not None and self._parsing not in exchanges:
             exchanges.append(self._parsing)
@@ -221,20 +226,25 @@ class H1Connection(Protocol):
         due = self.mark + self.limits.header_timeout
         timer = self.timer
         if timer is not None:
-            if timer.active() and timer.getTime() <= due:
+            if timer.getTime() <= due:
                 return
-            if timer.active():
-                timer.cancel()
-        if not self.lost:
+            self.timer = None
+            timer.cancel()
+        if not self.lost and self.closer is None:
             self.timer = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._check_timeout)
 
     def _close(self, grace: float | None = None) -> None:
         """Close after what is written, and abort if the peer does not let the close finish."""
         if self.lost:
             return
-        if self.closer is None:
-            self.closer = Closer(self.transport, self.clock, grace or GRACE)
-        self.closer.close()
+        closer = self.closer
+        if closer is None:
+            closer = self.closer = Closer(self.transport, self.clock, grace or GRACE)
+            # The connection's timer goes to the close: no deadline of h1's outlives it.
+            timer, self.timer = self.timer, None
+            closer.close(timer)
+            return
+        closer.close()
 
     def shutdown(self) -> None:
         """Graceful shutdown: finish the request in flight, then close; close now if idle."""

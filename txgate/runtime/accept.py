@@ -20,9 +20,11 @@ with txgate's event dispatch, `txgate.runtime.eventloop`, which calls it without
   uses); it gets txgate's transport class (`txgate.directwrite`) with a lean constructor (the same
   state; the log prefix and repr made when asked) and a lean ``connectionLost`` (the same steps; the
   reactor's bookkeeping in one step instead of two trips through ``removeReader`` and
-  ``removeWriter``, also when the reactor's dispatch ends the connection: ``_txgate_lost``), and no
-  ``shutdown()`` before ``close()`` (the socket is close-on-exec and never shared: the close alone
-  ends the connection, as Twisted's own comment on it says).
+  ``removeWriter``, also when the reactor's dispatch ends the connection: ``_txgate_lost``), a lean
+  ``loseConnection`` (nothing left to write: the end comes at the end of the reactor's turn, not
+  after a poll for writability), and no ``shutdown()`` before ``close()`` (the socket is
+  close-on-exec and never shared: the close alone ends the connection, as Twisted's own comment on
+  it says).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import _socket
 import socket
 
 from twisted.internet import address, error, tcp
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python import log as legacy
 from twisted.python.failure import Failure
 
@@ -95,30 +98,67 @@ def _connection_lost(self, reason) -> None:
     del self.protocol
     del self.socket
     del self.fileno
-    protocol.connectionLost(reason)
+    try:
+        protocol.connectionLost(reason)
+    except BaseException:
+        _log_prefix(self, protocol)  # the line that logs it names the protocol, as Twisted's prefix does
+        raise
 
 
 _LOST = {error.ConnectionDone: Failure(error.ConnectionDone()), error.ConnectionLost: Failure(error.ConnectionLost())}
 
 
 def _lost(self, why, in_read: bool) -> None:
-    """The reactor's ``_disconnectSelectable`` for this transport (``txgate.runtime.eventloop`` calls it):
-    the same outcome, the reactor's bookkeeping left to the one-step ``connectionLost``."""
+    """The reactor's ``_disconnectSelectable`` for this transport (``txgate.runtime.eventloop`` calls it,
+    without the log context): the same outcome, the reactor's bookkeeping left to the one-step
+    ``connectionLost``, also after the peer's clean end of a read when the protocol does not want
+    half-closes (what ``readConnectionLost`` would find, after a trip through ``removeReader``)."""
     f = _LOST.get(why.__class__)
     if f is None:
         f = Failure(why)
-    elif in_read and why.__class__ is error.ConnectionDone:
-        # The peer's clean end of a read: a protocol that wants half-closes keeps writing (Twisted's path).
+    elif in_read and why.__class__ is error.ConnectionDone \
+            and IHalfCloseableProtocol(self.__dict__.get("protocol"), None):
+        # A protocol that wants half-closes keeps writing (Twisted's path).
         self.reactor.removeReader(self)
         self.readConnectionLost(f)
         return
     self.connectionLost(f)
 
 
-def _log_prefix(self) -> str:
+def _lose_connection(self) -> None:
+    """``loseConnection``: with nothing left to write and no producer (the usual case: writes go straight
+    to the socket, `txgate.directwrite`), the connection ends once this reactor turn's work is done
+    (``txgate.runtime.eventloop`` runs `_closed` then), with Twisted's outcome (a FIN, ``ConnectionDone``)
+    but without asking epoll for writability, a poll for it and Twisted's write dispatch; else
+    Twisted's way."""
+    if not self.connected or self.disconnecting:
+        return
+    closing = getattr(self.reactor, "_txgate_closing", None)
+    if closing is None or self.TLS or self._writeDisconnected or self.producer is not None \
+            or self._tempDataBuffer or len(self.dataBuffer) != self.offset:
+        self.__class__.__bases__[0].loseConnection(self)
+        return
+    self.disconnecting = 1
+    closing.append(self)
+
+
+def _closed(self) -> None:
+    """The end `_lose_connection` left for the end of the turn: the connection is lost, unless it is
+    gone or aborted meanwhile, or was written to (then Twisted's way: the rest is sent first)."""
+    if "socket" not in self.__dict__ or self._aborting:
+        return
+    if self.producer is not None or self._tempDataBuffer or len(self.dataBuffer) != self.offset:
+        self.stopReading()
+        self.startWriting()
+        return
+    self.connectionLost(_LOST[error.ConnectionDone])
+
+
+def _log_prefix(self, protocol=None) -> str:
     prefix = self.__dict__.get("logstr")
     if prefix is None:
-        protocol = self.__dict__.get("protocol")
+        if protocol is None:
+            protocol = self.__dict__.get("protocol")
         name = self._getLogPrefix(protocol) if protocol is not None else "-"
         prefix = self.logstr = f"{name},{self.sessionno},{self.hostname}"
     return prefix
@@ -139,7 +179,7 @@ def accepted_class(cls: type) -> type:
         return cls
     return _ACCEPTED.get(cls) or derived_class(_ACCEPTED, cls, {
         "__init__": _init, "connectionLost": _connection_lost, "_txgate_lost": _lost, "logPrefix": _log_prefix,
-        "__repr__": _repr,
+        "loseConnection": _lose_connection, "_txgate_closed": _closed, "__repr__": _repr,
         "_txgate_accepted": True})
 
 

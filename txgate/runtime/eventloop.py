@@ -13,16 +13,22 @@ of a class marked ``_txgate_lean`` (txgate's TCP transports: accepted connection
 upstream connections, see ``txgate.directwrite``; and txgate's listening ports, whose accept loop
 handles its own errors, see ``txgate.runtime.accept``), calls ``doRead`` directly, with
 ``_doReadOrWrite``'s checks and error handling: an exception from the read is logged with
-``log.err`` inside the connection's log context, exactly as before, and a disconnection runs in it
-too. Every other event (writes, hang-ups alone, other protocols' sockets) goes through Twisted's
-own path unchanged. It also counts its polls (``_txgate_polls``), which the listening ports read to
-tell a burst of connections from one at a time.
+``log.err`` inside the connection's log context, exactly as before. A disconnection runs in it too,
+except an accepted connection's (``_txgate_lost``, see ``txgate.runtime.accept``): nothing on its
+way (the TLS protocol, the listener's, HTTP's, Twisted's TCP teardown) logs through the legacy
+log, so it runs without the context (~10 calls and the log prefix's strings less per connection),
+and an exception escaping it is logged in that context, as ``callWithLogger`` logs it, and the
+loop goes on. Every other event (writes, hang-ups alone, other protocols' sockets) goes through
+Twisted's own path unchanged. It also counts its polls (``_txgate_polls``), which the listening
+ports read to tell a burst of connections from one at a time.
 
 Around each poll, Twisted's main loop calls ``runUntilCurrent`` and ``timeout``: two passes over the
 new timed calls, two clock reads, ``min`` and ``max``, ~8 calls per loop (a new TLS connection takes
 ~5 loops). `install` also gives the reactor a ``runUntilCurrent`` that hands over to Twisted's
 whenever there is anything to run (calls from threads, a timed call due, a stop, the clean-up of
 cancelled calls) and otherwise only reads the clock once, and a ``timeout`` that reuses that read;
+that ``runUntilCurrent`` also ends the accepted connections whose ``loseConnection`` had nothing left
+to send (``txgate.runtime.accept``) instead of a poll for writability and Twisted's write dispatch;
 and, when it is not running yet, a ``mainLoop`` whose failure handler (log, go on) wraps the turns
 instead of each turn.
 
@@ -88,10 +94,15 @@ def _lean_do_poll(self, timeout) -> None:
             call_with_logger(selectable, log.err)  # in the connection's log context, as Twisted logs it
         if why:
             lost = getattr(selectable, "_txgate_lost", None)  # an accepted connection's own, leaner
-            if lost is not None:
-                call_with_logger(selectable, lost, why, in_read)
-            else:
+            if lost is None:
                 call_with_logger(selectable, self._disconnectSelectable, selectable, why, in_read)
+                continue
+            try:  # (no log context: see the module's docstring)
+                lost(why, in_read)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                call_with_logger(selectable, log.err)  # as callWithLogger logs it: in the connection's context
 
 
 _LEAN: set[type] = set()  # the classes marked _txgate_lean seen so far (a set lookup per event, no getattr)
@@ -122,6 +133,24 @@ def _run_due(self) -> None:
         _run_until_current(self)
     else:
         self._txgate_now = now
+    if self._txgate_closing:
+        self._txgate_now = None
+        _end_closed(self)
+
+
+def _end_closed(self) -> None:
+    """End the accepted connections whose ``loseConnection`` had nothing left to send, since the last
+    turn (txgate.runtime.accept): before the next poll, as their end would have come from it; an
+    exception is logged in the connection's log context, as Twisted's write dispatch logs it."""
+    while self._txgate_closing:
+        closing, self._txgate_closing = self._txgate_closing, []
+        for transport in closing:
+            try:
+                transport._txgate_closed()
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                log.callWithLogger(transport, log.err)
 
 
 def _timeout(self) -> float | None:
@@ -161,6 +190,7 @@ def install(reactor) -> bool:
         return False  # someone else's loop: leave it
     reactor._txgate_polls = 0
     reactor._txgate_now = None
+    reactor._txgate_closing = []  # accepted connections that end at the end of the turn (txgate.runtime.accept)
     reactor.doIteration = MethodType(_lean_do_poll, reactor)
     reactor.runUntilCurrent = MethodType(_run_due, reactor)
     reactor.timeout = MethodType(_timeout, reactor)
@@ -176,6 +206,8 @@ def uninstall(reactor) -> None:
         del reactor.runUntilCurrent
         del reactor.timeout
         reactor.__dict__.pop("mainLoop", None)
+        _end_closed(reactor)
+        del reactor._txgate_closing  # lean transports close Twisted's way again
 
 
 __all__ = ["install", "uninstall"]

@@ -7,6 +7,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txgate.http.closing import GRACE
 from txgate.http.exchange import ConnectionInfo, Limits
 from txgate.http.h1 import H1Connection
 from txgate.tls.outcomes import HandshakeFailure, HandshakeOutcome, classify_handshake_failure
@@ -30,6 +31,7 @@ class Negotiator(Protocol):
         # Bytes received while the client certificate's OCSP status is asked (None: not waiting).
         self.held: list[bytes] | None = None
         self.accepted = 0.0
+        self.handshake_due = 0.0
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
@@ -37,16 +39,26 @@ class Negotiator(Protocol):
         if metrics is not None:
             metrics.connection_opened(self.info.listener)
         if self.tls:
-            # A client that never completes the handshake is a slowloris too.
+            # A client that never completes the handshake is a slowloris too. The connection's one
+            # timer (handed on to HTTP/1.1, then to the close) is first due within the close's grace:
+            # a short connection's close then takes it over as it is (txgate.http.closing); one that
+            # lives longer has it re-armed once for what is left.
             wait = self.factory.limits.header_timeout
-            self.timer = timer = self.factory.clock.callLater(wait, self._handshake_timeout)
-            self.accepted = timer.time - wait  # the clock read callLater made (no second one)
+            first = wait if wait < GRACE else GRACE
+            self.timer = timer = self.factory.clock.callLater(first, self._handshake_timeout)
+            self.accepted = timer.time - first  # the clock read callLater made (no second one)
+            self.handshake_due = timer.time + (wait - first)
         else:
             self._start(None)
 
     def _handshake_timeout(self) -> None:
         self.timer = None
         if self.inner is None:
+            clock = self.factory.clock
+            left = self.handshake_due - clock.seconds()
+            if left > 0:  # first due early (see connectionMade)
+                self.timer = clock.callLater(left, self._handshake_timeout)
+                return
             self.handshake_timed_out = True
             log.info("TLS handshake from {client} not completed within {t}s; closing",
                      client=self.info.client_host, t=self.factory.limits.header_timeout)

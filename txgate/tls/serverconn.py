@@ -62,6 +62,8 @@ def looks_like_plain_http(first: bytes) -> bool:
 
 _RECORD = 1 << 14  # a TLS record's plaintext at most: writes are fed to OpenSSL in pieces of this size
 
+_EOF_LOST = Failure(CONNECTION_LOST)  # the reason of a TLS 1.3 connection ended without the peer's close_notify
+
 _holding: list[TLSServerProtocol] | None = None  # connections whose output waits for release_writes()
 
 
@@ -350,9 +352,12 @@ class TLSServerProtocol:
 
     def connectionLost(self, reason=None) -> None:
         if not self._lost:
-            if self._rec is not None:
+            rec = self._rec
+            if rec is not None:
                 # An EOF without the peer's close_notify is reported as OpenSSL's would be: lost.
-                self._failed(None if self._rec.closed_by_peer else Failure(CONNECTION_LOST))
+                # (The TCP connection is gone: nothing more to send, nothing to close.)
+                if not rec.closed_by_peer:
+                    self._reason = _EOF_LOST
             else:
                 # No more bytes will come: let OpenSSL see the EOF (a truncation is reported as an error).
                 self._tls.bio_shutdown()
