@@ -126,13 +126,6 @@ class _Direction:
         self.iv = int.from_bytes(mac.digest()[:12], "big")
         self.seq = seq
 
-    def nonce(self) -> bytes:
-        seq = self.seq
-        if seq >= _SEQ_LIMIT:
-            raise RecordError(INTERNAL_ERROR, "record sequence number exhausted")
-        self.seq = seq + 1
-        return (self.iv ^ seq).to_bytes(12, "big")
-
     def update(self, suite: tuple) -> None:
         """The next generation of traffic secret (section 7.2), sequence number back to 0."""
         self.__init__(expand_label(self.secret, b"traffic upd", len(self.secret), suite[2]), suite)
@@ -185,10 +178,14 @@ class Records:
                 raise RecordError(UNEXPECTED_MESSAGE, f"unprotected record of type {ctype} after the handshake")
             if length < TAG + 1:
                 raise RecordError(DECODE_ERROR, "record shorter than its tag")
+            # The nonce: the static IV XOR the record's sequence number (section 5.3), inline (per record).
             read = self.read
-            nonce = read.nonce()
+            seq = read.seq
+            if seq >= _SEQ_LIMIT:
+                raise RecordError(INTERNAL_ERROR, "record sequence number exhausted")
+            read.seq = seq + 1
             try:
-                inner = read.aead.decrypt(nonce, buf[pos + 5:end], buf[pos:pos + 5])
+                inner = read.aead.decrypt((read.iv ^ seq).to_bytes(12, "big"), buf[pos + 5:end], buf[pos:pos + 5])
             except InvalidTag:
                 raise RecordError(BAD_RECORD_MAC, "record failed authentication") from None
             pos = end
@@ -276,10 +273,13 @@ class Records:
 
     def _protect_one(self, content: bytes, ctype: int) -> None:
         write = self.write
+        # Our sequence number cannot near 2^64 (section 5.3): protect() updates our key at _REKEY_AT.
+        seq = write.seq
+        write.seq = seq + 1
         header = _HEADER.pack(APPLICATION_DATA, 0x0303, len(content) + 1 + TAG)
         out = self.out
         out.append(header)
-        out.append(write.aead.encrypt(write.nonce(), content + _TYPE_BYTE[ctype], header))
+        out.append(write.aead.encrypt((write.iv ^ seq).to_bytes(12, "big"), content + _TYPE_BYTE[ctype], header))
 
     def alert(self, description: int) -> None:
         """A protected alert (close_notify is a warning; every other one fatal) appended to ``out``."""
