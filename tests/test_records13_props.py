@@ -175,6 +175,11 @@ def test_records_of_the_largest_sizes():
     with pytest.raises(RecordError) as e:
         server.unprotect(client.take_output())
     assert e.value.alert == RECORD_OVERFLOW
+    server, client = pair()
+    client._protect_one(b"o" * (MAX_PLAINTEXT + 1) + bytes((APPLICATION_DATA,)) + b"\x00" * 30, 0)  # and padded
+    with pytest.raises(RecordError) as e:
+        server.unprotect(client.take_output())
+    assert e.value.alert == RECORD_OVERFLOW
     server, _ = pair()
     with pytest.raises(RecordError) as e:
         server.unprotect(b"\x17\x03\x03" + (MAX_CIPHERTEXT + 1).to_bytes(2, "big"))

@@ -43,6 +43,7 @@ KEY_UPDATE = 24
 MAX_PLAINTEXT = 1 << 14  # bytes of content in one record (2^14)
 MAX_CIPHERTEXT = MAX_PLAINTEXT + 256  # TLSCiphertext.length at most (section 5.2)
 TAG = 16  # every suite here has a 16-byte tag
+_MAX_UNPADDED = MAX_PLAINTEXT + 1 + TAG  # a record no longer cannot carry over 2^14 bytes of content
 
 # Alert descriptions (section 6)
 CLOSE_NOTIFY = 0
@@ -189,28 +190,30 @@ class Records:
             except InvalidTag:
                 raise RecordError(BAD_RECORD_MAC, "record failed authentication") from None
             pos = end
-            # TLSInnerPlaintext: content, then its type, then zeros.
-            inner = inner.rstrip(b"\x00")
-            if not inner:
-                raise RecordError(UNEXPECTED_MESSAGE, "record with no content type")
-            last = len(inner) - 1
-            if last > MAX_PLAINTEXT:
+            # TLSInnerPlaintext: content, then its type, then zeros (none, usually: no copy then).
+            inner_type = inner[-1]
+            if not inner_type:
+                inner = inner.rstrip(b"\x00")
+                if not inner:
+                    raise RecordError(UNEXPECTED_MESSAGE, "record with no content type")
+                inner_type = inner[-1]
+            if length > _MAX_UNPADDED and len(inner) - 1 > MAX_PLAINTEXT:
                 raise RecordError(RECORD_OVERFLOW, "record content over 2^14 bytes")
-            inner_type = inner[last]
+            content = inner[:-1]
             if inner_type == APPLICATION_DATA and not self._hs:
-                if last:
-                    parts.append(inner[:last])
+                if content:
+                    parts.append(content)
                 continue
             if self._hs and inner_type != HANDSHAKE:
                 raise RecordError(UNEXPECTED_MESSAGE, "handshake message interrupted")
             if inner_type == ALERT:
-                self._alert(inner[:last])
+                self._alert(content)
                 pos = size  # nothing after close_notify is read
                 break
             if inner_type == HANDSHAKE:
-                if last == 0:
+                if not content:
                     raise RecordError(UNEXPECTED_MESSAGE, "empty handshake record")
-                self._handshake(inner[:last])
+                self._handshake(content)
             else:
                 raise RecordError(UNEXPECTED_MESSAGE, f"record of inner type {inner_type} after the handshake")
         self._buf = buf[pos:] if pos < size else b""
@@ -278,8 +281,7 @@ class Records:
         write.seq = seq + 1
         header = _HEADER.pack(APPLICATION_DATA, 0x0303, len(content) + 1 + TAG)
         out = self.out
-        out.append(header)
-        out.append(write.aead.encrypt((write.iv ^ seq).to_bytes(12, "big"), content + _TYPE_BYTE[ctype], header))
+        out += (header, write.aead.encrypt((write.iv ^ seq).to_bytes(12, "big"), content + _TYPE_BYTE[ctype], header))
 
     def alert(self, description: int) -> None:
         """A protected alert (close_notify is a warning; every other one fatal) appended to ``out``."""
