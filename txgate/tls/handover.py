@@ -82,10 +82,10 @@ def install(ctx: SSL.Context) -> None:
     _set_keylog(ctx._context, _keylog)
 
 
-def take(conn: SSL.Connection, out: bytes) -> tuple[Records, bytes] | None:
+def take(conn: ServerConnection, out: bytes) -> tuple[Records, bytes] | None:
     """`Records` continuing ``conn`` after its handshake (``out``: what OpenSSL wrote since the
     handshake's last flight was sent) and the input OpenSSL did not read; None to stay with OpenSSL."""
-    traffic = getattr(conn, "traffic", None)
+    traffic = conn.traffic
     conn.traffic = None  # taken or not, the secrets stay on no object longer than this call
     if traffic is None:
         return None
