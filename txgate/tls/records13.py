@@ -25,14 +25,13 @@ from __future__ import annotations
 import hmac
 import struct
 
-try:  # the C HMAC object behind hmac.new, without its Python wrapper (three calls fewer a direction)
-    from _hashlib import hmac_new as _hmac_new
-except ImportError:  # pragma: no cover - a CPython without OpenSSL's hashlib
-    from hmac import new as _hmac_new
-
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+try:  # the C HMAC object that hmac.new wraps in Python: the same OpenSSL HMAC, fewer calls
+    from _hashlib import hmac_new as _hmac_new
+except ImportError:  # pragma: no cover - a CPython without OpenSSL's hashlib
+    from hmac import new as _hmac_new
 
 APPLICATION_DATA = 23
 ALERT = 21
@@ -276,7 +275,7 @@ class Records:
 
     def _protect_one(self, content: bytes, ctype: int) -> None:
         write = self.write
-        # Our sequence number cannot near 2^64 (section 5.3): protect() updates our key at _REKEY_AT.
+        # Ours never comes near 2^64 (section 5.3): protect() updates our key at _REKEY_AT records.
         seq = write.seq
         write.seq = seq + 1
         header = _HEADER.pack(APPLICATION_DATA, 0x0303, len(content) + 1 + TAG)
