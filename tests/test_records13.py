@@ -332,3 +332,58 @@ def test_count_records():
     assert handover.count_records(b"\x17\x03\x03\x00\x02ab" * 3) == 3
     assert handover.count_records(b"\x17\x03\x03\x00\x02a") is None
     assert handover.count_records(b"\x17\x03") is None
+
+
+# RFC 8448 section 3 (a simple 1-RTT handshake, TLS_AES_128_GCM_SHA256): the application traffic
+# secrets, the keys and IVs derived from them, and the first application data record each way (the
+# server's is its second record under that key: its NewSessionTicket went first).
+RFC8448_CLIENT_SECRET = "9e40646ce79a7f9dc05af8889bce6552875afa0b06df0087f792ebb7c17504a5"
+RFC8448_SERVER_SECRET = "a11af9f05531f856ad47116b45a950328204b4f44bfb6b3a4b4f1f3fcb631643"
+RFC8448_CLIENT_KEY, RFC8448_CLIENT_IV = "17422dda596ed5d9acd890e3c63f5051", "5b78923dee08579033e523d9"
+RFC8448_SERVER_KEY, RFC8448_SERVER_IV = "9f02283b6c9c07efc26bb9f2ac92e356", "cf782b88dd83549aadf1e984"
+RFC8448_CLIENT_RECORD = (
+    "1703030043a23f7054b62c94d0affafe8228ba55cbefacea42f914aa66bcab3f2b9819a8a5b46b395bd54a9a20441e2b"
+    "62974e1f5a6292a2977014bd1e3deae63aeebb21694915e4")
+RFC8448_SERVER_RECORD = (
+    "17030300432e937e11ef4ac740e538ad36005fc4a46932fc3225d05f82aa1b36e30efaf97d90e6dffc602dcb501a59a8"
+    "fcc49c4bf2e5f0a21c0047c2abf332540dd032e167c2955d")
+
+
+def test_keys_ivs_and_records_match_the_rfc_8448_trace():
+    client, server = bytes.fromhex(RFC8448_CLIENT_SECRET), bytes.fromhex(RFC8448_SERVER_SECRET)
+    assert expand_label(client, b"key", 16, "sha256").hex() == RFC8448_CLIENT_KEY
+    assert expand_label(client, b"iv", 12, "sha256").hex() == RFC8448_CLIENT_IV
+    assert expand_label(server, b"key", 16, "sha256").hex() == RFC8448_SERVER_KEY
+    assert expand_label(server, b"iv", 12, "sha256").hex() == RFC8448_SERVER_IV
+    records = Records("TLS_AES_128_GCM_SHA256", client, server, write_seq=1)
+    assert records.read.iv == int(RFC8448_CLIENT_IV, 16) and records.write.iv == int(RFC8448_SERVER_IV, 16)
+    assert records.unprotect(bytes.fromhex(RFC8448_CLIENT_RECORD)) == [bytes(range(50))]
+    records.protect(bytes(range(50)))
+    assert records.take_output().hex() == RFC8448_SERVER_RECORD
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_each_suites_key_and_iv_are_hkdf_expand_label_of_the_secret_and_of_its_update(suite):
+    """Against cryptography's HKDF-Expand (another implementation), SHA-384 included."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+    aead, key_len, hash_name = SUITES[suite][:3]
+    algorithm = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384()}[hash_name]
+
+    def label(secret: bytes, name: bytes, length: int) -> bytes:
+        full = b"tls13 " + name
+        info = length.to_bytes(2, "big") + bytes((len(full),)) + full + b"\x00"
+        return HKDFExpand(algorithm, length, info).derive(secret)
+
+    secret = bytes(range(100, 100 + algorithm.digest_size))
+    records = Records(suite, secret, secret)
+    for _ in range(3):
+        for direction in (records.read, records.write):
+            assert direction.iv == int.from_bytes(label(secret, b"iv", 12), "big")
+            nonce = bytes(12)
+            expected = aead(label(secret, b"key", key_len)).encrypt(nonce, b"m", b"")
+            assert direction.aead.encrypt(nonce, b"m", b"") == expected
+            direction.update(records.suite)
+        secret = label(secret, b"traffic upd", algorithm.digest_size)
+        assert records.read.secret == records.write.secret == secret

@@ -8,6 +8,7 @@ bad_record_mac on one side or the other."""
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from OpenSSL import SSL
 from OpenSSL._util import lib
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -18,7 +19,7 @@ from zope.interface import implementer
 
 from certs_helpers import make_ca, make_leaf
 from test_serverconn import Client
-from txgate.tls.records13 import SUITES
+from txgate.tls.records13 import SUITES, expand_label
 from txgate.tls.server import ServerTLS
 from txgate.tls.serverconn import TLSServerFactory
 from txgate.tlswrap import DirectTLSFactory
@@ -203,12 +204,12 @@ class Raw:
     """A TLSServerProtocol on a StringTransport and a pyOpenSSL client on memory BIOs: the test says
     which bytes reach the server, in which pieces."""
 
-    def __init__(self, server_tls: ServerTLS) -> None:
+    def __init__(self, server_tls: ServerTLS, cctx: SSL.Context | None = None) -> None:
         app = self.app = App()
         self.sp = TLSServerFactory(server_tls, type("F", (), {"buildProtocol": lambda s, a: app})()).buildProtocol(None)
         self.tcp = StringTransport()
         self.sp.makeConnection(self.tcp)
-        self.c = SSL.Connection(client_context(), None)
+        self.c = SSL.Connection(cctx or client_context(), None)
         self.c.set_connect_state()
         self.c.set_tlsext_host_name(b"localhost")
         self._step()  # ClientHello
@@ -336,3 +337,41 @@ def test_a_key_update_flood_queues_nothing_and_requests_go_on(leaf):
     client.protect(b"ping")
     r.sp.dataReceived(client.take_output())
     assert client.unprotect(r.server_output()) == [b"echo:ping"]
+
+
+def _ccm_record(secret: bytes, seq: int, content: bytes, ctype: int) -> bytes:
+    """A TLS_AES_128_CCM_SHA256 record under ``secret`` (records13 does not do that suite)."""
+    key = expand_label(secret, b"key", 16, "sha256")
+    iv = int.from_bytes(expand_label(secret, b"iv", 12, "sha256"), "big")
+    header = bytes((23, 3, 3)) + (len(content) + 1 + 16).to_bytes(2, "big")
+    return header + AESCCM(key).encrypt((iv ^ seq).to_bytes(12, "big"), content + bytes((ctype,)), header)
+
+
+def test_a_connection_kept_by_openssl_keeps_no_secret_of_its_key_updates(leaf):
+    """A suite records13 does not do stays with OpenSSL, whose keylog callback (OpenSSL 4.0) reports the
+    next traffic secrets at each KeyUpdate: none of them may stay on the connection (until it closes)."""
+    suite = "TLS_AES_128_CCM_SHA256"
+    cctx = client_context()
+    cctx.set_tls13_ciphersuites(suite.encode())
+    logged = []
+    cctx.set_keylog_callback(lambda conn, line: logged.append(line))
+    r = Raw(ServerTLS(default=leaf, tls13_ciphersuites=suite, hand_over=True), cctx)
+    r.sp.dataReceived(r.client_wire())  # the client's Finished
+    tls = r.sp.getHandle()
+    assert r.sp._rec is None and tls.get_cipher_name() == suite
+    assert tls.traffic is None
+    r.client_read()  # the tickets
+    secret = next(bytes.fromhex(line.split()[2].decode()) for line in logged
+                  if line.startswith(b"CLIENT_TRAFFIC_SECRET_0 "))
+    # pyOpenSSL has no KeyUpdate call: the client's next records are made here, under its key.
+    seq = 0
+    for i in range(3):
+        r.sp.dataReceived(_ccm_record(secret, seq, b"\x18\x00\x00\x01\x01", 22))  # KeyUpdate(update_requested)
+        secret = expand_label(secret, b"traffic upd", 32, "sha256")
+        r.sp.dataReceived(_ccm_record(secret, 0, b"after %d" % i, 23))
+        seq = 1
+        assert r.app.received[-1] == b"after %d" % i
+        # OpenSSL's own KeyUpdate goes first, then its data: the client reads both.
+        assert r.client_read() == b"echo:after %d" % i
+        assert tls.traffic is None
+    assert r.app.lost is None

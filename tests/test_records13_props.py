@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from txgate.tls.records13 import (ALERT, APPLICATION_DATA, BAD_RECORD_MAC, CLOSE_NOTIFY, HANDSHAKE, MAX_CIPHERTEXT,
-                                  MAX_PLAINTEXT, RECORD_OVERFLOW, SUITES, UNEXPECTED_MESSAGE, RecordError, Records)
+                                  INTERNAL_ERROR, MAX_PLAINTEXT, RECORD_OVERFLOW, SUITES, UNEXPECTED_MESSAGE, RecordError,
+                                  Records)
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -174,6 +175,11 @@ def test_records_of_the_largest_sizes():
     with pytest.raises(RecordError) as e:
         server.unprotect(client.take_output())
     assert e.value.alert == RECORD_OVERFLOW
+    server, client = pair()
+    client._protect_one(b"o" * (MAX_PLAINTEXT + 1) + bytes((APPLICATION_DATA,)) + b"\x00" * 30, 0)  # and padded
+    with pytest.raises(RecordError) as e:
+        server.unprotect(client.take_output())
+    assert e.value.alert == RECORD_OVERFLOW
     server, _ = pair()
     with pytest.raises(RecordError) as e:
         server.unprotect(b"\x17\x03\x03" + (MAX_CIPHERTEXT + 1).to_bytes(2, "big"))
@@ -244,3 +250,17 @@ def test_the_write_key_is_updated_before_the_aes_gcm_record_limit():
     assert server.write.secret != old and server.write.seq == 1
     assert client.unprotect(server.take_output()) == [b"last under the first key", b"first under the next key"]
     assert client.read.secret == server.write.secret
+
+
+def test_a_read_sequence_number_is_never_wrapped():
+    """Section 5.3: the connection ends before the peer's sequence number would wrap (2^64 - 1)."""
+    server, client = pair()
+    client.write.seq = server.read.seq = (1 << 64) - 2
+    client._protect_one(b"last", APPLICATION_DATA)  # not protect(): it would update its key first
+    client._protect_one(b"one too many", APPLICATION_DATA)
+    wire = client.take_output()
+    first = 5 + int.from_bytes(wire[3:5], "big")
+    assert server.unprotect(wire[:first]) == [b"last"]
+    with pytest.raises(RecordError) as e:
+        server.unprotect(wire[first:])
+    assert e.value.alert == INTERNAL_ERROR

@@ -28,12 +28,10 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-# suite name (as OpenSSL names it) -> (AEAD class, key length, hash name of the HKDF)
-SUITES = {
-    "TLS_AES_128_GCM_SHA256": (AESGCM, 16, "sha256"),
-    "TLS_AES_256_GCM_SHA384": (AESGCM, 32, "sha384"),
-    "TLS_CHACHA20_POLY1305_SHA256": (ChaCha20Poly1305, 32, "sha256"),
-}
+try:  # the C HMAC object that hmac.new wraps in Python: the same OpenSSL HMAC, fewer calls
+    from _hashlib import hmac_new as _hmac_new
+except ImportError:  # pragma: no cover - a CPython without OpenSSL's hashlib
+    from hmac import new as _hmac_new
 
 APPLICATION_DATA = 23
 ALERT = 21
@@ -44,6 +42,7 @@ KEY_UPDATE = 24
 MAX_PLAINTEXT = 1 << 14  # bytes of content in one record (2^14)
 MAX_CIPHERTEXT = MAX_PLAINTEXT + 256  # TLSCiphertext.length at most (section 5.2)
 TAG = 16  # every suite here has a 16-byte tag
+_MAX_UNPADDED = MAX_PLAINTEXT + 1 + TAG  # a record no longer cannot carry over 2^14 bytes of content
 
 # Alert descriptions (section 6)
 CLOSE_NOTIFY = 0
@@ -71,12 +70,31 @@ class RecordError(Exception):
         self.alert = alert
 
 
+def _info(label: bytes, length: int) -> bytes:
+    """The HMAC input of HKDF-Expand-Label (section 7.1) with an empty context and one output block:
+    the ``HkdfLabel`` then the block counter 1."""
+    full = b"tls13 " + label
+    return struct.pack(">HB", length, len(full)) + full + b"\x00\x01"
+
+
 def expand_label(secret: bytes, label: bytes, length: int, hash_name: str) -> bytes:
     """HKDF-Expand-Label (section 7.1) with an empty context, for lengths up to the hash's size
     (all this module needs: keys, IVs and the next traffic secret are one HMAC block)."""
-    full = b"tls13 " + label
-    info = struct.pack(">HB", length, len(full)) + full + b"\x00"
-    return hmac.digest(secret, info + b"\x01", hash_name)[:length]
+    return hmac.digest(secret, _info(label, length), hash_name)[:length]
+
+
+def _suite(aead: type, key_len: int, hash_name: str) -> tuple:
+    # (AEAD class, key length, hash name of the HKDF, HMAC input of the key, of the IV)
+    return (aead, key_len, hash_name, _info(b"key", key_len), _info(b"iv", 12))
+
+
+# suite name (as OpenSSL names it) -> (AEAD class, key length, hash name of the HKDF, and the HMAC
+# inputs that derive the key and the IV from a traffic secret: the same for every connection)
+SUITES = {
+    "TLS_AES_128_GCM_SHA256": _suite(AESGCM, 16, "sha256"),
+    "TLS_AES_256_GCM_SHA384": _suite(AESGCM, 32, "sha384"),
+    "TLS_CHACHA20_POLY1305_SHA256": _suite(ChaCha20Poly1305, 32, "sha256"),
+}
 
 
 def count_records(data: bytes) -> int | None:
@@ -96,26 +114,21 @@ class _Direction:
     __slots__ = ("secret", "aead", "iv", "seq")
 
     def __init__(self, secret: bytes, suite: tuple, seq: int = 0) -> None:
-        self.seq = seq
-        self.rekey(secret, suite)
-
-    def rekey(self, secret: bytes, suite: tuple) -> None:
-        cls, key_len, hash_name = suite
+        # The key and the IV (section 7.3) are HKDF-Expand-Label of one secret: one keyed HMAC state
+        # (the secret's inner and outer pads hashed once), copied for the key, then finished for the IV.
+        cls, key_len, hash_name, key_info, iv_info = suite
+        mac = _hmac_new(secret, b"", hash_name)
+        key = mac.copy()
+        key.update(key_info)
+        mac.update(iv_info)
         self.secret = secret
-        self.aead = cls(expand_label(secret, b"key", key_len, hash_name))
-        self.iv = int.from_bytes(expand_label(secret, b"iv", 12, hash_name), "big")
-
-    def nonce(self) -> bytes:
-        seq = self.seq
-        if seq >= _SEQ_LIMIT:
-            raise RecordError(INTERNAL_ERROR, "record sequence number exhausted")
-        self.seq = seq + 1
-        return (self.iv ^ seq).to_bytes(12, "big")
+        self.aead = cls(key.digest()[:key_len])
+        self.iv = int.from_bytes(mac.digest()[:12], "big")
+        self.seq = seq
 
     def update(self, suite: tuple) -> None:
         """The next generation of traffic secret (section 7.2), sequence number back to 0."""
-        self.rekey(expand_label(self.secret, b"traffic upd", len(self.secret), suite[2]), suite)
-        self.seq = 0
+        self.__init__(expand_label(self.secret, b"traffic upd", len(self.secret), suite[2]), suite)
 
 
 class Records:
@@ -165,35 +178,41 @@ class Records:
                 raise RecordError(UNEXPECTED_MESSAGE, f"unprotected record of type {ctype} after the handshake")
             if length < TAG + 1:
                 raise RecordError(DECODE_ERROR, "record shorter than its tag")
+            # The nonce: the static IV XOR the record's sequence number (section 5.3), inline (per record).
             read = self.read
-            nonce = read.nonce()
+            seq = read.seq
+            if seq >= _SEQ_LIMIT:
+                raise RecordError(INTERNAL_ERROR, "record sequence number exhausted")
+            read.seq = seq + 1
             try:
-                inner = read.aead.decrypt(nonce, buf[pos + 5:end], buf[pos:pos + 5])
+                inner = read.aead.decrypt((read.iv ^ seq).to_bytes(12, "big"), buf[pos + 5:end], buf[pos:pos + 5])
             except InvalidTag:
                 raise RecordError(BAD_RECORD_MAC, "record failed authentication") from None
             pos = end
-            # TLSInnerPlaintext: content, then its type, then zeros.
-            inner = inner.rstrip(b"\x00")
-            if not inner:
-                raise RecordError(UNEXPECTED_MESSAGE, "record with no content type")
-            last = len(inner) - 1
-            if last > MAX_PLAINTEXT:
+            # TLSInnerPlaintext: content, then its type, then zeros (none, usually: no copy then).
+            inner_type = inner[-1]
+            if not inner_type:
+                inner = inner.rstrip(b"\x00")
+                if not inner:
+                    raise RecordError(UNEXPECTED_MESSAGE, "record with no content type")
+                inner_type = inner[-1]
+            if length > _MAX_UNPADDED and len(inner) - 1 > MAX_PLAINTEXT:
                 raise RecordError(RECORD_OVERFLOW, "record content over 2^14 bytes")
-            inner_type = inner[last]
+            content = inner[:-1]
             if inner_type == APPLICATION_DATA and not self._hs:
-                if last:
-                    parts.append(inner[:last])
+                if content:
+                    parts.append(content)
                 continue
             if self._hs and inner_type != HANDSHAKE:
                 raise RecordError(UNEXPECTED_MESSAGE, "handshake message interrupted")
             if inner_type == ALERT:
-                self._alert(inner[:last])
+                self._alert(content)
                 pos = size  # nothing after close_notify is read
                 break
             if inner_type == HANDSHAKE:
-                if last == 0:
+                if not content:
                     raise RecordError(UNEXPECTED_MESSAGE, "empty handshake record")
-                self._handshake(inner[:last])
+                self._handshake(content)
             else:
                 raise RecordError(UNEXPECTED_MESSAGE, f"record of inner type {inner_type} after the handshake")
         self._buf = buf[pos:] if pos < size else b""
@@ -256,10 +275,12 @@ class Records:
 
     def _protect_one(self, content: bytes, ctype: int) -> None:
         write = self.write
+        # Ours never comes near 2^64 (section 5.3): protect() updates our key at _REKEY_AT records.
+        seq = write.seq
+        write.seq = seq + 1
         header = _HEADER.pack(APPLICATION_DATA, 0x0303, len(content) + 1 + TAG)
         out = self.out
-        out.append(header)
-        out.append(write.aead.encrypt(write.nonce(), content + _TYPE_BYTE[ctype], header))
+        out += (header, write.aead.encrypt((write.iv ^ seq).to_bytes(12, "big"), content + _TYPE_BYTE[ctype], header))
 
     def alert(self, description: int) -> None:
         """A protected alert (close_notify is a warning; every other one fatal) appended to ``out``."""
