@@ -122,6 +122,21 @@ def test_connection_keep_alive_alone_and_with_other_names():
     assert named == [(b"x-b", b"2"), (b"via", VIA_H1)]
 
 
+def test_connection_close_drops_a_header_named_close_only_when_it_names_it():
+    # "Connection: close" costs no lookup of named headers, yet still names a header called "close".
+    assert downstream_response_headers([(b"connection", b"close"), (b"x-a", b"1")], VIA_H1) == [
+        (b"x-a", b"1"), (b"via", VIA_H1)]
+    for conn in (b"close", b"Close", b"x-b, close"):
+        out = downstream_response_headers([(b"close", b"1"), (b"connection", conn), (b"x-a", b"2")], VIA_H1)
+        assert out == [(b"x-a", b"2"), (b"via", VIA_H1)]
+        up = upstream_request_headers([(b"x-a", b"2"), (b"connection", conn), (b"close", b"1")], "10.0.0.1",
+                                      b"https", b"h", VIA_H1)
+        assert b"close" not in [k for k, _ in up] and (b"x-a", b"2") in up
+    kept = downstream_response_headers([(b"close", b"1"), (b"connection", b"keep-alive")], VIA_H1)
+    assert kept == [(b"close", b"1"), (b"via", VIA_H1)]
+    assert (b"close", b"1") in upstream_request_headers([(b"close", b"1")], "10.0.0.1", b"https", b"h", VIA_H1)
+
+
 def test_field_bytes_counts_name_value_and_four_from_start():
     from txgate.http.headers import field_bytes, header_lines
 

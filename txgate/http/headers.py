@@ -66,6 +66,10 @@ RESPONSE_DROP = HOP_BY_HOP | frozenset({b"content-length", REQUEST_ID})
 
 
 _REQUEST_DROP_ALL = REQUEST_DROP | frozenset({b"expect", REQUEST_ID})
+# What _filtered looks at first: the drop set, plus b"close" (a header of that name is kept unless a
+# Connection header names it: see _filtered).
+_REQUEST_FILTER = _REQUEST_DROP_ALL | frozenset({b"close"})
+_RESPONSE_FILTER = RESPONSE_DROP | frozenset({b"close"})
 _TAILS: dict[tuple[str, bytes, bytes], tuple[tuple[bytes, bytes], ...]] = {}
 
 
@@ -89,20 +93,28 @@ def _forwarding_tail(client_ip: str, proto: bytes, original_host: bytes) -> tupl
     return tail
 
 
-# "Connection: keep-alive" names only a header that is dropped anyway: no lookup of named headers.
-_ONLY_KEEP_ALIVE = frozenset({b"keep-alive", b"Keep-Alive"})
+# "Connection: keep-alive" names only a header that is dropped anyway, and "Connection: close" only a
+# header named "close", which _filtered notices by itself: no lookup of named headers for these.
+_NAMES_NOTHING_KEPT = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 
 
 def _filtered(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> tuple[list, list, bool]:
-    """One pass: kept headers, Via values, and whether a Connection header named others."""
+    """One pass: kept headers, Via values, and whether a Connection header may name a kept one.
+
+    ``drop`` holds b"close": a header of that name is kept here, and sends the caller to the
+    Connection lookup (`_less_named`), which drops it if a Connection header names it."""
     out = []
     vias = []
     named = False
     for kv in headers:
         k = kv[0]
         if k in drop:
-            if k == b"connection" and kv[1] not in _ONLY_KEEP_ALIVE:
+            if k == b"connection":
+                if kv[1] not in _NAMES_NOTHING_KEPT:
+                    named = True
+            elif k == b"close":
                 named = True
+                out.append(kv)
             continue
         if k == b"via":
             vias.append(kv[1])
@@ -139,7 +151,7 @@ def upstream_request_headers(
     request_id: bytes = b"",
 ) -> list[tuple[bytes, bytes]]:
     """Headers to send upstream (Host aside): client headers less hop-by-hop and forwarding ones, plus ours."""
-    out, vias, named = _filtered(headers, _REQUEST_DROP_ALL)
+    out, vias, named = _filtered(headers, _REQUEST_FILTER)
     if named:
         out, vias = _less_named(headers, out, vias)
     tail = _TAILS.get((client_ip, proto, original_host))  # (the cache looked up without a call)
@@ -154,7 +166,7 @@ def downstream_response_headers(
     headers: list[tuple[bytes, bytes]], via: bytes
 ) -> list[tuple[bytes, bytes]]:
     """Headers to send to the client: upstream headers less hop-by-hop ones, plus Via."""
-    out, vias, named = _filtered(headers, RESPONSE_DROP)
+    out, vias, named = _filtered(headers, _RESPONSE_FILTER)
     if named:
         out, vias = _less_named(headers, out, vias)
     out.append(_via(vias, via) if vias else (b"via", via))
