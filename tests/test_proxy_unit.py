@@ -20,7 +20,7 @@ class FakePool:
     def connection_ready(self, conn):
         self.ready.append(conn)
 
-    def checkin(self, conn):
+    def checkin(self, conn, now=None):
         self.checked_in.append(conn)
 
     def connection_closed(self, conn):

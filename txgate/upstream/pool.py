@@ -155,8 +155,8 @@ class TargetPool:
             return UpstreamUnavailable(f"{self.label}: host name lookup failed")
         return UpstreamUnavailable(f"{self.label}: {exc.__class__.__name__}: {exc}")
 
-    def checkin(self, conn: UpstreamConnection) -> None:
-        """An exchange ended: reuse the connection if it is clean, else close it."""
+    def checkin(self, conn: UpstreamConnection, now: float | None = None) -> None:
+        """An exchange ended: reuse the connection if it is clean, else close it (``now``: the clock, if read)."""
         if conn.checked_out:
             conn.checked_out = False
             self.busy -= 1
@@ -167,7 +167,7 @@ class TargetPool:
         if self.waiters:
             self._hand_out(conn)
         else:
-            self._park(conn)
+            self._park(conn, now)
 
     def connection_closed(self, conn: UpstreamConnection) -> None:
         """A ready connection went away (idle close by the server, or after use)."""
@@ -190,10 +190,10 @@ class TargetPool:
         ):
             self._connect()
 
-    def _park(self, conn: UpstreamConnection) -> None:
+    def _park(self, conn: UpstreamConnection, now: float | None = None) -> None:
         # Idle expiry by timestamp and one sweep per pool, not a timer per parked connection
         # (a connection is parked after every request on a busy route).
-        conn.idle_since = self.reactor.seconds()
+        conn.idle_since = self.reactor.seconds() if now is None else now
         self.idle.append(conn)
         if self._sweep_call is None:
             self._sweep_call = self.reactor.callLater(IDLE_TIMEOUT / 2, self._sweep_idle)

@@ -32,15 +32,6 @@ class Upstream:
         self.tick = min(0.25, timeout / 4)
         self._tick_call = None
 
-    def track(self, handler, clock) -> int:
-        """Watch a handler in flight for `timeout`; the index of its first pool (round robin)."""
-        self.active[handler] = None
-        if self._tick_call is None:
-            self._tick_call = clock.callLater(self.tick, self._sweep, clock)
-        i = self.rr
-        self.rr = (i + 1) % len(self.pools)
-        return i
-
     def _sweep(self, clock) -> None:
         self._tick_call = None
         cutoff = clock.seconds() - self.timeout + 1e-9
@@ -64,7 +55,7 @@ class ProxyHandler:
         "upstream", "stream", "clock", "method", "target", "header_block", "host_override", "head_only", "chunked", "api", "upstream_label",
         "conn", "pool", "tried", "buffer", "buffered", "body_done", "done", "started", "sent_body",
         "last", "last_error", "reused", "body_bytes", "paused_downstream", "retryable", "client_paused",
-        "sent_at", "upstream_seconds",
+        "sent_at", "upstream_seconds", "starting",
     )
 
     def __init__(self, upstream: Upstream, stream, head, target: bytes, header_block: bytes,
@@ -100,11 +91,21 @@ class ProxyHandler:
         self.retryable = not head.has_body and head.method in IDEMPOTENT
         self.sent_at = 0.0
         self.upstream_seconds: float | None = None  # request sent -> response head (metrics)
+        self.starting = False  # in start(): a connection handed out now is written to at start's time
 
     # -- start -------------------------------------------------------------------------
     def start(self) -> None:
+        """Watch the request for the API's timeout; ask its next pool (round robin) for a connection."""
+        up = self.upstream
         self.last = self.clock.seconds()
-        self._try(self.upstream.track(self, self.clock))
+        up.active[self] = None
+        if up._tick_call is None:
+            up._tick_call = self.clock.callLater(up.tick, up._sweep, self.clock)
+        i = up.rr
+        up.rr = (i + 1) % len(up.pools)
+        self.starting = True
+        self._try(i)
+        self.starting = False
 
     def _try(self, index: int) -> None:
         pools = self.upstream.pools
@@ -128,7 +129,7 @@ class ProxyHandler:
         pool = self.pool
         head = b"".join((self.method, b" ", pool.base_path, self.target, b" HTTP/1.1\r\nhost: ",
                          self.host_override or pool.host_value, b"\r\n", self.header_block))
-        self.sent_at = self.clock.seconds()
+        self.sent_at = self.last if self.starting else self.clock.seconds()
         # The head, the body read meanwhile and its end go out in one write.
         if self.buffer or (self.body_done and self.chunked):
             out = [head]
@@ -214,14 +215,14 @@ class ProxyHandler:
         if self.done:
             return
         self.started = True
-        self.last = self.clock.seconds()
-        self.upstream_seconds = self.last - self.sent_at
-        self.pool.last_success = self.last
+        self.last = now = self.conn.read_at  # (the clock when this read came: UpstreamConnection)
+        self.upstream_seconds = now - self.sent_at
+        self.pool.last_success = now
         self.stream.start_response(status, downstream_response_headers(headers, VIA_H1), content_length)
 
     def response_body(self, data: bytes) -> None:
         if not self.done:
-            self.last = self.clock.seconds()  # progress: the timeout counts from here
+            self.last = self.conn.read_at  # progress: the timeout counts from here
             self.stream.write(data)
 
     def response_finished(self) -> None:
