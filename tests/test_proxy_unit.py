@@ -112,7 +112,7 @@ class RecordingConn:
         self.sent = b""
         self.paused = False
 
-    def start(self, ex, head, head_only):
+    def start(self, ex, head, head_only, request_done=False):
         self.exchange = ex
         self.sent += head
 

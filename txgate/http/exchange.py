@@ -36,6 +36,7 @@ class ConnectionInfo:
         "client_host",
         "client_port",
         "tls",
+        "scheme",
         "sni",
         "tls_version",
         "cipher",
@@ -54,16 +55,14 @@ class ConnectionInfo:
         self.client_host = client_host
         self.client_port = client_port
         self.tls = tls
+        # b"https" or b"http" (X-Forwarded-Proto, Forwarded): an attribute, read once per request.
+        self.scheme = b"https" if tls else b"http"
         self.sni: str | None = None
         self.tls_version: str | None = None
         self.cipher: str | None = None
         self.alpn: str | None = None
         # Room for later per-connection decisions (allowlists), keyed by API name.
         self.extra: dict = {}
-
-    @property
-    def scheme(self) -> bytes:
-        return b"https" if self.tls else b"http"
 
 
 class RequestHead:

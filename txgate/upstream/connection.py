@@ -142,12 +142,12 @@ class UpstreamConnection(Protocol):
             abort_connection(self.transport)
 
     # -- one exchange -----------------------------------------------------------------
-    def start(self, exchange, head: bytes, head_only: bool) -> None:
-        """Send a request head; body follows through write_body/end_body."""
+    def start(self, exchange, head: bytes, head_only: bool, request_done: bool = False) -> None:
+        """Send a request head; body follows through write_body/end_body, unless ``request_done`` (all in ``head``)."""
         self.exchange = exchange
         self.response_started = False
         self.response_done = False
-        self.request_done = False
+        self.request_done = request_done
         self._head_bytes = 0
         self._content_length = None
         self._body_bytes = 0

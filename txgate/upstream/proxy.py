@@ -141,12 +141,10 @@ class ProxyHandler:
             if self.body_done:
                 out.append(self._body_tail())
             head = b"".join(out)
-        conn.start(self, head, self.head_only)
+        conn.start(self, head, self.head_only, self.body_done)
         if self.paused_downstream:
             self.paused_downstream = False
             self.stream.resume_reading()
-        if self.body_done:
-            conn.end_body(b"")
 
     def upstream_failed(self, pool, err: GatewayError) -> None:
         if self.done:
