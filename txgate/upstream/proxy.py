@@ -91,24 +91,22 @@ class ProxyHandler:
         self.retryable = not head.has_body and head.method in IDEMPOTENT
         self.sent_at = 0.0
         self.upstream_seconds: float | None = None  # request sent -> response head (metrics)
-        self.starting = False  # in start(): a connection handed out now is written to at start's time
+        self.starting = False  # in the first start(): a connection handed out now is written to at its time
 
     # -- start -------------------------------------------------------------------------
-    def start(self) -> None:
-        """Watch the request for the API's timeout; ask its next pool (round robin) for a connection."""
+    def start(self, index: int | None = None) -> None:
+        """Watch the request for the API's timeout and ask the API's next pool (round robin) for a
+        connection; with ``index`` (a connection could not be made), ask the pool at that index."""
         up = self.upstream
-        self.last = self.clock.seconds()
-        up.active[self] = None
-        if up._tick_call is None:
-            up._tick_call = self.clock.callLater(up.tick, up._sweep, self.clock)
-        i = up.rr
-        up.rr = (i + 1) % len(up.pools)
-        self.starting = True
-        self._try(i)
-        self.starting = False
-
-    def _try(self, index: int) -> None:
-        pools = self.upstream.pools
+        pools = up.pools
+        if index is None:
+            self.last = self.clock.seconds()
+            up.active[self] = None
+            if up._tick_call is None:
+                up._tick_call = self.clock.callLater(up.tick, up._sweep, self.clock)
+            index = up.rr
+            up.rr = (index + 1) % len(pools)
+            self.starting = True
         pool = pools[index % len(pools)]
         self.pool = pool
         self.upstream_label = pool.label
@@ -117,6 +115,7 @@ class ProxyHandler:
             pool.acquire(self)
         except UpstreamBusy as e:
             self._fail(e)
+        self.starting = False
 
     def upstream_ready(self, conn, reused: bool) -> None:
         if self.done:
@@ -159,7 +158,7 @@ class ProxyHandler:
                 api=self.api, target=self.upstream_label, code=err.code, reason=err.message,
                 request_id=stream_request_id(self.stream).decode("ascii"),
             )
-            self._try(self.upstream.pools.index(pool) + 1)
+            self.start(self.upstream.pools.index(pool) + 1)
             return
         self._fail(err)
 
