@@ -144,3 +144,19 @@ def test_field_bytes_counts_name_value_and_four_from_start():
     assert field_bytes(fields) == (1 + 2 + 4) + (4 + 0 + 4) + (3 + 4 + 4)
     assert field_bytes(fields, 2) == 3 + 4 + 4 and field_bytes(fields, 3) == 0 == field_bytes([])
     assert header_lines(fields) == b"a: bc\r\nhost: \r\nx-y: zzzz\r\n" and header_lines([]) == b""
+
+
+def test_memo_computes_a_missing_key_once_and_keeps_at_most_its_limit():
+    from txgate.http.headers import LOWER_NAMES
+    from txgate.http.memo import Memo
+
+    calls = []
+    memo = Memo(lambda k: calls.append(k) or k.upper(), 3)
+    assert memo[b"a"] == b"A" and memo[b"a"] == b"A" and calls == [b"a"]
+    for k in (b"b", b"c", b"d", b"e"):
+        assert memo[k] == k.upper()
+    assert len(memo) <= 3 and calls == [b"a", b"b", b"c", b"d", b"e"]
+    assert LOWER_NAMES[b"Content-Type"] == b"content-type" == LOWER_NAMES[b"content-TYPE"]
+    for i in range(5000):  # names that never repeat: the table stays bounded
+        assert LOWER_NAMES[b"X-N%d" % i] == b"x-n%d" % i
+    assert len(LOWER_NAMES) <= LOWER_NAMES.limit

@@ -25,6 +25,8 @@ from typing import Protocol
 
 from twisted.logger import Logger
 
+from txgate.http.memo import Memo
+
 log = Logger()
 
 
@@ -74,6 +76,7 @@ class RequestHead:
         "path",
         "query",
         "authority",
+        "host",
         "headers",
         "content_length",
         "has_body",
@@ -97,6 +100,8 @@ class RequestHead:
         self.path = path
         self.query = query
         self.authority = authority
+        # The authority without its port, lower-cased, as text (for routing).
+        self.host = _HOSTS[authority]
         self.headers = headers
         self.content_length = content_length
         self.has_body = has_body
@@ -105,26 +110,15 @@ class RequestHead:
         # X-Request-Id: decided once per request (txgate.http.requestid.ensure_request_id).
         self.request_id = b""
 
-    @property
-    def host(self) -> str:
-        """The authority without its port, lower-cased, as text (for routing)."""
-        host = _HOSTS.get(self.authority)
-        return host if host is not None else _host_of(self.authority)
-
-
-_HOSTS: dict[bytes, str] = {}  # authority -> host: a connection's requests repeat theirs
-
 
 def _host_of(a: bytes) -> str:
     if a.startswith(b"["):
         end = a.find(b"]")
-        host = a[1:end].decode("latin-1").lower() if end > 0 else ""
-    else:
-        host = a.partition(b":")[0].decode("latin-1").lower()
-    if len(_HOSTS) >= 4096:
-        _HOSTS.clear()
-    _HOSTS[a] = host
-    return host
+        return a[1:end].decode("latin-1").lower() if end > 0 else ""
+    return a.partition(b":")[0].decode("latin-1").lower()
+
+
+_HOSTS = Memo(_host_of, 4096)  # authority -> host: a connection's requests repeat theirs
 
 
 class Stream(Protocol):

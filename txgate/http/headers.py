@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from itertools import chain, islice
 
+from txgate.http.memo import Memo
+
 # Connection-specific headers: never valid in HTTP/2 (RFC 9113 8.2.2).
 H2_CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
@@ -34,6 +36,10 @@ FORWARDING = frozenset(
 )
 # Framing is redone by whoever sends the message on the next hop.
 FRAMING = frozenset({b"content-length", b"host"})
+
+
+# Header name as received -> lower case (``LOWER_NAMES[name]``: a lookup, not a call, for a name seen before).
+LOWER_NAMES = Memo(bytes.lower, 1024)
 
 
 def connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:

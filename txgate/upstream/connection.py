@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from txgate.errors import UpstreamHeadersTooLarge, UpstreamProtocolError, UpstreamTruncated
 from txgate.http.closing import abort_connection
-from txgate.http.headers import field_bytes
+from txgate.http.headers import LOWER_NAMES, field_bytes
 from txgate.directwrite import no_delay
 from txgate.tls.serverconn import hold_writes, release_writes
 
@@ -256,7 +256,7 @@ class UpstreamConnection(Protocol):
         self._counted = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        self._headers.append((LOWER_NAMES[name], value))
 
     def _count_fields(self) -> None:
         self._head_bytes += field_bytes(self._headers, self._counted)
@@ -308,8 +308,8 @@ class UpstreamConnection(Protocol):
             ex.response_body(body)
 
     def on_message_complete(self) -> None:
-        if self.parser.get_status_code() < 200:
-            return
+        if not self.response_started:
+            return  # the end of an interim (1xx) response: its final one follows
         self.response_done = True
         if self.exchange is not None:
             # Finished once feed_data returns, so bytes after the response are seen first.
