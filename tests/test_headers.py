@@ -160,3 +160,5 @@ def test_memo_computes_a_missing_key_once_and_keeps_at_most_its_limit():
     for i in range(5000):  # names that never repeat: the table stays bounded
         assert LOWER_NAMES[b"X-N%d" % i] == b"x-n%d" % i
     assert len(LOWER_NAMES) <= LOWER_NAMES.limit
+    long = b"X-" + b"a" * LOWER_NAMES.max_key  # a long key is computed, not kept
+    assert LOWER_NAMES[long] == long.lower() and long not in LOWER_NAMES

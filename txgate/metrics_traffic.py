@@ -1,12 +1,12 @@
 # -*- test-case-name: tests.test_metrics_traffic -*-
 """Traffic metrics: request, upstream and TLS handshake duration histograms, bytes, open connections.
 
-The hot path (one ``request()`` per request, its upstream response time included, one ``handshake_seconds()`` per handshake, two
-connection calls per connection) touches plain lists in dicts: one dict lookup, one ``bisect`` and a
-few integer adds, no lock, no ``labels()`` call, no string formatting. Buckets are kept
-non-cumulative (as prometheus_client's multiprocess files keep them); ``families()`` turns the
-tables into Prometheus families at scrape time, and a worker's flush (``txgate.metrics_multiprocess``)
-adds the deltas of the same rows to its multiprocess files.
+The hot path (one ``request()`` per request, its upstream response time included, one
+``handshake_seconds()`` per handshake, two connection calls per connection) touches plain lists in
+dicts: one dict lookup, one ``bisect`` and a few integer adds, no lock, no ``labels()`` call, no
+string formatting. Buckets are kept non-cumulative (as prometheus_client's multiprocess files keep
+them); ``families()`` turns the tables into Prometheus families at scrape time, and a worker's flush
+(``txgate.metrics_multiprocess``) adds the deltas of the same rows to its multiprocess files.
 
 Series::
 
