@@ -104,13 +104,13 @@ def _forwarding_tail(client_ip: str, proto: bytes, original_host: bytes) -> tupl
 _NAMES_NOTHING_KEPT = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 
 
-def _filtered(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> tuple[list, list, bool]:
-    """One pass: kept headers, Via values, and whether a Connection header may name a kept one.
+def _filtered(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> tuple[list, list | None, bool]:
+    """One pass: kept headers, Via values (None for none), and whether a Connection header may name a kept one.
 
     ``drop`` holds b"close": a header of that name is kept here, and sends the caller to the
     Connection lookup (`_less_named`), which drops it if a Connection header names it."""
     out = []
-    vias = []
+    vias = None  # (a list only when there is a Via header: most messages have none)
     named = False
     for kv in headers:
         k = kv[0]
@@ -123,13 +123,16 @@ def _filtered(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> tup
                 out.append(kv)
             continue
         if k == b"via":
-            vias.append(kv[1])
+            if vias is None:
+                vias = [kv[1]]
+            else:
+                vias.append(kv[1])
         elif k[:6] != b"proxy-":
             out.append(kv)
     return out, vias, named
 
 
-def _less_named(headers, out: list, vias: list) -> tuple[list, list]:
+def _less_named(headers, out: list, vias: list | None) -> tuple[list, list | None]:
     """Drop the headers a Connection header named (rare: only then is it looked up)."""
     names = connection_named(headers)
     return [kv for kv in out if kv[0] not in names], ([] if b"via" in names else vias)

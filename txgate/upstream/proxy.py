@@ -76,7 +76,7 @@ class ProxyHandler:
         self.conn = None
         self.pool = None
         self.tried = 0
-        self.buffer: list[bytes] = []
+        self.buffer: list[bytes] | None = None  # made with the first chunk (most requests have none)
         self.buffered = 0
         self.body_done = not head.has_body
         self.done = False
@@ -135,7 +135,7 @@ class ProxyHandler:
             if self.buffer:
                 self.sent_body = True
                 out.extend(self._framed(chunk) for chunk in self.buffer)
-                self.buffer = []
+                self.buffer = None
                 self.buffered = 0
             if self.body_done:
                 out.append(self._body_tail())
@@ -172,7 +172,10 @@ class ProxyHandler:
             self._fail(RequestTooLarge(f"request body exceeds {limit} bytes"))
             return
         if self.conn is None:
-            self.buffer.append(data)
+            if self.buffer is None:
+                self.buffer = [data]
+            else:
+                self.buffer.append(data)
             self.buffered += len(data)
             if self.buffered > BUFFER_LIMIT and not self.paused_downstream:
                 self.paused_downstream = True
