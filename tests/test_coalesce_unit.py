@@ -126,8 +126,9 @@ class _Conn:
         self.writes: list[bytes] = []
         self.ended = False
 
-    def start(self, exchange, head: bytes, head_only: bool) -> None:
+    def start(self, exchange, head: bytes, head_only: bool, request_done: bool = False) -> None:
         self.writes.append(head)
+        self.ended = request_done
 
     def write_body(self, data: bytes) -> None:
         self.writes.append(data)

@@ -122,6 +122,21 @@ def test_connection_keep_alive_alone_and_with_other_names():
     assert named == [(b"x-b", b"2"), (b"via", VIA_H1)]
 
 
+def test_connection_close_drops_a_header_named_close_only_when_it_names_it():
+    # "Connection: close" costs no lookup of named headers, yet still names a header called "close".
+    assert downstream_response_headers([(b"connection", b"close"), (b"x-a", b"1")], VIA_H1) == [
+        (b"x-a", b"1"), (b"via", VIA_H1)]
+    for conn in (b"close", b"Close", b"x-b, close"):
+        out = downstream_response_headers([(b"close", b"1"), (b"connection", conn), (b"x-a", b"2")], VIA_H1)
+        assert out == [(b"x-a", b"2"), (b"via", VIA_H1)]
+        up = upstream_request_headers([(b"x-a", b"2"), (b"connection", conn), (b"close", b"1")], "10.0.0.1",
+                                      b"https", b"h", VIA_H1)
+        assert b"close" not in [k for k, _ in up] and (b"x-a", b"2") in up
+    kept = downstream_response_headers([(b"close", b"1"), (b"connection", b"keep-alive")], VIA_H1)
+    assert kept == [(b"close", b"1"), (b"via", VIA_H1)]
+    assert (b"close", b"1") in upstream_request_headers([(b"close", b"1")], "10.0.0.1", b"https", b"h", VIA_H1)
+
+
 def test_field_bytes_counts_name_value_and_four_from_start():
     from txgate.http.headers import field_bytes, header_lines
 
@@ -129,3 +144,21 @@ def test_field_bytes_counts_name_value_and_four_from_start():
     assert field_bytes(fields) == (1 + 2 + 4) + (4 + 0 + 4) + (3 + 4 + 4)
     assert field_bytes(fields, 2) == 3 + 4 + 4 and field_bytes(fields, 3) == 0 == field_bytes([])
     assert header_lines(fields) == b"a: bc\r\nhost: \r\nx-y: zzzz\r\n" and header_lines([]) == b""
+
+
+def test_memo_computes_a_missing_key_once_and_keeps_at_most_its_limit():
+    from txgate.http.headers import LOWER_NAMES
+    from txgate.http.memo import Memo
+
+    calls = []
+    memo = Memo(lambda k: calls.append(k) or k.upper(), 3)
+    assert memo[b"a"] == b"A" and memo[b"a"] == b"A" and calls == [b"a"]
+    for k in (b"b", b"c", b"d", b"e"):
+        assert memo[k] == k.upper()
+    assert len(memo) <= 3 and calls == [b"a", b"b", b"c", b"d", b"e"]
+    assert LOWER_NAMES[b"Content-Type"] == b"content-type" == LOWER_NAMES[b"content-TYPE"]
+    for i in range(5000):  # names that never repeat: the table stays bounded
+        assert LOWER_NAMES[b"X-N%d" % i] == b"x-n%d" % i
+    assert len(LOWER_NAMES) <= LOWER_NAMES.limit
+    long = b"X-" + b"a" * LOWER_NAMES.max_key  # a long key is computed, not kept
+    assert LOWER_NAMES[long] == long.lower() and long not in LOWER_NAMES

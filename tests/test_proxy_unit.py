@@ -20,7 +20,7 @@ class FakePool:
     def connection_ready(self, conn):
         self.ready.append(conn)
 
-    def checkin(self, conn):
+    def checkin(self, conn, now=None):
         self.checked_in.append(conn)
 
     def connection_closed(self, conn):
@@ -112,7 +112,7 @@ class RecordingConn:
         self.sent = b""
         self.paused = False
 
-    def start(self, ex, head, head_only):
+    def start(self, ex, head, head_only, request_done=False):
         self.exchange = ex
         self.sent += head
 
@@ -221,3 +221,101 @@ def test_response_head_limit_counts_fields_exactly_whatever_the_reads():
         assert over.error.message == "up: response head exceeds 4096 bytes"
         small = _answer_head(_head_of_size(1300, 0), read)
         assert small.status == 200 and small.finished and small.error is None, read
+
+
+# -- the exchange's clock readings ------------------------------------------------------------------
+class ClockPool(FakePool):
+    """A FakePool that queues requesters, or hands them ``conn`` at once when it is set."""
+
+    host_value = b"up"
+    base_path = b""
+
+    def __init__(self):
+        super().__init__()
+        self.requesters = []
+        self.conn = None
+        self.parked_at = []
+        self.last_success = None
+
+    def acquire(self, requester):
+        if self.conn is not None:
+            requester.upstream_ready(self.conn, True)
+        else:
+            self.requesters.append(requester)
+
+    def cancel(self, requester):
+        pass
+
+    def checkin(self, conn, now=None):
+        super().checkin(conn)
+        self.parked_at.append(now)
+
+
+class RecordingStream:
+    def __init__(self):
+        self.events = []
+
+    def start_response(self, status, headers, content_length):
+        self.events.append(("head", status))
+
+    def write(self, data):
+        self.events.append(("body", data))
+
+    def finish(self):
+        self.events.append(("finish",))
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+def _clocked_exchange(pool):
+    from txgate.http.exchange import RequestHead
+    from txgate.upstream.proxy import ProxyHandler, Upstream
+
+    up = Upstream("api", [pool], timeout=30, max_body_bytes=0)
+    head = RequestHead(b"GET", b"/x", b"gw", [], None, False, b"1.1")
+    stream = RecordingStream()
+    return ProxyHandler(up, stream, head, b"/x", b"\r\n", None, pool.reactor), stream
+
+
+def _ready_connection(pool):
+    conn = UpstreamConnection(pool, tls=False)
+    conn.makeConnection(StringTransport())
+    return conn
+
+
+def test_upstream_time_runs_from_the_send_to_the_read_with_the_head_and_progress_from_each_read():
+    pool = ClockPool()
+    clock = pool.reactor
+    clock.advance(10)
+    h, stream = _clocked_exchange(pool)
+    h.start()
+    assert h.last == 10 and pool.requesters == [h]
+    clock.advance(2)  # the connection comes later: the request is sent now
+    conn = _ready_connection(pool)
+    h.upstream_ready(conn, False)
+    assert h.sent_at == 12
+    clock.advance(3)
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
+    assert h.upstream_seconds == 3 and h.last == 15 and pool.last_success == 15
+    clock.advance(4)
+    conn.dataReceived(b"def")
+    assert h.last == 19 and pool.parked_at == [19] and pool.checked_in == [conn]
+    assert stream.events == [("head", 200), ("body", b"abc"), ("body", b"def"), ("finish",)]
+
+
+def test_a_connection_handed_out_at_once_is_written_at_the_start_time():
+    pool = ClockPool()
+    clock = pool.reactor
+    clock.advance(5)
+    pool.conn = _ready_connection(pool)
+    h, stream = _clocked_exchange(pool)
+    h.start()
+    assert h.sent_at == 5 == h.last
+    clock.advance(0.5)
+    pool.conn.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert h.upstream_seconds == 0.5 and stream.events == [("head", 204), ("finish",)]
+    assert pool.parked_at == [5.5]

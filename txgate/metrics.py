@@ -105,10 +105,9 @@ class Metrics:
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
         if listener is not None:
-            self.traffic.request(api, listener, status, seconds, bytes_in, bytes_out)
             upstream = getattr(handler, "upstream_seconds", None)
-            if upstream is not None:
-                self.traffic.upstream_response(api, handler.upstream_label, upstream)
+            self.traffic.request(api, listener, status, seconds, bytes_in, bytes_out,
+                                 handler.upstream_label if upstream is not None else None, upstream)
         if status >= 502:
             # The failed upstream handshake surfaces here, as the error of its one waiting request.
             err = getattr(handler, "last_error", None)

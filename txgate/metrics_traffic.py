@@ -1,12 +1,12 @@
 # -*- test-case-name: tests.test_metrics_traffic -*-
 """Traffic metrics: request, upstream and TLS handshake duration histograms, bytes, open connections.
 
-The hot path (one ``request()`` per request, one ``handshake_seconds()`` per handshake, two
-connection calls per connection) touches plain lists in dicts: one dict lookup, one ``bisect`` and a
-few integer adds, no lock, no ``labels()`` call, no string formatting. Buckets are kept
-non-cumulative (as prometheus_client's multiprocess files keep them); ``families()`` turns the
-tables into Prometheus families at scrape time, and a worker's flush (``txgate.metrics_multiprocess``)
-adds the deltas of the same rows to its multiprocess files.
+The hot path (one ``request()`` per request, its upstream response time included, one
+``handshake_seconds()`` per handshake, two connection calls per connection) touches plain lists in
+dicts: one dict lookup, one ``bisect`` and a few integer adds, no lock, no ``labels()`` call, no
+string formatting. Buckets are kept non-cumulative (as prometheus_client's multiprocess files keep
+them); ``families()`` turns the tables into Prometheus families at scrape time, and a worker's flush
+(``txgate.metrics_multiprocess``) adds the deltas of the same rows to its multiprocess files.
 
 Series::
 
@@ -68,8 +68,9 @@ class Traffic:
         self.connections: dict[str, int] = {}  # listener -> open now
 
     # -- hot path ----------------------------------------------------------------------------
-    def request(self, api: str, listener: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
-        """One finished request."""
+    def request(self, api: str, listener: str, status: int, seconds: float, bytes_in: int, bytes_out: int,
+                target: str | None = None, upstream_seconds: float | None = None) -> None:
+        """One finished request; with ``upstream_seconds``, also its upstream response time from ``target``."""
         i = status // 100
         key = (api, listener, STATUS_CLASSES[i] if 0 <= i < 6 else "none")
         row = self.requests.get(key)
@@ -79,10 +80,13 @@ class Traffic:
         row[-3] += seconds
         row[-2] += bytes_in
         row[-1] += bytes_out
-
-    def upstream_response(self, api: str, target: str, seconds: float) -> None:
-        """One upstream response head, ``seconds`` after its request was sent."""
-        _observe(self.upstream, (api, target), REQUEST_BUCKETS, seconds)
+        if upstream_seconds is not None:
+            # (the upstream row here, not through _observe: one call per request)
+            row = self.upstream.get((api, target))
+            if row is None:
+                row = self.upstream[(api, target)] = [0] * (len(REQUEST_BUCKETS) + 1) + [0.0]
+            row[bisect_left(REQUEST_BUCKETS, upstream_seconds)] += 1
+            row[-1] += upstream_seconds
 
     def handshake_seconds(self, listener: str, seconds: float) -> None:
         """One completed downstream handshake."""

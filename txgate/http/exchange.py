@@ -25,6 +25,8 @@ from typing import Protocol
 
 from twisted.logger import Logger
 
+from txgate.http.memo import Memo
+
 log = Logger()
 
 
@@ -36,6 +38,7 @@ class ConnectionInfo:
         "client_host",
         "client_port",
         "tls",
+        "scheme",
         "sni",
         "tls_version",
         "cipher",
@@ -54,16 +57,14 @@ class ConnectionInfo:
         self.client_host = client_host
         self.client_port = client_port
         self.tls = tls
+        # b"https" or b"http" (X-Forwarded-Proto, Forwarded): an attribute, read once per request.
+        self.scheme = b"https" if tls else b"http"
         self.sni: str | None = None
         self.tls_version: str | None = None
         self.cipher: str | None = None
         self.alpn: str | None = None
         # Room for later per-connection decisions (allowlists), keyed by API name.
         self.extra: dict = {}
-
-    @property
-    def scheme(self) -> bytes:
-        return b"https" if self.tls else b"http"
 
 
 class RequestHead:
@@ -75,6 +76,7 @@ class RequestHead:
         "path",
         "query",
         "authority",
+        "host",
         "headers",
         "content_length",
         "has_body",
@@ -98,6 +100,8 @@ class RequestHead:
         self.path = path
         self.query = query
         self.authority = authority
+        # The authority without its port, lower-cased, as text (for routing).
+        self.host = _HOSTS[authority]
         self.headers = headers
         self.content_length = content_length
         self.has_body = has_body
@@ -106,26 +110,15 @@ class RequestHead:
         # X-Request-Id: decided once per request (txgate.http.requestid.ensure_request_id).
         self.request_id = b""
 
-    @property
-    def host(self) -> str:
-        """The authority without its port, lower-cased, as text (for routing)."""
-        host = _HOSTS.get(self.authority)
-        return host if host is not None else _host_of(self.authority)
-
-
-_HOSTS: dict[bytes, str] = {}  # authority -> host: a connection's requests repeat theirs
-
 
 def _host_of(a: bytes) -> str:
     if a.startswith(b"["):
         end = a.find(b"]")
-        host = a[1:end].decode("latin-1").lower() if end > 0 else ""
-    else:
-        host = a.partition(b":")[0].decode("latin-1").lower()
-    if len(_HOSTS) >= 4096:
-        _HOSTS.clear()
-    _HOSTS[a] = host
-    return host
+        return a[1:end].decode("latin-1").lower() if end > 0 else ""
+    return a.partition(b":")[0].decode("latin-1").lower()
+
+
+_HOSTS = Memo(_host_of, 4096)  # authority -> host: a connection's requests repeat theirs
 
 
 class Stream(Protocol):

@@ -110,14 +110,14 @@ class _Exchange(StreamRecord):
         if tail:
             self.conn.transport.write(tail)
         self.done = True
-        self.conn.exchange_done(self, clean=True)
+        self.conn.exchange_done(self, True)
 
     def abort(self) -> None:
         if self.done:
             return
         self.done = True
         self.keep_alive = False
-        self.conn.exchange_done(self, clean=False)
+        self.conn.exchange_done(self, False)
 
     def pause_reading(self) -> None:
         if not self.done and self.conn.current is self:

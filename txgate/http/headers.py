@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from itertools import chain, islice
 
+from txgate.http.memo import Memo
+
 # Connection-specific headers: never valid in HTTP/2 (RFC 9113 8.2.2).
 H2_CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
@@ -36,6 +38,10 @@ FORWARDING = frozenset(
 FRAMING = frozenset({b"content-length", b"host"})
 
 
+# Header name as received -> lower case (``LOWER_NAMES[name]``: a lookup, not a call, for a name seen before).
+LOWER_NAMES = Memo(bytes.lower, 1024)
+
+
 def connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Header names listed in Connection headers (they are hop-by-hop too)."""
     named = set()
@@ -66,6 +72,10 @@ RESPONSE_DROP = HOP_BY_HOP | frozenset({b"content-length", REQUEST_ID})
 
 
 _REQUEST_DROP_ALL = REQUEST_DROP | frozenset({b"expect", REQUEST_ID})
+# What _filtered looks at first: the drop set, plus b"close" (a header of that name is kept unless a
+# Connection header names it: see _filtered).
+_REQUEST_FILTER = _REQUEST_DROP_ALL | frozenset({b"close"})
+_RESPONSE_FILTER = RESPONSE_DROP | frozenset({b"close"})
 _TAILS: dict[tuple[str, bytes, bytes], tuple[tuple[bytes, bytes], ...]] = {}
 
 
@@ -89,29 +99,40 @@ def _forwarding_tail(client_ip: str, proto: bytes, original_host: bytes) -> tupl
     return tail
 
 
-# "Connection: keep-alive" names only a header that is dropped anyway: no lookup of named headers.
-_ONLY_KEEP_ALIVE = frozenset({b"keep-alive", b"Keep-Alive"})
+# "Connection: keep-alive" names only a header that is dropped anyway, and "Connection: close" only a
+# header named "close", which _filtered notices by itself: no lookup of named headers for these.
+_NAMES_NOTHING_KEPT = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 
 
-def _filtered(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> tuple[list, list, bool]:
-    """One pass: kept headers, Via values, and whether a Connection header named others."""
+def _filtered(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> tuple[list, list | None, bool]:
+    """One pass: kept headers, Via values (None for none), and whether a Connection header may name a kept one.
+
+    ``drop`` holds b"close": a header of that name is kept here, and sends the caller to the
+    Connection lookup (`_less_named`), which drops it if a Connection header names it."""
     out = []
-    vias = []
+    vias = None  # (a list only when there is a Via header: most messages have none)
     named = False
     for kv in headers:
         k = kv[0]
         if k in drop:
-            if k == b"connection" and kv[1] not in _ONLY_KEEP_ALIVE:
+            if k == b"connection":
+                if kv[1] not in _NAMES_NOTHING_KEPT:
+                    named = True
+            elif k == b"close":
                 named = True
+                out.append(kv)
             continue
         if k == b"via":
-            vias.append(kv[1])
+            if vias is None:
+                vias = [kv[1]]
+            else:
+                vias.append(kv[1])
         elif k[:6] != b"proxy-":
             out.append(kv)
     return out, vias, named
 
 
-def _less_named(headers, out: list, vias: list) -> tuple[list, list]:
+def _less_named(headers, out: list, vias: list | None) -> tuple[list, list | None]:
     """Drop the headers a Connection header named (rare: only then is it looked up)."""
     names = connection_named(headers)
     return [kv for kv in out if kv[0] not in names], ([] if b"via" in names else vias)
@@ -139,7 +160,7 @@ def upstream_request_headers(
     request_id: bytes = b"",
 ) -> list[tuple[bytes, bytes]]:
     """Headers to send upstream (Host aside): client headers less hop-by-hop and forwarding ones, plus ours."""
-    out, vias, named = _filtered(headers, _REQUEST_DROP_ALL)
+    out, vias, named = _filtered(headers, _REQUEST_FILTER)
     if named:
         out, vias = _less_named(headers, out, vias)
     tail = _TAILS.get((client_ip, proto, original_host))  # (the cache looked up without a call)
@@ -154,7 +175,7 @@ def downstream_response_headers(
     headers: list[tuple[bytes, bytes]], via: bytes
 ) -> list[tuple[bytes, bytes]]:
     """Headers to send to the client: upstream headers less hop-by-hop ones, plus Via."""
-    out, vias, named = _filtered(headers, RESPONSE_DROP)
+    out, vias, named = _filtered(headers, _RESPONSE_FILTER)
     if named:
         out, vias = _less_named(headers, out, vias)
     out.append(_via(vias, via) if vias else (b"via", via))

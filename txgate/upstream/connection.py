@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from txgate.errors import UpstreamHeadersTooLarge, UpstreamProtocolError, UpstreamTruncated
 from txgate.http.closing import abort_connection
-from txgate.http.headers import field_bytes
+from txgate.http.headers import LOWER_NAMES, field_bytes
 from txgate.directwrite import no_delay
 from txgate.tls.serverconn import hold_writes, release_writes
 
@@ -56,6 +56,10 @@ class UpstreamConnection(Protocol):
         self.handshake_timer = None
         self.read_paused = False
         self.max_head = getattr(pool, "max_response_header_bytes", 65536)
+        # When the read being parsed came (one clock read per read): the exchange's progress and
+        # response times, and the pool's idle mark when the response ends in it, are taken from it.
+        self._clock = pool.reactor.seconds
+        self.read_at = 0.0
         # Response head bytes of this exchange (interim 1xx heads included): the fields counted so far
         # (field_bytes of _headers[:_counted]) and the raw bytes of each read that ended inside a head.
         # Fields are counted at the end of such a read and when a head completes, not one by one: a
@@ -138,12 +142,12 @@ class UpstreamConnection(Protocol):
             abort_connection(self.transport)
 
     # -- one exchange -----------------------------------------------------------------
-    def start(self, exchange, head: bytes, head_only: bool) -> None:
-        """Send a request head; body follows through write_body/end_body."""
+    def start(self, exchange, head: bytes, head_only: bool, request_done: bool = False) -> None:
+        """Send a request head; body follows through write_body/end_body, unless ``request_done`` (all in ``head``)."""
         self.exchange = exchange
         self.response_started = False
         self.response_done = False
-        self.request_done = False
+        self.request_done = request_done
         self._head_bytes = 0
         self._content_length = None
         self._body_bytes = 0
@@ -163,12 +167,12 @@ class UpstreamConnection(Protocol):
         if self.response_done:
             self._release()
 
-    def _release(self) -> None:
+    def _release(self, now: float | None = None) -> None:
         self.exchange = None
         if self.read_paused:
             # Paused by the downstream of the exchange that just ended: it will not resume us.
             self.resume_reading()
-        self.pool.checkin(self)
+        self.pool.checkin(self, now)
 
     # -- backpressure ---------------------------------------------------------------
     def pauseProducing(self) -> None:
@@ -204,6 +208,7 @@ class UpstreamConnection(Protocol):
         in_head = not self.response_started
         error = None
         self._feed = len(data)
+        self.read_at = self._clock()
         # What this read makes the client's side write (head, body chunks, end) leaves in one send.
         started = hold_writes()
         try:
@@ -219,9 +224,13 @@ class UpstreamConnection(Protocol):
                 # The response ended in this read. Anything after it answered nothing (on_message_begin
                 # stopped the parser there): the connection is out of step and is not reused.
                 self._completed = False
-                if error is not None or self.parser_stopped:
+                if error is not None or self.parser_stopped or not self.request_done:
+                    # (not request_done: the upstream answered before the request body ended; it
+                    # won't read the rest)
                     self.no_reuse = True
-                self._finish()
+                if self.exchange is ex:
+                    self._release(self.read_at)
+                    ex.response_finished()
                 return
             if error is None and in_head and not self.response_started:
                 # A head still incomplete: httptools buffers a partial line itself, so count raw
@@ -247,7 +256,7 @@ class UpstreamConnection(Protocol):
         self._counted = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        self._headers.append((LOWER_NAMES[name], value))
 
     def _count_fields(self) -> None:
         self._head_bytes += field_bytes(self._headers, self._counted)
@@ -289,7 +298,7 @@ class UpstreamConnection(Protocol):
         if self.exchange is not None and ex.head_only:
             self.response_done = True
             self.request_done = True
-            self._release()
+            self._release(self.read_at)
             ex.response_finished()
 
     def on_body(self, body: bytes) -> None:
@@ -299,19 +308,10 @@ class UpstreamConnection(Protocol):
             ex.response_body(body)
 
     def on_message_complete(self) -> None:
-        if self.parser.get_status_code() < 200:
-            return
+        if not self.response_started:
+            return  # the end of an interim (1xx) response: its final one follows
         self.response_done = True
         if self.exchange is not None:
             # Finished once feed_data returns, so bytes after the response are seen first.
             self._completed = True
 
-    def _finish(self) -> None:
-        ex = self.exchange
-        if ex is None:
-            return
-        if not self.request_done:
-            # The upstream answered before the request body ended: it won't read the rest.
-            self.no_reuse = True
-        self._release()
-        ex.response_finished()

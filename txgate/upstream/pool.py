@@ -110,18 +110,7 @@ class TargetPool:
         self.pending_connections.pop(conn, None)
         self.connecting -= 1
         self.all.add(conn)
-        self._hand_out(conn)
-
-    def _hand_out(self, conn: UpstreamConnection) -> None:
-        if self.waiters and not self.closed:
-            requester = self.waiters.popleft()
-            conn.checked_out = True
-            self.busy += 1
-            requester.upstream_ready(conn, False)
-        elif self.closed:
-            conn.close()
-        else:
-            self._park(conn)
+        self.checkin(conn)
 
     def connection_failed(self, conn: UpstreamConnection, reason) -> None:
         """The connection closed before it was ready (TLS failure, reset during handshake)."""
@@ -155,8 +144,9 @@ class TargetPool:
             return UpstreamUnavailable(f"{self.label}: host name lookup failed")
         return UpstreamUnavailable(f"{self.label}: {exc.__class__.__name__}: {exc}")
 
-    def checkin(self, conn: UpstreamConnection) -> None:
-        """An exchange ended: reuse the connection if it is clean, else close it."""
+    def checkin(self, conn: UpstreamConnection, now: float | None = None) -> None:
+        """A connection is free (new, or its exchange ended): hand it to the first waiter or park it if
+        it is clean, else close it (``now``: the clock, when the caller has read it)."""
         if conn.checked_out:
             conn.checked_out = False
             self.busy -= 1
@@ -165,9 +155,17 @@ class TargetPool:
             self._maybe_connect_for_waiters()
             return
         if self.waiters:
-            self._hand_out(conn)
-        else:
-            self._park(conn)
+            requester = self.waiters.popleft()
+            conn.checked_out = True
+            self.busy += 1
+            requester.upstream_ready(conn, False)
+            return
+        # Idle expiry by timestamp and one sweep per pool, not a timer per parked connection
+        # (a connection is parked after every request on a busy route).
+        conn.idle_since = self.reactor.seconds() if now is None else now
+        self.idle.append(conn)
+        if self._sweep_call is None:
+            self._sweep_call = self.reactor.callLater(IDLE_TIMEOUT / 2, self._sweep_idle)
 
     def connection_closed(self, conn: UpstreamConnection) -> None:
         """A ready connection went away (idle close by the server, or after use)."""
@@ -189,14 +187,6 @@ class TargetPool:
             and self.connecting < len(self.waiters)
         ):
             self._connect()
-
-    def _park(self, conn: UpstreamConnection) -> None:
-        # Idle expiry by timestamp and one sweep per pool, not a timer per parked connection
-        # (a connection is parked after every request on a busy route).
-        conn.idle_since = self.reactor.seconds()
-        self.idle.append(conn)
-        if self._sweep_call is None:
-            self._sweep_call = self.reactor.callLater(IDLE_TIMEOUT / 2, self._sweep_idle)
 
     def _sweep_idle(self) -> None:
         self._sweep_call = None

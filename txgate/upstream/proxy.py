@@ -32,15 +32,6 @@ class Upstream:
         self.tick = min(0.25, timeout / 4)
         self._tick_call = None
 
-    def track(self, handler, clock) -> int:
-        """Watch a handler in flight for `timeout`; the index of its first pool (round robin)."""
-        self.active[handler] = None
-        if self._tick_call is None:
-            self._tick_call = clock.callLater(self.tick, self._sweep, clock)
-        i = self.rr
-        self.rr = (i + 1) % len(self.pools)
-        return i
-
     def _sweep(self, clock) -> None:
         self._tick_call = None
         cutoff = clock.seconds() - self.timeout + 1e-9
@@ -64,7 +55,7 @@ class ProxyHandler:
         "upstream", "stream", "clock", "method", "target", "header_block", "host_override", "head_only", "chunked", "api", "upstream_label",
         "conn", "pool", "tried", "buffer", "buffered", "body_done", "done", "started", "sent_body",
         "last", "last_error", "reused", "body_bytes", "paused_downstream", "retryable", "client_paused",
-        "sent_at", "upstream_seconds",
+        "sent_at", "upstream_seconds", "starting",
     )
 
     def __init__(self, upstream: Upstream, stream, head, target: bytes, header_block: bytes,
@@ -85,7 +76,7 @@ class ProxyHandler:
         self.conn = None
         self.pool = None
         self.tried = 0
-        self.buffer: list[bytes] = []
+        self.buffer: list[bytes] | None = None  # made with the first chunk (most requests have none)
         self.buffered = 0
         self.body_done = not head.has_body
         self.done = False
@@ -100,14 +91,22 @@ class ProxyHandler:
         self.retryable = not head.has_body and head.method in IDEMPOTENT
         self.sent_at = 0.0
         self.upstream_seconds: float | None = None  # request sent -> response head (metrics)
+        self.starting = False  # in the first start(): a connection handed out now is written to at its time
 
     # -- start -------------------------------------------------------------------------
-    def start(self) -> None:
-        self.last = self.clock.seconds()
-        self._try(self.upstream.track(self, self.clock))
-
-    def _try(self, index: int) -> None:
-        pools = self.upstream.pools
+    def start(self, index: int | None = None) -> None:
+        """Watch the request for the API's timeout and ask the API's next pool (round robin) for a
+        connection; with ``index`` (a connection could not be made), ask the pool at that index."""
+        up = self.upstream
+        pools = up.pools
+        if index is None:
+            self.last = self.clock.seconds()
+            up.active[self] = None
+            if up._tick_call is None:
+                up._tick_call = self.clock.callLater(up.tick, up._sweep, self.clock)
+            index = up.rr
+            up.rr = (index + 1) % len(pools)
+            self.starting = True
         pool = pools[index % len(pools)]
         self.pool = pool
         self.upstream_label = pool.label
@@ -116,6 +115,7 @@ class ProxyHandler:
             pool.acquire(self)
         except UpstreamBusy as e:
             self._fail(e)
+        self.starting = False
 
     def upstream_ready(self, conn, reused: bool) -> None:
         if self.done:
@@ -128,24 +128,22 @@ class ProxyHandler:
         pool = self.pool
         head = b"".join((self.method, b" ", pool.base_path, self.target, b" HTTP/1.1\r\nhost: ",
                          self.host_override or pool.host_value, b"\r\n", self.header_block))
-        self.sent_at = self.clock.seconds()
+        self.sent_at = self.last if self.starting else self.clock.seconds()
         # The head, the body read meanwhile and its end go out in one write.
         if self.buffer or (self.body_done and self.chunked):
             out = [head]
             if self.buffer:
                 self.sent_body = True
                 out.extend(self._framed(chunk) for chunk in self.buffer)
-                self.buffer = []
+                self.buffer = None
                 self.buffered = 0
             if self.body_done:
                 out.append(self._body_tail())
             head = b"".join(out)
-        conn.start(self, head, self.head_only)
+        conn.start(self, head, self.head_only, self.body_done)
         if self.paused_downstream:
             self.paused_downstream = False
             self.stream.resume_reading()
-        if self.body_done:
-            conn.end_body(b"")
 
     def upstream_failed(self, pool, err: GatewayError) -> None:
         if self.done:
@@ -160,7 +158,7 @@ class ProxyHandler:
                 api=self.api, target=self.upstream_label, code=err.code, reason=err.message,
                 request_id=stream_request_id(self.stream).decode("ascii"),
             )
-            self._try(self.upstream.pools.index(pool) + 1)
+            self.start(self.upstream.pools.index(pool) + 1)
             return
         self._fail(err)
 
@@ -174,7 +172,10 @@ class ProxyHandler:
             self._fail(RequestTooLarge(f"request body exceeds {limit} bytes"))
             return
         if self.conn is None:
-            self.buffer.append(data)
+            if self.buffer is None:
+                self.buffer = [data]
+            else:
+                self.buffer.append(data)
             self.buffered += len(data)
             if self.buffered > BUFFER_LIMIT and not self.paused_downstream:
                 self.paused_downstream = True
@@ -214,20 +215,28 @@ class ProxyHandler:
         if self.done:
             return
         self.started = True
-        self.last = self.clock.seconds()
-        self.upstream_seconds = self.last - self.sent_at
-        self.pool.last_success = self.last
+        self.last = now = self.conn.read_at  # (the clock when this read came: UpstreamConnection)
+        self.upstream_seconds = now - self.sent_at
+        self.pool.last_success = now
         self.stream.start_response(status, downstream_response_headers(headers, VIA_H1), content_length)
 
     def response_body(self, data: bytes) -> None:
         if not self.done:
-            self.last = self.clock.seconds()  # progress: the timeout counts from here
+            self.last = self.conn.read_at  # progress: the timeout counts from here
             self.stream.write(data)
 
     def response_finished(self) -> None:
         if self.done:
             return
-        self._end()
+        # _end inline (one call less per request): the connection calls here once it has let go of
+        # this exchange (released, or lost), so there is nothing to cancel, and nothing to close.
+        self.done = True
+        self.upstream.active.pop(self, None)
+        conn = self.conn
+        self.conn = None
+        if conn is not None and conn.exchange is self:  # (never, as the connection calls; as in _end)
+            conn.close()
+        self.paused_downstream = False
         self.stream.finish()
 
     def pause_producing(self) -> None:
