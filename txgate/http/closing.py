@@ -4,8 +4,9 @@
 `loseConnection()` on a TLS transport sends close_notify and then waits for the peer's, with the
 TCP connection (and its slot under `max_connections`) held meanwhile: a client that never answers
 keeps it forever, and keeps being read (and decrypted) all that time. `Closer` gives the peer a
-short grace period once everything we wrote has left, then aborts; while our own data is still
-draining to a slow reader it waits, as long as the reader makes progress.
+short grace period once everything we wrote has reached it, then aborts; while our own data is still
+draining to a slow reader it waits, as long as the reader makes progress. "Reached" counts the
+kernel's send queue too: an abort is a reset, and a reset drops what the peer has not acknowledged.
 
 A connection keeps one timer from its accept to its end: the close takes over the connection's
 timer when it is due by the end of the grace (it then fires early and is re-armed for the rest),
@@ -15,17 +16,36 @@ Twisted timer sooner is a linear search of the reactor's heap; a second timer is
 """
 from __future__ import annotations
 
+import sys
+
 from txgate.directwrite import _tcp_transport
+
+try:
+    from fcntl import ioctl
+    from termios import TIOCOUTQ as _OUTQ  # SIOCOUTQ on a TCP socket (Linux): unsent + unacknowledged
+except ImportError:  # pragma: no cover - not POSIX
+    _OUTQ = None
 
 GRACE = 2.0  # seconds for the peer's close_notify once our data has left
 STALL = 30.0  # seconds without draining progress before a slow reader is cut
 
 
 def _unsent(transport) -> int:
+    """What we wrote that the peer has not received yet: the transport's buffer and the kernel's
+    send queue (sent bytes not acknowledged yet: an abort's reset would drop them too)."""
     t = _tcp_transport(transport)
     if t is None:
         return 0
-    return len(t.dataBuffer) - t.offset + t._tempDataLen
+    return len(t.dataBuffer) - t.offset + t._tempDataLen + _kernel_unacked(getattr(t, "socket", None))
+
+
+def _kernel_unacked(skt) -> int:
+    if skt is None or _OUTQ is None:
+        return 0
+    try:
+        return int.from_bytes(ioctl(skt.fileno(), _OUTQ, bytes(4)), sys.byteorder, signed=True)
+    except (OSError, ValueError):
+        return 0
 
 
 def abort_connection(transport, fallback=None) -> None:
