@@ -44,8 +44,10 @@ def h2load_path() -> str:
 
 
 def run_h2load(pm: _procs.Procs, url: str, *, h1: bool, clients: int, streams: int, duration: float,
-               cpu, log_file=None, extra=()) -> dict:
-    args = [h2load_path(), "-c", str(clients), "-m", str(streams), "-t", "1", "-D", f"{int(duration * 1000)}ms"]
+               cpu, log_file=None, extra=(), count: int = 0) -> dict:
+    """h2load for ``duration`` seconds, or for ``count`` requests in all when given."""
+    args = [h2load_path(), "-c", str(clients), "-m", str(streams), "-t", "1"]
+    args += ["-n", str(count)] if count else ["-D", f"{int(duration * 1000)}ms"]
     if h1:
         args.append("--h1")
     if log_file:
@@ -70,6 +72,7 @@ def run_h2load(pm: _procs.Procs, url: str, *, h1: bool, clients: int, streams: i
     m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
     res["2xx"] = int(m.group(1))
     res["non_2xx"] = sum(int(m.group(i)) for i in (2, 3, 4))
+    res["5xx"] = int(m.group(4))  # h2load also counts these as failed
     m = re.search(r"Application protocol: (\S+)", text)
     res["alpn"] = m.group(1) if m else None
     res["lat_us"] = []
@@ -83,6 +86,26 @@ def run_h2load(pm: _procs.Procs, url: str, *, h1: bool, clients: int, streams: i
         lat.sort()
         res["lat_us"] = lat
     return res
+
+
+def bursts(pm: _procs.Procs, port: int, *, clients: int, duration: float, cpu) -> dict:
+    """Scenario 3b: ``h2load --h1 -c N -n N`` (N connections opened at once, one request each, then closed),
+    burst after burst until ``duration`` has passed; the counts summed, the rate over the bursts' own time."""
+    total: dict = {"done": 0, "succeeded": 0, "failed": 0, "errored": 0, "timeout": 0, "2xx": 0, "non_2xx": 0, "5xx": 0,
+                   "elapsed": 0.0, "lat_us": [], "bursts": 0}
+    end = time.monotonic() + duration
+    while True:
+        res = run_h2load(pm, f"https://127.0.0.1:{port}/", h1=True, clients=clients, streams=1, duration=0,
+                         cpu=cpu, count=clients)
+        for k in ("done", "succeeded", "failed", "errored", "timeout", "2xx", "non_2xx", "5xx", "elapsed"):
+            total[k] += res[k]
+        total["bursts"] += 1
+        total["cmd"], total["alpn"] = res["cmd"], res["alpn"]
+        if time.monotonic() >= end:
+            break
+    total["succeeded"] = total["2xx"]  # a connection counts when it got a 2xx answer
+    total["rps"] = total["succeeded"] / total["elapsed"] if total["elapsed"] else 0.0
+    return total
 
 
 # -- scenario 3: one new TLS connection per request ------------------------------------------------

@@ -16,6 +16,7 @@ SHORT = {
     "3": "(3) new TLS conn/request",
     "3r": "(3r) resumed TLS conn/req",
     "3m": "(3m) mTLS new conn/request",
+    "3b": "(3b) bursts of new TLS conns",
     "baseline": "(1) plain HTTP, no proxy",
 }
 

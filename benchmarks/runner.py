@@ -26,13 +26,14 @@ from . import report as _report
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TARGETS = _report.GOALS  # one txgate process on one core
-UNITS = {"1": "req/s", "2": "req/s", "3": "conn/s", "3r": "conn/s", "3m": "conn/s", "baseline": "req/s"}
+UNITS = {"1": "req/s", "2": "req/s", "3": "conn/s", "3r": "conn/s", "3m": "conn/s", "3b": "conn/s", "baseline": "req/s"}
 TITLES = {
     "1": "(1) HTTP/1.1 keep-alive over TLS",
     "2": "(2) HTTP/2 over TLS, {streams} streams/conn",
     "3": "(3) new TLS connection per request",
     "3r": "(3r) resumed TLS connection per request",
     "3m": "(3m) new mTLS connection per request",
+    "3b": "(3b) bursts of {burst} new TLS connections, one request each",
     "baseline": "nginx direct (no gateway, no TLS), h1 plain",
 }
 
@@ -57,7 +58,11 @@ def parse_args(argv=None):
                         "TLS with --streams streams per connection, 3 = a new TLS connection per "
                         "request; 3r = the same with each openssl s_time process resuming its session "
                         "(-reuse), 3m = new connections presenting a client certificate to a listener "
-                        "that requires one (3r and 3m need openssl) (default 1,2,3)")
+                        "that requires one (3r and 3m need openssl); 3b = bursts of --burst new TLS "
+                        "connections opened at once, one HTTP/1.1 request each (h2load --h1 -c N -n N), "
+                        "back to back for the duration (default 1,2,3)")
+    p.add_argument("--burst", type=int, default=1500,
+                   help="new connections per burst in scenario 3b (default 1500, as issue 16's table)")
     p.add_argument("--connections", type=int, default=None,
                    help="concurrent connections for scenarios 1 and 2 and the baseline "
                         "(default 20 for 1 and the baseline, 10 for 2)")
@@ -133,7 +138,7 @@ def parse_args(argv=None):
         p.error("--profile: with --workers 1 only (it profiles the process twistd started)")
     bad = [s for s in a.scenarios if s not in TITLES or s == "baseline"]
     if bad:
-        p.error(f"--scenario: unknown {','.join(bad)} (choose from 1,2,3,3r,3m)")
+        p.error(f"--scenario: unknown {','.join(bad)} (choose from 1,2,3,3r,3m,3b)")
     a.h2_engines = [s.strip() for s in a.h2_engine.split(",") if s.strip()]
     bad = [s for s in a.h2_engines if s not in ("auto", "native", "python")]
     if bad or not a.h2_engines:
@@ -241,7 +246,7 @@ def tree_comparison(rows) -> list[str]:
 def cpu_split(rows) -> list[str]:
     """Per new-connection scenario: each server's CPU per connection split into user space and kernel."""
     out = []
-    for key in ("3", "3r", "3m"):
+    for key in ("3", "3r", "3m", "3b"):
         parts = [f"{r['server']} {r['server_user_us_per_req']:.0f} + {r['server_sys_us_per_req']:.0f}"
                  for r in rows if r["scenario"] == key and r.get("server_user_us_per_req") is not None]
         if parts:
@@ -267,12 +272,13 @@ def peer_comparison(rows) -> list[str]:
 def _row(key, res, gw_cpu, load_cpu, args, note="", server="txgate", engine=None):
     lat = res["lat_us"]
     n = res["succeeded"]
-    errors = res["failed"] + res["errored"] + res["timeout"] + res["non_2xx"]
+    # (h2load's "failed" already holds the 5xx answers: counted once)
+    errors = res["failed"] + res["errored"] + res["timeout"] + res["non_2xx"] - res.get("5xx", 0)
     row = {
         "scenario": key,
         "server": server + (f" {engine}" if engine else ""),  # e.g. "txgate native"
         "engine": engine,
-        "title": TITLES[key].format(streams=args.streams),
+        "title": TITLES[key].format(streams=args.streams, burst=args.burst),
         "command": res["cmd"],
         "alpn": res.get("alpn"),
         "rate": round(res["rps"], 1),
@@ -337,6 +343,8 @@ def main(argv=None) -> int:
     if args.idle:
         return _idle.main(args, gw_cpu, load_cpu, log)
     _load.h2load_path()
+    if "3b" in args.scenarios:  # the gateway, the peer and h2load inherit it: a burst holds 2 descriptors a client
+        _procs.raise_nofile(2 * args.burst + 1024)
     tmp = tempfile.mkdtemp(prefix="txgate-bench-")
     pm = _procs.Procs()
     rows, profiles = [], []
@@ -362,7 +370,7 @@ def main(argv=None) -> int:
             target_url = (f"http://127.0.0.1:{be.port}/" if key == "baseline"
                           else f"https://127.0.0.1:{server.port}/")
             engine = None if key == "baseline" or peer or args.h2_engines == ["auto"] else engine
-            name = (TITLES[key].format(streams=args.streams) + (f" ({peer or label})" if peer or label != "txgate" else "")
+            name = (TITLES[key].format(streams=args.streams, burst=args.burst) + (f" ({peer or label})" if peer or label != "txgate" else "")
                     + (f" [h2 {engine}]" if engine else ""))
 
             def run(duration, log_file=None):
@@ -371,6 +379,8 @@ def main(argv=None) -> int:
                         pm, server.mtls_port if key == "3m" else server.port, clients=args.tls_clients,
                         duration=duration, cpu=load_cpu, tmp=tmp, reuse=key == "3r",
                         cert=client_pki[1:] if key == "3m" else None)
+                if key == "3b":
+                    return _load.bursts(pm, server.port, clients=args.burst, duration=duration, cpu=load_cpu)
                 if key == "3":
                     return _load.new_connections(pm, server.port, workers=args.tls_clients, duration=duration,
                                                  cpu=load_cpu)
@@ -485,7 +495,9 @@ def main(argv=None) -> int:
                 f"{args.duration:g}s per run after {args.warmup:g}s warm-up; "
                 f"connections: 1 = {args.connections or 20}, 2 = {args.connections or 10} x {args.streams} "
                 f"streams, 3 = {args.tls_clients} "
-                f"{'openssl s_time' if args.tls_client == 'openssl' else 'Python ssl client'} processes; access_log "
+                f"{'openssl s_time' if args.tls_client == 'openssl' else 'Python ssl client'} processes"
+                f"{f', 3b = bursts of {args.burst} (h2load --h1 -c {args.burst} -n {args.burst})' if '3b' in args.scenarios else ''}"
+                f"; access_log "
                 f"{'on' if args.access_log else 'off'}; {time.strftime('%Y-%m-%d %H:%M:%S')}")
         notes = engine_comparison(rows) + tree_comparison(rows) + peer_comparison(rows)
         st = [r for r in rows if r.get("tls") and r["scenario"] == "3"]

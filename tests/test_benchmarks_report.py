@@ -97,6 +97,27 @@ def test_nginx_peer_terminates_tls_and_proxies(tmp_path, backend):
         pm.stop_all()
 
 
+@pytest.mark.skipif(nginx_path() is None, reason="nginx is not installed")
+def test_burst_scenario_opens_n_connections_at_once_and_counts_each_answer_once(tmp_path, backend):
+    """Scenario 3b: h2load --h1 -c N -n N through a real TLS proxy; a 5xx is one error, not two."""
+    from benchmarks import load
+    from benchmarks.peers import start_nginx_proxy
+
+    pm = procs.Procs()
+    try:
+        peer = start_nginx_proxy(pm, str(tmp_path), backend.port, None)
+        before = len(backend.requests)
+        res = load.bursts(pm, peer.port, clients=40, duration=0, cpu=None)
+        assert (res["bursts"], res["done"], res["succeeded"], res["5xx"]) == (1, 40, 40, 0)
+        assert "-c 40" in res["cmd"] and "-n 40" in res["cmd"] and "--h1" in res["cmd"]
+        assert len(backend.requests) - before == 40
+    finally:
+        pm.stop_all()
+    args = runner.parse_args(["--scenario", "3b", "--burst", "40"])
+    row = runner._row("3b", dict(res, failed=3, **{"5xx": 3, "non_2xx": 4}), 0.1, 0.1, args)
+    assert row["errors"] == 4 and row["unit"] == "conn/s" and "bursts of 40" in row["title"]
+
+
 def test_engine_rows_fit_and_compare_txgate_only():
     def eng(scenario, engine, rate, cpu_us, note=""):
         args = runner.parse_args(["--scenario", "1,2,3", "--tls-client", "python"])
