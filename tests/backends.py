@@ -77,16 +77,8 @@ class StreamingBackend:
                         break
                     k, _, v = h.decode("latin-1").partition(":")
                     headers[k.strip().lower()] = v.strip()
-                if target.startswith("/download/"):
-                    self._download(conn, int(target.split("/")[2]))
-                elif target.startswith("/upload"):
-                    n = self._consume(f, headers)
-                    self.uploads.append(n)
-                    body = json.dumps({"received": n}).encode()
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-                else:
-                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                if not self._answer(conn, f, target, headers):
+                    return
         except (OSError, ValueError):
             return
         finally:
@@ -94,6 +86,20 @@ class StreamingBackend:
                 conn.close()
             except OSError:
                 pass
+
+    def _answer(self, conn: socket.socket, f, target: str, headers: dict) -> bool:
+        """Answer one request whose head was read; False ends the connection."""
+        if target.startswith("/download/"):
+            self._download(conn, int(target.split("/")[2]))
+        elif target.startswith("/upload"):
+            n = self._consume(f, headers)
+            self.uploads.append(n)
+            body = json.dumps({"received": n}).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        else:
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        return True
 
     def _download(self, conn: socket.socket, n: int) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
