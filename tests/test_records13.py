@@ -387,3 +387,51 @@ def test_each_suites_key_and_iv_are_hkdf_expand_label_of_the_secret_and_of_its_u
             direction.update(records.suite)
         secret = label(secret, b"traffic upd", algorithm.digest_size)
         assert records.read.secret == records.write.secret == secret
+
+
+def _records13_without_hashlib(monkeypatch):
+    """A second copy of `records13` imported as on a CPython without ``_hashlib``: its fallback."""
+    import hmac
+    import importlib.util
+    import sys
+
+    from txgate.tls import records13
+
+    monkeypatch.setitem(sys.modules, "_hashlib", None)  # `from _hashlib import ...` raises ImportError
+    spec = importlib.util.spec_from_file_location("records13_without_hashlib", records13.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module._hmac_new is hmac.new and records13._hmac_new is not hmac.new
+    return module
+
+
+def test_without_hashlib_the_rfc_8448_trace_still_matches(monkeypatch):
+    fallback = _records13_without_hashlib(monkeypatch)
+    client, server = bytes.fromhex(RFC8448_CLIENT_SECRET), bytes.fromhex(RFC8448_SERVER_SECRET)
+    records = fallback.Records("TLS_AES_128_GCM_SHA256", client, server, write_seq=1)
+    assert records.read.iv == int(RFC8448_CLIENT_IV, 16) and records.write.iv == int(RFC8448_SERVER_IV, 16)
+    assert records.unprotect(bytes.fromhex(RFC8448_CLIENT_RECORD)) == [bytes(range(50))]
+    records.protect(bytes(range(50)))
+    assert records.take_output().hex() == RFC8448_SERVER_RECORD
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_without_hashlib_each_suites_keys_ivs_and_updates_are_the_same(monkeypatch, suite):
+    """The fallback (hmac.new) and _hashlib.hmac_new give the same key and IV, generation after
+    generation: each side reads the other's records through three key updates."""
+    fallback = _records13_without_hashlib(monkeypatch)
+    size = 48 if suite.endswith("SHA384") else 32
+    c, s = bytes(range(7, 7 + size)), bytes(range(200, 200 + size))
+    ours, theirs = Records(suite, c, s), fallback.Records(suite, s, c)
+    for generation in range(4):
+        assert ours.read.iv == theirs.write.iv and ours.write.iv == theirs.read.iv
+        assert ours.read.secret == theirs.write.secret and ours.write.secret == theirs.read.secret
+        ours.protect(b"to them %d" % generation)
+        theirs.protect(b"to us %d" % generation)
+        assert theirs.unprotect(ours.take_output()) == [b"to them %d" % generation]
+        assert ours.unprotect(theirs.take_output()) == [b"to us %d" % generation]
+        theirs._protect_one(b"\x18\x00\x00\x01\x01", HANDSHAKE)  # update_requested: both keys move on
+        theirs.write.update(theirs.suite)
+        assert ours.unprotect(theirs.take_output()) == []
+        ours.protect(b"")  # our answer (their read key moves on as they read it), then our new key
+        assert theirs.unprotect(ours.take_output()) == []

@@ -169,7 +169,8 @@ def test_an_all_padding_record_is_unexpected_message():
 def test_records_of_the_largest_sizes():
     server, client = pair()
     client.protect(b"m" * MAX_PLAINTEXT)
-    client._protect_one(b"p" * (MAX_PLAINTEXT - 300) + bytes((APPLICATION_DATA,)) + b"\x00" * 300, 0)  # padded
+    # padded to the limit: content, type, 299 zeros and _protect_one's "type" 0 are 2^14 + 1 bytes
+    client._protect_one(b"p" * (MAX_PLAINTEXT - 300) + bytes((APPLICATION_DATA,)) + b"\x00" * 299, 0)
     assert server.unprotect(client.take_output()) == [b"m" * MAX_PLAINTEXT, b"p" * (MAX_PLAINTEXT - 300)]
     client._protect_one(b"o" * (MAX_PLAINTEXT + 1), APPLICATION_DATA)  # content over 2^14
     with pytest.raises(RecordError) as e:
@@ -184,6 +185,29 @@ def test_records_of_the_largest_sizes():
     with pytest.raises(RecordError) as e:
         server.unprotect(b"\x17\x03\x03" + (MAX_CIPHERTEXT + 1).to_bytes(2, "big"))
     assert e.value.alert == RECORD_OVERFLOW
+
+
+@pytest.mark.parametrize("content", [0, 1, 100, MAX_PLAINTEXT])
+def test_padding_beyond_2_14_plus_1_bytes_of_inner_plaintext_is_record_overflow(content):
+    """Section 5.4: the whole TLSInnerPlaintext (content, type, padding) is at most 2^14 + 1 bytes;
+    padding that takes it past is refused with record_overflow, however short the content (as
+    BoringSSL does), while up to the limit is read (the largest-sizes test above)."""
+    for suite in SUITES:
+        server, client = pair(suite)
+        # one byte over: content, type, zeros and _protect_one's "type" 0 are 2^14 + 2 bytes
+        client._protect_one(b"q" * content + bytes((APPLICATION_DATA,)) + b"\x00" * (MAX_PLAINTEXT - content), 0)
+        wire = client.take_output()
+        assert len(wire) == 5 + MAX_PLAINTEXT + 2 + 16
+        with pytest.raises(RecordError) as e:
+            server.unprotect(wire)
+        assert e.value.alert == RECORD_OVERFLOW, suite
+    server, client = pair()  # padded to the longest ciphertext a record may have (2^14 + 256)
+    client._protect_one(b"x" + bytes((APPLICATION_DATA,)) + b"\x00" * (MAX_CIPHERTEXT - 16 - 3), 0)
+    wire = client.take_output()
+    assert len(wire) == 5 + MAX_CIPHERTEXT
+    with pytest.raises(RecordError) as e:
+        server.unprotect(wire)
+    assert e.value.alert == RECORD_OVERFLOW and "TLSInnerPlaintext" in str(e.value)
 
 
 def test_nothing_after_close_notify_is_read():

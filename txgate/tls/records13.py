@@ -42,7 +42,9 @@ KEY_UPDATE = 24
 MAX_PLAINTEXT = 1 << 14  # bytes of content in one record (2^14)
 MAX_CIPHERTEXT = MAX_PLAINTEXT + 256  # TLSCiphertext.length at most (section 5.2)
 TAG = 16  # every suite here has a 16-byte tag
-_MAX_UNPADDED = MAX_PLAINTEXT + 1 + TAG  # a record no longer cannot carry over 2^14 bytes of content
+# TLSCiphertext.length at most for a TLSInnerPlaintext (content, type and padding) of 2^14 + 1 bytes
+# (section 5.4): a longer record that authenticates is record_overflow, padded or not.
+_MAX_INNER = MAX_PLAINTEXT + 1 + TAG
 
 # Alert descriptions (section 6)
 CLOSE_NOTIFY = 0
@@ -189,6 +191,8 @@ class Records:
             except InvalidTag:
                 raise RecordError(BAD_RECORD_MAC, "record failed authentication") from None
             pos = end
+            if length > _MAX_INNER:
+                raise RecordError(RECORD_OVERFLOW, "TLSInnerPlaintext over 2^14 + 1 bytes")
             # TLSInnerPlaintext: content, then its type, then zeros (none, usually: no copy then).
             inner_type = inner[-1]
             if not inner_type:
@@ -196,8 +200,6 @@ class Records:
                 if not inner:
                     raise RecordError(UNEXPECTED_MESSAGE, "record with no content type")
                 inner_type = inner[-1]
-            if length > _MAX_UNPADDED and len(inner) - 1 > MAX_PLAINTEXT:
-                raise RecordError(RECORD_OVERFLOW, "record content over 2^14 bytes")
             content = inner[:-1]
             if inner_type == APPLICATION_DATA and not self._hs:
                 if content:
