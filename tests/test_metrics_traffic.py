@@ -145,14 +145,20 @@ def test_real_traffic_fills_the_histograms(gateway_factory, backend, workers):
     assert requests(gw.port, "/nowhere", 2) == [404] * 2
 
     def ready():
+        # A worker's flush writes one family after another while the admin API reads the files: poll until
+        # every family this test reads has caught up (a scrape may land between two families of one flush).
         fams = parse(scrape(admin))
-        d = "txgate_request_duration_seconds"
+        d, up, hs = "txgate_request_duration_seconds", "txgate_upstream_response_seconds", \
+            "txgate_tls_handshake_duration_seconds"
         done = (value(fams, d, d + "_count", api="echo", listener="main", status_class="2xx") == 5
                 and value(fams, d, d + "_count", api="back", status_class="2xx") == 3
-                and value(fams, d, d + "_count", api="-", status_class="4xx") == 2)
+                and value(fams, d, d + "_count", api="-", status_class="4xx") == 2
+                and value(fams, up, up + "_count", api="back", target=backend.url()) == 3
+                and value(fams, hs, hs + "_count", listener="main") == value(
+                    fams, "txgate_tls_handshakes", "txgate_tls_handshakes_total", listener="main", result="ok"))
         return done and fams
 
-    fams = poll(ready, 15, what="10 requests in the duration histograms")
+    fams = poll(ready, 15, what="10 requests in the duration histograms, 3 upstream responses, the handshakes")
     d = "txgate_request_duration_seconds"
     assert value(fams, d, d + "_bucket", le="+Inf", api="echo", status_class="2xx") == 5
     assert value(fams, d, d + "_bucket", le="30.0", api="echo", status_class="2xx") == 5

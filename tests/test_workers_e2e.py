@@ -301,8 +301,10 @@ def test_metrics_count_the_requests_of_both_workers(two_workers):
         c.request("GET", "/metrics")
         return c.getresponse().read().decode()
 
-    text = poll(lambda: (t := scrape()) and 'txgate_requests_total{api="echo",status="200"} 50.0' in t and t, 30,
-                what="50 requests in /metrics")
+    # A worker's flush writes one family after another while the admin API reads the files: wait for both.
+    hs = re.compile(r'txgate_tls_handshakes_total\{listener="main",result="ok",version="TLSv1.3"\} 50.0')
+    text = poll(lambda: (t := scrape()) and 'txgate_requests_total{api="echo",status="200"} 50.0' in t
+                and hs.search(t) and t, 30, what="50 requests and 50 handshakes in /metrics")
     assert "txgate_workers 2.0" in text
     assert "txgate_worker_restarts_total 0.0" in text
     assert re.search(r'txgate_tls_handshakes_total\{listener="main",result="ok",version="TLSv1.3"\} 50.0', text), text
