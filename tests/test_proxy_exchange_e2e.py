@@ -36,11 +36,13 @@ class ScriptBackend(StreamingBackend):
     /sleep/S         sleeps S seconds, then 200
     /dribble/S       200 with a 10-byte body, one byte every S/10 seconds
     /drop-after      200, then closes the connection (a keep-alive close the gateway learns late)
+    /arm-drop-next   200; the next request on this connection is read, then the connection closed
     """
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
         self.connections = 0
+        self.armed: set[int] = set()  # connections whose next request is read and left unanswered
         super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -71,6 +73,10 @@ class ScriptBackend(StreamingBackend):
         n = self._consume(f, {k.lower(): v for k, v in headers})
         rec = {"method": method, "path": target, "headers": headers, "body": n, "conn": number}
         self.requests.append(rec)
+        if number in self.armed:
+            return False  # (closed without an answer: what a keep-alive timeout does, seen late)
+        if target.startswith("/arm-drop-next"):
+            self.armed.add(number)
         return self._answer(conn, target, rec)
 
     def _answer(self, conn: socket.socket, target: str, rec: dict) -> bool:
@@ -317,6 +323,35 @@ def test_post_on_a_connection_the_backend_dropped(env):
         s.close()
 
 
+@pytest.mark.parametrize("method,body,retried", [
+    ("GET", None, True), ("PUT", None, True), ("DELETE", None, True), ("HEAD", None, True),
+    ("POST", None, False), ("POST", b"abc", False), ("PUT", b"abc", False),
+])
+def test_pooled_connection_closed_under_a_request_retried_once_if_idempotent(env, method, body, retried):
+    raw = env["raw"]
+    gw = env["gw"]
+    s = tls_socket(gw)
+    try:
+        # The connection this answer came on is parked last, so it is the one handed out next.
+        assert exchange(s, b"GET /raw/arm-drop-next HTTP/1.1\r\nHost: localhost\r\n\r\n")[0] == 200
+        path = f"/retry-{method}-{body is not None}"
+        req = b"%s /raw%s HTTP/1.1\r\nHost: localhost\r\n" % (method.encode(), path.encode())
+        req += b"Content-Length: %d\r\n\r\n%s" % (len(body), body) if body is not None else b"\r\n"
+        if method == "HEAD":
+            s.sendall(req)
+            head = s.recv(65536)
+            status = int(head.split(b" ", 2)[1])
+        else:
+            status, _, _ = exchange(s, req)
+    finally:
+        s.close()
+    tries = [r for r in raw.requests if r["path"] == path]
+    if retried:
+        assert status == 200 and len(tries) == 2 and tries[0]["conn"] != tries[1]["conn"]
+    else:
+        assert status == 502 and len(tries) == 1
+
+
 # -- forwarding and request ids -------------------------------------------------------------------
 
 
@@ -475,6 +510,8 @@ def test_failover_with_a_buffered_body(env, tmp_path):
         status, _, body = get(env, f"/fo/chunked-{i}", "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{f}")
         assert status == 200 and json.loads(body)["body"] == 200_000
     assert sum(1 for r in other.requests if r["path"].startswith("/post-")) == 4
+    env["gw"].wait_log(r'"POST localhost:\d+ /fo/post-3 HTTP/1.1" 200 in=200000 out=\d+ api=failover '
+                       + f"upstream={other.url()} " + r"[\d.]+ms id=\S+")
 
 
 def test_a_first_target_that_resets_gets_failover_or_502(env):
