@@ -104,6 +104,14 @@ class ScriptBackend(StreamingBackend):
             time.sleep(0.05)
             ok(b'{"final": true}')
             return True
+        if target.startswith("/1xx/together"):
+            conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                         b"HTTP/1.1 102 Processing\r\n\r\n"
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            return True
+        if target.startswith("/1xx/101"):
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nxyz")
+            return True
         if target.startswith("/sleep/"):
             time.sleep(float(target.split("/")[2]))
             ok(b"{}")
@@ -494,6 +502,21 @@ def test_103_early_hints_then_final(env, http):
         status, headers, body = get(env, "/raw/1xx/103", http=http)
         assert status == 200 and json.loads(body) == {"final": True}
     assert get(env, "/raw/echo-after-103")[0] == 200
+
+
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_interim_responses_and_the_final_one_in_one_read(env, http):
+    for _ in range(3):
+        status, headers, body = get(env, "/raw/1xx/together", http=http)
+        assert (status, body) == (200, b"ok")
+        assert not any(k == "link" for k, _ in headers)
+
+
+def test_101_from_a_backend_that_was_not_asked_to_upgrade(env):
+    gw = env["gw"]
+    r = curl("--http1.1", "-k", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", gw.url("/raw/1xx/101"))
+    assert r.stdout in (b"502",), (r.stdout, r.stderr)
+    assert get(env, "/raw/echo-after-101")[0] == 200
 
 
 # -- failover and retry ----------------------------------------------------------------------------
