@@ -183,7 +183,7 @@ def env(tmp_path_factory):
         + _api("queue", "/q", slow.url(), max_connections="1", timeout="1")
     )
     gw = Gateway(tmp_path_factory.mktemp("exchange") / "gw", config).start()
-    yield {"gw": gw, "raw": raw, "other": other, "slow": slow, "rst": rst}
+    yield {"gw": gw, "raw": raw, "other": other, "slow": slow, "rst": rst, "dead": dead}
     code = gw.stop()
     for b in (raw, other, slow, rst):
         b.close()
@@ -374,9 +374,11 @@ def test_via_forwarded_and_request_id(env):
     status, headers, _ = get(env, "/raw/fwd2", "-H", "X-Request-ID: bad id with spaces")
     rid = dict(headers)["x-request-id"]
     assert rid != "bad id with spaces" and sent(last(env["raw"], "/fwd2"), "x-request-id") == [rid]
-    # No Via from the client: only ours.
+    # No Via from the client: only ours; a Via the client's Connection header names is dropped.
     get(env, "/raw/fwd3")
     assert sent(last(env["raw"], "/fwd3"), "via") == ["1.1 txgate"]
+    get(env, "/raw/fwd4", "-H", "Via: 1.0 hidden", "-H", "Connection: Via")
+    assert sent(last(env["raw"], "/fwd4"), "via") == ["1.1 txgate"]
 
 
 # -- Host -------------------------------------------------------------------------------------------
@@ -612,6 +614,9 @@ def test_upstream_response_seconds_per_target(env):
         total = _value(fams, up, up + "_sum", api="rr", target=t) - before[t][1]
         assert count == 3, t
         assert 0.29 < total < 3.0, (t, total)
+    # A failed-over request is observed under the target that answered.
+    assert _value(fams, up, up + "_count", api="failover", target=env["other"].url()) >= 8
+    assert _value(fams, up, up + "_count", api="failover", target=env["dead"]) == 0
     # A request answered by the gateway itself (a 504 from the queue) observed no upstream response.
     assert (_value(fams, up, up + "_count", api="queue", target=env["slow"].url())
             == _value(fams, d, d + "_count", api="queue", status_class="2xx"))
