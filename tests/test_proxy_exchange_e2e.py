@@ -36,6 +36,7 @@ class ScriptBackend(StreamingBackend):
     /sleep/S         sleeps S seconds, then 200
     /dribble/S       200 with a 10-byte body, one byte every S/10 seconds
     /drop-after      200, then closes the connection (a keep-alive close the gateway learns late)
+    /early           413 before the request body is read (keep-alive: the body is then read as requests)
     /arm-drop-next   200; the next request on this connection is read, then the connection closed
     """
 
@@ -70,6 +71,11 @@ class ScriptBackend(StreamingBackend):
             headers.append((k.strip(), v.strip()))
         if target.startswith("/1xx/100"):
             conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if target.startswith("/early"):
+            # Answered before the body is read: the rest of the body is still on this connection.
+            self.requests.append({"method": method, "path": target, "headers": headers, "body": 0, "conn": number})
+            conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+            return True
         n = self._consume(f, {k.lower(): v for k, v in headers})
         rec = {"method": method, "path": target, "headers": headers, "body": n, "conn": number}
         self.requests.append(rec)
@@ -358,6 +364,25 @@ def test_pooled_connection_closed_under_a_request_retried_once_if_idempotent(env
         assert status == 200 and len(tries) == 2 and tries[0]["conn"] != tries[1]["conn"]
     else:
         assert status == 502 and len(tries) == 1
+
+
+def test_connection_answered_before_the_request_body_ended_is_not_reused(env):
+    raw = env["raw"]
+    gw = env["gw"]
+    body = b"POST /x HTTP/1.1\r\n" * 20000  # (what the backend would read as requests if reused)
+    for i in range(3):
+        s = tls_socket(gw)
+        try:
+            s.sendall(b"POST /raw/early-%d HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n"
+                      % (i, len(body)) + body[:1000])
+            status, _, _ = _read_response(s)
+            assert status == 413
+        finally:
+            s.close()
+        early = last(raw, f"/early-{i}")
+        status, _, got = get(env, f"/raw/after-early-{i}", "-X", "POST", "--data-binary", "abc")
+        assert status == 200 and json.loads(got)["body"] == 3
+        assert last(raw, f"/after-early-{i}")["conn"] != early["conn"]
 
 
 # -- forwarding and request ids -------------------------------------------------------------------
