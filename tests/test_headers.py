@@ -162,3 +162,15 @@ def test_memo_computes_a_missing_key_once_and_keeps_at_most_its_limit():
     assert len(LOWER_NAMES) <= LOWER_NAMES.limit
     long = b"X-" + b"a" * LOWER_NAMES.max_key  # a long key is computed, not kept
     assert LOWER_NAMES[long] == long.lower() and long not in LOWER_NAMES
+
+
+def test_forwarding_headers_of_a_long_host_are_not_kept():
+    """A hostile client's long, ever-new Hosts: computed per request, not kept in the per-Host table."""
+    from txgate.http import headers as h
+
+    long_host = b"x" * 300 + b".example"
+    out = h.upstream_request_headers([], "192.0.2.1", b"https", long_host, h.VIA_H1)
+    assert (b"x-forwarded-host", long_host) in out
+    assert not any(key[2] == long_host for key in h._TAILS)
+    h.upstream_request_headers([], "192.0.2.1", b"https", b"short.example", h.VIA_H1)
+    assert ("192.0.2.1", b"https", b"short.example") in h._TAILS

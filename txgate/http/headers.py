@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import chain, islice
 
-from txgate.http.memo import Memo
+from txgate.http.memo import MAX_KEY, Memo
 
 # Connection-specific headers: never valid in HTTP/2 (RFC 9113 8.2.2).
 H2_CONNECTION_SPECIFIC = frozenset(
@@ -93,9 +93,10 @@ def _forwarding_tail(client_ip: str, proto: bytes, original_host: bytes) -> tupl
             (b"x-forwarded-host", original_host),
             (b"forwarded", fwd.encode()),
         )
-        if len(_TAILS) > 4096:
-            _TAILS.clear()
-        _TAILS[key] = tail
+        if len(original_host) <= MAX_KEY:  # (a longer Host is not kept: the table's memory stays bounded)
+            if len(_TAILS) > 4096:
+                _TAILS.clear()
+            _TAILS[key] = tail
     return tail
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+# Keys longer than this are computed each time, never kept (a hostile peer's long, ever-new values).
+MAX_KEY = 256
+
 
 class Memo(dict):
     """``memo[key]``: ``fn(key)``, kept for the next time (a hit is one lookup in C, no Python call).
@@ -14,7 +17,7 @@ class Memo(dict):
 
     __slots__ = ("fn", "limit", "max_key")
 
-    def __init__(self, fn: Callable, limit: int, max_key: int = 256) -> None:
+    def __init__(self, fn: Callable, limit: int, max_key: int = MAX_KEY) -> None:
         super().__init__()
         self.fn = fn
         self.limit = limit
