@@ -133,10 +133,10 @@ def test_an_idle_h2_connection_is_closed_at_idle_timeout_not_before(gw):
 class _BioClient:
     """A TLS client over a raw socket that decides itself whether it answers close_notify."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, alpn: str = "http/1.1", server_name: str = "localhost") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = _context().wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        self.tls = _context(alpn).wrap_bio(self.incoming, self.outgoing, server_hostname=server_name)
         self._step(self.tls.do_handshake)
 
     def _step(self, fn, *args):
@@ -162,6 +162,10 @@ class _BioClient:
     def request_until_close_notify(self, request: bytes) -> bytes:
         """Send ``request``; everything up to the server's close_notify (which is not answered)."""
         self._step(self.tls.write, request)
+        return self.until_close_notify()
+
+    def until_close_notify(self) -> bytes:
+        """Everything up to the server's close_notify (which is not answered)."""
         got = b""
         while True:
             try:
@@ -209,6 +213,56 @@ def test_a_client_that_answers_close_notify_gets_a_clean_end_at_once(gw, listene
     client = _BioClient(gw.ports[listener])
     try:
         assert client.request_until_close_notify(CLOSE).startswith(b"HTTP/1.1 200")
+        client.answer_close_notify()
+        how, took = client.tcp_end()
+    finally:
+        client.close()
+    assert how == "fin" and took < 1.0, (how, took)
+
+
+CHALLENGE_NAME = "acme-close.example"
+
+
+@pytest.fixture(scope="module")
+def acme_gw(tmp_path_factory):
+    """Two worker processes answering a pending TLS-ALPN-01 challenge that the test itself put on the
+    shelf they read (state_dir/run/acme-challenges/, as the supervisor's ACME order would)."""
+    from txgate.acme.challenges import ChallengeBoard
+    from txgate.acme.shelves import CHALLENGE_DIR, DirectoryShelf
+
+    config = (ADMIN_EPHEMERAL + "[gateway]\nstate_dir = ./txgate-state\naccess_log = off\n"
+              "[listener:main]\nbind = 127.0.0.1:0\ncertificate = local\n"
+              "[api:echo]\npath = /echo\nupstream = builtin:echo\n")
+    gateway = Gateway(tmp_path_factory.mktemp("acme-close"), config, workers="2").start()
+    try:
+        gateway.wait_log(r"2 workers serving", timeout=30)
+        shelf = DirectoryShelf(str(gateway.workdir / "txgate-state" / CHALLENGE_DIR))
+        ChallengeBoard(shelf).add_alpn(CHALLENGE_NAME, "token.thumbprint")
+        yield gateway
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_an_acme_tls_alpn_validation_that_never_answers_close_notify_is_aborted_after_the_grace(acme_gw):
+    """RFC 8737: the acme-tls/1 handshake is the answer, then the connection closes as any other does. A
+    validator (or anyone offering acme-tls/1 while a challenge is pending) that neither answers the
+    close_notify nor closes must not keep the connection (and its max_connections slot) for ever."""
+    client = _BioClient(acme_gw.port, alpn="acme-tls/1", server_name=CHALLENGE_NAME)
+    try:
+        assert client.tls.selected_alpn_protocol() == "acme-tls/1"  # the challenge certificate was presented
+        assert client.until_close_notify() == b""
+        client.sock.settimeout(GRACE + 5)
+        how, took = client.tcp_end()
+    finally:
+        client.close()
+    assert how == "reset" and GRACE - 0.3 <= took <= GRACE + 2, (how, took)
+
+
+def test_an_acme_tls_alpn_validation_that_answers_close_notify_gets_a_clean_end_at_once(acme_gw):
+    client = _BioClient(acme_gw.port, alpn="acme-tls/1", server_name=CHALLENGE_NAME)
+    try:
+        assert client.tls.selected_alpn_protocol() == "acme-tls/1"
+        assert client.until_close_notify() == b""
         client.answer_close_notify()
         how, took = client.tcp_end()
     finally:

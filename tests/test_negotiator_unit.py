@@ -169,3 +169,50 @@ def test_a_slow_handshake_gets_its_whole_header_timeout(make):
     assert client.closed
     assert timers == ["Negotiator._handshake_timeout"] * 2  # first due within the grace, then re-armed once
     assert handshakes(gw) == {("unknown", "timeout"): 1}
+
+
+# -- ACME TLS-ALPN-01 ----------------------------------------------------------------------------------
+def _acme_creator(server_name: str):
+    """A TLS client offering only acme-tls/1 for ``server_name``, as a CA's validator does (no verification:
+    the challenge certificate is self-signed)."""
+    from OpenSSL import SSL
+    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+    from zope.interface import implementer
+
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_alpn_protos([b"acme-tls/1"])
+
+    @implementer(IOpenSSLClientConnectionCreator)
+    class Creator:
+        def clientConnectionForTLS(self, proto):
+            conn = SSL.Connection(ctx, None)
+            conn.set_tlsext_host_name(server_name.encode("ascii"))
+            return conn
+
+    return Creator()
+
+
+@pytest.mark.parametrize("answers", [True, False], ids=["answers-close-notify", "never-answers"])
+def test_an_acme_tls_alpn_connection_closes_on_its_one_timer(make, monkeypatch, answers):
+    """The acme-tls/1 handshake is the answer (RFC 8737); then the close is any connection's: close_notify,
+    then abort after the grace, on the connection's one timer (tests/test_deadlines_e2e.py over sockets)."""
+    from txgate.http.closing import GRACE
+    from txgate.testing.client import GatewayClient
+
+    gw = make(upstream="builtin:echo")
+    gw.service.challenges.add_alpn("acme.example", "token.thumbprint")
+    gw.flush()
+    timers = _count_timers(gw)
+    if not answers:  # the client stops reading once its handshake is done: it never sees the close_notify
+        done = GatewayClient._handshake_done
+        monkeypatch.setattr(GatewayClient, "_handshake_done", lambda self: (done(self), self.wire.pauseProducing()))
+    client = gw.client(creator=_acme_creator("acme.example"))
+    assert client.alpn == "acme-tls/1"
+    if not answers:
+        gw.advance(GRACE - 0.1)
+        assert not client.closed
+        gw.advance(0.2)
+    assert client.closed
+    assert handshakes(gw) == {("TLSv1.3", "ok"): 1}
+    assert timers == ["Negotiator._handshake_timeout"]  # the close's grace went on it
+    assert not [c for c in gw.reactor.getDelayedCalls() if getattr(c.func, "__module__", "").startswith("txgate.")]

@@ -267,3 +267,29 @@ def test_writes_of_any_bytes_like_object_are_sent(server_tls):
         sp.write(data)
     pump.flush()
     assert client.received == b"bamv" + b"L" * 20_000 and client.lost is None
+
+
+class Refuser(App):
+    """Closes the connection from handshakeCompleted (as the negotiator does for acme-tls/1 or a refusal)."""
+
+    close = "loseConnection"
+
+    def handshakeCompleted(self) -> None:
+        super().handshakeCompleted()
+        self.handle = self.transport.getHandle()
+        self.secrets_seen = self.handle.traffic is not None and None not in self.handle.traffic
+        getattr(self.transport, self.close)()
+
+
+@pytest.mark.parametrize("close", ["loseConnection", "abortConnection"])
+def test_a_connection_closed_from_handshake_completed_keeps_no_traffic_secret(server_tls, monkeypatch, close):
+    """Not handed over (the application is closing it): the TLS 1.3 traffic secrets are dropped all the
+    same, not left on OpenSSL's connection object for as long as the close takes."""
+    monkeypatch.setattr(Refuser, "close", close)
+    monkeypatch.setattr(_Factory, "buildProtocol", lambda self, addr: self.apps.append(Refuser()) or self.apps[-1])
+    sp, app, cp, client, pump = _pair(server_tls)
+    assert app.handshakes == 1
+    assert app.secrets_seen == server_tls.hand_over  # recorded (hand-over on), then dropped
+    kept = app.handle.traffic is not None  # (not compared directly: a failure would print the secrets)
+    assert not kept
+    assert app.lost is not None

@@ -7,7 +7,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txgate.http.closing import GRACE
+from txgate.http.closing import GRACE, Closer
 from txgate.http.exchange import ConnectionInfo, Limits
 from txgate.http.h1 import H1Connection
 from txgate.tls.outcomes import HandshakeFailure, HandshakeOutcome, classify_handshake_failure
@@ -155,9 +155,12 @@ class Negotiator(Protocol):
         f = self.factory
         if alpn == "acme-tls/1":
             # An ACME TLS-ALPN-01 validation: the handshake was the answer (RFC 8737 section 3).
-            self._cancel_timer()
-            self.inner = Protocol()  # not a failed handshake; nothing more is read
-            self.transport.loseConnection()
+            # Not a failed handshake: nothing more is read, and the close is any connection's (txgate.http.closing),
+            # on the connection's one timer: a peer that never finishes it does not keep the connection.
+            closer = Closer(self.transport, f.clock)
+            self.inner = ChallengeAnswered(closer)
+            timer, self.timer = self.timer, None
+            closer.close(timer)
             return
         if alpn == "h2":
             from txgate.http.h2 import H2Connection
@@ -223,6 +226,16 @@ class Negotiator(Protocol):
             self.inner.shutdown()
         else:
             self.transport.loseConnection()
+
+
+class ChallengeAnswered(Protocol):
+    """After an ACME TLS-ALPN-01 handshake: reads nothing; its close ends with the connection."""
+
+    def __init__(self, closer: Closer) -> None:
+        self.closer = closer
+
+    def connectionLost(self, reason=None) -> None:
+        self.closer.cancel()
 
 
 class ListenerFactory(Factory):

@@ -269,6 +269,10 @@ class TLSServerProtocol:
                 if self.factory.hand_over and not self.disconnecting and not self._lost:
                     rest = self._hand_over(tls)
             finally:
+                if self._handing:
+                    # Handed over or not (the application closing from handshakeCompleted, or raising):
+                    # the traffic secrets stay on no object once the handshake is done (take() clears them too).
+                    tls.traffic = None
                 self._corked = corked
                 self._handing = False
             if self._pending:
