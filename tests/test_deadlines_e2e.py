@@ -15,6 +15,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from backends import StreamingBackend
 from conftest import ADMIN_EPHEMERAL, Gateway, poll
+from rawhttp import read_response
 
 from txgate.http.closing import GRACE, _unsent
 
@@ -67,22 +68,6 @@ def _seconds_until_closed(sock, limit: float = 15.0) -> float:
     return time.monotonic() - start
 
 
-def _response(sock) -> bytes:
-    """One response with a Content-Length body (keep-alive: the connection stays open)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int([h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk
-        body += chunk
-    return head
-
-
 HEAD = b"GET /echo/slow HTTP/1.1\r\nHost: localhost\r\n"  # and never the empty line
 
 
@@ -107,7 +92,7 @@ def test_an_idle_keepalive_connection_is_closed_at_idle_timeout_not_before(gw, l
     sock = _open(gw.ports[listener], tls=listener == "idle")
     try:
         sock.sendall(b"GET /echo/idle HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        assert _response(sock).startswith(b"HTTP/1.1 200")
+        assert read_response(sock)[1][0].startswith("HTTP/1.1 200")
         took = _seconds_until_closed(sock)
     finally:
         sock.close()

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backends import StreamingBackend, rss_kib
 from conftest import Gateway, curl, free_port, poll
+from rawhttp import read_response
 
 
 class ScriptBackend(StreamingBackend):
@@ -210,20 +211,8 @@ def tls_socket(gw) -> ssl.SSLSocket:
 def exchange(s: ssl.SSLSocket, request: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
     """Send one request on a keep-alive socket; read one Content-Length response."""
     s.sendall(request)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        assert chunk, buf
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = [(k.strip().lower(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:])]
-    n = int(dict(headers).get("content-length", "0"))
-    while len(rest) < n:
-        chunk = s.recv(65536)
-        assert chunk
-        rest += chunk
-    return int(lines[0].split()[1]), headers, rest[:n]
+    status, lines, body, _ = read_response(s, default_length=0)
+    return status, [(k.strip().lower(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:])], body
 
 
 def get(env, path: str, *args: str, http: str = "--http1.1") -> tuple[int, list[tuple[str, str]], bytes]:
@@ -375,8 +364,7 @@ def test_connection_answered_before_the_request_body_ended_is_not_reused(env):
         try:
             s.sendall(b"POST /raw/early-%d HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n"
                       % (i, len(body)) + body[:1000])
-            status, _, _ = _read_response(s)
-            assert status == 413
+            assert read_response(s)[0] == 413
         finally:
             s.close()
         early = last(raw, f"/early-{i}")
@@ -446,9 +434,11 @@ def test_ever_changing_long_hosts_do_not_grow_memory(env):
         for b in range(start, start + n, 50):
             req = b"".join(b"GET /raw/x HTTP/1.1\r\nHost: %d.%s\r\n\r\n" % (i, pad) for i in range(b, b + 50))
             s.sendall(req)
+            rest = b""
             for _ in range(50):
-                status, _, _ = _read_response(s)
+                status, _, _, rest = read_response(s, rest)
                 assert status == 200
+            assert rest == b""
 
     try:
         burst(0, 500)  # warm up (buffers, pooled connection)
@@ -459,26 +449,6 @@ def test_ever_changing_long_hosts_do_not_grow_memory(env):
         s.close()
     # Kept per Host, 4000 Hosts of 16 kB would be >= 64 MB (the cache held up to 4096).
     assert after - before < 24 * 1024, f"RSS grew {after - before} KiB over 4000 new Hosts"
-
-
-_buffers: dict = {}
-
-
-def _read_response(s):
-    buf = _buffers.get(s, b"")
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        assert chunk
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    n = int(next(x.split(":", 1)[1] for x in lines[1:] if x.lower().startswith("content-length:")))
-    while len(rest) < n:
-        chunk = s.recv(65536)
-        assert chunk
-        rest += chunk
-    _buffers[s] = rest[n:]
-    return int(lines[0].split()[1]), lines, rest[:n]
 
 
 # -- backend header names ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certs_helpers import make_ca, make_leaf, write_pair
 from conftest import curl, poll
+from rawhttp import read_response
 from txgate.pins import format_pin, spki_sha256
 
 
@@ -39,17 +40,7 @@ bind = off
 
 def _request(sock) -> int:
     sock.sendall(b"GET /private/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
-    while len(body) < length:
-        body += sock.recv(65536)
-    return int(head.split()[1])
+    return read_response(sock)[0]
 
 
 def _closed(sock) -> bool:
