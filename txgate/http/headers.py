@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import chain, islice
 
-from txgate.http.memo import MAX_KEY, Memo
+from txgate.http.memo import Memo
 
 # Connection-specific headers: never valid in HTTP/2 (RFC 9113 8.2.2).
 H2_CONNECTION_SPECIFIC = frozenset(
@@ -76,28 +76,23 @@ _REQUEST_DROP_ALL = REQUEST_DROP | frozenset({b"expect", REQUEST_ID})
 # Connection header names it: see _filtered).
 _REQUEST_FILTER = _REQUEST_DROP_ALL | frozenset({b"close"})
 _RESPONSE_FILTER = RESPONSE_DROP | frozenset({b"close"})
-_TAILS: dict[tuple[str, bytes, bytes], tuple[tuple[bytes, bytes], ...]] = {}
+def _forwarding_tail(key: tuple[str, bytes, bytes]) -> tuple[tuple[bytes, bytes], ...]:
+    """X-Forwarded-* and Forwarded for one (client, scheme, host)."""
+    client_ip, proto, original_host = key
+    fwd = "for=%s;proto=%s" % (_forwarded_node(client_ip), proto.decode())
+    if original_host and all(32 < c < 127 and c not in b'";,' for c in original_host):
+        fwd += ";host=" + (original_host.decode() if b":" not in original_host else '"%s"' % original_host.decode())
+    return (
+        (b"x-forwarded-for", client_ip.encode("ascii", "replace")),
+        (b"x-forwarded-proto", proto),
+        (b"x-forwarded-host", original_host),
+        (b"forwarded", fwd.encode()),
+    )
 
 
-def _forwarding_tail(client_ip: str, proto: bytes, original_host: bytes) -> tuple[tuple[bytes, bytes], ...]:
-    """X-Forwarded-* and Forwarded for one (client, scheme, host): cached, it repeats per connection."""
-    key = (client_ip, proto, original_host)
-    tail = _TAILS.get(key)
-    if tail is None:
-        fwd = "for=%s;proto=%s" % (_forwarded_node(client_ip), proto.decode())
-        if original_host and all(32 < c < 127 and c not in b'";,' for c in original_host):
-            fwd += ";host=" + (original_host.decode() if b":" not in original_host else '"%s"' % original_host.decode())
-        tail = (
-            (b"x-forwarded-for", client_ip.encode("ascii", "replace")),
-            (b"x-forwarded-proto", proto),
-            (b"x-forwarded-host", original_host),
-            (b"forwarded", fwd.encode()),
-        )
-        if len(original_host) <= MAX_KEY:  # (a longer Host is not kept: the table's memory stays bounded)
-            if len(_TAILS) > 4096:
-                _TAILS.clear()
-            _TAILS[key] = tail
-    return tail
+# (client, scheme, host) -> its forwarding headers: they repeat per connection. A Host longer than MAX_KEY
+# is not kept (a client's ever-new long Hosts would fill the table with them).
+_TAILS = Memo(_forwarding_tail, 4096, size=lambda key: len(key[2]))
 
 
 # "Connection: keep-alive" names only a header that is dropped anyway, and "Connection: close" only a
@@ -164,8 +159,7 @@ def upstream_request_headers(
     out, vias, named = _filtered(headers, _REQUEST_FILTER)
     if named:
         out, vias = _less_named(headers, out, vias)
-    tail = _TAILS.get((client_ip, proto, original_host))  # (the cache looked up without a call)
-    out.extend(tail if tail is not None else _forwarding_tail(client_ip, proto, original_host))
+    out.extend(_TAILS[(client_ip, proto, original_host)])  # (a hit: one lookup, no call)
     out.append(_via(vias, via) if vias else (b"via", via))
     if request_id:
         out.append((REQUEST_ID, request_id))

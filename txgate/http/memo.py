@@ -13,19 +13,20 @@ class Memo(dict):
 
     At most ``limit`` keys of at most ``max_key`` bytes are kept (a full table starts over; a longer
     key is computed each time): hostile input that never repeats a key costs a call per key, and
-    the table's memory stays bounded."""
+    the table's memory stays bounded. ``size`` tells a key's bytes (a tuple key: its peer-chosen part)."""
 
-    __slots__ = ("fn", "limit", "max_key")
+    __slots__ = ("fn", "limit", "max_key", "size")
 
-    def __init__(self, fn: Callable, limit: int, max_key: int = MAX_KEY) -> None:
+    def __init__(self, fn: Callable, limit: int, max_key: int = MAX_KEY, size: Callable = len) -> None:
         super().__init__()
         self.fn = fn
         self.limit = limit
         self.max_key = max_key
+        self.size = size
 
     def __missing__(self, key):
         value = self.fn(key)
-        if len(key) <= self.max_key:
+        if self.size(key) <= self.max_key:
             if len(self) >= self.limit:
                 self.clear()
             self[key] = value
