@@ -101,4 +101,6 @@ def test_two_gateways_with_the_same_name_make_one_order_and_serve_the_same_certi
     assert "Pebble" in _issuer_cn(ders["a"])
     orders = sum(g.output().count("acme: ordering a certificate for") for g in gws.values())
     assert orders == 1, {gw: g.output() for gw, g in gws.items()}
-    assert pebble.log().count("POST /order-plz") == 1, pebble.log()  # the CA's own count of new orders
+    # The CA's own count of new orders. Not "POST /order-plz": pebble rejects 5% of good nonces, and the
+    # acme client then posts the same new-order request again (one order, two POSTs; seen in CI).
+    assert pebble.log().count("Added order") == 1, pebble.log()
